@@ -1,0 +1,237 @@
+"""Lock -> Containerfile: a pure function, same lock, same bytes, on any machine.
+
+Stages, ordered by how often their inputs change:
+  system  the pinned base, the whole apt closure (installed once) and the user;
+  python  (when there is a [python] table) a build stage that installs the hashed wheels
+          from the build context into /opt/venv with no network;
+  final   system + /opt/venv + the spec's files, commands, env and labels.
+A change to the Python pins reruns the python stage only; apt stays cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import zlib
+from collections.abc import Iterable, Mapping
+
+from imagesmith import __version__
+from imagesmith.lock import Lock
+
+VENV = "/opt/venv"
+CONTEXT_PYTHON = "python"
+CONTEXT_COPY = "copy"
+LABEL_PREFIX = "io.imagesmith"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Files apt, dpkg and ldconfig write that differ from one build to the next.
+_APT_NOISE = (
+    "/var/lib/apt/lists/*",
+    "/var/cache/apt/*.bin",
+    "/var/cache/apt/archives/*.deb",
+    "/var/cache/apt/archives/partial",
+    "/var/cache/debconf/*-old",
+    "/var/lib/dpkg/*-old",
+    "/var/log/apt",
+    "/var/log/dpkg.log",
+    "/var/log/alternatives.log",
+    "/var/cache/ldconfig/aux-cache",
+)
+# Same for useradd (lastlog/faillog are sparse files keyed by uid; backups of the tables).
+_USER_NOISE = (
+    "/etc/group-",
+    "/etc/gshadow-",
+    "/etc/passwd-",
+    "/etc/shadow-",
+    "/etc/subgid-",
+    "/etc/subuid-",
+    "/var/log/faillog",
+    "/var/log/lastlog",
+)
+
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+
+
+def quote_value(value: str) -> str:
+    """A Containerfile ENV/LABEL value that reads back as `value`, byte for byte.
+
+    Inside double quotes the builder unescapes only \\\\, \\" and \\$; everything else,
+    unicode included, passes through literally.
+    """
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def exec_form(words: Iterable[str]) -> str:
+    return json.dumps(list(words), ensure_ascii=False)
+
+
+def _continued(lines: list[str], indent: str = "    ") -> str:
+    return (" \\\n" + indent).join(lines)
+
+
+def _shell_word(word: str) -> str:
+    if not _SAFE_WORD.match(word):
+        raise ValueError(f"refusing to put {word!r} on a shell line")
+    return word
+
+
+def embedded_lock(lock: Lock) -> str:
+    """The lock, compressed into a label value an image carries (`imagesmith inspect`)."""
+    return base64.b64encode(zlib.compress(lock.to_toml().encode("utf-8"), 9)).decode("ascii")
+
+
+def decode_embedded_lock(value: str) -> str:
+    return zlib.decompress(base64.b64decode(value)).decode("utf-8")
+
+
+def content_tag(lock: Lock) -> str:
+    """The tag that the same lock always maps to."""
+    return "lock-" + lock.lock_hash.removeprefix("sha256:")[:16]
+
+
+def image_labels(lock: Lock) -> dict[str, str]:
+    spec = lock.spec
+    labels = {
+        "org.opencontainers.image.title": spec.name,
+        "org.opencontainers.image.version": spec.version,
+        "org.opencontainers.image.base.name": lock.base.reference,
+        "org.opencontainers.image.base.digest": lock.base.digest,
+        f"{LABEL_PREFIX}.spec-hash": lock.spec_hash,
+        f"{LABEL_PREFIX}.lock-hash": lock.lock_hash,
+        f"{LABEL_PREFIX}.lock": embedded_lock(lock),
+    }
+    # The spec's own labels may not overwrite the ones that trace the image to its lock.
+    return {**dict(spec.image.labels), **labels}
+
+
+def _apt_sources(lock: Lock) -> list[str]:
+    """Commands that point apt at Debian's snapshot archive, when the lock has a snapshot."""
+    if lock.apt.snapshot is None:
+        return []
+    stamp, suite = _shell_word(lock.apt.snapshot), _shell_word(lock.apt.suite)
+    archive = "http://snapshot.debian.org/archive"
+    lines = [
+        f"deb [check-valid-until=no] {archive}/debian/{stamp} {suite} main",
+        f"deb [check-valid-until=no] {archive}/debian/{stamp} {suite}-updates main",
+        f"deb [check-valid-until=no] {archive}/debian-security/{stamp} {suite}-security main",
+    ]
+    quoted = " ".join(f"'{line}'" for line in lines)
+    return [
+        "rm -f /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list",
+        f"printf '%s\\n' {quoted} > /etc/apt/sources.list",
+    ]
+
+
+def _system_stage(lock: Lock) -> list[str]:
+    spec = lock.spec
+    out = [f"FROM {lock.base.pinned} AS system", "ARG SOURCE_DATE_EPOCH"]
+    install: list[str] = []
+    if lock.apt.packages:
+        pins = [
+            f"{_shell_word(p.name)}={_shell_word(p.version)}"
+            for p in sorted(lock.apt.packages, key=lambda p: p.name)
+        ]
+        install = [
+            *_apt_sources(lock),
+            "apt-get update",
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\\n        "
+            + " \\\n        ".join(pins),
+            "apt-get clean",
+            "rm -rf " + " ".join(_APT_NOISE),
+        ]
+    uid, gid = spec.image.uid, spec.image.group_id
+    user = _shell_word(spec.image.user)
+    install += [
+        f"groupadd --gid {gid} {user}",
+        f"useradd --no-log-init --uid {uid} --gid {gid} --create-home --shell /bin/sh {user}",
+    ]
+    if spec.image.workdir:
+        workdir = _shell_word(spec.image.workdir)
+        install.append(f"mkdir -p {workdir} && chown {uid}:{gid} {workdir}")
+    install.append("rm -f " + " ".join(_USER_NOISE))
+    out.append("RUN " + " \\\n && ".join(install))
+    return out
+
+
+def _python_stage(lock: Lock) -> list[str]:
+    if lock.python is None:
+        return []
+    ctx = f"/tmp/{CONTEXT_PYTHON}"
+    pip = " ".join(
+        [
+            f"{VENV}/bin/pip install",
+            "--no-index",
+            "--no-cache-dir",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary=:all:",
+            f"--find-links {ctx}/wheels",
+            f"-r {ctx}/requirements.txt",
+        ]
+    )
+    return [
+        "",
+        "FROM system AS python",
+        "ARG SOURCE_DATE_EPOCH",
+        f"COPY {CONTEXT_PYTHON}/ {ctx}/",
+        "RUN "
+        + " \\\n && ".join(
+            [
+                f"python3 -m venv {VENV}",
+                pip,
+                # PEP 552: hash-based .pyc files do not embed the build time.
+                f"{VENV}/bin/python -m compileall -q -f --invalidation-mode checked-hash {VENV}",
+            ]
+        ),
+    ]
+
+
+def render(lock: Lock) -> str:
+    """The Containerfile for `lock`."""
+    spec = lock.spec
+    lines = [
+        f"# Generated by imagesmith {__version__} from {lock.spec_path.stem}.lock "
+        f"({lock.lock_hash}). Do not edit:",
+        f"# run `imagesmith render {lock.spec_path.name}` to make it again.",
+        "",
+        *_system_stage(lock),
+        *_python_stage(lock),
+        "",
+        "FROM system",
+        "ARG SOURCE_DATE_EPOCH",
+    ]
+    if lock.python is not None:
+        lines.append(f"COPY --from=python {VENV} {VENV}")
+        lines.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:{SYSTEM_PATH}")
+    for index, item in enumerate(spec.image.copy):
+        lines.append(f"COPY {exec_form([copy_context_path(index, item.src), item.dest])}")
+    if spec.image.run:
+        script = "\n".join(["set -e", *spec.image.run])
+        lines.append(f"RUN {exec_form(['/bin/sh', '-c', script])}")
+    if spec.env:
+        lines.append(
+            "ENV " + _continued([f"{k}={quote_value(v)}" for k, v in sorted(spec.env.items())])
+        )
+    if spec.image.workdir:
+        lines.append(f"WORKDIR {spec.image.workdir}")
+    for port in sorted(spec.image.ports):
+        lines.append(f"EXPOSE {port}/tcp")
+    lines.append(f"USER {spec.image.uid}:{spec.image.group_id}")
+    lines.append("LABEL " + _continued(_label_lines(image_labels(lock))))
+    if spec.image.entrypoint is not None:
+        lines.append(f"ENTRYPOINT {exec_form(spec.image.entrypoint)}")
+    if spec.image.cmd is not None:
+        lines.append(f"CMD {exec_form(spec.image.cmd)}")
+    return "\n".join(lines) + "\n"
+
+
+def _label_lines(labels: Mapping[str, str]) -> list[str]:
+    return [f"{quote_value(k)}={quote_value(v)}" for k, v in sorted(labels.items())]
+
+
+def copy_context_path(index: int, src: str) -> str:
+    """Where the build context holds the spec's `copy[index]` source."""
+    name = src.rstrip("/").split("/")[-1]
+    return f"{CONTEXT_COPY}/{index}/{name}"

@@ -1,0 +1,455 @@
+"""env.toml: load, validate (collecting every problem), and model as typed values.
+
+Validation runs in two passes: the JSON Schema (structure, types, names) and then
+checks a schema cannot express (PEP 508, paths that escape the spec's folder, files
+that must exist). Every problem becomes one line `env.toml: $.path: message`, and
+nothing is returned until there are none.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+from packaging.requirements import InvalidRequirement, Requirement
+
+from imagesmith.errors import SpecError
+from imagesmith.quantity import normalize_quantity
+from imagesmith.resources import data_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_USER = "lab"
+DEFAULT_UID = 1000
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_VERSION = "latest"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    src: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class Python:
+    requirements: tuple[str, ...]
+    """The spec's list followed by the lines of requirements_file, in that order."""
+    requirements_file: str | None = None
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    user: str = DEFAULT_USER
+    uid: int = DEFAULT_UID
+    gid: int | None = None
+    workdir: str | None = None
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    copy: tuple[CopyItem, ...] = ()
+    run: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = ()
+
+    @property
+    def group_id(self) -> int:
+        return self.gid if self.gid is not None else self.uid
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: int = 0
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    shm: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    command: tuple[str, ...] | None = None
+    kind: str = "job"
+    namespace: str | None = None
+    time: str | None = None
+    backoff_limit: int = 0
+    ttl_seconds_after_finished: int = 86400
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    name: str
+    version: str
+    base_image: str
+    apt_packages: tuple[str, ...]
+    apt_snapshot: str | None
+    python: Python | None
+    env: Mapping[str, str]
+    image: ImageSettings
+    registry_repository: str | None
+    resources: Resources
+    job: JobSettings
+    data: Mapping[str, Any]
+    """The spec as parsed, the form the lock embeds and images carry."""
+    spec_hash: str
+    """sha256 of what the spec means (not its comments or layout) and of its requirements file."""
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+
+@lru_cache(maxsize=1)
+def env_schema() -> dict[str, Any]:
+    with data_path("schemas", "env.schema.json").open(encoding="utf-8") as f:
+        schema: dict[str, Any] = json.load(f)
+    return schema
+
+
+def json_path(parts: Sequence[str | int]) -> str:
+    text = "$"
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            text += f".{part}"
+        else:
+            text += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return text
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "array": "a list",
+    "object": "a table",
+    "boolean": "true or false",
+}
+
+
+def _type_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _schema_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(json path, message) for every schema violation, worded for a user."""
+    validator = jsonschema.Draft202012Validator(env_schema())
+    for error in validator.iter_errors(data):
+        yield from _explain(error)
+
+
+def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
+    path = list(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    hint = schema.get("x-error")
+    kind = error.validator
+    expected: Any = error.validator_value
+    if kind == "additionalProperties":
+        known = sorted(schema.get("properties", {}))
+        allowed = set(known)
+        instance: Any = error.instance
+        for key in sorted(k for k in instance if k not in allowed):
+            close = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean {close[0]}?)" if close else ""
+            where = f"; known keys: {', '.join(known)}" if not close else ""
+            yield json_path([*path, key]), f"unknown key {_show(key)}{suggestion}{where}"
+        return
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else str(error.message)
+        yield json_path(path), f"missing required key {_show(missing)}"
+        return
+    if kind == "propertyNames":
+        sub_hint = schema.get("propertyNames", {}).get("x-error", "is not allowed as a key")
+        yield json_path(path), f"key {_show(error.instance)} {sub_hint}"
+        return
+    if kind == "enum":
+        choices = ", ".join(_show(c) for c in expected)
+        yield json_path(path), f"{_show(error.instance)} is not one of {choices}"
+        return
+    numeric_hint = (
+        hint and _type_of(error.instance) == "number" and expected == "integer"
+    )
+    if kind == "type" and not numeric_hint:
+        names = [expected] if isinstance(expected, str) else list(expected)
+        want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        yield json_path(path), f"expected {want}, got {_show(error.instance)}"
+        return
+    if kind == "oneOf" and hint and _type_of(error.instance) not in {"string", "number", "integer"}:
+        yield json_path(path), f"expected a string or a number, got {_show(error.instance)}"
+        return
+    if hint:
+        yield json_path(path), f"{_show(error.instance)} {hint}"
+        return
+    if kind == "minLength":
+        yield json_path(path), "must not be empty"
+        return
+    yield json_path(path), error.message
+
+
+def _requirement_problem(text: str) -> str | None:
+    try:
+        Requirement(text)
+    except InvalidRequirement:
+        return (
+            f"{_show(text)} is not a PEP 508 requirement (e.g. numpy>=2 or requests[socks]==2.32.3)"
+        )
+    return None
+
+
+def _inside(folder: Path, relative: str) -> Path | None:
+    """The path `relative` names under `folder`, or None when it leaves the folder."""
+    if Path(relative).is_absolute():
+        return None
+    candidate = (folder / relative).resolve()
+    if not candidate.is_relative_to(folder.resolve()):
+        return None
+    return candidate
+
+
+def read_requirements_file(path: Path) -> tuple[list[str], list[str]]:
+    """(requirements, problems) from a requirements.txt: one requirement a line, # comments."""
+    requirements: list[str] = []
+    problems: list[str] = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            problems.append(
+                f"{path.name}:{number}: pip options ({line.split()[0]}) are not supported here; "
+                "use [python] index_url / extra_index_urls"
+            )
+            continue
+        problem = _requirement_problem(line)
+        if problem:
+            problems.append(f"{path.name}:{number}: {problem}")
+        else:
+            requirements.append(line)
+    return requirements, problems
+
+
+def _semantic_problems(data: Mapping[str, Any], folder: Path) -> Iterator[tuple[str, str]]:
+    python = data.get("python")
+    if isinstance(python, dict):
+        requirements = python.get("requirements")
+        for index, text in enumerate(requirements if isinstance(requirements, list) else []):
+            if isinstance(text, str):
+                problem = _requirement_problem(text)
+                if problem:
+                    yield json_path(["python", "requirements", index]), problem
+        req_file = python.get("requirements_file")
+        if isinstance(req_file, str) and req_file:
+            where = json_path(["python", "requirements_file"])
+            target = _inside(folder, req_file)
+            if target is None:
+                yield (
+                    where,
+                    f"{_show(req_file)} is outside the spec's folder; keep it beside env.toml",
+                )
+            elif not target.is_file():
+                yield where, f"{_show(req_file)} does not exist (looked for {target})"
+            else:
+                for problem in read_requirements_file(target)[1]:
+                    yield where, problem
+    image = data.get("image")
+    if isinstance(image, dict):
+        if image.get("user") == "root":
+            yield (
+                json_path(["image", "user"]),
+                '"root" is not allowed: the image runs as a non-root user',
+            )
+        copies = image.get("copy")
+        for index, item in enumerate(copies if isinstance(copies, list) else []):
+            src = item.get("src") if isinstance(item, dict) else None
+            if not isinstance(src, str) or not src:
+                continue
+            where = json_path(["image", "copy", index, "src"])
+            target = _inside(folder, src)
+            if target is None:
+                yield (
+                    where,
+                    f"{_show(src)} is outside the spec's folder "
+                    "(no absolute paths, '..' or links out)",
+                )
+            elif not target.exists():
+                yield where, f"{_show(src)} does not exist (looked for {target})"
+            else:
+                yield from _links_out(folder, target, where, src)
+    job = data.get("job")
+    if isinstance(job, dict) and isinstance(job.get("time"), str):
+        from imagesmith.slurmtime import parse_slurm_time
+
+        try:
+            if parse_slurm_time(job["time"]) == 0:
+                yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
+        except ValueError:
+            pass  # the schema's pattern reports it
+
+
+def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tuple[str, str]]:
+    if not target.is_dir():
+        return
+    root = folder.resolve()
+    for child in sorted(target.rglob("*")):
+        if child.is_symlink() and not child.resolve().is_relative_to(root):
+            rel = child.relative_to(target)
+            yield where, f"{_show(src)} holds a link out of the spec's folder: {rel}"
+
+
+def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str:
+    canonical = json.dumps(
+        {"spec": data, "requirements_file": list(extra_requirements)},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_toml(text: str, label: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([f"{label}: not valid TOML: {exc}"]) from None
+
+
+def load_spec(path: Path | str) -> Spec:
+    """Read and validate env.toml; raise SpecError listing every problem."""
+    path = Path(path)
+    label = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{path}: no such file; `imagesmith init` writes one"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read it: {exc}"]) from None
+    data = parse_toml(text, label)
+    return spec_from_data(data, path=path.resolve(), label=label)
+
+
+def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
+    found = set(_schema_problems(data)) | set(_semantic_problems(data, path.parent))
+    if found:
+        problems = sorted(found, key=_problem_order)
+        raise SpecError([f"{label}: {where}: {message}" for where, message in problems])
+    requirements_file = _requirements_file_lines(data, path.parent)
+    return spec_from_valid_data(data, path=path, file_requirements=requirements_file)
+
+
+def _problem_order(problem: tuple[str, str]) -> tuple[str, str]:
+    """Document order, with list indexes compared as numbers ([10] after [9])."""
+    return re.sub(r"\d+", lambda m: m.group(0).zfill(8), problem[0]), problem[1]
+
+
+def _requirements_file_lines(data: Mapping[str, Any], folder: Path) -> list[str]:
+    req_file = data.get("python", {}).get("requirements_file")
+    if not req_file:
+        return []
+    target = _inside(folder, req_file)
+    assert target is not None  # validated above
+    return read_requirements_file(target)[0]
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)
+
+
+def spec_from_valid_data(
+    data: Mapping[str, Any], *, path: Path, file_requirements: Sequence[str] = ()
+) -> Spec:
+    """Model data that already validated (a spec, or the copy of one a lock embeds)."""
+    python_data = data.get("python")
+    python: Python | None = None
+    if isinstance(python_data, dict):
+        req_file = python_data.get("requirements_file")
+        python = Python(
+            requirements=_strings(python_data.get("requirements", [])) + tuple(file_requirements),
+            requirements_file=req_file,
+            index_url=python_data.get("index_url"),
+            extra_index_urls=_strings(python_data.get("extra_index_urls", [])),
+        )
+    image_data = data.get("image", {})
+    image = ImageSettings(
+        user=image_data.get("user", DEFAULT_USER),
+        uid=image_data.get("uid", DEFAULT_UID),
+        gid=image_data.get("gid"),
+        workdir=image_data.get("workdir"),
+        cmd=_strings(image_data["cmd"]) if "cmd" in image_data else None,
+        entrypoint=_strings(image_data["entrypoint"]) if "entrypoint" in image_data else None,
+        copy=tuple(CopyItem(c["src"], c["dest"]) for c in image_data.get("copy", [])),
+        run=_strings(image_data.get("run", [])),
+        labels=dict(image_data.get("labels", {})),
+        ports=tuple(image_data.get("ports", [])),
+    )
+    res = data.get("resources", {})
+    resources = Resources(
+        cpu=normalize_quantity(res["cpu"]) if "cpu" in res else None,
+        memory=normalize_quantity(res["memory"]) if "memory" in res else None,
+        gpu=res.get("gpu", 0),
+        gpu_resource=res.get("gpu_resource", DEFAULT_GPU_RESOURCE),
+        shm=normalize_quantity(res["shm"]) if "shm" in res else None,
+    )
+    job_data = data.get("job", {})
+    job = JobSettings(
+        command=_strings(job_data["command"]) if "command" in job_data else None,
+        kind=job_data.get("kind", "job"),
+        namespace=job_data.get("namespace"),
+        time=job_data.get("time"),
+        backoff_limit=job_data.get("backoff_limit", 0),
+        ttl_seconds_after_finished=job_data.get("ttl_seconds_after_finished", 86400),
+    )
+    apt = data.get("apt", {})
+    return Spec(
+        path=path,
+        name=data["name"],
+        version=data.get("version", DEFAULT_VERSION),
+        base_image=data["base"]["image"],
+        apt_packages=_strings(apt.get("packages", [])),
+        apt_snapshot=apt.get("snapshot"),
+        python=python,
+        env=dict(data.get("env", {})),
+        image=image,
+        registry_repository=data.get("registry", {}).get("repository"),
+        resources=resources,
+        job=job,
+        data=data,
+        spec_hash=spec_hash(data, file_requirements),
+    )

@@ -1,0 +1,96 @@
+"""The command line, through Typer's runner: exit codes, one line per problem, no tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from imagesmith import __version__
+from imagesmith.cli import app
+from imagesmith.lock import write_lock
+from tests.fixtures.make_lock import make_lock
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"imagesmith {__version__}"
+
+
+def test_validate_ok(example_dir: Path) -> None:
+    result = runner.invoke(app, ["validate", str(example_dir / "env.toml")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("\n") == 1 and "valid" in result.output
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    spec = tmp_path / "env.toml"
+    spec.write_text(
+        'name = "x"\n[base]\nimage = "debian"\n[resources]\nmemory = "32GB"\ngpu = 1.5\n'
+    )
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "env.toml: $.resources.gpu: 1.5 is not a whole, non-negative number of GPUs (0, 1, 2, ...)",
+        'env.toml: $.resources.memory: "32GB" is not a Kubernetes quantity (e.g. 32Gi)',
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_render_without_lock_says_which_command(example_dir: Path) -> None:
+    result = runner.invoke(app, ["render", str(example_dir / "env.toml")])
+    assert result.exit_code == 2
+    assert "imagesmith lock env.toml" in result.stderr
+
+
+def test_render_stale_lock_says_which_command(example_dir: Path) -> None:
+    spec = example_dir / "env.toml"
+    write_lock(make_lock(spec), example_dir / "env.lock")
+    spec.write_text(spec.read_text().replace('"git", ', ""))
+    result = runner.invoke(app, ["render", str(spec)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: env.lock is stale: env.toml changed since it was locked; run `imagesmith lock env.toml`"
+    )
+
+
+def test_render_to_file_and_stdout_agree(example_dir: Path) -> None:
+    spec = example_dir / "env.toml"
+    write_lock(make_lock(spec), example_dir / "env.lock")
+    printed = runner.invoke(app, ["render", str(spec)])
+    assert printed.exit_code == 0, printed.output
+    out = example_dir / "Containerfile"
+    written = runner.invoke(app, ["render", str(spec), "-o", str(out)])
+    assert written.exit_code == 0, written.output
+    assert out.read_text() == printed.stdout
+
+
+def test_every_command_has_help() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in app.registered_commands:
+        name = command.name or (command.callback.__name__ if command.callback else "")
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert len(sub.output) > 80
+
+
+def test_init_writes_a_valid_spec_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", str(tmp_path), "--recipe", "lab-analysis"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["validate", str(tmp_path / "env.toml")]).exit_code == 0
+    again = runner.invoke(app, ["init", str(tmp_path), "--recipe", "lab-analysis"])
+    assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_init_unknown_recipe_lists_the_known_ones(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", str(tmp_path), "--recipe", "nope"])
+    assert result.exit_code == 2
+    assert "lab-analysis" in result.stderr
+
+
+def test_usage_error_exits_2() -> None:
+    assert runner.invoke(app, ["validate", "--bogus"]).exit_code == 2

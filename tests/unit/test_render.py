@@ -1,0 +1,185 @@
+"""Rendering: golden Containerfiles, determinism, escaping, and the linters' verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagesmith.render import decode_embedded_lock, image_labels, quote_value, render
+from tests.conftest import EXAMPLE, REPO
+from tests.fixtures.make_lock import make_lock
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; rerun with IMAGESMITH_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+def test_example_renders_to_the_golden_containerfile() -> None:
+    _golden("lab-analysis.Containerfile", render(make_lock(EXAMPLE / "env.toml")))
+
+
+def test_minimal_renders_to_the_golden_containerfile(tmp_path: Path) -> None:
+    (tmp_path / "env.toml").write_text('name = "tiny"\n[base]\nimage = "debian:bookworm"\n')
+    _golden("minimal.Containerfile", render(make_lock(tmp_path / "env.toml")))
+
+
+def test_same_lock_same_bytes() -> None:
+    assert render(make_lock(EXAMPLE / "env.toml")) == render(make_lock(EXAMPLE / "env.toml"))
+
+
+def test_shape_of_the_example() -> None:
+    text = render(make_lock(EXAMPLE / "env.toml"))
+    assert text.count("apt-get install") == 1  # once, not once per stage
+    assert "FROM debian@sha256:" in text
+    assert "--no-install-recommends" in text and "rm -rf /var/lib/apt/lists/*" in text
+    assert "--require-hashes" in text and "--no-cache-dir" in text and "--no-index" in text
+    assert "USER 1000:1000" in text
+    assert 'CMD ["python3"]' in text
+    # Layer order: apt before the Python stage, the Python stage before the final one.
+    assert (
+        text.index("apt-get install")
+        < text.index("FROM system AS python")
+        < text.index("COPY --from=python")
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        'it\'s "quoted" $HOME and ünïcode',
+        "back\\slash\\",
+        "${X:-y}",
+        "tab\there",
+        "  spaces  ",
+        "",
+    ],
+)
+def test_quote_value_reads_back_literally(value: str) -> None:
+    quoted = quote_value(value)
+    # The builder's rule inside double quotes: \\ \" \$ unescape, nothing else does.
+    inner, out, i = quoted[1:-1], [], 0
+    while i < len(inner):
+        if inner[i] == "\\" and i + 1 < len(inner) and inner[i + 1] in '\\"$':
+            out.append(inner[i + 1])
+            i += 2
+        else:
+            assert inner[i] not in '"$', f"unescaped {inner[i]!r} in {quoted}"
+            out.append(inner[i])
+            i += 1
+    assert "".join(out) == value
+
+
+def test_labels_carry_spec_and_lock() -> None:
+    lock = make_lock(EXAMPLE / "env.toml")
+    labels = image_labels(lock)
+    assert labels["org.opencontainers.image.title"] == "lab-analysis"
+    assert labels["org.opencontainers.image.version"] == "1.0.0"
+    assert labels["org.opencontainers.image.base.name"] == "debian:bookworm"
+    assert labels["org.opencontainers.image.base.digest"] == lock.base.digest
+    assert labels["io.imagesmith.lock-hash"] == lock.lock_hash
+    assert labels["io.imagesmith.spec-hash"] == lock.spec_hash
+    assert decode_embedded_lock(labels["io.imagesmith.lock"]) == lock.to_toml()
+
+
+def test_user_run_and_copy_use_exec_form(example_dir: Path) -> None:
+    spec = example_dir / "env.toml"
+    (example_dir / "scripts").mkdir()
+    (example_dir / "scripts" / "t.py").write_text("x = 1\n")
+    spec.write_text(
+        spec.read_text()
+        .replace("# copy = [{", "copy = [{")
+        .replace("# run = [", "run = [")
+        .replace("# entrypoint", "entrypoint")
+    )
+    text = render(make_lock(spec))
+    assert 'COPY ["copy/0/scripts", "/opt/lab/scripts"]' in text
+    assert 'RUN ["/bin/sh", "-c", "set -e\\npython3 -m compileall -q /opt/lab"]' in text
+    assert 'ENTRYPOINT ["tini", "--"]' in text
+
+
+def test_snapshot_points_apt_at_the_archive(tmp_path: Path) -> None:
+    (tmp_path / "env.toml").write_text(
+        'name = "s"\n[base]\nimage = "debian:bookworm"\n[apt]\npackages = ["git"]\nsnapshot = "20250520T000000Z"\n'
+    )
+    lock = make_lock(tmp_path / "env.toml")
+    lock = lock.__class__(
+        **{
+            **vars(lock),
+            "apt": lock.apt.__class__(
+                suite="bookworm", snapshot="20250520T000000Z", packages=lock.apt.packages
+            ),
+        }
+    )
+    text = render(lock)
+    assert "snapshot.debian.org/archive/debian/20250520T000000Z bookworm main" in text
+    assert text.index("snapshot.debian.org") < text.index("apt-get update")
+
+
+def _tool(name: str) -> str:
+    """A linter from PATH, the test venv or the tools venv; a missing one fails the test."""
+    search = os.pathsep.join(
+        [
+            str(Path(sys.executable).parent),
+            str(REPO / ".venv-tools" / "bin"),
+            os.environ.get("PATH", ""),
+        ]
+    )
+    found = shutil.which(name, path=search)
+    assert found, f"{name} is not installed: run scripts/setup-venv.sh"
+    return found
+
+
+def _lintable(tmp_path: Path) -> Path:
+    path = tmp_path / "Containerfile"
+    path.write_text(render(make_lock(EXAMPLE / "env.toml")))
+    return path
+
+
+def test_hadolint_has_nothing_to_say(tmp_path: Path) -> None:
+    hadolint = _tool("hadolint")
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "style", _lintable(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def test_checkov_passes_except_healthcheck(tmp_path: Path) -> None:
+    checkov = _tool("checkov")
+    result = subprocess.run(
+        [
+            checkov,
+            "-f",
+            str(_lintable(tmp_path)),
+            "--framework",
+            "dockerfile",
+            "--skip-download",
+            "--skip-check",
+            "CKV_DOCKER_2",
+            "-o",
+            "json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = json.loads(result.stdout)
+    failed = report.get("results", {}).get("failed_checks", []) if isinstance(report, dict) else []
+    assert failed == [], [c["check_id"] for c in failed]
+    assert result.returncode == 0

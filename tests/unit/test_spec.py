@@ -1,0 +1,347 @@
+"""Spec validation: every problem, one line each, exact wording."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imagesmith.errors import SpecError
+from imagesmith.spec import load_spec
+from tests.conftest import EXAMPLE, RECIPES
+
+OK = 'name = "x"\n[base]\nimage = "debian:bookworm"\n'
+APT_HINT = (
+    "is not a Debian package name (lowercase letters, digits, '+', '-', '.'; optionally =VERSION)"
+)
+QTY = "is not a Kubernetes quantity (e.g. 32Gi)"
+GPU = "is not a whole, non-negative number of GPUs (0, 1, 2, ...)"
+
+BAD_SPECS: list[tuple[str, str, list[str]]] = [
+    (
+        "malformed toml",
+        'name = "x"\n[base\nimage = "a"\n',
+        [
+            "env.toml: not valid TOML: Expected ']' at the end of a table declaration (at line 2, column 6)"
+        ],
+    ),
+    (
+        "unknown key with suggestion",
+        OK + '[resources]\nmem = "1Gi"\n',
+        ['env.toml: $.resources.mem: unknown key "mem" (did you mean memory?)'],
+    ),
+    (
+        "unknown top-level key",
+        OK + 'versoin = "1"\n'.replace("versoin", "versoin"),
+        [],
+    ),  # placeholder replaced below (TOML order)
+    (
+        "unknown table",
+        OK + "[pyhton]\nrequirements = []\n",
+        ['env.toml: $.pyhton: unknown key "pyhton" (did you mean python?)'],
+    ),
+    ("missing base", 'name = "x"\n', ['env.toml: $: missing required key "base"']),
+    ("missing name", '[base]\nimage = "debian"\n', ['env.toml: $: missing required key "name"']),
+    (
+        "missing base.image",
+        'name = "x"\n[base]\n',
+        ['env.toml: $.base: missing required key "image"'],
+    ),
+    (
+        "uppercase name",
+        'name = "Lab"\n[base]\nimage = "debian"\n',
+        [
+            "env.toml: $.name: \"Lab\" is not an image name (lowercase letters, digits, '.', '_', '-'; e.g. lab-analysis)"
+        ],
+    ),
+    (
+        "name not a string",
+        'name = 5\n[base]\nimage = "debian"\n',
+        ["env.toml: $.name: expected a string, got 5"],
+    ),
+    (
+        "bad version tag",
+        OK.replace('name = "x"', 'name = "x"\nversion = "1.0 beta"'),
+        [
+            "env.toml: $.version: \"1.0 beta\" is not usable as an image tag (letters, digits, '_', '.', '-'; at most 128)"
+        ],
+    ),
+    (
+        "bad image reference",
+        'name = "x"\n[base]\nimage = "Debian:Bookworm!"\n',
+        [
+            'env.toml: $.base.image: "Debian:Bookworm!" is not an image reference (e.g. debian:bookworm)'
+        ],
+    ),
+    (
+        "short digest",
+        'name = "x"\n[base]\nimage = "debian@sha256:abc"\n',
+        [
+            'env.toml: $.base.image: "debian@sha256:abc" is not an image reference (e.g. debian:bookworm)'
+        ],
+    ),
+    (
+        "apt shell injection",
+        OK + '[apt]\npackages = ["git", "curl; rm -rf /"]\n',
+        [f'env.toml: $.apt.packages[1]: "curl; rm -rf /" {APT_HINT}'],
+    ),
+    (
+        "apt command substitution",
+        OK + '[apt]\npackages = ["$(id)"]\n',
+        [f'env.toml: $.apt.packages[0]: "$(id)" {APT_HINT}'],
+    ),
+    (
+        "apt backticks",
+        OK + '[apt]\npackages = ["`id`"]\n',
+        [f'env.toml: $.apt.packages[0]: "`id`" {APT_HINT}'],
+    ),
+    (
+        "apt space",
+        OK + '[apt]\npackages = ["git curl"]\n',
+        [f'env.toml: $.apt.packages[0]: "git curl" {APT_HINT}'],
+    ),
+    (
+        "apt newline",
+        OK + '[apt]\npackages = ["git\\nrm"]\n',
+        [f'env.toml: $.apt.packages[0]: "git\\nrm" {APT_HINT}'],
+    ),
+    (
+        "apt not a list",
+        OK + '[apt]\npackages = "git"\n',
+        ['env.toml: $.apt.packages: expected a list, got "git"'],
+    ),
+    (
+        "apt bad snapshot",
+        OK + '[apt]\nsnapshot = "2025-05-20"\n',
+        [
+            'env.toml: $.apt.snapshot: "2025-05-20" is not a snapshot time (YYYYMMDDTHHMMSSZ, e.g. 20250520T000000Z)'
+        ],
+    ),
+    (
+        "not PEP 508",
+        OK + '[python]\nrequirements = ["numpy>>2", "requests"]\n',
+        [
+            'env.toml: $.python.requirements[0]: "numpy>>2" is not a PEP 508 requirement '
+            "(e.g. numpy>=2 or requests[socks]==2.32.3)"
+        ],
+    ),
+    (
+        "missing requirements file",
+        OK + '[python]\nrequirements_file = "nope.txt"\n',
+        [
+            'env.toml: $.python.requirements_file: "nope.txt" does not exist (looked for {dir}/nope.txt)'
+        ],
+    ),
+    (
+        "requirements file outside",
+        OK + '[python]\nrequirements_file = "../r.txt"\n',
+        [
+            'env.toml: $.python.requirements_file: "../r.txt" is outside the spec\'s folder; keep it beside env.toml'
+        ],
+    ),
+    (
+        "bad index url",
+        OK + '[python]\nindex_url = "pypi.example.edu"\n',
+        ['env.toml: $.python.index_url: "pypi.example.edu" is not an index URL (https://...)'],
+    ),
+    (
+        "memory in GB",
+        OK + '[resources]\nmemory = "32GB"\n',
+        [f'env.toml: $.resources.memory: "32GB" {QTY}'],
+    ),
+    ("negative cpu", OK + '[resources]\ncpu = "-1"\n', [f'env.toml: $.resources.cpu: "-1" {QTY}']),
+    (
+        "cpu boolean",
+        OK + "[resources]\ncpu = true\n",
+        ["env.toml: $.resources.cpu: expected a string or a number, got true"],
+    ),
+    ("negative gpu", OK + "[resources]\ngpu = -1\n", [f"env.toml: $.resources.gpu: -1 {GPU}"]),
+    ("fractional gpu", OK + "[resources]\ngpu = 1.5\n", [f"env.toml: $.resources.gpu: 1.5 {GPU}"]),
+    (
+        "gpu as string",
+        OK + '[resources]\ngpu = "1"\n',
+        ['env.toml: $.resources.gpu: expected a whole number, got "1"'],
+    ),
+    (
+        "copy with ..",
+        OK + '[image]\ncopy = [{ src = "../etc", dest = "/x" }]\n',
+        [
+            "env.toml: $.image.copy[0].src: \"../etc\" is outside the spec's folder (no absolute paths, '..' or links out)"
+        ],
+    ),
+    (
+        "copy absolute",
+        OK + '[image]\ncopy = [{ src = "/etc", dest = "/x" }]\n',
+        [
+            "env.toml: $.image.copy[0].src: \"/etc\" is outside the spec's folder (no absolute paths, '..' or links out)"
+        ],
+    ),
+    (
+        "copy link out",
+        OK + '[image]\ncopy = [{ src = "scripts", dest = "/x" }]\n',
+        ['env.toml: $.image.copy[0].src: "scripts" holds a link out of the spec\'s folder: out'],
+    ),
+    (
+        "copy missing",
+        OK + '[image]\ncopy = [{ src = "gone", dest = "/x" }]\n',
+        ['env.toml: $.image.copy[0].src: "gone" does not exist (looked for {dir}/gone)'],
+    ),
+    (
+        "copy relative dest",
+        OK + '[image]\ncopy = [{ src = "scripts/a.sh", dest = "x" }]\n',
+        ['env.toml: $.image.copy[0].dest: "x" is not an absolute path (e.g. /opt/lab/scripts)'],
+    ),
+    (
+        "root user",
+        OK + '[image]\nuser = "root"\n',
+        ['env.toml: $.image.user: "root" is not allowed: the image runs as a non-root user'],
+    ),
+    (
+        "uid 0",
+        OK + "[image]\nuid = 0\n",
+        ["env.toml: $.image.uid: 0 must be a uid between 1 and 2147483647 (0 is root)"],
+    ),
+    (
+        "relative workdir",
+        OK + '[image]\nworkdir = "work"\n',
+        ['env.toml: $.image.workdir: "work" is not an absolute path (e.g. /work)'],
+    ),
+    (
+        "cmd not a list",
+        OK + '[image]\ncmd = "python3"\n',
+        ['env.toml: $.image.cmd: expected a list, got "python3"'],
+    ),
+    ("env not a string", OK + "[env]\nA = 1\n", ["env.toml: $.env.A: expected a string, got 1"]),
+    (
+        "env bad name",
+        OK + '[env]\n"1A" = "x"\n',
+        ['env.toml: $.env: "1A" is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)'],
+    ),
+    (
+        "env newline",
+        OK + '[env]\nB = "a\\nb"\n',
+        [
+            'env.toml: $.env.B: "a\\nb" contains a newline or control character, which a Containerfile ENV cannot carry'
+        ],
+    ),
+    (
+        "job kind",
+        OK + '[job]\nkind = "cron"\n',
+        ['env.toml: $.job.kind: "cron" is not one of "pod", "job"'],
+    ),
+    (
+        "job time",
+        OK + '[job]\ntime = "1:2:3:4"\n',
+        [
+            'env.toml: $.job.time: "1:2:3:4" is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)'
+        ],
+    ),
+    ("zero time", OK + '[job]\ntime = "0"\n', ['env.toml: $.job.time: "0" is a zero time limit']),
+    (
+        "registry with tag",
+        OK + '[registry]\nrepository = "registry.example.edu/lab/x:1"\n',
+        [
+            'env.toml: $.registry.repository: "registry.example.edu/lab/x:1" is not a repository (e.g. registry.example.edu/lab/analysis)'
+        ],
+    ),
+    (
+        "several problems at once",
+        'name = "x"\n[base]\nimage = "debian"\n[apt]\npackages = ["a;b"]\n[resources]\nmemory = "1GB"\ngpu = -2\n',
+        [
+            f'env.toml: $.apt.packages[0]: "a;b" {APT_HINT}',
+            f"env.toml: $.resources.gpu: -2 {GPU}",
+            f'env.toml: $.resources.memory: "1GB" {QTY}',
+        ],
+    ),
+]
+BAD_SPECS[2] = (
+    "unknown top-level key",
+    'name = "x"\nversoin = "1"\n[base]\nimage = "debian"\n',
+    ['env.toml: $.versoin: unknown key "versoin" (did you mean version?)'],
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in BAD_SPECS], ids=[name for name, _, _ in BAD_SPECS]
+)
+def test_bad_spec_lists_every_problem_exactly(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "a.sh").write_text("echo hi\n")
+    os.symlink("/etc/passwd", tmp_path / "scripts" / "out")
+    spec = tmp_path / "env.toml"
+    spec.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert caught.value.problems == [line.format(dir=tmp_path) for line in expected]
+
+
+def test_at_least_thirty_bad_specs() -> None:
+    assert len(BAD_SPECS) >= 30
+
+
+def test_the_issue_example_validates_exactly_as_written() -> None:
+    spec = load_spec(EXAMPLE / "env.toml")
+    assert spec.name == "lab-analysis"
+    assert spec.env["GREETING"] == 'it\'s "quoted" $HOME and ünïcode'
+    assert spec.resources.gpu == 1 and spec.resources.memory == "32Gi"
+    assert spec.image.user == "researcher" and spec.image.uid == 1000
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.name for p in RECIPES.iterdir() if (p / "env.toml").exists())
+)
+def test_every_recipe_validates(recipe: str) -> None:
+    load_spec(RECIPES / recipe / "env.toml")
+
+
+def test_only_name_and_base_are_required(tmp_path: Path) -> None:
+    (tmp_path / "env.toml").write_text(OK)
+    spec = load_spec(tmp_path / "env.toml")
+    assert spec.python is None and spec.apt_packages == () and spec.image.user == "lab"
+
+
+def test_spec_hash_ignores_comments_but_not_meaning(tmp_path: Path) -> None:
+    path = tmp_path / "env.toml"
+    path.write_text(OK)
+    first = load_spec(path).spec_hash
+    path.write_text("# a comment\n" + OK.replace(" = ", "="))
+    assert load_spec(path).spec_hash == first
+    path.write_text(OK + "[apt]\npackages = ['git']\n")
+    assert load_spec(path).spec_hash != first
+
+
+def test_requirements_file_is_combined_and_hashed(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("# pinned by hand\nrequests>=2\n\nidna  # comment\n")
+    path = tmp_path / "env.toml"
+    path.write_text(
+        OK + '[python]\nrequirements = ["numpy>=2"]\nrequirements_file = "requirements.txt"\n'
+    )
+    spec = load_spec(path)
+    assert spec.python is not None
+    assert spec.python.requirements == ("numpy>=2", "requests>=2", "idna")
+    before = spec.spec_hash
+    (tmp_path / "requirements.txt").write_text("requests>=3\n")
+    assert load_spec(path).spec_hash != before
+
+
+def test_requirements_file_problems_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "r.txt").write_text("requests\n-e git+https://x\nnumpy>>1\n")
+    path = tmp_path / "env.toml"
+    path.write_text(OK + '[python]\nrequirements_file = "r.txt"\n')
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert caught.value.problems == [
+        "env.toml: $.python.requirements_file: r.txt:2: pip options (-e) are not supported here; "
+        "use [python] index_url / extra_index_urls",
+        'env.toml: $.python.requirements_file: r.txt:3: "numpy>>1" is not a PEP 508 requirement '
+        "(e.g. numpy>=2 or requests[socks]==2.32.3)",
+    ]
+
+
+def test_missing_spec_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(tmp_path / "env.toml")
+    assert "no such file" in caught.value.problems[0]
