@@ -1,0 +1,269 @@
+"""The one interface imagesmith talks to: a container engine that builds, runs and moves images.
+
+Every method takes keyword-only options; what differs between Docker and podman stays in
+the implementations (`docker.py`, `podman.py`). Conventions all engines keep:
+
+- image IDs are returned as `sha256:<64 hex>`;
+- a build is tagged only after it succeeded, so a failed or interrupted build never
+  carries one of the requested tags;
+- a missing image is not an error for `remove_image`, and is `False` for `image_exists`;
+- errors are `imagesmith.errors` exceptions (`EngineError`, `BuildError`, `RegistryError`,
+  `InputError`), each with a message that fits one line.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagesmith.errors import InputError
+from imagesmith.reference import parse_reference
+
+#: How many trailing lines of build output a BuildError carries.
+TAIL_LINES = 20
+
+LineCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What imagesmith needs to know about a local image, the same on every engine."""
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    """`name@sha256:...` of the manifests registries hold for it (none for a local-only image)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    size: int = 0
+    user: str = ""
+    workdir: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    architecture: str = ""
+    os: str = ""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Exit code and combined stdout+stderr of a finished, already removed container."""
+
+    exit_code: int
+    output: str
+
+
+class Engine(abc.ABC):
+    """A container engine. Instances are cheap to keep; they hold no running containers."""
+
+    name: str
+
+    # -- images --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def build(
+        self,
+        *,
+        context: Path,
+        containerfile: str = "Containerfile",
+        tags: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        build_args: Mapping[str, str] | None = None,
+        no_cache: bool = False,
+        on_line: LineCallback | None = None,
+    ) -> str:
+        """Build `context/containerfile`, tag the result with every tag; return its image ID.
+
+        Raises BuildError (with the failing step and the last output lines) when any step
+        or any message in the engine's output reports an error; no tag is applied then.
+        """
+
+    @abc.abstractmethod
+    def image_exists(self, ref: str) -> bool:
+        """Whether `ref` (name, name:tag or image ID) names a local image."""
+
+    @abc.abstractmethod
+    def inspect_image(self, ref: str) -> ImageInfo:
+        """Details of a local image; EngineError when there is none."""
+
+    @abc.abstractmethod
+    def tag(self, image: str, ref: str) -> None:
+        """Give the local image `image` (ID or reference) the additional name `ref`."""
+
+    @abc.abstractmethod
+    def remove_image(self, ref: str, *, force: bool = False) -> None:
+        """Remove a tag or an image; nothing happens when it does not exist."""
+
+    # -- containers ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def run(
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        network: bool = True,
+    ) -> RunResult:
+        """Run `command` in a new container of the local `image`, wait, remove the container."""
+
+    # -- moving images -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save(self, ref: str, dest: Path) -> None:
+        """Write `ref` to `dest` as a docker-archive tarball (the `docker save` format)."""
+
+    @abc.abstractmethod
+    def load(self, archive: Path) -> str:
+        """Load a docker-archive tarball; return the ID of the (first) image in it."""
+
+    @abc.abstractmethod
+    def pull(self, ref: str, *, auth: Mapping[str, str] | None = None) -> str:
+        """Pull `ref` from its registry; return the local image ID."""
+
+    @abc.abstractmethod
+    def push(self, ref: str, *, auth: Mapping[str, str] | None = None) -> None:
+        """Push `ref` to its registry; RegistryError on any error the registry reports.
+
+        `auth` is `{"username": ..., "password": ...}`; None uses the engine's own login.
+        """
+
+    # -- the engine itself ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def info(self) -> dict[str, Any]:
+        """The engine's own description of itself; EngineError when it does not answer."""
+
+    # -- helpers shared by the implementations -------------------------------------------
+
+    def _apply_tags(self, image_id: str, tags: Sequence[str]) -> None:
+        """Tag `image_id` with every tag; if that is cut short, undo the tags already set.
+
+        Undo means: a tag that named another image before names it again, a new tag is
+        removed. This runs for KeyboardInterrupt too.
+        """
+        done: list[tuple[str, str | None]] = []
+        try:
+            for ref in tags:
+                previous = self.inspect_image(ref).id if self.image_exists(ref) else None
+                if previous == image_id:
+                    continue
+                self.tag(image_id, ref)
+                done.append((ref, previous))
+        except BaseException:
+            for ref, previous in reversed(done):
+                with contextlib.suppress(Exception):
+                    if previous is None:
+                        self.remove_image(ref)
+                    else:
+                        self.tag(previous, ref)
+            raise
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def check_tags(tags: Iterable[str]) -> list[str]:
+    """The tags as a list; InputError when one is not a `name[:tag]` reference."""
+    if isinstance(tags, str):
+        raise InputError(f"tags must be a list of references, not the string {tags!r}")
+    out = []
+    for tag in tags:
+        try:
+            ref = parse_reference(tag)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if ref.digest is not None:
+            raise InputError(f"{tag!r} cannot be used as a tag: it contains a digest")
+        out.append(tag)
+    return out
+
+
+def check_context(context: Path, containerfile: str) -> Path:
+    """The Containerfile's path; InputError when the context or the file is missing."""
+    if not context.is_dir():
+        raise InputError(f"build context {context} is not a directory")
+    path = Path(containerfile)
+    if not path.is_absolute():
+        path = context / path
+    if not path.is_file():
+        raise InputError(f"no Containerfile at {path}")
+    return path
+
+
+class OutputTail:
+    """Collects build output: the last lines, the step being run, every line to `on_line`."""
+
+    _STEP = re.compile(r"^(?:STEP|Step) (\d+)/(\d+) ?: ?(.*)$")
+
+    def __init__(self, on_line: LineCallback | None) -> None:
+        self._on_line = on_line
+        self._partial = ""
+        self.lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self.step = ""
+
+    def feed(self, text: str) -> None:
+        """Add raw output; complete lines are handled now, a trailing partial line later."""
+        text = self._partial + text
+        *complete, self._partial = text.split("\n")
+        for line in complete:
+            self._line(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+
+    def _line(self, raw: str) -> None:
+        # Progress bars redraw with \r: keep what the terminal would finally show.
+        line = raw.rstrip("\r").rsplit("\r", 1)[-1].rstrip()
+        match = self._STEP.match(line)
+        if match:
+            number, total, instruction = match.groups()
+            self.step = f"STEP {number}/{total}: {instruction.strip()}"
+        self.lines.append(line)
+        if self._on_line is not None:
+            self._on_line(line)
+
+    @property
+    def tail(self) -> list[str]:
+        return list(self.lines)
+
+
+_DISK_FULL = "no space left on device"
+
+
+def is_disk_full(message: str) -> bool:
+    return _DISK_FULL in message.lower()
+
+
+def disk_full_message(where: str) -> str:
+    return (
+        f"the disk holding {where} is full (no space left on device): "
+        "free space, e.g. remove unused images, and retry"
+    )
+
+
+def is_loopback_registry(registry: str) -> bool:
+    """Whether `registry` (host[:port]) is on this machine, where plain HTTP is accepted."""
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """`(repository, tag_or_digest)` as the engines' APIs want it; the tag defaults to latest."""
+    try:
+        parsed = parse_reference(ref)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    repository = name.rsplit(":", 1)[0] if ":" in last else name
+    if parsed.digest:
+        return repository, parsed.digest
+    return repository, parsed.tag or "latest"

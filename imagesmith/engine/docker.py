@@ -1,0 +1,467 @@
+"""Docker, through docker-py; builds stream through the low-level API so no error is missed."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from imagesmith.engine.base import (
+    Engine,
+    ImageInfo,
+    LineCallback,
+    OutputTail,
+    RunResult,
+    check_context,
+    check_tags,
+    disk_full_message,
+    is_disk_full,
+    split_ref,
+)
+from imagesmith.errors import BuildError, EngineError, RegistryError
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+#: Seconds a quick liveness probe waits for the daemon.
+PROBE_TIMEOUT = 3.0
+#: Seconds an ordinary API call may take (builds, waits and streams have none).
+API_TIMEOUT = 600
+
+
+def docker_host() -> str:
+    """Where docker-py will look for the daemon, as the user would write it."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+def _unreachable(exc: BaseException) -> EngineError:
+    text = str(exc)
+    host = docker_host()
+    if "Permission denied" in text or "PermissionError" in text:
+        return EngineError(
+            f"the Docker daemon at {host} refused this user (permission denied): "
+            "run as root, join the docker group, or use --engine podman"
+        )
+    return EngineError(
+        f"no Docker daemon answers at {host}: start it (dockerd &, or scripts/start-dockerd.sh) "
+        "or use --engine podman"
+    )
+
+
+def connect(timeout: float = PROBE_TIMEOUT) -> Any:
+    """A docker-py client for the daemon named by DOCKER_HOST; EngineError if none answers."""
+    if not _socket_answers(timeout) and not _context_configured():
+        raise _unreachable(ConnectionRefusedError())
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise _unreachable(exc) from None
+    except OSError as exc:
+        raise _unreachable(exc) from None
+    return client
+
+
+def _socket_answers(timeout: float) -> bool:
+    """Whether the local socket (DOCKER_HOST unix://..., or the default) accepts connections.
+
+    Probing first answers fast and avoids a docker-py socket leak on refused connections.
+    Hosts that are not unix sockets are left to docker-py (True).
+    """
+    host = docker_host()
+    if not host.startswith("unix://"):
+        return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(host.removeprefix("unix://"))
+        except PermissionError:
+            raise _unreachable(PermissionError("Permission denied")) from None
+        except OSError:
+            return False
+    return True
+
+
+def _context_configured() -> bool:
+    """Whether, without DOCKER_HOST, docker-py would follow a Docker CLI context elsewhere."""
+    if os.environ.get("DOCKER_HOST"):
+        return False
+    if os.environ.get("DOCKER_CONTEXT", "default") != "default":
+        return True
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        current = json.loads(config.read_text()).get("currentContext", "default")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(current) and current != "default"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc)
+
+
+def _operation_error(what: str, exc: BaseException) -> EngineError:
+    text = _error_text(exc)
+    if is_disk_full(text):
+        return EngineError(disk_full_message("Docker's data root (/var/lib/docker)"))
+    return EngineError(f"docker: {what}: {text.splitlines()[0] if text else type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn docker-py's and requests' exceptions into one-line EngineErrors."""
+    try:
+        yield
+    except docker.errors.DockerException as exc:
+        raise _operation_error(what, exc) from None
+    except OSError as exc:
+        raise _os_error(what, exc) from None
+
+
+def _os_error(what: str, exc: OSError) -> EngineError:
+    if type(exc).__module__.startswith(("requests", "urllib3")):
+        return _unreachable(exc)  # the connection to the daemon broke
+    if exc.errno == errno.ENOSPC:
+        return EngineError(disk_full_message(exc.filename or "the target directory"))
+    return EngineError(f"docker: {what}: {exc.strerror or exc}")
+
+
+def _stream_error(chunk: Mapping[str, Any]) -> str | None:
+    """The error a JSON stream message reports, if it reports one."""
+    detail = chunk.get("errorDetail")
+    if isinstance(detail, Mapping) and detail.get("message"):
+        return str(detail["message"])
+    if detail:
+        return str(detail)
+    if chunk.get("error"):
+        return str(chunk["error"])
+    return None
+
+
+def _env_dict(env: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in env or ():
+        key, _, value = str(item).partition("=")
+        out[key] = value
+    return out
+
+
+class DockerEngine(Engine):
+    """A Docker daemon (DOCKER_HOST, or the local socket)."""
+
+    name = "docker"
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client if client is not None else connect()
+        self._client.api.timeout = API_TIMEOUT
+        self._api = self._client.api
+
+    @contextlib.contextmanager
+    def _closing_responses(self) -> Iterator[None]:
+        """Close every HTTP response opened inside the block when it ends.
+
+        docker-py's streaming calls return generators that never close their response;
+        a stream left early (an error, Ctrl-C) would leak the socket and, for a build,
+        keep the daemon building. Closing the response makes the daemon cancel.
+        """
+        opened: list[Any] = []
+
+        def keep(response: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(response)
+            return response
+
+        hooks = self._api.hooks.setdefault("response", [])
+        hooks.append(keep)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):
+                hooks.remove(keep)
+            for response in opened:
+                with contextlib.suppress(Exception):
+                    response.close()
+
+    # -- images --------------------------------------------------------------------------
+
+    def build(
+        self,
+        *,
+        context: Path,
+        containerfile: str = "Containerfile",
+        tags: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        build_args: Mapping[str, str] | None = None,
+        no_cache: bool = False,
+        on_line: LineCallback | None = None,
+    ) -> str:
+        tag_list = check_tags(tags)
+        check_context(context, containerfile)
+        out = OutputTail(on_line)
+        try:
+            with self._closing_responses():
+                image_id = self._stream_build(
+                    context, containerfile, labels, build_args, no_cache, out
+                )
+        except docker.errors.APIError as exc:
+            out.flush()
+            raise self._build_error(_error_text(exc), out) from None
+        except docker.errors.DockerException as exc:
+            raise _operation_error("build", exc) from None
+        except OSError as exc:
+            raise _os_error("build", exc) from None
+        out.flush()
+        if image_id is None:
+            image_id = self._built_id(out.tail)
+        self._apply_tags(image_id, tag_list)
+        return image_id
+
+    def _stream_build(
+        self,
+        context: Path,
+        containerfile: str,
+        labels: Mapping[str, str] | None,
+        build_args: Mapping[str, str] | None,
+        no_cache: bool,
+        out: OutputTail,
+    ) -> str | None:
+        """Run the build, feeding `out`; the image ID the daemon reported, if any."""
+        image_id: str | None = None
+        # No tag here: the image is tagged by build(), only once the build succeeded.
+        stream = self._api.build(
+            path=str(context),
+            dockerfile=containerfile,
+            labels=dict(labels or {}),
+            buildargs=dict(build_args or {}),
+            nocache=no_cache,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                out.feed(str(chunk["stream"]))
+            elif "status" in chunk:  # pulling the FROM image
+                out.feed(f"{chunk['status']} {chunk.get('progress', '')}".rstrip() + "\n")
+            aux = chunk.get("aux")
+            if isinstance(aux, Mapping) and aux.get("ID"):
+                image_id = str(aux["ID"])
+            error = _stream_error(chunk)
+            if error is not None:
+                out.flush()
+                raise self._build_error(error, out)
+        return image_id
+
+    def _built_id(self, tail: list[str]) -> str:
+        """The ID from 'Successfully built abc123' (daemons that send no aux message)."""
+        for line in reversed(tail):
+            match = re.match(r"^Successfully built ([0-9a-f]+)$", line)
+            if match:
+                return self.inspect_image(match.group(1)).id
+        raise BuildError("docker build ended without reporting an image ID", output_tail=tail)
+
+    @staticmethod
+    def _build_error(error: str, out: OutputTail) -> BuildError:
+        first = error.strip().splitlines()[0] if error.strip() else "unknown error"
+        if is_disk_full(error):
+            first = disk_full_message("Docker's data root (/var/lib/docker)")
+        return BuildError(f"docker build failed: {first}", step=out.step, output_tail=out.tail)
+
+    def image_exists(self, ref: str) -> bool:
+        with _translated(f"inspect {ref}"):
+            try:
+                self._api.inspect_image(ref)
+            except docker.errors.NotFound:
+                return False
+        return True
+
+    def inspect_image(self, ref: str) -> ImageInfo:
+        with _translated(f"inspect {ref}"):
+            try:
+                data = self._api.inspect_image(ref)
+            except docker.errors.NotFound:
+                raise EngineError(f"docker: no local image {ref}") from None
+        config = data.get("Config") or {}
+        return ImageInfo(
+            id=str(data["Id"]),
+            repo_tags=tuple(t for t in data.get("RepoTags") or () if t != "<none>:<none>"),
+            repo_digests=tuple(
+                d for d in data.get("RepoDigests") or () if not d.startswith("<none>")
+            ),
+            labels=dict(config.get("Labels") or {}),
+            size=int(data.get("Size") or 0),
+            user=str(config.get("User") or ""),
+            workdir=str(config.get("WorkingDir") or ""),
+            env=_env_dict(config.get("Env")),
+            architecture=str(data.get("Architecture") or ""),
+            os=str(data.get("Os") or ""),
+        )
+
+    def tag(self, image: str, ref: str) -> None:
+        repository, tag = split_ref(ref)
+        with _translated(f"tag {image} as {ref}"):
+            try:
+                ok = self._api.tag(image, repository, tag=tag, force=True)
+            except docker.errors.NotFound:
+                raise EngineError(f"docker: cannot tag {image}: no such image") from None
+        if not ok:
+            raise EngineError(f"docker: tagging {image} as {ref} failed")
+
+    def remove_image(self, ref: str, *, force: bool = False) -> None:
+        with _translated(f"remove {ref}"):
+            try:
+                self._api.remove_image(ref, force=force)
+            except docker.errors.NotFound:
+                return
+
+    # -- containers ----------------------------------------------------------------------
+
+    def run(
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        network: bool = True,
+    ) -> RunResult:
+        with _translated(f"run {image}"):
+            host_config = self._api.create_host_config(network_mode=None if network else "none")
+            try:
+                container = self._api.create_container(
+                    image,
+                    command=list(command),
+                    environment=dict(env or {}),
+                    user=user or "",
+                    host_config=host_config,
+                )
+            except docker.errors.NotFound:
+                raise EngineError(f"docker: no local image {image}") from None
+            cid = container["Id"]
+            try:
+                try:
+                    self._api.start(cid)
+                except docker.errors.APIError as exc:
+                    # The command cannot be started: answer like a shell (and podman) would.
+                    text = _error_text(exc)
+                    if "not found" in text or "no such file" in text.lower():
+                        return RunResult(127, text)
+                    if "permission denied" in text.lower():
+                        return RunResult(126, text)
+                    raise
+                status = self._api.wait(cid)
+                logs = self._api.logs(cid, stdout=True, stderr=True)
+                output = bytes(logs).decode("utf-8", errors="replace")
+                return RunResult(int(status.get("StatusCode", -1)), output)
+            finally:
+                with contextlib.suppress(docker.errors.DockerException, OSError):
+                    self._api.remove_container(cid, force=True, v=True)
+
+    # -- moving images -------------------------------------------------------------------
+
+    def save(self, ref: str, dest: Path) -> None:
+        part = dest.with_name(dest.name + ".part")
+        try:
+            with _translated(f"save {ref}"), self._closing_responses():
+                try:
+                    chunks = self._api.get_image(ref)
+                    with part.open("wb") as fh:
+                        for chunk in chunks:
+                            fh.write(chunk)
+                except docker.errors.NotFound:
+                    raise EngineError(f"docker: no local image {ref}") from None
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise EngineError(disk_full_message(str(dest.parent))) from None
+                    raise
+                part.replace(dest)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def load(self, archive: Path) -> str:
+        if not archive.is_file():
+            raise EngineError(f"docker: no archive at {archive}")
+        loaded: list[str] = []
+        with (
+            _translated(f"load {archive}"),
+            self._closing_responses(),
+            archive.open("rb") as fh,
+        ):
+            for chunk in self._api.load_image(fh):
+                error = _stream_error(chunk)
+                if error is not None:
+                    raise _operation_error(f"load {archive}", Exception(error))
+                match = re.search(r"Loaded image(?: ID)?: (\S+)", str(chunk.get("stream", "")))
+                if match:
+                    loaded.append(match.group(1))
+        if not loaded:
+            raise EngineError(f"docker: loading {archive} reported no image")
+        return self.inspect_image(loaded[0]).id
+
+    def _registry_stream(self, what: str, chunks: Iterator[Mapping[str, Any]]) -> None:
+        """Consume a pull/push progress stream; raise on the first error in it.
+
+        docker-py does not raise for errors the daemon reports inside the stream
+        (docker/docker-py#3161, #3277): every `error`/`errorDetail` message counts.
+        """
+        for chunk in chunks:
+            error = _stream_error(chunk)
+            if error is not None:
+                first = error.strip().splitlines()[0] if error.strip() else "unknown error"
+                if is_disk_full(error):
+                    raise EngineError(disk_full_message("Docker's data root (/var/lib/docker)"))
+                raise RegistryError(f"docker {what}: {first}")
+
+    def _registry_call(self, what: str, call: Any) -> None:
+        with _translated(what), self._closing_responses():
+            try:
+                self._registry_stream(what, call())
+            except docker.errors.APIError as exc:
+                first = (_error_text(exc).splitlines() or ["error"])[0]
+                raise RegistryError(f"docker {what}: {first}") from None
+
+    def pull(self, ref: str, *, auth: Mapping[str, str] | None = None) -> str:
+        repository, tag = split_ref(ref)
+        self._registry_call(
+            f"pull {ref}",
+            lambda: self._api.pull(
+                repository,
+                tag=tag,
+                stream=True,
+                decode=True,
+                auth_config=dict(auth) if auth else None,
+            ),
+        )
+        return self.inspect_image(ref).id
+
+    def push(self, ref: str, *, auth: Mapping[str, str] | None = None) -> None:
+        repository, tag = split_ref(ref)
+        if tag.startswith("sha256:"):
+            raise RegistryError(f"docker push {ref}: push a tag, not a digest")
+        self._registry_call(
+            f"push {ref}",
+            lambda: self._api.push(
+                repository,
+                tag=tag,
+                stream=True,
+                decode=True,
+                auth_config=dict(auth) if auth else None,
+            ),
+        )
+
+    # -- the engine itself ---------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        try:
+            data = self._api.info()
+        except (docker.errors.DockerException, OSError) as exc:
+            raise _unreachable(exc) from None
+        return dict(data)

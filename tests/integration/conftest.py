@@ -1,0 +1,238 @@
+"""Real engines for the integration tests: Docker, podman, a local registry, a base image.
+
+Nothing here is mocked. An engine that is not available skips its tests with the reason
+(start Docker with scripts/start-dockerd.sh; install everything with scripts/install-host.sh).
+
+The Debian base image (`imagesmith/debian:bookworm`, or $IMAGESMITH_TEST_BASE) is built once
+per engine when missing, from one mmdebstrap rootfs per session (~15-50 s, network bound),
+and kept afterwards: later runs reuse it. Everything else a test creates goes through `images`, which
+removes it at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imagesmith.base import build_base, default_tag, make_rootfs
+from imagesmith.engine.base import Engine
+from imagesmith.errors import EngineError
+
+SUITE = "bookworm"
+#: Repository prefix of every throwaway image the tests make.
+TEST_REPOSITORY = "imagesmith-it"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Engine:
+    from imagesmith.engine.docker import DockerEngine
+
+    try:
+        return DockerEngine()
+    except EngineError as exc:
+        pytest.skip(f"docker: {exc}")
+
+
+@pytest.fixture(scope="session")
+def podman_engine() -> Engine:
+    from imagesmith.engine.podman import PodmanEngine
+
+    try:
+        engine = PodmanEngine()
+        engine.info()
+    except EngineError as exc:
+        pytest.skip(f"podman: {exc}")
+    return engine
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("podman", marks=pytest.mark.podman),
+    ],
+)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each test that takes `engine` runs once on Docker and once on podman."""
+    found: Engine = request.getfixturevalue(f"{request.param}_engine")
+    return found
+
+
+@pytest.fixture(scope="session")
+def docker_or_podman() -> Engine:
+    """One engine, for tests that need to run once: Docker if a daemon answers, else podman."""
+    from imagesmith.engine import get_engine
+
+    try:
+        return get_engine("auto")
+    except EngineError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def session_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A bookworm rootfs tarball made once per session (mmdebstrap): its path and sha256."""
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed: apt-get install mmdebstrap")
+    dest = tmp_path_factory.mktemp("rootfs") / "rootfs.tar"
+    return dest, make_rootfs(dest, suite=SUITE)
+
+
+@pytest.fixture(scope="session")
+def base_image(engine: Engine, request: pytest.FixtureRequest) -> str:
+    """The Debian base image on `engine`, built once (kept for later runs); its reference."""
+    ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
+    if not engine.image_exists(ref):
+        rootfs, _ = request.getfixturevalue("session_rootfs")
+        build_base(engine, rootfs, suite=SUITE, tag=ref)
+    return ref
+
+
+class ImageTracker:
+    """Hands out unique tags and removes every image or tag recorded here at teardown."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.refs: list[str] = []
+
+    def tag(self, name: str = "img") -> str:
+        ref = f"{TEST_REPOSITORY}/{name}:{uuid.uuid4().hex[:12]}"
+        self.refs.append(ref)
+        return ref
+
+    def add(self, ref: str) -> str:
+        self.refs.append(ref)
+        return ref
+
+    def cleanup(self) -> None:
+        for ref in reversed(self.refs):
+            try:
+                self.engine.remove_image(ref, force=True)
+            except EngineError as exc:  # pragma: no cover - reported, never fatal
+                print(f"cleanup: could not remove {ref}: {exc}")
+
+
+@pytest.fixture
+def images(engine: Engine) -> Iterator[ImageTracker]:
+    tracker = ImageTracker(engine)
+    yield tracker
+    tracker.cleanup()
+
+
+# -- a local registry (docker-registry, distribution 2.8) with htpasswd auth ------------
+
+
+@dataclass(frozen=True)
+class Registry:
+    host: str  # 127.0.0.1:PORT
+    username: str
+    password: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_registry(root: Path, *, auth: Registry | None) -> Iterator[str]:
+    """A docker-registry process on a free loopback port, with htpasswd auth when `auth`."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("needs docker-registry: apt-get install docker-registry")
+    port = _free_port()
+    auth_config = ""
+    if auth is not None:
+        htpasswd = shutil.which("htpasswd")
+        if htpasswd is None:
+            pytest.skip("needs htpasswd: apt-get install apache2-utils")
+        users = subprocess.run(
+            [htpasswd, "-Bbn", auth.username, auth.password],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (root / "htpasswd").write_text(users)
+        auth_config = (
+            f"auth:\n  htpasswd:\n    realm: imagesmith-test\n    path: {root / 'htpasswd'}\n"
+        )
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth_config
+    )
+    log = (root / "registry.log").open("w")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"docker-registry did not start: {(root / 'registry.log').read_text()}"
+                    )
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry on 127.0.0.1 that wants a user name and password (htpasswd)."""
+    wanted = Registry("", "imagesmith", uuid.uuid4().hex)
+    with running_registry(tmp_path_factory.mktemp("registry"), auth=wanted) as host:
+        yield Registry(host, wanted.username, wanted.password)
+
+
+@pytest.fixture(scope="session")
+def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registry on 127.0.0.1 without authentication; its host:port."""
+    with running_registry(tmp_path_factory.mktemp("open-registry"), auth=None) as host:
+        yield host
+
+
+ContextMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_context(tmp_path: Path) -> ContextMaker:
+    """`make_context(containerfile_text, name=text, ...)`: a fresh build context directory."""
+    counter = iter(range(1_000_000))
+
+    def make(containerfile: str, **files: str) -> Path:
+        directory = tmp_path / f"context{next(counter)}"
+        directory.mkdir()
+        (directory / "Containerfile").write_text(containerfile)
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        return directory
+
+    return make
