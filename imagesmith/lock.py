@@ -44,10 +44,13 @@ class BaseImageLock:
     """The manifest digest FROM uses."""
     index_digest: str | None = None
     """The multi-platform index it was chosen from, when there was one."""
+    local: bool = False
+    """Never pushed (made by `imagesmith base`): `digest` is then the image ID."""
 
     @property
     def pinned(self) -> str:
-        return f"{self.repository}@{self.digest}"
+        """What FROM names: repository@digest, or the bare image ID of a local-only image."""
+        return self.digest if self.local else f"{self.repository}@{self.digest}"
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class Lock:
                     "repository": self.base.repository,
                     "digest": self.base.digest,
                     "index_digest": self.base.index_digest,
+                    "local": self.base.local,
                 }
             ),
             "apt": _drop_none(

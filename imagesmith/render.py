@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 
 from imagesmith import __version__
+from imagesmith.errors import LockError
 from imagesmith.lock import Lock
 
 VENV = "/opt/venv"
@@ -50,7 +51,8 @@ _USER_NOISE = (
     "/var/log/lastlog",
 )
 
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+# What may stand unquoted on a shell line: no expansion, no word splitting, no globbing.
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-][A-Za-z0-9_@%+=:,./~-]*$")
 
 
 def quote_value(value: str) -> str:
@@ -73,7 +75,9 @@ def _continued(lines: list[str], indent: str = "    ") -> str:
 
 def _shell_word(word: str) -> str:
     if not _SAFE_WORD.match(word):
-        raise ValueError(f"refusing to put {word!r} on a shell line")
+        raise LockError(
+            f"env.lock: refusing to put {word!r} on a shell line; run `imagesmith lock`"
+        )
     return word
 
 
@@ -136,8 +140,9 @@ def _system_stage(lock: Lock) -> list[str]:
         install = [
             *_apt_sources(lock),
             "apt-get update",
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\\n        "
-            + " \\\n        ".join(pins),
+            # --allow-downgrades: the spec may pin an older version than the base carries.
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+            "--allow-downgrades \\\n        " + " \\\n        ".join(pins),
             "apt-get clean",
             "rm -rf " + " ".join(_APT_NOISE),
         ]

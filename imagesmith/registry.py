@@ -1,0 +1,411 @@
+"""A small client for the OCI distribution API: manifest digests, with the token flow.
+
+Credentials come the way users already have them: `IMAGESMITH_REGISTRY_USER` /
+`IMAGESMITH_REGISTRY_PASSWORD`, then the docker config (`$DOCKER_CONFIG/config.json` or
+~/.docker/config.json, including credential helpers), then podman's auth.json.
+Loopback registries are spoken to over plain HTTP, every other one over HTTPS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from imagesmith.errors import RegistryError
+from imagesmith.reference import DEFAULT_REGISTRY, ImageReference
+
+T = TypeVar("T")
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = MANIFEST_TYPES[:2]
+TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def is_loopback(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry
+    return host in {"localhost", "127.0.0.1", "[::1]"} or host.startswith("127.")
+
+
+def api_host(registry: str) -> str:
+    return "registry-1.docker.io" if registry == DEFAULT_REGISTRY else registry
+
+
+def base_url(registry: str) -> str:
+    scheme = "http" if is_loopback(registry) else "https"
+    return f"{scheme}://{api_host(registry)}"
+
+
+def _docker_config_paths() -> list[Path]:
+    paths = []
+    if os.environ.get("DOCKER_CONFIG"):
+        paths.append(Path(os.environ["DOCKER_CONFIG"]) / "config.json")
+    paths.append(Path.home() / ".docker" / "config.json")
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        paths.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
+    runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+    paths.append(Path(runtime) / "containers" / "auth.json")
+    paths.append(Path.home() / ".config" / "containers" / "auth.json")
+    return paths
+
+
+def _config_keys(registry: str) -> list[str]:
+    if registry == DEFAULT_REGISTRY:
+        return ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
+    return [registry, f"https://{registry}", f"http://{registry}"]
+
+
+def _from_helper(helper: str, registry: str) -> Credentials | None:
+    try:
+        result = subprocess.run(
+            [f"docker-credential-{helper}", "get"],
+            input=registry,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    try:
+        data = json.loads(result.stdout)
+        return Credentials(data["Username"], data["Secret"])
+    except (ValueError, KeyError):
+        return None
+
+
+def find_credentials(registry: str) -> Credentials | None:
+    user = os.environ.get("IMAGESMITH_REGISTRY_USER")
+    password = os.environ.get("IMAGESMITH_REGISTRY_PASSWORD")
+    if user and password is not None:
+        return Credentials(user, password)
+    for path in _docker_config_paths():
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        helper = config.get("credHelpers", {}).get(registry) or config.get("credsStore")
+        if helper:
+            found = _from_helper(helper, registry)
+            if found:
+                return found
+        auths = config.get("auths", {})
+        for key in _config_keys(registry):
+            entry = auths.get(key)
+            if isinstance(entry, dict) and entry.get("auth"):
+                try:
+                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                return Credentials(user, password)
+    return None
+
+
+class RegistryClient:
+    """One registry; caches its bearer tokens per scope."""
+
+    def __init__(self, registry: str, credentials: Credentials | None = None) -> None:
+        self.registry = registry
+        self.credentials = credentials if credentials is not None else find_credentials(registry)
+        self._tokens: dict[str, str] = {}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send a request, doing the token dance once on 401; (status, headers, body)."""
+        url = path if path.startswith("http") else base_url(self.registry) + path
+        for attempt in range(2):
+            request = urllib.request.Request(url, method=method, data=data)
+            for key, value in (headers or {}).items():
+                request.add_header(key, value)
+            token = self._tokens.get(scope)
+            if token:
+                request.add_header("Authorization", token)
+            try:
+                with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                    return response.status, dict(response.headers.items()), response.read()
+            except urllib.error.HTTPError as exc:
+                body = exc.read()
+                if exc.code == 401 and attempt == 0:
+                    self._authenticate(exc.headers.get("WWW-Authenticate", ""), scope)
+                    continue
+                return exc.code, dict(exc.headers.items()), body
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                reason = getattr(exc, "reason", exc) or type(exc).__name__
+                raise RegistryError(f"cannot reach registry {self.registry}: {reason}") from None
+        raise RegistryError(f"unauthorized: check the credentials for {self.registry}")
+
+    def _authenticate(self, challenge: str, scope: str) -> None:
+        scheme, _, params_text = challenge.partition(" ")
+        if scheme.lower() == "basic":
+            if self.credentials is None:
+                raise RegistryError(
+                    f"unauthorized: {self.registry} needs credentials "
+                    "(docker login, or IMAGESMITH_REGISTRY_USER / IMAGESMITH_REGISTRY_PASSWORD)"
+                )
+            pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+            self._tokens[scope] = "Basic " + base64.b64encode(pair).decode()
+            return
+        params = dict(
+            (k.strip(), v.strip().strip('"'))
+            for k, _, v in (p.partition("=") for p in _split_challenge(params_text))
+        )
+        realm = params.get("realm")
+        if scheme.lower() != "bearer" or not realm:
+            raise RegistryError(f"{self.registry} asked for an authentication imagesmith cannot do")
+        query = {"service": params.get("service", ""), "scope": scope}
+        request = urllib.request.Request(realm + "?" + urllib.parse.urlencode(query))
+        if self.credentials is not None:
+            pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+            request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                data = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise RegistryError(
+                f"unauthorized: check the credentials for {self.registry} ({exc.code})"
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise RegistryError(f"cannot get a token from {realm}: {exc}") from None
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise RegistryError(f"{realm} gave no token")
+        self._tokens[scope] = f"Bearer {token}"
+
+    def manifest(self, path: str, reference: str) -> tuple[str, str, bytes]:
+        """(digest, media type, bytes) of the manifest `path:reference`."""
+        status, headers, body = self.request(
+            "GET",
+            f"/v2/{path}/manifests/{reference}",
+            scope=f"repository:{path}:pull",
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        if status == 404:
+            raise RegistryError(
+                f"{self.registry}/{path}:{reference} does not exist in the registry"
+            )
+        if status == 401:
+            raise RegistryError(f"unauthorized: check the credentials for {self.registry}")
+        if status >= 400:
+            raise RegistryError(f"{self.registry} answered {status} for {path}:{reference}")
+        lowered = {k.lower(): v for k, v in headers.items()}
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        media_type = lowered.get("content-type", "").split(";")[0]
+        return digest, media_type, body
+
+
+def _split_challenge(text: str) -> list[str]:
+    parts, current, quoted = [], "", False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if current:
+        parts.append(current)
+    return parts
+
+
+def platform_digest(ref: ImageReference, platform: str) -> tuple[str, str | None]:
+    """(manifest digest for `platform`, index digest or None) of a reference, from its registry."""
+    client = RegistryClient(ref.registry)
+    digest, media_type, body = client.manifest(ref.path, ref.digest or ref.tag or "latest")
+    if media_type not in INDEX_TYPES:
+        return digest, None
+    os_name, arch, *variant = platform.split("/")
+    for entry in json.loads(body).get("manifests", []):
+        plat = entry.get("platform", {})
+        if plat.get("os") == os_name and plat.get("architecture") == arch:
+            if variant and plat.get("variant") not in (None, variant[0]):
+                continue
+            return str(entry["digest"]), digest
+    raise RegistryError(f"{ref} has no image for {platform}")
+
+
+# -- pushing an OCI layout -------------------------------------------------------------
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+RETRIES = 5
+
+
+class TransientError(Exception):
+    """A failure worth retrying (connection dropped, 429, 5xx)."""
+
+
+def with_retries(
+    action: Callable[[], T],
+    *,
+    what: str,
+    attempts: int | None = None,
+    first_delay: float = 0.5,
+    on_line: Callable[[str], None] | None = None,
+) -> T:
+    """Run `action`; retry transient failures with exponential backoff, `attempts` times at most."""
+    attempts = attempts or RETRIES
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except TransientError as exc:
+            if attempt == attempts:
+                raise RegistryError(f"{what} failed after {attempts} attempts: {exc}") from None
+            if on_line:
+                on_line(f"push: {what}: {exc}; retrying in {delay:.1f} s ({attempt}/{attempts})")
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class Pusher:
+    """Sends the blobs and manifest of an OCI image layout to one repository."""
+
+    def __init__(
+        self, client: RegistryClient, path: str, on_line: Callable[[str], None] | None
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.scope = f"repository:{path}:pull,push"
+        self.on_line = on_line
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        try:
+            status, response_headers, body = self.client.request(
+                method, url, scope=self.scope, headers=headers, data=data
+            )
+        except RegistryError as exc:
+            # Unreachable, reset, refused: all worth another try.
+            raise TransientError(str(exc)) from None
+        if status in TRANSIENT_STATUS:
+            raise TransientError(f"{self.client.registry} answered {status}")
+        if status in (401, 403):
+            raise RegistryError(f"unauthorized: check the credentials for {self.client.registry}")
+        return status, {k.lower(): v for k, v in response_headers.items()}, body
+
+    def _blob_exists(self, digest: str) -> bool:
+        status, _, _ = self._call("HEAD", f"/v2/{self.path}/blobs/{digest}")
+        return status == 200
+
+    def push_blob(self, digest: str, path: Path) -> None:
+        def attempt() -> None:
+            if self._blob_exists(digest):
+                return
+            status, headers, body = self._call("POST", f"/v2/{self.path}/blobs/uploads/", data=b"")
+            if status != 202 or "location" not in headers:
+                raise RegistryError(
+                    f"{self.client.registry} refused an upload to {self.path} "
+                    f"({status}): {_why(body)}"
+                )
+            location = headers["location"]
+            if location.startswith("/"):
+                location = base_url(self.client.registry) + location
+            separator = "&" if "?" in location else "?"
+            status, _, body = self._call(
+                "PUT",
+                f"{location}{separator}digest={digest}",
+                headers={"Content-Type": "application/octet-stream"},
+                data=path.read_bytes(),
+            )
+            if status != 201:
+                raise RegistryError(
+                    f"{self.client.registry} refused blob {digest[:19]} ({status}): {_why(body)}"
+                )
+
+        with_retries(attempt, what=f"uploading {digest[:19]}", on_line=self.on_line)
+
+    def push_manifest(self, reference: str, manifest: bytes, media_type: str) -> str:
+        def attempt() -> str:
+            status, headers, body = self._call(
+                "PUT",
+                f"/v2/{self.path}/manifests/{reference}",
+                headers={"Content-Type": media_type},
+                data=manifest,
+            )
+            if status != 201:
+                raise RegistryError(
+                    f"{self.client.registry} refused the manifest for {self.path}:{reference} "
+                    f"({status}): {_why(body)}"
+                )
+            return headers.get("docker-content-digest", "")
+
+        return with_retries(attempt, what=f"writing manifest {reference}", on_line=self.on_line)
+
+
+def _why(body: bytes) -> str:
+    try:
+        errors = json.loads(body).get("errors", [])
+        return (
+            "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or body[:200].decode()
+        )
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return body[:200].decode(errors="replace")
+
+
+def push_layout(
+    layout: Path,
+    repository: ImageReference,
+    tags: Sequence[str],
+    *,
+    credentials: Credentials | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """Push the single image of an OCI layout under each tag; return the registry's digest."""
+    index = json.loads((layout / "index.json").read_text(encoding="utf-8"))
+    descriptor = index["manifests"][0]
+    digest: str = descriptor["digest"]
+    blobs = layout / "blobs" / "sha256"
+    manifest_bytes = (blobs / digest.removeprefix("sha256:")).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    media_type = manifest.get("mediaType") or descriptor["mediaType"]
+    client = RegistryClient(repository.registry, credentials)
+    pusher = Pusher(client, repository.path, on_line)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        if on_line:
+            on_line(f"push: blob {blob['digest'][:19]} ({blob['size'] / 1e6:.1f} MB)")
+        pusher.push_blob(blob["digest"], blobs / blob["digest"].removeprefix("sha256:"))
+    confirmed = pusher.push_manifest(digest, manifest_bytes, media_type)
+    if confirmed and confirmed != digest:
+        raise RegistryError(
+            f"{repository.registry} stored the manifest as {confirmed}, expected {digest}"
+        )
+    for tag in tags:
+        pusher.push_manifest(tag, manifest_bytes, media_type)
+    return digest

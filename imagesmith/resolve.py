@@ -1,0 +1,380 @@
+"""Spec -> Lock: pin the base image, the apt closure and every Python distribution.
+
+Resolution is skipped whenever the inputs it reads (base, apt, python, platform) are
+unchanged since the previous lock: then only the spec part of the lock is refreshed,
+with no network and no containers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from imagesmith.engine.base import Engine
+from imagesmith.errors import EngineError, ResolveError
+from imagesmith.lock import (
+    AptLock,
+    AptPackage,
+    BaseImageLock,
+    Lock,
+    PythonLock,
+    PythonPackage,
+    content_hash,
+    copy_locks,
+)
+from imagesmith.reference import parse_reference
+from imagesmith.registry import platform_digest
+from imagesmith.spec import Spec
+
+LineCallback = Callable[[str], None]
+_ARCH_TO_WHEEL = {"amd64": "x86_64", "arm64": "aarch64"}
+DAY = 86400
+
+
+def inputs_hash(spec: Spec, platform: str) -> str:
+    """Hash of exactly what resolution reads: unchanged means the pins still hold."""
+    python = spec.python
+    return content_hash(
+        {
+            "base": spec.base_image,
+            "apt": list(spec.apt_packages),
+            "snapshot": spec.apt_snapshot,
+            "python": None
+            if python is None
+            else {
+                "requirements": list(python.requirements),
+                "index_url": python.index_url,
+                "extra_index_urls": list(python.extra_index_urls),
+            },
+            "platform": platform,
+        }
+    )
+
+
+def source_date_epoch(spec: Spec, previous: Lock | None) -> int:
+    """SOURCE_DATE_EPOCH for a new lock: the environment's, the snapshot's, or today 00:00 UTC."""
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if text is not None:
+        if not text.isdigit():
+            raise ResolveError(f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds")
+        return int(text)
+    if previous is not None:
+        return previous.source_date_epoch
+    if spec.apt_snapshot:
+        return int(time.mktime(time.strptime(spec.apt_snapshot, "%Y%m%dT%H%M%SZ")) - time.timezone)
+    return int(time.time()) // DAY * DAY
+
+
+def lock_spec(
+    spec: Spec,
+    *,
+    engine: Callable[[], Engine],
+    platform: str = "linux/amd64",
+    previous: Lock | None = None,
+    upgrade: bool = False,
+    upgrade_packages: Sequence[str] = (),
+    on_line: LineCallback | None = None,
+) -> Lock:
+    """The lock for `spec`; `engine` is called only when something must be resolved."""
+    say = on_line or (lambda _: None)
+    inputs = inputs_hash(spec, platform)
+    refresh = upgrade or bool(upgrade_packages)
+    if previous is not None and previous.inputs_hash == inputs and not refresh:
+        return replace(
+            previous,
+            spec_hash=spec.spec_hash,
+            spec_data=spec.data,
+            spec_path=spec.path,
+            copy=copy_locks(spec),
+            source_date_epoch=source_date_epoch(spec, previous),
+        )
+    the_engine = engine()
+    say(f"base: resolving {spec.base_image}")
+    base = resolve_base(spec.base_image, the_engine, platform)
+    probe = probe_base(the_engine, base, spec, platform, say)
+    python = None
+    if spec.python is not None:
+        say(
+            f"python: resolving {len(spec.python.requirements)} requirements "
+            f"for Python {probe.python_version}"
+        )
+        python = resolve_python(
+            spec,
+            python_version=probe.python_version,
+            wheel_platform=probe.wheel_platform,
+            previous=previous.python if previous and not upgrade else None,
+            upgrade_packages=upgrade_packages,
+        )
+    return Lock(
+        spec_hash=spec.spec_hash,
+        inputs_hash=inputs,
+        platform=platform,
+        source_date_epoch=source_date_epoch(spec, previous if not refresh else None),
+        spec_data=spec.data,
+        spec_path=spec.path,
+        base=base,
+        apt=AptLock(suite=probe.suite, snapshot=spec.apt_snapshot, packages=probe.apt_closure),
+        python=python,
+        copy=copy_locks(spec),
+    )
+
+
+def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:
+    """The digest a `FROM` pins: the registry's when known, the local image ID otherwise."""
+    ref = parse_reference(text)
+    if ref.digest:
+        return BaseImageLock(reference=text, repository=ref.familiar_repository, digest=ref.digest)
+    if engine.image_exists(text):
+        info = engine.inspect_image(text)
+        for repo_digest in info.repo_digests:
+            name, _, digest = repo_digest.partition("@")
+            if parse_reference(name).repository == ref.repository and digest:
+                return BaseImageLock(
+                    reference=text, repository=ref.familiar_repository, digest=digest
+                )
+        # Made here (imagesmith base, docker import) and never pushed: only its ID pins it.
+        return BaseImageLock(
+            reference=text, repository=ref.familiar_repository, digest=info.id, local=True
+        )
+    digest, index = platform_digest(ref, platform)
+    return BaseImageLock(
+        reference=text, repository=ref.familiar_repository, digest=digest, index_digest=index
+    )
+
+
+@dataclass(frozen=True)
+class BaseProbe:
+    suite: str
+    apt_closure: tuple[AptPackage, ...]
+    python_version: str
+    wheel_platform: str
+
+
+_PROBE = r"""
+set -e
+. /etc/os-release
+echo "@@SUITE ${VERSION_CODENAME:-unknown}"
+echo "@@ARCH $(dpkg --print-architecture)"
+echo "@@GLIBC $(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)"
+if command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import sys; print("@@PY %d.%d" % sys.version_info[:2])'
+  if python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then echo "@@VENV yes"; fi
+fi
+@@SNAPSHOT@@
+if [ -n "$PKGS" ]; then
+  apt-get update -qq >/dev/null 2>/tmp/update.err || { sed 's/^/@@ERR /' /tmp/update.err; exit 3; }
+  apt-get install -s --no-install-recommends $PKGS >/tmp/sim.out 2>/tmp/sim.err \
+    || { sed 's/^/@@ERR /' /tmp/sim.err; exit 4; }
+  grep '^Inst ' /tmp/sim.out | sed 's/^/@@ /'
+  grep '^Inst ' /tmp/sim.out | awk '{print $2 "=" substr($3, 2)}' > /tmp/pins
+  if [ -s /tmp/pins ]; then
+    apt-cache show $(cat /tmp/pins) 2>/dev/null \
+      | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{print "@@SHA", p, v, $2}'
+  fi
+fi
+"""
+_INST = re.compile(r"^@@ Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)")
+_SHA = re.compile(r"^@@SHA (\S+) (\S+) ([0-9a-f]{64})$")
+
+
+def _snapshot_script(snapshot: str | None) -> str:
+    if not snapshot:
+        return ""
+    archive = "http://snapshot.debian.org/archive"
+    return (
+        "rm -f /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list\n"
+        f"printf 'deb [check-valid-until=no] {archive}/debian/{snapshot} %s main\\n"
+        f"deb [check-valid-until=no] {archive}/debian/{snapshot} %s-updates main\\n"
+        f"deb [check-valid-until=no] {archive}/debian-security/{snapshot} %s-security main\\n' "
+        '"$VERSION_CODENAME" "$VERSION_CODENAME" "$VERSION_CODENAME" > /etc/apt/sources.list'
+    )
+
+
+def probe_base(
+    engine: Engine, base: BaseImageLock, spec: Spec, platform: str, say: LineCallback
+) -> BaseProbe:
+    """Ask the pinned base itself what apt would install and which Python it has."""
+    ref = base.digest if base.local else base.pinned
+    if not base.local and not engine.image_exists(ref):
+        say(f"base: pulling {ref}")
+        engine.pull(ref)
+    first = _run_probe(engine, ref, spec.apt_snapshot, [])
+    packages = list(spec.apt_packages)
+    if spec.python is not None and "VENV" not in first:
+        # No usable Python in the base: Debian's own, with venv, comes in by itself.
+        packages += [p for p in ("python3", "python3-venv") if p not in packages]
+    say(f"apt: resolving the closure of {len(packages)} packages inside {ref[:40]}...")
+    probe = _run_probe(engine, ref, spec.apt_snapshot, packages) if packages else first
+    requested = {p.split("=")[0].split(":")[0] for p in packages}
+    sha: dict[tuple[str, str], str] = {}
+    for name, version, digest in probe.get("SHA", []):
+        sha.setdefault((name, version), digest)
+    closure = []
+    for name, version, arch in probe.get("INST", []):
+        closure.append(
+            AptPackage(
+                name=name,
+                version=version,
+                arch=arch,
+                sha256=sha.get((name, version)),
+                requested=name in requested,
+            )
+        )
+    python_version = _python_version(first, closure)
+    arch = platform.split("/")[1]
+    glibc = (first.get("GLIBC") or [("2.17",)])[0][0] or "2.17"
+    wheel_platform = f"{_ARCH_TO_WHEEL.get(arch, arch)}-manylinux_{glibc.replace('.', '_')}"
+    suite = first["SUITE"][0][0]
+    return BaseProbe(
+        suite=suite,
+        apt_closure=tuple(sorted(closure, key=lambda p: p.name)),
+        python_version=python_version,
+        wheel_platform=wheel_platform,
+    )
+
+
+def _python_version(first: dict[str, list[tuple[str, ...]]], closure: list[AptPackage]) -> str:
+    if "PY" in first:
+        return first["PY"][0][0]
+    for package in closure:
+        match = re.match(r"^python3\.(\d+)$", package.name)
+        if match:
+            return f"3.{match.group(1)}"
+    return "3.11"
+
+
+def _run_probe(
+    engine: Engine, ref: str, snapshot: str | None, packages: Sequence[str]
+) -> dict[str, list[tuple[str, ...]]]:
+    script = _PROBE.replace("@@SNAPSHOT@@", _snapshot_script(snapshot))
+    result = engine.run(ref, ["/bin/sh", "-c", script], env={"PKGS": " ".join(packages)}, user="0")
+    found: dict[str, list[tuple[str, ...]]] = {}
+    errors: list[str] = []
+    for line in result.output.splitlines():
+        if line.startswith("@@ERR "):
+            errors.append(line[6:])
+            continue
+        inst = _INST.match(line)
+        if inst:
+            found.setdefault("INST", []).append(inst.groups())
+            continue
+        sha = _SHA.match(line)
+        if sha:
+            found.setdefault("SHA", []).append(sha.groups())
+            continue
+        if line.startswith("@@") and " " in line:
+            key, _, value = line[2:].partition(" ")
+            found.setdefault(key, []).append((value.strip(),))
+    if result.exit_code != 0:
+        raise _apt_error(result.exit_code, errors, result.output)
+    return found
+
+
+def _apt_error(code: int, errors: list[str], output: str) -> Exception:
+    missing = []
+    for line in errors:
+        match = re.search(r"Unable to locate package (\S+)", line)
+        match = match or re.search(r"Package '?([^' ]+)'? has no installation candidate", line)
+        if match:
+            missing.append(match.group(1))
+            continue
+        match = re.search(r"Version '([^']+)' for '([^']+)' was not found", line)
+        if match:
+            missing.append(f"{match.group(2)}={match.group(1)}")
+    if missing:
+        return ResolveError(
+            "apt: not available in the base image's Debian suite: " + ", ".join(missing)
+        )
+    if code == 3:
+        detail = next((e for e in errors if e.startswith(("E:", "W:"))), "see above")
+        return EngineError(f"apt-get update failed inside the base image: {detail}")
+    detail = " ".join(e for e in errors if e.startswith("E:")) or output.strip()[-300:]
+    return ResolveError(f"apt cannot install the packages together: {detail}")
+
+
+def uv_binary() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return "uv"
+
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
+_HASH = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
+
+
+def resolve_python(
+    spec: Spec,
+    *,
+    python_version: str,
+    wheel_platform: str,
+    previous: PythonLock | None = None,
+    upgrade_packages: Sequence[str] = (),
+) -> PythonLock:
+    """Pin every distribution, transitive ones included, with hashes, for the image's Python."""
+    assert spec.python is not None
+    python = spec.python
+    lock = PythonLock(
+        version=python_version,
+        platform=wheel_platform,
+        index_url=python.index_url,
+        extra_index_urls=python.extra_index_urls,
+    )
+    if not python.requirements:
+        return lock
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="imagesmith-uv-") as tmp:
+        requirements = Path(tmp) / "requirements.in"
+        requirements.write_text("\n".join(python.requirements) + "\n", encoding="utf-8")
+        output = Path(tmp) / "requirements.txt"
+        if previous is not None:
+            # Existing pins are kept unless the spec no longer allows them (uv's preferences).
+            output.write_text(previous.requirements_txt(), encoding="utf-8")
+        command = [
+            uv_binary(), "pip", "compile", str(requirements), "-o", str(output),
+            "--python-version", python_version, "--python-platform", wheel_platform,
+            "--generate-hashes", "--no-header", "--no-annotate", "--quiet",
+            "--no-config", "--emit-index-url",
+        ]  # fmt: skip
+        if python.index_url:
+            command += ["--index-url", python.index_url]
+        for url in python.extra_index_urls:
+            command += ["--extra-index-url", url]
+        for name in upgrade_packages:
+            command += ["--upgrade-package", name]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise EngineError(f"cannot run uv ({exc}); reinstall imagesmith") from None
+        if result.returncode != 0:
+            raise ResolveError("python: " + _uv_reason(result.stderr))
+        packages = _parse_pins(output.read_text(encoding="utf-8"))
+    return replace(lock, packages=packages)
+
+
+def _uv_reason(stderr: str) -> str:
+    lines = [line.strip(" ╰─▶×│").strip() for line in stderr.splitlines() if line.strip()]
+    because = [line for line in lines if line.startswith(("Because", "And because"))]
+    chosen = because[-2:] if because else lines[-2:]
+    return " ".join(chosen) or "the requirements cannot be resolved"
+
+
+def _parse_pins(text: str) -> tuple[PythonPackage, ...]:
+    packages: list[PythonPackage] = []
+    joined = text.replace("\\\n", " ")
+    for line in joined.splitlines():
+        match = _PIN.match(line.strip())
+        if not match:
+            continue
+        hashes = tuple(sorted(_HASH.findall(line)))
+        name = match.group(1).lower().replace("_", "-").replace(".", "-")
+        packages.append(PythonPackage(name=name, version=match.group(2), hashes=hashes))
+    return tuple(sorted(packages, key=lambda p: p.name))
