@@ -1,0 +1,157 @@
+"""`imagesmith build`: lock (if needed), render, assemble the context, build, make canonical, tag.
+
+Tags go on only after everything succeeded, so a failed or interrupted build leaves no
+tag and no record behind; the temporary context is always removed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagesmith.engine.base import Engine
+from imagesmith.errors import InputError, StaleLockError
+from imagesmith.lock import Lock, read_lock, stale_reason, write_lock
+from imagesmith.records import BuildRecord, build_record_path, write_record
+from imagesmith.render import content_tag, render
+from imagesmith.spec import Spec
+
+LineCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str
+    digest: str
+    tags: tuple[str, ...]
+    engine: str
+    seconds: float
+    size: int
+    lock_hash: str
+    locked: bool
+    """Whether this build had to (re)make env.lock first."""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "image_id": self.image_id,
+            "digest": self.digest,
+            "tags": list(self.tags),
+            "engine": self.engine,
+            "seconds": round(self.seconds, 3),
+            "size": self.size,
+            "lock_hash": self.lock_hash,
+        }
+
+
+def build_epoch(lock: Lock) -> int:
+    """SOURCE_DATE_EPOCH for this build: the environment's when set, else the lock's."""
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if text is None or text == "":
+        return lock.source_date_epoch
+    if not text.isdigit():
+        raise InputError(f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds since 1970")
+    return int(text)
+
+
+def image_tags(lock: Lock, extra: Sequence[str]) -> tuple[str, ...]:
+    spec = lock.spec
+    tags = [f"{spec.name}:{spec.version}", f"{spec.name}:{content_tag(lock)}", *extra]
+    return tuple(dict.fromkeys(tags))
+
+
+def ensure_lock(
+    spec: Spec,
+    engine: Engine,
+    *,
+    relock: bool,
+    platform: str,
+    on_line: LineCallback,
+) -> tuple[Lock, bool]:
+    """The spec's lock: made when missing, refreshed only with `relock`; stale otherwise refused."""
+    from imagesmith.resolve import lock_spec
+
+    path = spec.lock_path
+    previous = read_lock(path) if path.exists() else None
+    if previous is not None:
+        reason = stale_reason(spec, previous)
+        if reason is None:
+            return previous, False
+        if not relock:
+            raise StaleLockError(
+                f"{reason}; run `imagesmith lock {spec.path.name}` or build with --relock"
+            )
+    on_line(f"lock: {'re-locking' if previous else 'locking'} {spec.path.name}")
+    lock = lock_spec(
+        spec, engine=lambda: engine, platform=platform, previous=previous, on_line=on_line
+    )
+    write_lock(lock, path)
+    return lock, True
+
+
+def build(
+    spec: Spec,
+    engine: Engine,
+    *,
+    extra_tags: Sequence[str] = (),
+    no_cache: bool = False,
+    relock: bool = False,
+    platform: str = "linux/amd64",
+    on_line: LineCallback = lambda _: None,
+) -> BuildResult:
+    started = time.monotonic()
+    lock, locked = ensure_lock(spec, engine, relock=relock, platform=platform, on_line=on_line)
+    epoch = build_epoch(lock)
+    tags = image_tags(lock, extra_tags)
+    containerfile = render(lock)
+    from imagesmith.canonical_build import make_canonical
+    from imagesmith.context import assemble_context
+
+    with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
+        context = assemble_context(lock, containerfile, Path(tmp) / "context", on_line=on_line)
+        built_id = engine.build(
+            context=context,
+            tags=(),
+            build_args={"SOURCE_DATE_EPOCH": str(epoch)},
+            no_cache=no_cache,
+            on_line=on_line,
+        )
+        canonical = make_canonical(
+            engine, built_id, epoch=epoch, workdir=Path(tmp), on_line=on_line
+        )
+    applied: list[str] = []
+    try:
+        for tag in tags:
+            engine.tag(canonical.image_id, tag)
+            applied.append(tag)
+    except BaseException:
+        for tag in applied:
+            engine.remove_image(tag)
+        raise
+    info = engine.inspect_image(canonical.image_id)
+    uid, gid = spec.image.uid, spec.image.group_id
+    write_record(
+        build_record_path(spec.path),
+        BuildRecord(
+            image_id=canonical.image_id,
+            digest=canonical.digest,
+            tags=tags,
+            engine=engine.name,
+            lock_hash=lock.lock_hash,
+            uid=uid,
+            gid=gid,
+        ),
+    )
+    return BuildResult(
+        image_id=canonical.image_id,
+        digest=canonical.digest,
+        tags=tags,
+        engine=engine.name,
+        seconds=time.monotonic() - started,
+        size=info.size,
+        lock_hash=lock.lock_hash,
+        locked=locked,
+    )

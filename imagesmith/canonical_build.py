@@ -1,0 +1,79 @@
+"""After the engine builds: make the image canonical and load that form back in.
+
+The canonical OCI layout is kept under the cache (by manifest digest) so that `push`
+can send exactly those blobs and `verify` can compare against them. A map from the
+engine's image ID to the canonical one makes a no-op rebuild skip the rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagesmith.canonical import VOLATILE_PATHS, canonicalize
+from imagesmith.context import cache_dir
+from imagesmith.engine.base import Engine
+from imagesmith.errors import EngineError
+
+LineCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Canonical:
+    image_id: str
+    digest: str
+    layout: Path
+
+
+def layout_dir(digest: str) -> Path:
+    return cache_dir() / "images" / digest.removeprefix("sha256:")
+
+
+def _memo_path(engine: Engine, built_id: str, epoch: int) -> Path:
+    return (
+        cache_dir() / "canonical" / engine.name / f"{built_id.removeprefix('sha256:')}-{epoch}.json"
+    )
+
+
+def make_canonical(
+    engine: Engine,
+    built_id: str,
+    *,
+    epoch: int,
+    workdir: Path,
+    on_line: LineCallback = lambda _: None,
+) -> Canonical:
+    memo = _memo_path(engine, built_id, epoch)
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        layout = layout_dir(known["digest"])
+        if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
+            return Canonical(image_id=known["image_id"], digest=known["digest"], layout=layout)
+    except (OSError, ValueError, KeyError):
+        pass
+    on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
+    archive = workdir / "built.tar"
+    engine.save(built_id, archive)
+    staging = workdir / "canonical"
+    image = canonicalize(archive, staging, epoch=epoch, drop_paths=VOLATILE_PATHS)
+    archive.unlink()
+    assert image.archive is not None
+    loaded = engine.load(image.archive)
+    if loaded != image.config_digest:
+        raise EngineError(
+            f"{engine.name} loaded the canonical image as {loaded}, expected {image.config_digest}"
+        )
+    image.archive.unlink()
+    layout = layout_dir(image.manifest_digest)
+    if not (layout / "index.json").exists():
+        shutil.rmtree(layout, ignore_errors=True)
+        layout.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), layout)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(
+        json.dumps({"image_id": loaded, "digest": image.manifest_digest}), encoding="utf-8"
+    )
+    return Canonical(image_id=loaded, digest=image.manifest_digest, layout=layout)

@@ -1,0 +1,125 @@
+"""The build context: the Containerfile plus exactly what it copies, made deterministic.
+
+Python artifacts are fetched on the host (which trusts the lab's proxy CA) and checked
+against the lock's hashes, so the build itself needs no network for them and no
+credential or CA file ever enters a layer. Every file in the context gets the lock's
+SOURCE_DATE_EPOCH as its time, so an unchanged lock gives an unchanged context and the
+engine's cache holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from imagesmith.errors import OperationError, ResolveError
+from imagesmith.lock import Lock, PythonLock
+from imagesmith.render import CONTEXT_PYTHON, copy_context_path
+
+LineCallback = Callable[[str], None]
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "imagesmith"
+
+
+def _pip_platforms(wheel_platform: str) -> list[str]:
+    """pip's --platform values for `x86_64-manylinux_2_36`: every manylinux it implies."""
+    arch, _, libc = wheel_platform.partition("-")
+    tags: list[str] = []
+    if libc.startswith("manylinux_2_"):
+        newest = int(libc.removeprefix("manylinux_2_"))
+        tags += [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 4, -1)]
+        tags += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+    tags.append(f"linux_{arch}")
+    return tags
+
+
+def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> Path:
+    """A folder holding one hash-checked wheel per locked distribution (cached by content)."""
+    requirements = python.requirements_txt()
+    key = hashlib.sha256(
+        "\n".join([requirements, python.version, python.platform, python.index_url or ""]).encode()
+    ).hexdigest()[:32]
+    folder = cache_dir() / "wheels" / key
+    if (folder / ".complete").exists():
+        return folder
+    partial = folder.with_name(key + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "requirements.txt").write_text(requirements, encoding="utf-8")
+    version = python.version.replace(".", "")
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+        "--only-binary=:all:", "--python-version", python.version, "--implementation", "cp",
+        "--abi", f"cp{version}", "--abi", "abi3", "--abi", "none",
+        "--index-url", python.index_url or DEFAULT_INDEX,
+        "-r", str(partial / "requirements.txt"), "-d", str(partial / "wheels"),
+    ]  # fmt: skip
+    for url in python.extra_index_urls:
+        command += ["--extra-index-url", url]
+    for platform in _pip_platforms(python.platform):
+        command += ["--platform", platform]
+    if on_line:
+        on_line(f"python: fetching {len(python.packages)} wheels on the host")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        detail = errors[0] if errors else result.stderr.strip()[-300:]
+        if "THESE PACKAGES DO NOT MATCH THE HASHES" in result.stderr:
+            raise OperationError(f"python: a downloaded wheel does not match env.lock: {detail}")
+        if "No matching distribution" in result.stderr:
+            raise ResolveError(
+                f"python: no wheel for {python.platform} / Python {python.version}: {detail} "
+                "(sdist-only packages are not supported yet)"
+            )
+        raise OperationError(f"python: fetching wheels failed: {detail}")
+    (partial / ".complete").touch()
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dest, symlinks=True)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+
+
+def _clamp_times(root: Path, epoch: int) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))
+
+
+def assemble_context(
+    lock: Lock, containerfile: str, folder: Path, *, on_line: LineCallback | None = None
+) -> Path:
+    """Write the build context for `lock` into `folder` (created; must not exist yet)."""
+    folder.mkdir(parents=True)
+    (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
+    spec = lock.spec
+    if lock.python is not None:
+        python_dir = folder / CONTEXT_PYTHON
+        (python_dir / "wheels").mkdir(parents=True)
+        (python_dir / "requirements.txt").write_text(
+            lock.python.requirements_txt(), encoding="utf-8"
+        )
+        if lock.python.packages:
+            wheels = fetch_wheels(lock.python, on_line=on_line)
+            for wheel in sorted((wheels / "wheels").iterdir()):
+                shutil.copy2(wheel, python_dir / "wheels" / wheel.name)
+    for index, item in enumerate(spec.image.copy):
+        _copy_tree(spec.folder / item.src, folder / copy_context_path(index, item.src))
+    _clamp_times(folder, lock.source_date_epoch)
+    return folder

@@ -1,0 +1,192 @@
+"""lock and build against real engines: the foundation issue's example, end to end.
+
+Each test runs on Docker and on podman (the `engine` fixture). The base is the Debian
+image `imagesmith base` makes; apt resolves against the real Debian archive and pip
+against the real package index, as a lab's machine would.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagesmith.build import build
+from imagesmith.engine.base import Engine
+from imagesmith.errors import BuildError, ResolveError
+from imagesmith.lock import read_lock
+from imagesmith.records import build_record_path
+from imagesmith.resolve import lock_spec
+from imagesmith.spec import load_spec
+from tests.conftest import EXAMPLE
+
+pytestmark = pytest.mark.integration
+
+
+def _spec_folder(tmp_path: Path, base_image: str, *, name: str, edit: str = "") -> Path:
+    folder = tmp_path / name
+    shutil.copytree(EXAMPLE, folder)
+    text = (folder / "env.toml").read_text()
+    text = text.replace('name = "lab-analysis"', f'name = "{name}"')
+    text = text.replace('image = "debian:bookworm"', f'image = "{base_image}"')
+    (folder / "env.toml").write_text(text + edit)
+    return folder
+
+
+@pytest.fixture
+def built_names(engine: Engine) -> Iterator[list[str]]:
+    """Names of specs a test builds; every tag and image of theirs is removed afterwards."""
+    names: list[str] = []
+    yield names
+    for folder_record in list(_records):
+        record = folder_record.read_text() if folder_record.exists() else ""
+        for tag in re.findall(r'"([a-z0-9.-]+:[A-Za-z0-9_.-]+)"', record):
+            engine.remove_image(tag, force=True)
+        match = re.search(r'"image_id": "(sha256:[0-9a-f]+)"', record)
+        if match:
+            engine.remove_image(match.group(1), force=True)
+        _records.remove(folder_record)
+
+
+_records: list[Path] = []
+
+
+def _lines() -> tuple[list[str], object]:
+    seen: list[str] = []
+    return seen, seen.append
+
+
+def test_lock_pins_everything_and_is_byte_identical(
+    engine: Engine, base_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1747699200")
+    folder = _spec_folder(tmp_path, base_image, name="lock-twice")
+    spec = load_spec(folder / "env.toml")
+    first = lock_spec(spec, engine=lambda: engine)
+    second = lock_spec(spec, engine=lambda: engine)
+    assert first.to_toml() == second.to_toml()
+    names = {p.name for p in first.apt.packages}
+    # Named packages, their dependencies and the Python the [python] table needs.
+    assert {"git", "curl", "libhdf5-dev", "tzdata", "python3", "python3-venv"} <= names
+    assert len(names) > 20
+    assert all(p.version for p in first.apt.packages)
+    assert next(p for p in first.apt.packages if p.name == "tzdata").version == "2025b-0+deb12u1"
+    assert sum(1 for p in first.apt.packages if p.sha256) >= len(names) - 2
+    assert first.python is not None
+    pinned = {p.name for p in first.python.packages}
+    assert {"numpy", "requests", "pyyaml", "urllib3", "idna", "certifi"} <= pinned  # transitive too
+    assert all(
+        p.hashes and all(h.startswith("sha256:") for h in p.hashes) for p in first.python.packages
+    )
+    assert first.python.version == "3.11"
+    assert first.base.digest.startswith("sha256:")
+
+
+def test_unknown_apt_package_is_named(engine: Engine, base_image: str, tmp_path: Path) -> None:
+    folder = _spec_folder(tmp_path, base_image, name="bad-apt")
+    path = folder / "env.toml"
+    path.write_text(path.read_text().replace('"curl",', '"curl", "no-such-package-xyz",'))
+    with pytest.raises(ResolveError) as caught:
+        lock_spec(load_spec(path), engine=lambda: engine)
+    assert (
+        str(caught.value)
+        == "apt: not available in the base image's Debian suite: no-such-package-xyz"
+    )
+    assert caught.value.exit_code == 2
+
+
+def test_unsatisfiable_python_gives_the_resolvers_reason(
+    engine: Engine, base_image: str, tmp_path: Path
+) -> None:
+    folder = _spec_folder(tmp_path, base_image, name="bad-py")
+    path = folder / "env.toml"
+    path.write_text(path.read_text().replace('"numpy>=2"', '"numpy>=2", "numpy<1"'))
+    with pytest.raises(ResolveError) as caught:
+        lock_spec(load_spec(path), engine=lambda: engine)
+    message = str(caught.value)
+    assert message.startswith("python: ") and "numpy" in message
+    assert "\n" not in message and len(message) < 400
+
+
+def test_example_builds_runs_and_rebuilds_from_cache(
+    engine: Engine, base_image: str, tmp_path: Path, built_names: list[str]
+) -> None:
+    name = f"it-lab-{uuid.uuid4().hex[:8]}"
+    folder = _spec_folder(tmp_path, base_image, name=name)
+    spec = load_spec(folder / "env.toml")
+    _records.append(build_record_path(spec.path))
+    first_lines: list[str] = []
+    result = build(spec, engine, on_line=first_lines.append)
+    assert result.tags[:2] == (
+        f"{name}:1.0.0",
+        f"{name}:lock-{read_lock(spec.lock_path).lock_hash[7:23]}",
+    )
+    assert result.digest.startswith("sha256:") and result.image_id.startswith("sha256:")
+    for tag in result.tags:
+        assert engine.inspect_image(tag).id == result.image_id
+
+    check = (
+        "python3 -c 'import numpy, requests, yaml; print(\"numpy\", numpy.__version__)' && "
+        "git --version && curl --version >/dev/null && echo curl-ok && id -u && "
+        'printf \'[%s]\' "$GREETING" "$OMP_NUM_THREADS" && pwd'
+    )
+    run = engine.run(result.tags[0], ["/bin/sh", "-c", check])
+    assert run.exit_code == 0, run.output
+    assert "numpy 2." in run.output and "git version" in run.output and "curl-ok" in run.output
+    assert "\n1000\n" in run.output
+    assert '[it\'s "quoted" $HOME and ünïcode][1]' in run.output  # byte for byte, not expanded
+    assert run.output.rstrip().endswith("/work")
+
+    # A no-op rebuild: every step from the cache, the same image.
+    lines: list[str] = []
+    again = build(spec, engine, on_line=lines.append)
+    assert again.image_id == result.image_id and again.digest == result.digest
+    assert not any(line.startswith(("python: fetching", "canonical:")) for line in lines)
+
+    # One Python pin changes: apt stays cached, only the Python layers rerun.
+    path = folder / "env.toml"
+    path.write_text(path.read_text().replace('"pyyaml"', '"pyyaml==6.0.1"'))
+    lines.clear()
+    changed = build(load_spec(path), engine, relock=True, on_line=lines.append)
+    assert changed.image_id != result.image_id
+    apt_step, python_step = _step(lines, "apt-get install"), _step(lines, "python3 -m venv")
+    assert "Using cache" in apt_step, apt_step[:2000]
+    # The Python stage made a new layer (an earlier run with the same pins may have cached it).
+    assert _step_result(python_step) != _step_result(_step(first_lines, "python3 -m venv"))
+
+
+def _step(lines: list[str], marker: str) -> str:
+    """The output of the build step whose instruction contains `marker`."""
+    text = "\n".join(lines)
+    steps = re.split(r"\n(?=(?:\[\d+/\d+\] )?(?:STEP|Step) \d+/\d+)", text)
+    # Docker prints a step on one line, podman keeps its continuation lines: find by content.
+    return next(s for s in steps if marker in s)
+
+
+def _step_result(step: str) -> str:
+    """The image ID a step ended with (` ---> abc123` in Docker, `--> abc123` in podman)."""
+    return re.findall(r"-->\s+(?:Using cache\s+)?([0-9a-f]{12})", step)[-1]
+
+
+def test_failed_build_leaves_no_tag_and_no_record(
+    engine: Engine, base_image: str, tmp_path: Path
+) -> None:
+    name = f"it-fail-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\nversion = "1"\n[base]\nimage = "{base_image}"\n'
+        '[image]\nrun = ["echo about to fail", "exit 7"]\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    with pytest.raises(BuildError) as caught:
+        build(spec, engine)
+    assert caught.value.exit_code == 1
+    assert "about to fail" in "\n".join(caught.value.output_tail)
+    assert not engine.image_exists(f"{name}:1")
+    assert not build_record_path(spec.path).exists()
+    assert spec.lock_path.exists()  # the lock itself is good and kept
