@@ -1,0 +1,133 @@
+"""`imagesmith push` / `pull` / `login`: publish the canonical image, fetch it back by digest.
+
+Push sends the blobs of the canonical OCI layout `build` made through the registry API,
+so the registry's digest is the one `build` printed, whichever engine built it. The push
+record is written only after the registry confirmed the manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from imagesmith.canonical_build import layout_dir
+from imagesmith.engine.base import Engine
+from imagesmith.errors import InputError, RegistryError
+from imagesmith.lock import Lock, write_atomically
+from imagesmith.records import (
+    PushRecord,
+    push_record_path,
+    read_build_record,
+    write_record,
+)
+from imagesmith.reference import ImageReference, is_digest, parse_reference
+from imagesmith.registry import Credentials, RegistryClient, push_layout
+from imagesmith.render import content_tag
+from imagesmith.spec import Spec
+
+LineCallback = Callable[[str], None]
+
+
+def push_target(spec: Spec, to: str | None) -> tuple[ImageReference, tuple[str, ...]]:
+    """The repository and tags to push to: --to REF, else [registry] repository."""
+    text = to or spec.registry_repository
+    if not text:
+        raise InputError(
+            f"{spec.path.name} has no [registry] repository; add one or pass --to REGISTRY/PATH"
+        )
+    try:
+        ref = parse_reference(text)
+    except ValueError as exc:
+        raise InputError(f"--to: {exc}") from None
+    if ref.digest:
+        raise InputError(f"--to {text}: name a repository or a tag, not a digest")
+    explicit_tag = to is not None and ":" in text.rsplit("/", 1)[-1]
+    return ref, (ref.tag,) if explicit_tag and ref.tag else ()
+
+
+def push(
+    spec: Spec,
+    lock: Lock,
+    *,
+    to: str | None = None,
+    on_line: LineCallback | None = None,
+) -> PushRecord:
+    ref, tags = push_target(spec, to)
+    built = read_build_record(spec.path, lock.lock_hash)
+    if built is None:
+        raise InputError(
+            f"no image built from this {spec.lock_path.name} yet: run `imagesmith build "
+            f"{spec.path.name}` (or `imagesmith build --push`)"
+        )
+    layout = layout_dir(built.digest)
+    if not (layout / "index.json").exists():
+        raise InputError(
+            f"the canonical image {built.digest[:19]} is no longer in imagesmith's cache; "
+            f"run `imagesmith build {spec.path.name}` again, then push"
+        )
+    tags = tags or (spec.version, content_tag(lock))
+    digest = push_layout(layout, ref, tags, on_line=on_line)
+    if digest != built.digest:
+        raise RegistryError(f"the registry holds {digest}, but the build made {built.digest}")
+    record = PushRecord(
+        repository=ref.familiar_repository,
+        digest=digest,
+        tags=tags,
+        lock_hash=lock.lock_hash,
+        uid=built.uid,
+        gid=built.gid,
+    )
+    write_record(push_record_path(spec.path), record)
+    return record
+
+
+def pull(engine: Engine, text: str) -> str:
+    """Pull `name@sha256:...` into the engine after checking the registry serves that digest."""
+    try:
+        ref = parse_reference(text)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not ref.digest or not is_digest(ref.digest):
+        raise InputError(f"{text}: pull by digest (NAME@sha256:...), never by a mutable tag")
+    client = RegistryClient(ref.registry)
+    served, _, _ = client.manifest(ref.path, ref.digest)
+    if served != ref.digest:
+        raise RegistryError(f"{ref.registry} served {served} when asked for {ref.digest}")
+    pinned = f"{ref.familiar_repository}@{ref.digest}"
+    image_id = engine.pull(pinned)
+    info = engine.inspect_image(image_id)
+    digests = {d.partition("@")[2] for d in info.repo_digests}
+    if digests and ref.digest not in digests:
+        raise RegistryError(f"{engine.name} pulled {sorted(digests)}, not {ref.digest}")
+    return pinned
+
+
+def docker_config_path() -> Path:
+    folder = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    return Path(folder) / "config.json"
+
+
+def login(registry: str, username: str, password: str) -> Path:
+    """Check the credentials against the registry, then store them in the docker config."""
+    client = RegistryClient(registry, Credentials(username, password))
+    status, _, _ = client.request("GET", "/v2/", scope="registry:catalog:*")
+    if status in (401, 403):
+        raise RegistryError(f"unauthorized: check the credentials for {registry}")
+    if status >= 400:
+        raise RegistryError(f"{registry} answered {status} to a login check")
+    path = docker_config_path()
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        config = {}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc})") from None
+    pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config.setdefault("auths", {})[registry] = {"auth": pair}
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomically(path, json.dumps(config, indent=2) + "\n")
+    os.chmod(path, 0o600)
+    return path
