@@ -204,9 +204,7 @@ def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
         choices = ", ".join(_show(c) for c in expected)
         yield json_path(path), f"{_show(error.instance)} is not one of {choices}"
         return
-    numeric_hint = (
-        hint and _type_of(error.instance) == "number" and expected == "integer"
-    )
+    numeric_hint = hint and _type_of(error.instance) == "number" and expected == "integer"
     if kind == "type" and not numeric_hint:
         names = [expected] if isinstance(expected, str) else list(expected)
         want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)

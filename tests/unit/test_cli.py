@@ -94,3 +94,55 @@ def test_init_unknown_recipe_lists_the_known_ones(tmp_path: Path) -> None:
 
 def test_usage_error_exits_2() -> None:
     assert runner.invoke(app, ["validate", "--bogus"]).exit_code == 2
+
+
+def test_manifest_refuses_without_a_digest(example_dir: Path) -> None:
+    spec = example_dir / "env.toml"
+    write_lock(make_lock(spec), example_dir / "env.lock")
+    result = runner.invoke(app, ["manifest", str(spec)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: no image digest for this lock yet: run `imagesmith build env.toml` "
+        "and `imagesmith push env.toml` first"
+    )
+
+
+def test_manifest_uses_the_pushed_digest(example_dir: Path) -> None:
+    from imagesmith.records import PushRecord, push_record_path, write_record
+
+    spec = example_dir / "env.toml"
+    lock = make_lock(spec)
+    write_lock(lock, example_dir / "env.lock")
+    digest = "sha256:" + "ab" * 32
+    write_record(
+        push_record_path(spec),
+        PushRecord(repository="registry.example.edu/lab/analysis", digest=digest, tags=("1.0.0",),
+                   lock_hash=lock.lock_hash, uid=1000, gid=1000),
+    )
+    result = runner.invoke(app, ["manifest", str(spec), "--kind", "pod"])
+    assert result.exit_code == 0, result.output
+    assert f"image: registry.example.edu/lab/analysis@{digest}" in result.stdout
+    assert "kind: Pod" in result.stdout
+    assert "warning" not in result.stderr
+    sb = runner.invoke(app, ["sbatch", str(spec)])
+    assert sb.exit_code == 0, sb.output
+    assert f"registry.example.edu/lab/analysis@{digest}" in sb.stdout and "#SBATCH" in sb.stdout
+
+
+def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) -> None:
+    from imagesmith.records import PushRecord, push_record_path, write_record
+
+    spec = example_dir / "env.toml"
+    lock = make_lock(spec)
+    write_lock(lock, example_dir / "env.lock")
+    write_record(
+        push_record_path(spec),
+        PushRecord(repository="r.example.edu/x", digest="sha256:" + "cd" * 32, tags=(),
+                   lock_hash=lock.lock_hash, uid=1000, gid=1000),
+    )
+    script = example_dir / "job.sh"
+    script.write_text("#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\npython3 train.py\n")
+    result = runner.invoke(app, ["manifest", str(spec), "--from-sbatch", str(script)])
+    assert result.exit_code == 0, result.output
+    assert "--array" in result.stderr
+    assert "cpu: '8'" in result.stdout and "memory: 16Gi" in result.stdout

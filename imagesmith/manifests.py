@@ -1,0 +1,513 @@
+"""The Kubernetes Job/Pod and the Slurm batch script that run a built image, by digest.
+
+Pure functions: a Spec and an image reference in, text out; no engine, no network. The same
+input always gives the same bytes (keys in a fixed order, one YAML document per object).
+
+Choices, each made for a batch job on a cluster that enforces the *restricted* Pod Security
+Standard (and checked with kubernetes-validate and checkov in the tests):
+
+- The image is always `repository@sha256:...`: a tag can move, a digest cannot. With a digest,
+  `imagePullPolicy: IfNotPresent` is safe (the cached image is the one named).
+- requests equal limits for cpu, memory and the GPU resource (Guaranteed QoS); what the spec
+  leaves out is left out.
+- The pod runs as the image's non-root uid/gid with RuntimeDefault seccomp, no privilege
+  escalation, every capability dropped, no service-account token, and a **read-only root
+  filesystem**. Programs still need somewhere to write, so /tmp is an emptyDir, and so is the
+  working directory, unless the image copies files into it (an emptyDir would hide them;
+  the header then says so and /tmp is the place to write). Nothing else is writable: a tool
+  that insists on writing under $HOME needs [env] pointing it at /tmp (e.g. XDG_CACHE_HOME).
+- With a GPU (or an explicit [resources] shm), /dev/shm is a memory-backed emptyDir
+  (default 1Gi): PyTorch data loaders and NCCL need more than the runtime's 64 MiB. It
+  counts against the memory limit.
+- A NetworkPolicy that admits no ingress to the job's pods comes with it (a batch job serves
+  nothing). Egress is left open: jobs fetch data. `podman kube play` ignores it.
+- No probes: a batch job that runs to completion has no readiness, and a liveness probe
+  would kill long computations that print nothing.
+
+With `overrides` (a parsed #SBATCH script), its values replace [resources] and [job], and the
+header says which value came from which directive, and lists every directive that was not
+carried over.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+
+from imagesmith.errors import InputError
+from imagesmith.quantity import quantity_value
+from imagesmith.reference import parse_reference
+from imagesmith.slurm import SlurmRequest, apply_overrides, memory_megabytes
+from imagesmith.slurmtime import format_slurm_time, parse_slurm_time
+from imagesmith.spec import Spec
+
+DEFAULT_SHM = "1Gi"
+LABEL_PREFIX = "imagesmith.dev"
+KINDS = ("job", "pod")
+RUNTIMES = ("podman", "apptainer")
+
+_LABEL_VALUE_MAX = 63
+_DNS_LABEL_MAX = 63
+#: The variables Slurm sets to the GPUs it allocated; the container must see them.
+_GPU_VISIBILITY = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+#: Settings an #SBATCH script can override, in the order the header lists them.
+_ORIGIN_ORDER = (
+    "name",
+    "resources.cpu",
+    "resources.memory",
+    "resources.gpu",
+    "job.time",
+    "job.command",
+    "partition",
+    "gpu_type",
+)
+
+
+# -- names and values Kubernetes accepts ---------------------------------------------------
+
+
+def dns_label(text: str, *, fallback: str = "job") -> str:
+    """`text` as a DNS-1123 label (lowercase alphanumerics and '-', at most 63)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
+    name = re.sub(r"-{2,}", "-", name).strip("-")[:_DNS_LABEL_MAX].strip("-")
+    return name or fallback
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value: [A-Za-z0-9._-], at most 63, alphanumeric at both ends."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:_LABEL_VALUE_MAX]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def digest_reference(image: str) -> str:
+    """`image` when it is `repository@sha256:<64 hex>`; InputError otherwise."""
+    hint = (
+        "pass the image by digest, repository@sha256:<64 hex digits> "
+        "(imagesmith build/push record it in env.build.json / env.pushed.json)"
+    )
+    try:
+        ref = parse_reference(image)
+    except ValueError:
+        raise InputError(f"{image!r} is not an image reference; {hint}") from None
+    if ref.digest is None:
+        raise InputError(f"{image!r} names a tag, which can move; {hint}")
+    if ref.tag is not None:
+        raise InputError(f"{image!r} carries a tag beside its digest; {hint}")
+    return image
+
+
+def _one_line(text: str) -> str:
+    """Text safe inside a one-line comment: control characters escaped."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+def _inside(path: str, parent: str) -> bool:
+    p, q = PurePosixPath(path), PurePosixPath(parent)
+    return p == q or q in p.parents
+
+
+def _writable_workdir(spec: Spec, workdir: str) -> str | None:
+    """Why the working directory cannot be an emptyDir, or None when it can."""
+    if not workdir.startswith("/"):
+        return f"workdir {workdir} is not an absolute path"
+    if workdir == "/":
+        return "workdir / would hide the whole image"
+    if _inside(workdir, "/tmp"):
+        return None
+    for item in spec.image.copy:
+        dest = item.dest
+        if not dest.startswith("/"):
+            dest = str(PurePosixPath(spec.image.workdir or "/") / dest)
+        if _inside(dest, workdir) or _inside(workdir, dest):
+            return f"the image copies {item.src} to {item.dest}, which an emptyDir would hide"
+    return None
+
+
+# -- the manifest --------------------------------------------------------------------------
+
+
+def _resources(spec: Spec) -> dict[str, Any] | None:
+    amounts: dict[str, Any] = {}
+    if spec.resources.cpu is not None:
+        amounts["cpu"] = spec.resources.cpu
+    if spec.resources.memory is not None:
+        amounts["memory"] = spec.resources.memory
+    if spec.resources.gpu > 0:
+        amounts[spec.resources.gpu_resource] = spec.resources.gpu
+    if not amounts:
+        return None
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _needs_shm(spec: Spec) -> bool:
+    return spec.resources.gpu > 0 or spec.resources.shm is not None
+
+
+def _container(
+    spec: Spec, *, name: str, image: str, workdir: str | None, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+    }
+    if spec.job.command is not None:
+        # With an ENTRYPOINT (e.g. tini), the command goes after it, as `podman run IMAGE CMD`
+        # does; without one, it is the whole command line.
+        key = "args" if spec.image.entrypoint else "command"
+        container[key] = list(spec.job.command)
+    if spec.env:
+        container["env"] = [{"name": k, "value": spec.env[k]} for k in sorted(spec.env)]
+    if workdir is not None:
+        container["workingDir"] = workdir
+    resources = _resources(spec)
+    if resources is not None:
+        container["resources"] = resources
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+    container["volumeMounts"] = mounts
+    return container
+
+
+def _pod_spec(
+    spec: Spec,
+    *,
+    name: str,
+    image: str,
+    uid: int,
+    gid: int,
+    workdir: str | None,
+    deadline: int | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    writable = ["/tmp"]
+    if workdir is not None:
+        why_not = _writable_workdir(spec, workdir)
+        if why_not is not None:
+            notes.append(f"{workdir} is read-only: {why_not}; write to /tmp")
+        elif not _inside(workdir, "/tmp"):
+            mounts.append({"name": "workdir", "mountPath": workdir})
+            volumes.append({"name": "workdir", "emptyDir": {}})
+            writable.append(workdir)
+    if _needs_shm(spec):
+        size = spec.resources.shm or DEFAULT_SHM
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size}})
+        writable.append(f"/dev/shm ({size}, counted as memory)")
+    notes.insert(0, f"read-only root filesystem; writable: {', '.join(writable)}")
+    pod: dict[str, Any] = {"restartPolicy": "Never"}
+    if deadline is not None:
+        pod["activeDeadlineSeconds"] = deadline
+    pod["automountServiceAccountToken"] = False
+    pod["securityContext"] = {
+        "fsGroup": gid,
+        "runAsGroup": gid,
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["containers"] = [_container(spec, name=name, image=image, workdir=workdir, mounts=mounts)]
+    pod["volumes"] = volumes
+    return pod
+
+
+def _metadata(
+    name: str, namespace: str | None, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = dict(labels)
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def _override_lines(spec: Spec, name: str, request: SlurmRequest) -> list[str]:
+    shown: dict[str, str] = {
+        "name": name,
+        "resources.cpu": str(spec.resources.cpu),
+        "resources.memory": str(spec.resources.memory),
+        "resources.gpu": f"{spec.resources.gpu} ({spec.resources.gpu_resource})",
+        "partition": f"{request.partition} (annotation {LABEL_PREFIX}/slurm-partition only)",
+        "gpu_type": f"{request.gpu_type} (annotation {LABEL_PREFIX}/gpu-type only)",
+    }
+    if request.time_seconds is not None:
+        shown["job.time"] = (
+            f"{format_slurm_time(request.time_seconds)} "
+            f"(activeDeadlineSeconds {request.time_seconds})"
+        )
+    if request.command is not None:
+        shown["job.command"] = shlex.join(
+            [*request.command[:-1], f"<script body, {len(request.body.splitlines())} lines>"]
+        )
+    lines = [f"values from {request.source} (#SBATCH directives) replace the spec's:"]
+    for key in _ORIGIN_ORDER:
+        if key in request.origins and key in shown:
+            lines.append(f"{key}: {shown[key]} (from {request.origins[key]})")
+    if request.warnings:
+        lines.append(f"not carried over from {request.source}:")
+        lines.extend(f"warning: {w}" for w in request.warnings)
+    return lines
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings (a script body) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _dump(documents: Sequence[Mapping[str, Any]]) -> str:
+    return yaml.dump_all(
+        documents,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        explicit_start=True,
+        width=100_000,
+    )
+
+
+def render_manifest(
+    spec: Spec,
+    *,
+    image: str,
+    uid: int,
+    gid: int,
+    kind: str | None = None,
+    overrides: SlurmRequest | None = None,
+    workdir: str | None = None,
+    lock_hash: str | None = None,
+    for_podman: bool = False,
+) -> str:
+    """The Job (or Pod) that runs `image` (by digest) as the spec says, and its NetworkPolicy.
+
+    `uid`/`gid` are the image's user (from the build record); `kind` overrides [job] kind;
+    `overrides` (from parse_sbatch) replace [resources] and [job] values; `workdir` overrides
+    [image] workdir; `lock_hash` (the lock the image was built from) becomes a label and an
+    annotation. `for_podman` leaves out annotations whose values are longer than 63
+    characters (the image, the hashes), which `podman kube play` before podman 5.0 refuses
+    (containers/podman#21663; Debian 12 has 4.3); the header keeps their values.
+    """
+    image = digest_reference(image)
+    if uid == 0:
+        raise InputError(
+            "the image's user is root (uid 0); the pod runs as non-root, so build the image "
+            "with a non-root [image] user"
+        )
+    if overrides is not None:
+        spec = apply_overrides(spec, overrides)
+    kind_name = (kind or spec.job.kind).lower()
+    if kind_name not in KINDS:
+        raise InputError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    job_name = overrides.job_name if overrides is not None else None
+    name = dns_label(job_name or spec.name)
+    namespace = spec.job.namespace
+    deadline = parse_slurm_time(spec.job.time) if spec.job.time is not None else None
+    workdir = workdir if workdir is not None else spec.image.workdir
+
+    labels: dict[str, str] = {
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "imagesmith",
+        "app.kubernetes.io/name": label_value(spec.name) or name,
+    }
+    version = label_value(spec.version)
+    if version:
+        labels["app.kubernetes.io/version"] = version
+    annotations: dict[str, str] = {f"{LABEL_PREFIX}/image": image}
+    if lock_hash is not None:
+        short = label_value(lock_hash.rpartition(":")[2])
+        if short:
+            labels[f"{LABEL_PREFIX}/lock-hash"] = short
+        annotations[f"{LABEL_PREFIX}/lock-hash"] = lock_hash
+    annotations[f"{LABEL_PREFIX}/spec-hash"] = spec.spec_hash
+    if version != spec.version:
+        annotations[f"{LABEL_PREFIX}/version"] = spec.version
+    if overrides is not None:
+        annotations[f"{LABEL_PREFIX}/sbatch"] = overrides.source
+        if overrides.partition is not None:
+            annotations[f"{LABEL_PREFIX}/slurm-partition"] = overrides.partition
+        if overrides.gpu_type is not None:
+            annotations[f"{LABEL_PREFIX}/gpu-type"] = overrides.gpu_type
+    labels = dict(sorted(labels.items()))
+    annotations = dict(sorted(annotations.items()))
+    left_out: dict[str, str] = {}
+    if for_podman:
+        left_out = {k: v for k, v in annotations.items() if len(v) > _LABEL_VALUE_MAX}
+        annotations = {k: v for k, v in annotations.items() if k not in left_out}
+
+    notes: list[str] = []
+    pod_spec = _pod_spec(
+        spec,
+        name=dns_label(spec.name),
+        image=image,
+        uid=uid,
+        gid=gid,
+        workdir=workdir,
+        deadline=deadline if kind_name == "pod" else None,
+        notes=notes,
+    )
+    workload: dict[str, Any]
+    if kind_name == "pod":
+        workload = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": _metadata(name, namespace, labels, annotations),
+            "spec": pod_spec,
+        }
+    else:
+        job_spec: dict[str, Any] = {"backoffLimit": spec.job.backoff_limit}
+        if deadline is not None:
+            job_spec["activeDeadlineSeconds"] = deadline
+        job_spec["ttlSecondsAfterFinished"] = spec.job.ttl_seconds_after_finished
+        template_meta: dict[str, Any] = {"labels": dict(labels)}
+        if annotations:
+            template_meta["annotations"] = dict(annotations)
+        job_spec["template"] = {"metadata": template_meta, "spec": pod_spec}
+        workload = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": _metadata(name, namespace, labels, annotations),
+            "spec": job_spec,
+        }
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(name, namespace, labels, {}),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": name,
+                    "app.kubernetes.io/managed-by": "imagesmith",
+                }
+            },
+            "policyTypes": ["Ingress"],
+        },
+    }
+
+    header = [
+        f"Generated by imagesmith from {spec.path.name} ({spec.name} {spec.version}): "
+        "do not edit by hand.",
+        f"{workload['kind']} {name}: runs {image} as uid {uid}, gid {gid}.",
+        *notes,
+        "The NetworkPolicy admits no ingress to the job's pods.",
+    ]
+    if left_out:
+        header.append(
+            "for podman kube play (before podman 5.0 it refuses annotation values over 63 "
+            "characters), these annotations are left out:"
+        )
+        header.extend(f"{key}: {value}" for key, value in left_out.items())
+    if overrides is not None:
+        header.extend(_override_lines(spec, name, overrides))
+    comments = "".join(f"# {_one_line(line)}\n" for line in header)
+    return comments + _dump([workload, policy])
+
+
+# -- the Slurm batch script -------------------------------------------------------------------
+
+
+def _cpus(quantity: str) -> int:
+    return math.ceil(quantity_value(quantity))
+
+
+def _shm_bytes(spec: Spec) -> int:
+    return math.ceil(quantity_value(spec.resources.shm or DEFAULT_SHM))
+
+
+def sbatch_directives(spec: Spec) -> list[str]:
+    """The #SBATCH lines for the spec's resources and time limit."""
+    lines = [f"--job-name={spec.name}", "--nodes=1", "--ntasks=1"]
+    if spec.resources.cpu is not None and _cpus(spec.resources.cpu) > 0:
+        lines.append(f"--cpus-per-task={_cpus(spec.resources.cpu)}")
+    if spec.resources.memory is not None and memory_megabytes(spec.resources.memory) > 0:
+        # Never --mem=0: Slurm reads it as "all of the node's memory".
+        lines.append(f"--mem={memory_megabytes(spec.resources.memory)}M")
+    if spec.resources.gpu > 0:
+        lines.append(f"--gpus={spec.resources.gpu}")
+    if spec.job.time is not None:
+        lines.append(f"--time={format_slurm_time(parse_slurm_time(spec.job.time))}")
+    return [f"#SBATCH {shlex.quote(line)}" for line in lines]
+
+
+def _podman_lines(spec: Spec, image: str) -> list[str]:
+    words = ["podman", "run", "--rm"]
+    for key in sorted(spec.env):
+        words += ["--env", f"{key}={spec.env[key]}"]
+    if spec.resources.gpu > 0:
+        # CDI names the device (nvidia-ctk cdi generate); Slurm's choice of GPUs is passed on.
+        words += ["--device", f"{spec.resources.gpu_resource}=all"]
+        for name in _GPU_VISIBILITY:
+            words += ["--env", name]
+    if _needs_shm(spec):
+        words += [f"--shm-size={_shm_bytes(spec)}"]
+    words.append(image)
+    words += list(spec.job.command or ())
+    return ["exec " + shlex.join(words)]
+
+
+def _apptainer_lines(spec: Spec, image: str) -> list[str]:
+    # --env splits its value at commas, so values go through APPTAINERENV_*, which apptainer
+    # passes into the container as they are; --cleanenv keeps the host's environment out.
+    lines = [
+        "export " + shlex.quote(f"APPTAINERENV_{key}={spec.env[key]}") for key in sorted(spec.env)
+    ]
+    words = ["apptainer"]
+    # `exec` runs the command as given; `run` runs the image's ENTRYPOINT (+ CMD, or the
+    # command as its arguments), which is what `podman run IMAGE CMD` does.
+    runs = spec.job.command is None or bool(spec.image.entrypoint)
+    words += ["run" if runs else "exec", "--cleanenv"]
+    if spec.resources.gpu > 0:
+        if spec.resources.gpu_resource.startswith("amd.com/"):
+            words.append("--rocm")
+        else:
+            words.append("--nv")
+        for name in _GPU_VISIBILITY:
+            lines.append(
+                f'if [ -n "${{{name}+set}}" ]; then export APPTAINERENV_{name}="${name}"; fi'
+            )
+    if spec.image.workdir is not None:
+        words += ["--pwd", spec.image.workdir]
+    words.append(f"docker://{image}")
+    words += list(spec.job.command or ())
+    return [*lines, "exec " + shlex.join(words)]
+
+
+def render_sbatch(spec: Spec, *, image: str, runtime: str = "podman") -> str:
+    """A batch script that asks Slurm for the spec's resources and runs `image` by digest.
+
+    `runtime` is "podman" (`podman run --rm ... IMAGE CMD`) or "apptainer"
+    (`apptainer exec --cleanenv docker://IMAGE CMD`). [env] reaches the container byte for
+    byte; every word is shell-quoted.
+    """
+    image = digest_reference(image)
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    run = _podman_lines(spec, image) if runtime == "podman" else _apptainer_lines(spec, image)
+    header = [
+        "#!/bin/bash",
+        f"# Generated by imagesmith from {spec.path.name} ({spec.name} {spec.version}): "
+        "do not edit by hand.",
+        f"# Runs {image} with {runtime}; resources from [resources], time from [job].",
+    ]
+    return "\n".join([*header, *sbatch_directives(spec), "set -euo pipefail", *run]) + "\n"

@@ -1,0 +1,663 @@
+"""render_manifest / render_sbatch: exact output for the example spec, then real validators.
+
+Every manifest these tests generate also goes through `kubernetes-validate --strict` (the
+API schemas, offline) and `checkov` (security policy); both live in .venv-tools because
+their pins clash with pytest's. A missing validator fails the test: it is part of the suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imagesmith.errors import InputError
+from imagesmith.manifests import dns_label, label_value, render_manifest, render_sbatch
+from imagesmith.slurm import parse_sbatch
+from imagesmith.spec import CopyItem, Spec, load_spec
+from tests.conftest import EXAMPLE, REPO
+
+IMAGE = "registry.example.edu/lab/analysis@sha256:" + "ab" * 32
+LOCK_HASH = "sha256:" + "0123456789abcdef" * 4
+SBATCH = REPO / "tests" / "fixtures" / "sbatch"
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_spec(EXAMPLE / "env.toml")
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all(text))
+
+
+def header(text: str) -> list[str]:
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return lines
+
+
+def labels(spec: Spec, name: str = "lab-analysis") -> dict[str, str]:
+    return {
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "imagesmith",
+        "app.kubernetes.io/name": "lab-analysis",
+        "app.kubernetes.io/version": "1.0.0",
+        "imagesmith.dev/lock-hash": ("0123456789abcdef" * 4)[:63],
+    }
+
+
+def annotations_for(spec: Spec) -> dict[str, str]:
+    return {
+        "imagesmith.dev/image": IMAGE,
+        "imagesmith.dev/lock-hash": LOCK_HASH,
+        "imagesmith.dev/spec-hash": spec.spec_hash,
+    }
+
+
+def pod_spec(*, deadline: int | None = None) -> dict[str, Any]:
+    amounts = {"cpu": "2", "memory": "32Gi", "nvidia.com/gpu": 1}
+    spec: dict[str, Any] = {"restartPolicy": "Never"}
+    if deadline is not None:
+        spec["activeDeadlineSeconds"] = deadline
+    spec |= {
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "fsGroup": 1000,
+            "runAsGroup": 1000,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "lab-analysis",
+                "image": IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", "train.py"],
+                "env": [
+                    {"name": "GREETING", "value": 'it\'s "quoted" $HOME and ünïcode'},
+                    {"name": "OMP_NUM_THREADS", "value": "1"},
+                ],
+                "workingDir": "/work",
+                "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "privileged": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                },
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "workdir", "mountPath": "/work"},
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "workdir", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        ],
+    }
+    return spec
+
+
+def network_policy(spec: Spec, name: str = "lab-analysis") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "labels": labels(spec, name)},
+        "spec": {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": name,
+                    "app.kubernetes.io/managed-by": "imagesmith",
+                }
+            },
+            "policyTypes": ["Ingress"],
+        },
+    }
+
+
+# -- the example spec, exactly -------------------------------------------------------------
+
+
+def test_job_for_the_example_spec(spec: Spec) -> None:
+    text = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, lock_hash=LOCK_HASH)
+    assert documents(text) == [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": "lab-analysis",
+                "labels": labels(spec),
+                "annotations": annotations_for(spec),
+            },
+            "spec": {
+                "backoffLimit": 0,
+                "ttlSecondsAfterFinished": 86400,
+                "template": {
+                    "metadata": {"labels": labels(spec), "annotations": annotations_for(spec)},
+                    "spec": pod_spec(),
+                },
+            },
+        },
+        network_policy(spec),
+    ]
+    assert header(text) == [
+        "# Generated by imagesmith from env.toml (lab-analysis 1.0.0): do not edit by hand.",
+        f"# Job lab-analysis: runs {IMAGE} as uid 1000, gid 1000.",
+        "# read-only root filesystem; writable: /tmp, /work, /dev/shm (1Gi, counted as memory)",
+        "# The NetworkPolicy admits no ingress to the job's pods.",
+    ]
+    # the header, then one `---`-opened document per object
+    assert text.split("\n")[len(header(text))] == "---"
+    assert text.count("\n---\n") == 2
+
+
+def test_pod_for_the_example_spec_with_a_time_limit(spec: Spec) -> None:
+    timed = dataclasses.replace(spec, job=dataclasses.replace(spec.job, time="1-02:03"))
+    text = render_manifest(timed, image=IMAGE, uid=1000, gid=1000, kind="pod", lock_hash=LOCK_HASH)
+    assert documents(text) == [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "lab-analysis",
+                "labels": labels(spec),
+                "annotations": annotations_for(spec),
+            },
+            "spec": pod_spec(deadline=86400 + 2 * 3600 + 3 * 60),
+        },
+        network_policy(spec),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("time", "seconds"),
+    [
+        ("30", 1800),
+        ("30:15", 1815),
+        ("2:30:15", 9015),
+        ("1-12", 129600),
+        ("1-12:30", 131400),
+        ("2-03:04:05", 183845),
+    ],
+)
+def test_job_deadline_from_every_time_form(spec: Spec, time: str, seconds: int) -> None:
+    timed = dataclasses.replace(spec, job=dataclasses.replace(spec.job, time=time))
+    job = documents(render_manifest(timed, image=IMAGE, uid=1000, gid=1000))[0]
+    assert job["spec"]["activeDeadlineSeconds"] == seconds
+    assert "activeDeadlineSeconds" not in job["spec"]["template"]["spec"]
+
+
+def test_output_is_byte_identical_and_independent_of_env_order(spec: Spec) -> None:
+    first = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, lock_hash=LOCK_HASH)
+    second = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, lock_hash=LOCK_HASH)
+    assert first == second
+    reordered = dataclasses.replace(spec, env=dict(reversed(list(spec.env.items()))))
+    assert render_manifest(reordered, image=IMAGE, uid=1000, gid=1000, lock_hash=LOCK_HASH) == (
+        first
+    )
+    assert render_sbatch(spec, image=IMAGE) == render_sbatch(reordered, image=IMAGE)
+
+
+# -- image references -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        ("registry.example.edu/lab/analysis:1.0.0", "names a tag"),
+        ("registry.example.edu/lab/analysis", "names a tag"),
+        ("registry.example.edu/lab/analysis:1.0@sha256:" + "ab" * 32, "carries a tag"),
+        ("registry.example.edu/lab/analysis@sha256:abc", "not an image reference"),
+        ("Not A Reference", "not an image reference"),
+    ],
+)
+def test_image_must_be_a_digest_reference(spec: Spec, image: str, fragment: str) -> None:
+    with pytest.raises(InputError, match=fragment):
+        render_manifest(spec, image=image, uid=1000, gid=1000)
+    with pytest.raises(InputError, match=fragment):
+        render_sbatch(spec, image=image)
+
+
+def test_digest_reference_with_a_registry_port(spec: Spec) -> None:
+    image = "127.0.0.1:5000/lab/analysis@sha256:" + "cd" * 32
+    pod = documents(render_manifest(spec, image=image, uid=1000, gid=1000, kind="pod"))[0]
+    assert pod["spec"]["containers"][0]["image"] == image
+
+
+def test_root_user_is_refused(spec: Spec) -> None:
+    with pytest.raises(InputError, match=r"uid 0"):
+        render_manifest(spec, image=IMAGE, uid=0, gid=0)
+
+
+def test_unknown_kind_and_runtime(spec: Spec) -> None:
+    with pytest.raises(InputError, match="kind 'deployment'"):
+        render_manifest(spec, image=IMAGE, uid=1, gid=1, kind="deployment")
+    with pytest.raises(InputError, match="runtime 'docker'"):
+        render_sbatch(spec, image=IMAGE, runtime="docker")
+
+
+# -- the choices, one at a time -----------------------------------------------------------------
+
+
+def test_names_and_label_values_are_sanitized(spec: Spec) -> None:
+    assert dns_label("My_Lab.Analysis") == "my-lab-analysis"
+    assert dns_label("x" * 80) == "x" * 63
+    assert dns_label("___") == "job"
+    assert label_value("1.0.0+build.5") == "1.0.0-build.5"
+    assert label_value("_" + "v" * 70) == "v" * 62
+    odd = dataclasses.replace(spec, name="lab_analysis.v2", version="_2024.05+rc1")
+    job = documents(render_manifest(odd, image=IMAGE, uid=1000, gid=1000))[0]
+    assert job["metadata"]["name"] == "lab-analysis-v2"
+    assert job["metadata"]["labels"]["app.kubernetes.io/name"] == "lab_analysis.v2"
+    assert job["metadata"]["labels"]["app.kubernetes.io/version"] == "2024.05-rc1"
+    assert job["metadata"]["annotations"]["imagesmith.dev/version"] == "_2024.05+rc1"
+    assert job["spec"]["template"]["spec"]["containers"][0]["name"] == "lab-analysis-v2"
+    assert "imagesmith.dev/lock-hash" not in job["metadata"]["labels"]  # none given
+
+
+def test_namespace_backoff_ttl(spec: Spec) -> None:
+    job_settings = dataclasses.replace(
+        spec.job, namespace="lab", backoff_limit=3, ttl_seconds_after_finished=60
+    )
+    custom = dataclasses.replace(spec, job=job_settings)
+    job, policy = documents(render_manifest(custom, image=IMAGE, uid=1000, gid=1000))
+    assert job["metadata"]["namespace"] == policy["metadata"]["namespace"] == "lab"
+    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["ttlSecondsAfterFinished"] == 60
+
+
+def test_kind_from_the_spec(spec: Spec) -> None:
+    as_pod = dataclasses.replace(spec, job=dataclasses.replace(spec.job, kind="pod"))
+    assert documents(render_manifest(as_pod, image=IMAGE, uid=1, gid=2))[0]["kind"] == "Pod"
+    pod = documents(render_manifest(as_pod, image=IMAGE, uid=1, gid=2))[0]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1
+    assert pod["securityContext"]["runAsGroup"] == pod["securityContext"]["fsGroup"] == 2
+
+
+def test_without_resources_gpu_or_command(spec: Spec) -> None:
+    bare = dataclasses.replace(
+        spec,
+        env={},
+        resources=dataclasses.replace(spec.resources, cpu=None, memory=None, gpu=0),
+        job=dataclasses.replace(spec.job, command=None),
+        image=dataclasses.replace(spec.image, workdir=None),
+    )
+    pod = documents(render_manifest(bare, image=IMAGE, uid=1000, gid=1000, kind="pod"))[0]
+    container = pod["spec"]["containers"][0]
+    for key in ("resources", "command", "args", "env", "workingDir"):
+        assert key not in container
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+
+
+def test_shm_size_and_other_gpu_resource(spec: Spec) -> None:
+    amd = dataclasses.replace(
+        spec, resources=dataclasses.replace(spec.resources, gpu_resource="amd.com/gpu", shm="8Gi")
+    )
+    pod = documents(render_manifest(amd, image=IMAGE, uid=1000, gid=1000, kind="pod"))[0]
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["amd.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert pod["spec"]["volumes"][-1] == {
+        "name": "dshm",
+        "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"},
+    }
+    # shm without a GPU still gets its /dev/shm; no GPU and no shm: none
+    cpu_only = dataclasses.replace(amd, resources=dataclasses.replace(amd.resources, gpu=0))
+    pod = documents(render_manifest(cpu_only, image=IMAGE, uid=1000, gid=1000, kind="pod"))[0]
+    assert pod["spec"]["volumes"][-1]["name"] == "dshm"
+    plain = dataclasses.replace(
+        cpu_only, resources=dataclasses.replace(cpu_only.resources, shm=None)
+    )
+    pod = documents(render_manifest(plain, image=IMAGE, uid=1000, gid=1000, kind="pod"))[0]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["tmp", "workdir"]
+
+
+def test_entrypoint_keeps_the_command_as_args(spec: Spec) -> None:
+    tini = dataclasses.replace(
+        spec, image=dataclasses.replace(spec.image, entrypoint=("tini", "--"))
+    )
+    container = documents(render_manifest(tini, image=IMAGE, uid=1000, gid=1000, kind="pod"))[0][
+        "spec"
+    ]["containers"][0]
+    assert container["args"] == ["python3", "train.py"]
+    assert "command" not in container
+
+
+def test_workdir_holding_copied_files_is_not_hidden(spec: Spec) -> None:
+    copying = dataclasses.replace(
+        spec,
+        image=dataclasses.replace(spec.image, copy=(CopyItem("scripts/", "/work/scripts"),)),
+    )
+    text = render_manifest(copying, image=IMAGE, uid=1000, gid=1000, kind="pod")
+    pod = documents(text)[0]["spec"]
+    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == [
+        "/tmp",
+        "/dev/shm",
+    ]
+    assert (
+        "# /work is read-only: the image copies scripts/ to /work/scripts, which an emptyDir "
+        "would hide; write to /tmp"
+    ) in header(text)
+    relative = dataclasses.replace(
+        spec, image=dataclasses.replace(spec.image, copy=(CopyItem("data", "data"),))
+    )
+    pod = documents(render_manifest(relative, image=IMAGE, uid=1000, gid=1000, kind="pod"))[0]
+    assert "workdir" not in [v["name"] for v in pod["spec"]["volumes"]]
+    # an explicit workdir argument replaces the spec's
+    elsewhere = render_manifest(copying, image=IMAGE, uid=1000, gid=1000, workdir="/scratch")
+    container = documents(elsewhere)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["workingDir"] == "/scratch"
+    assert {"name": "workdir", "mountPath": "/scratch"} in container["volumeMounts"]
+
+
+def test_for_podman_leaves_out_long_annotations_but_keeps_them_in_the_header(
+    spec: Spec,
+) -> None:
+    text = render_manifest(
+        spec, image=IMAGE, uid=1000, gid=1000, kind="pod", lock_hash=LOCK_HASH, for_podman=True
+    )
+    pod = documents(text)[0]
+    assert "annotations" not in pod["metadata"]  # all three values are over 63 characters
+    assert pod["metadata"]["labels"] == labels(spec)
+    assert header(text)[4:] == [
+        "# for podman kube play (before podman 5.0 it refuses annotation values over 63 "
+        "characters), these annotations are left out:",
+        f"# imagesmith.dev/image: {IMAGE}",
+        f"# imagesmith.dev/lock-hash: {LOCK_HASH}",
+        f"# imagesmith.dev/spec-hash: {spec.spec_hash}",
+    ]
+    request = parse_sbatch((SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh")
+    job = documents(
+        render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request, for_podman=True)
+    )[0]
+    short = {
+        "imagesmith.dev/gpu-type": "a100",
+        "imagesmith.dev/sbatch": "gpu-train.sh",
+        "imagesmith.dev/slurm-partition": "gpu",
+    }
+    assert job["metadata"]["annotations"] == short
+    assert job["spec"]["template"]["metadata"]["annotations"] == short
+
+
+# -- #SBATCH overrides -----------------------------------------------------------------------
+
+
+def test_overrides_from_sbatch_say_where_each_value_came_from(spec: Spec) -> None:
+    request = parse_sbatch((SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh")
+    text = render_manifest(
+        spec, image=IMAGE, uid=1000, gid=1000, overrides=request, lock_hash=LOCK_HASH
+    )
+    assert header(text)[4:] == [
+        "# values from gpu-train.sh (#SBATCH directives) replace the spec's:",
+        "# name: train-resnet (from gpu-train.sh:2: -J train-resnet)",
+        "# resources.cpu: 8 (from gpu-train.sh:3: -c8)",
+        "# resources.memory: 16Gi (from gpu-train.sh:3: --mem=16G)",
+        "# resources.gpu: 2 (nvidia.com/gpu) (from gpu-train.sh:4: --gres=gpu:a100:2)",
+        "# job.time: 1-12:00:00 (activeDeadlineSeconds 129600) (from gpu-train.sh:5: --time 1-12)",
+        "# job.command: /bin/bash -c '<script body, 3 lines>' (from gpu-train.sh:8-10: the script body)",
+        "# partition: gpu (annotation imagesmith.dev/slurm-partition only) (from gpu-train.sh:4: -p gpu)",
+        "# gpu_type: a100 (annotation imagesmith.dev/gpu-type only) (from gpu-train.sh:4: --gres=gpu:a100:2)",
+        "# not carried over from gpu-train.sh:",
+        *(f"# warning: {w}" for w in request.warnings),
+    ]
+    job = documents(text)[0]
+    assert job["metadata"]["name"] == "train-resnet"
+    assert job["metadata"]["labels"]["app.kubernetes.io/name"] == "lab-analysis"
+    assert job["metadata"]["annotations"]["imagesmith.dev/slurm-partition"] == "gpu"
+    assert job["metadata"]["annotations"]["imagesmith.dev/gpu-type"] == "a100"
+    assert job["metadata"]["annotations"]["imagesmith.dev/sbatch"] == "gpu-train.sh"
+    assert job["spec"]["activeDeadlineSeconds"] == 129600
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    amounts = {"cpu": "8", "memory": "16Gi", "nvidia.com/gpu": 2}
+    assert container["resources"] == {"requests": amounts, "limits": amounts}
+    assert container["command"] == ["/bin/bash", "-c", request.body]
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
+
+
+def test_every_warning_reaches_the_header(spec: Spec) -> None:
+    request = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+    lines = header(render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request))
+    assert [line for line in lines if line.startswith("# warning: ")] == [
+        f"# warning: {w}" for w in request.warnings
+    ]
+    assert len(request.warnings) == 10
+
+
+# -- the batch script ----------------------------------------------------------------------------
+
+
+def test_sbatch_for_the_example_spec(spec: Spec) -> None:
+    timed = dataclasses.replace(spec, job=dataclasses.replace(spec.job, time="90"))
+    assert render_sbatch(timed, image=IMAGE) == (
+        "#!/bin/bash\n"
+        "# Generated by imagesmith from env.toml (lab-analysis 1.0.0): do not edit by hand.\n"
+        f"# Runs {IMAGE} with podman; resources from [resources], time from [job].\n"
+        "#SBATCH --job-name=lab-analysis\n"
+        "#SBATCH --nodes=1\n"
+        "#SBATCH --ntasks=1\n"
+        "#SBATCH --cpus-per-task=2\n"
+        "#SBATCH --mem=32768M\n"
+        "#SBATCH --gpus=1\n"
+        "#SBATCH --time=01:30:00\n"
+        "set -euo pipefail\n"
+        "exec podman run --rm"
+        " --env 'GREETING=it'\"'\"'s \"quoted\" $HOME and ünïcode'"
+        " --env OMP_NUM_THREADS=1"
+        " --device nvidia.com/gpu=all"
+        " --env CUDA_VISIBLE_DEVICES --env ROCR_VISIBLE_DEVICES --env GPU_DEVICE_ORDINAL"
+        " --shm-size=1073741824"
+        f" {IMAGE} python3 train.py\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory", "directives"),
+    [
+        ("500m", "1G", ["--cpus-per-task=1", "--mem=954M"]),
+        ("2.5", "1536Mi", ["--cpus-per-task=3", "--mem=1536M"]),
+        ("1", "1Ki", ["--cpus-per-task=1", "--mem=1M"]),
+        ("4", "2Ti", ["--cpus-per-task=4", "--mem=2097152M"]),
+    ],
+)
+def test_sbatch_rounds_cpu_and_memory_up(
+    spec: Spec, cpu: str, memory: str, directives: list[str]
+) -> None:
+    res = dataclasses.replace(spec.resources, cpu=cpu, memory=memory, gpu=0)
+    text = render_sbatch(dataclasses.replace(spec, resources=res), image=IMAGE)
+    found = [line.removeprefix("#SBATCH ") for line in text.splitlines() if "#SBATCH" in line]
+    assert found == ["--job-name=lab-analysis", "--nodes=1", "--ntasks=1", *directives]
+
+
+def _stub(directory: Path, name: str) -> None:
+    """A fake `podman`/`apptainer` that records its argv and environment as JSON."""
+    path = directory / name
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, sys.stdout)\n"
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.mark.parametrize("runtime", ["podman", "apptainer"])
+def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_path: Path) -> None:
+    """Run the generated script with bash against a stub runtime: argv and env, exactly."""
+    nasty = dict(spec.env) | {"COMMAS": "a,b=c", "SPACES": "  two  spaces ", "GLOB": "*"}
+    weird = dataclasses.replace(
+        spec, env=nasty, job=dataclasses.replace(spec.job, command=("sh", "-c", "echo \"$1\" 'x'"))
+    )
+    _stub(tmp_path, runtime)
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(weird, image=IMAGE, runtime=runtime))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1,3"}
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
+    )
+    seen = json.loads(done.stdout)
+    command = ["sh", "-c", "echo \"$1\" 'x'"]
+    if runtime == "podman":
+        expected = ["run", "--rm"]
+        for key in sorted(nasty):
+            expected += ["--env", f"{key}={nasty[key]}"]
+        expected += ["--device", "nvidia.com/gpu=all"]
+        expected += ["--env", "CUDA_VISIBLE_DEVICES", "--env", "ROCR_VISIBLE_DEVICES"]
+        expected += ["--env", "GPU_DEVICE_ORDINAL", "--shm-size=1073741824", IMAGE, *command]
+        assert seen["argv"] == expected
+    else:
+        assert seen["argv"] == [
+            "exec",
+            "--cleanenv",
+            "--nv",
+            "--pwd",
+            "/work",
+            f"docker://{IMAGE}",
+            *command,
+        ]
+        passed = {
+            k.removeprefix("APPTAINERENV_"): v
+            for k, v in seen["env"].items()
+            if k.startswith("APPTAINERENV_")
+        }
+        assert passed == nasty | {"CUDA_VISIBLE_DEVICES": "1,3"}
+
+
+def test_apptainer_runs_the_entrypoint_when_there_is_one(spec: Spec) -> None:
+    tini = dataclasses.replace(spec, image=dataclasses.replace(spec.image, entrypoint=("tini",)))
+    assert "exec apptainer run --cleanenv" in render_sbatch(tini, image=IMAGE, runtime="apptainer")
+    no_command = dataclasses.replace(spec, job=dataclasses.replace(spec.job, command=None))
+    text = render_sbatch(no_command, image=IMAGE, runtime="apptainer")
+    assert text.endswith(f"exec apptainer run --cleanenv --nv --pwd /work docker://{IMAGE}\n")
+
+
+# -- the validators: kubernetes-validate --strict and checkov ----------------------------------
+
+#: checkov checks that do not apply to a run-to-completion batch job. Nothing else is
+#: skipped; in particular no security check is.
+#: - CKV_K8S_8 (liveness probe): a liveness probe restarts a container that stops answering;
+#:   a batch computation answers nothing and must not be killed for being busy.
+#: - CKV_K8S_9 (readiness probe): readiness gates Service traffic; a job serves none.
+NOT_FOR_BATCH = {"CKV_K8S_8", "CKV_K8S_9"}
+#: What the example spec itself chooses (not the generator): no [job] namespace
+#: (CKV_K8S_21: the default namespace) and the image user's uid 1000 (CKV_K8S_40 wants
+#: uid >= 10000). A spec with `namespace = "lab"` and `uid = 10001` passes both; the
+#: hardened variants below check exactly that.
+SPEC_CHOICES = {"CKV_K8S_21", "CKV_K8S_40"}
+
+
+def _tool(name: str) -> str:
+    for candidate in (REPO / ".venv-tools" / "bin" / name, shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            return str(candidate)
+    pytest.fail(f"{name} is not installed: scripts/setup-venv.sh puts it in .venv-tools")
+
+
+def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
+    """(file name, manifest, checkov IDs the spec's own choices fail) for many specs."""
+    hardened = dataclasses.replace(
+        spec,
+        image=dataclasses.replace(spec.image, uid=10001),
+        job=dataclasses.replace(spec.job, namespace="lab", time="2:00:00"),
+    )
+    train = parse_sbatch((SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh")
+    mpi = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+    amd = dataclasses.replace(
+        hardened,
+        resources=dataclasses.replace(hardened.resources, gpu_resource="amd.com/gpu", shm="4Gi"),
+        image=dataclasses.replace(
+            hardened.image, entrypoint=("tini", "--"), copy=(CopyItem("a", "/work/a"),)
+        ),
+    )
+    cpu_only = dataclasses.replace(
+        hardened, resources=dataclasses.replace(hardened.resources, gpu=0)
+    )
+    for kind in ("job", "pod"):
+        yield (
+            f"example-{kind}.yaml",
+            render_manifest(spec, image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH),
+            SPEC_CHOICES,
+        )
+        for label, variant, request in (
+            ("hardened", hardened, None),
+            ("train", hardened, train),
+            ("mpi", hardened, mpi),
+            ("amd", amd, None),
+            ("cpu", cpu_only, None),
+            ("podman", cpu_only, None),
+        ):
+            yield (
+                f"{label}-{kind}.yaml",
+                render_manifest(
+                    variant,
+                    image=IMAGE,
+                    uid=10001,
+                    gid=10001,
+                    kind=kind,
+                    overrides=request,
+                    lock_hash=LOCK_HASH,
+                    for_podman=label == "podman",
+                ),
+                set(),
+            )
+
+
+@pytest.fixture(scope="module")
+def manifest_files(spec: Spec, tmp_path_factory: pytest.TempPathFactory) -> dict[Path, set[str]]:
+    folder = tmp_path_factory.mktemp("manifests")
+    found: dict[Path, set[str]] = {}
+    for name, text, expected in _variants(spec):
+        path = folder / name
+        path.write_text(text, encoding="utf-8")
+        found[path] = expected
+    return found
+
+
+def test_kubernetes_validate_strict(manifest_files: dict[Path, set[str]]) -> None:
+    tool = _tool("kubernetes-validate")
+    done = subprocess.run(
+        [tool, "--strict", *map(str, manifest_files)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    passed = [line for line in done.stdout.splitlines() if " passed for resource " in line]
+    assert len(passed) == 2 * len(manifest_files), done.stdout  # workload + NetworkPolicy
+
+
+def test_checkov_finds_nothing_but_probes(manifest_files: dict[Path, set[str]]) -> None:
+    tool = _tool("checkov")
+    args = [tool, "--framework", "kubernetes", "--skip-download", "-o", "json", "--compact"]
+    for path in manifest_files:
+        args += ["-f", str(path)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.stdout.strip(), done.stderr
+    reports = json.loads(done.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed: dict[str, set[str]] = {path.name: set() for path in manifest_files}
+    resources = 0
+    for report in reports:
+        assert report["summary"]["parsing_errors"] == 0, report["summary"]
+        resources += report["summary"]["resource_count"]
+        for check in report["results"]["failed_checks"]:
+            failed[Path(check["file_path"]).name].add(check["check_id"])
+    assert resources >= 2 * len(manifest_files)
+    for path, expected in manifest_files.items():
+        unexpected = failed[path.name] - NOT_FOR_BATCH
+        assert unexpected == expected, f"{path.name}: {sorted(failed[path.name])}"
