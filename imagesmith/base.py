@@ -252,16 +252,31 @@ def _build(
     tag: str | None,
     on_line: LineCallback | None,
 ) -> BaseImage:
-    """`Containerfile.base` around `context/rootfs.tar`, labelled with suite, epoch, digest."""
+    """`Containerfile.base` around `context/rootfs.tar`, labelled with suite, epoch, digest.
+
+    The result is made canonical before it is tagged, so the same root filesystem gives
+    the same image ID on Docker and on podman, and a lock pinning it works on both.
+    """
+    from imagesmith.canonical_build import make_canonical
+
     ref = tag or default_tag(suite)
     (context / "Containerfile").write_text(containerfile_text())
-    image_id = engine.build(
+    built_id = engine.build(
         context=context,
-        tags=[ref],
         labels={LABEL_SUITE: suite, LABEL_EPOCH: str(epoch), LABEL_ROOTFS: digest},
         on_line=on_line,
     )
-    return BaseImage(ref=ref, image_id=image_id, rootfs_sha256=digest)
+    work = context / "canonical"
+    work.mkdir()
+    canonical = make_canonical(
+        engine, built_id, epoch=epoch, workdir=work, on_line=on_line or _quiet
+    )
+    engine.tag(canonical.image_id, ref)
+    return BaseImage(ref=ref, image_id=canonical.image_id, rootfs_sha256=digest)
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _sha256(path: Path) -> str:

@@ -68,6 +68,8 @@ Config
     dropped. Dropped: ``Hostname``, ``Domainname``, ``Image``, the Attach/Tty/Stdin
     flags, ``container``, ``container_config``, ``docker_version``, and the label
     ``io.buildah.version`` that podman adds by itself.
+  * ``Env`` sorted by variable name (Docker and podman order a redefined variable
+    differently; names are unique, so the order means nothing).
   * ``created`` = epoch as ``YYYY-MM-DDTHH:MM:SSZ``.
   * ``history``: exactly one entry per layer, ``created`` = epoch and
     ``created_by`` normalised so both engines write the same string for the same
@@ -637,6 +639,10 @@ def canonical_config(
         value = inner.get(key)
         if key == "Labels" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in BUILDER_LABELS}
+        if key == "Env" and isinstance(value, list):
+            # Names are unique once built, so order carries no meaning; the engines differ
+            # in it (Docker overwrites PATH in place, podman moves it to the end).
+            value = sorted(value, key=lambda item: str(item).partition("=")[0])
         if _nonempty(value):
             cfg[key] = value
     if cfg:

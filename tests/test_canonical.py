@@ -907,3 +907,19 @@ def test_pyc_headers_follow_their_sources(tmp_path: Path, policy: str) -> None:
             assert pyc[12:] == b"\x10\0\0\0code"
         assert read("app/__pycache__/hashed.cpython-311.pyc") == _pyc(BUILD, flags=3)
         assert read("app/short.pyc") == b"\xa7\x0d\r\n"
+
+
+def test_env_order_does_not_change_the_digest() -> None:
+    from imagesmith.canonical import canonical_config
+
+    raw = {"architecture": "amd64", "os": "linux"}
+    docker = canonical_config(
+        {**raw, "config": {"Env": ["PATH=/opt/venv/bin:/bin", "VIRTUAL_ENV=/opt/venv", "A=1"]}},
+        diff_ids=[], created_by=[], epoch=0,
+    )
+    podman = canonical_config(
+        {**raw, "config": {"Env": ["VIRTUAL_ENV=/opt/venv", "PATH=/opt/venv/bin:/bin", "A=1"]}},
+        diff_ids=[], created_by=[], epoch=0,
+    )
+    assert docker == podman
+    assert docker["config"]["Env"] == ["A=1", "PATH=/opt/venv/bin:/bin", "VIRTUAL_ENV=/opt/venv"]
