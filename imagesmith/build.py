@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesmith.canonical_build import Canonical
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, StaleLockError
 from imagesmith.lock import Lock, read_lock, stale_reason, write_lock
@@ -92,6 +93,30 @@ def ensure_lock(
     return lock, True
 
 
+def build_canonical(
+    lock: Lock,
+    engine: Engine,
+    *,
+    no_cache: bool = False,
+    on_line: LineCallback = lambda _: None,
+) -> Canonical:
+    """Build `lock` with the engine and make the result canonical; nothing is tagged."""
+    from imagesmith.canonical_build import make_canonical
+    from imagesmith.context import assemble_context
+
+    epoch = build_epoch(lock)
+    with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
+        context = assemble_context(lock, render(lock), Path(tmp) / "context", on_line=on_line)
+        built_id = engine.build(
+            context=context,
+            tags=(),
+            build_args={"SOURCE_DATE_EPOCH": str(epoch)},
+            no_cache=no_cache,
+            on_line=on_line,
+        )
+        return make_canonical(engine, built_id, epoch=epoch, workdir=Path(tmp), on_line=on_line)
+
+
 def build(
     spec: Spec,
     engine: Engine,
@@ -104,24 +129,8 @@ def build(
 ) -> BuildResult:
     started = time.monotonic()
     lock, locked = ensure_lock(spec, engine, relock=relock, platform=platform, on_line=on_line)
-    epoch = build_epoch(lock)
     tags = image_tags(lock, extra_tags)
-    containerfile = render(lock)
-    from imagesmith.canonical_build import make_canonical
-    from imagesmith.context import assemble_context
-
-    with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
-        context = assemble_context(lock, containerfile, Path(tmp) / "context", on_line=on_line)
-        built_id = engine.build(
-            context=context,
-            tags=(),
-            build_args={"SOURCE_DATE_EPOCH": str(epoch)},
-            no_cache=no_cache,
-            on_line=on_line,
-        )
-        canonical = make_canonical(
-            engine, built_id, epoch=epoch, workdir=Path(tmp), on_line=on_line
-        )
+    canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line)
     applied: list[str] = []
     try:
         for tag in tags:

@@ -33,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
 )
 
 SpecArg = Annotated[
@@ -102,7 +103,12 @@ def render(
     spec_path: SpecArg = Path("env.toml"),
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write the Containerfile here instead of printing it."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the Containerfile here instead of printing it.",
+        ),
     ] = None,
 ) -> None:
     """Print the Containerfile that env.lock pins (needs an up-to-date lock; no engine)."""
@@ -154,12 +160,18 @@ EngineOpt = Annotated[
     typer.Option(
         "--engine",
         "-e",
+        metavar="ENGINE",
         help="docker, podman, or auto (Docker if a daemon answers, else podman).",
         envvar="IMAGESMITH_ENGINE",
     ),
 ]
 PlatformOpt = Annotated[
-    str, typer.Option("--platform", help="Target platform of the image (linux/amd64, linux/arm64).")
+    str,
+    typer.Option(
+        "--platform",
+        metavar="OS/ARCH",
+        help="Target platform of the image (linux/amd64, linux/arm64).",
+    ),
 ]
 
 
@@ -185,7 +197,10 @@ def lock(
     upgrade_package: Annotated[
         list[str] | None,
         typer.Option(
-            "--upgrade-package", "-P", help="Re-resolve this Python package only (repeatable)."
+            "--upgrade-package",
+            "-P",
+            metavar="NAME",
+            help="Re-resolve this Python package only (repeatable).",
         ),
     ] = None,
     engine: EngineOpt = "auto",
@@ -295,7 +310,7 @@ def build(
     engine: EngineOpt = "auto",
     tag: Annotated[
         list[str] | None,
-        typer.Option("--tag", "-t", help="Another tag for the image (repeatable)."),
+        typer.Option("--tag", "-t", metavar="REF", help="Another tag for the image (repeatable)."),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every step.")] = False,
     relock: Annotated[
@@ -305,6 +320,9 @@ def build(
         bool, typer.Option("--json", help="Print one JSON object on stdout at the end.")
     ] = False,
     platform: PlatformOpt = "linux/amd64",
+    then_push: Annotated[
+        bool, typer.Option("--push", help="Push to [registry] repository after the build.")
+    ] = False,
 ) -> None:
     """Build the lab's image: lock (if there is no lock yet), render, build, make canonical, tag.
 
@@ -329,8 +347,16 @@ def build(
         )
     finally:
         progress.stop()
+    summary = result.as_json()
+    if then_push:
+        from imagesmith.lock import read_lock
+        from imagesmith.push import push as run_push
+
+        record = run_push(spec, read_lock(spec.lock_path), on_line=err)
+        summary["pushed"] = record.pinned
+        err(f"pushed {record.pinned}")
     if as_json:
-        typer.echo(json.dumps(result.as_json(), sort_keys=True))
+        typer.echo(json.dumps(summary, sort_keys=True))
         return
     typer.echo(f"built {result.tags[0]} with {result.engine} in {result.seconds:.1f} s")
     typer.echo(f"  digest: {result.digest}")
@@ -343,11 +369,18 @@ def build(
 @app.command()
 @reports_errors
 def base(
-    suite: Annotated[str, typer.Option("--suite", help="Debian suite to bootstrap.")] = "bookworm",
+    suite: Annotated[
+        str, typer.Option("--suite", metavar="SUITE", help="Debian suite to bootstrap.")
+    ] = "bookworm",
     engine: EngineOpt = "auto",
     tag: Annotated[
         str | None,
-        typer.Option("--tag", "-t", help="Tag for the image (default imagesmith/debian:SUITE)."),
+        typer.Option(
+            "--tag",
+            "-t",
+            metavar="REF",
+            help="Tag for the image (default imagesmith/debian:SUITE).",
+        ),
     ] = None,
     mirror: Annotated[
         str | None, typer.Option("--mirror", help="Debian mirror URL (default deb.debian.org).")
@@ -449,7 +482,8 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 OutputOpt = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write to this file instead of printing.")
+    Path | None,
+    typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of printing."),
 ]
 
 
@@ -538,7 +572,9 @@ def push(
     to: Annotated[
         str | None,
         typer.Option(
-            "--to", help="Push here (REGISTRY/PATH[:TAG]) instead of [registry] repository."
+            "--to",
+            metavar="REPO[:TAG]",
+            help="Push here (REGISTRY/PATH[:TAG]) instead of [registry] repository.",
         ),
     ] = None,
 ) -> None:
@@ -609,6 +645,37 @@ def login(
         raise InputError("no password on standard input")
     path = run_login(registry, username, password)
     typer.echo(f"login to {registry} succeeded; credentials stored in {path}")
+
+
+@app.command()
+@reports_errors
+def verify(
+    spec_path: SpecArg = Path("env.toml"),
+    engine: EngineOpt = "auto",
+) -> None:
+    """Rebuild the image from env.lock with no cache and check the digest is the same.
+
+    Exit 0 and the digest when identical; exit 1 and what differs (config fields,
+    layers, files) when not. Needs an earlier `imagesmith build` to compare with.
+    """
+    from imagesmith.engine import get_engine
+    from imagesmith.lock import fresh_lock
+    from imagesmith.spec import load_spec
+    from imagesmith.verify import verify as run_verify
+
+    spec = load_spec(spec_path)
+    progress = Progress()
+    try:
+        verdict = run_verify(spec, fresh_lock(spec), get_engine(engine), on_line=progress)
+    finally:
+        progress.stop()
+    if verdict.identical:
+        typer.echo(f"reproducible: the rebuild has the same digest {verdict.reference}")
+        return
+    err(f"NOT reproducible: built {verdict.reference}, rebuilt {verdict.rebuilt}")
+    for line in verdict.differences:
+        err(f"  {line}")
+    raise typer.Exit(1)
 
 
 def main() -> None:

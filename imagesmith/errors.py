@@ -67,7 +67,8 @@ class BuildError(OperationError):
     def lines(self) -> list[str]:
         out = [str(self)]
         if self.step:
-            out.append(f"failing step: {self.step}")
+            step = " ".join(self.step.split())
+            out.append(f"failing step: {step[:200]}{' ...' if len(step) > 200 else ''}")
         if self.output_tail:
             out.append(f"last {len(self.output_tail)} lines of its output:")
             out.extend("  " + line for line in self.output_tail)

@@ -32,6 +32,7 @@ from imagesmith.errors import BuildError, EngineError, RegistryError
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 #: Seconds a quick liveness probe waits for the daemon.
 PROBE_TIMEOUT = 3.0
+PING_TIMEOUT = 60.0
 #: Seconds an ordinary API call may take (builds, waits and streams have none).
 API_TIMEOUT = 600
 
@@ -60,7 +61,9 @@ def connect(timeout: float = PROBE_TIMEOUT) -> Any:
     if not _socket_answers(timeout) and not _context_configured():
         raise _unreachable(ConnectionRefusedError())
     try:
-        client = docker.from_env(timeout=timeout)
+        # The socket is there, so a daemon is: give a busy one time to answer its ping
+        # (seconds, under a heavy build on two cores) before calling it unreachable.
+        client = docker.from_env(timeout=max(timeout, PING_TIMEOUT))
         client.ping()
     except docker.errors.DockerException as exc:
         raise _unreachable(exc) from None
@@ -273,6 +276,11 @@ class DockerEngine(Engine):
         first = error.strip().splitlines()[0] if error.strip() else "unknown error"
         if is_disk_full(error):
             first = disk_full_message("Docker's data root (/var/lib/docker)")
+        # "The command '/bin/sh -c <the whole RUN line>' returned a non-zero code: 100":
+        # the step is reported on its own line already, keep the verdict.
+        failed = re.match(r"^The command .* returned a non-zero code: (\d+)$", first, re.DOTALL)
+        if failed:
+            first = f"the step exited with code {failed.group(1)}"
         return BuildError(f"docker build failed: {first}", step=out.step, output_tail=out.tail)
 
     def image_exists(self, ref: str) -> bool:

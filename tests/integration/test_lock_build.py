@@ -7,6 +7,7 @@ against the real package index, as a lab's machine would.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import uuid
@@ -38,26 +39,20 @@ def _spec_folder(tmp_path: Path, base_image: str, *, name: str, edit: str = "") 
 
 
 @pytest.fixture
-def built_names(engine: Engine) -> Iterator[list[str]]:
-    """Names of specs a test builds; every tag and image of theirs is removed afterwards."""
-    names: list[str] = []
-    yield names
-    for folder_record in list(_records):
-        record = folder_record.read_text() if folder_record.exists() else ""
-        for tag in re.findall(r'"([a-z0-9.-]+:[A-Za-z0-9_.-]+)"', record):
-            engine.remove_image(tag, force=True)
-        match = re.search(r'"image_id": "(sha256:[0-9a-f]+)"', record)
-        if match:
-            engine.remove_image(match.group(1), force=True)
-        _records.remove(folder_record)
-
-
-_records: list[Path] = []
-
-
-def _lines() -> tuple[list[str], object]:
-    seen: list[str] = []
-    return seen, seen.append
+def cleanup_builds(engine: Engine) -> Iterator[list[Path | str]]:
+    """Spec paths (their last build's tags and image go) and image IDs a test made."""
+    made: list[Path | str] = []
+    yield made
+    for item in made:
+        if isinstance(item, str):
+            engine.remove_image(item, force=True)
+            continue
+        record_path = build_record_path(item)
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            for tag in record["tags"]:
+                engine.remove_image(tag, force=True)
+            engine.remove_image(record["image_id"], force=True)
 
 
 def test_lock_pins_everything_and_is_byte_identical(
@@ -113,14 +108,15 @@ def test_unsatisfiable_python_gives_the_resolvers_reason(
 
 
 def test_example_builds_runs_and_rebuilds_from_cache(
-    engine: Engine, base_image: str, tmp_path: Path, built_names: list[str]
+    engine: Engine, base_image: str, tmp_path: Path, cleanup_builds: list[Path | str]
 ) -> None:
     name = f"it-lab-{uuid.uuid4().hex[:8]}"
     folder = _spec_folder(tmp_path, base_image, name=name)
     spec = load_spec(folder / "env.toml")
-    _records.append(build_record_path(spec.path))
+    cleanup_builds.append(spec.path)
     first_lines: list[str] = []
     result = build(spec, engine, on_line=first_lines.append)
+    cleanup_builds.append(result.image_id)  # its tags move to the rebuild below
     assert result.tags[:2] == (
         f"{name}:1.0.0",
         f"{name}:lock-{read_lock(spec.lock_path).lock_hash[7:23]}",
@@ -169,7 +165,7 @@ def _step(lines: list[str], marker: str) -> str:
 
 def _step_result(step: str) -> str:
     """The image ID a step ended with (` ---> abc123` in Docker, `--> abc123` in podman)."""
-    return re.findall(r"-->\s+(?:Using cache\s+)?([0-9a-f]{12})", step)[-1]
+    return str(re.findall(r"-->\s+(?:Using cache\s+)?([0-9a-f]{12})", step)[-1])
 
 
 def test_failed_build_leaves_no_tag_and_no_record(
