@@ -33,7 +33,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -370,7 +370,10 @@ def _host_arch() -> str:
 
 
 def _pick_manifest(
-    index: Mapping[str, Any], read_blob: Any, description: str, depth: int = 0
+    index: Mapping[str, Any],
+    read_blob: Callable[[str], bytes],
+    description: str,
+    depth: int = 0,
 ) -> tuple[bytes, list[str]]:
     """Follow an OCI index down to one image manifest; returns (bytes, ref names)."""
     if depth > 4:
@@ -417,7 +420,7 @@ def _pick_manifest(
 
 def _from_oci(
     description: str,
-    read_blob: Any,
+    read_blob: Callable[[str], bytes],
     index_bytes: bytes,
 ) -> tuple[bytes, bytes, list[str], list[str], list[str]]:
     try:
