@@ -44,6 +44,13 @@ def _pip_platforms(wheel_platform: str) -> list[str]:
 
 def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> Path:
     """A folder holding one hash-checked wheel per locked distribution (cached by content)."""
+    sdists = [f"{p.name}=={p.version}" for p in python.packages if p.sdist_only]
+    if sdists:
+        raise ResolveError(
+            f"python: no wheel for {python.platform} / Python {python.version}: "
+            f"{', '.join(sdists)}; imagesmith installs wheels only (pin versions that ship "
+            "wheels, or serve built wheels from an index_url)"
+        )
     requirements = python.requirements_txt()
     key = hashlib.sha256(
         "\n".join([requirements, python.version, python.platform, python.index_url or ""]).encode()
@@ -78,8 +85,7 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
             raise OperationError(f"python: a downloaded wheel does not match env.lock: {detail}")
         if "No matching distribution" in result.stderr:
             raise ResolveError(
-                f"python: no wheel for {python.platform} / Python {python.version}: {detail} "
-                "(sdist-only packages are not supported yet)"
+                f"python: no wheel for {python.platform} / Python {python.version}: {detail}"
             )
         raise OperationError(f"python: fetching wheels failed: {detail}")
     (partial / ".complete").touch()

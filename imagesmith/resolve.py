@@ -110,6 +110,13 @@ def lock_spec(
             previous=previous.python if previous and not upgrade else None,
             upgrade_packages=upgrade_packages,
         )
+    if python is not None:
+        for package in python.packages:
+            if package.sdist_only:
+                say(
+                    f"warning: python: {package.name} {package.version} has no wheel for "
+                    f"{python.platform}; the build will refuse it (pin a version with wheels)"
+                )
     return Lock(
         spec_hash=spec.spec_hash,
         inputs_hash=inputs,
@@ -357,7 +364,40 @@ def resolve_python(
         if result.returncode != 0:
             raise ResolveError("python: " + _uv_reason(result.stderr))
         packages = _parse_pins(output.read_text(encoding="utf-8"))
+        sdist_only = _sdist_only(command, output, [p.name for p in packages])
+    if sdist_only:
+        packages = tuple(replace(p, sdist_only=p.name in sdist_only) for p in packages)
     return replace(lock, packages=packages)
+
+
+_NO_WHEELS = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==\S+ has no usable wheels")
+
+
+def _sdist_only(command: list[str], pinned: Path, names: Sequence[str]) -> set[str]:
+    """The pinned distributions that have no wheel for the target platform.
+
+    Resolves again, preferring the pins just made, with every not-yet-flagged package
+    restricted to wheels; each one uv reports as having "no usable wheels" is flagged,
+    until the resolution succeeds (a build needs wheels: these need building first).
+    """
+    flagged: set[str] = set()
+    while True:
+        trial = pinned.with_name("wheels-only.txt")
+        trial.write_text(pinned.read_text(encoding="utf-8"), encoding="utf-8")
+        argv = list(command)
+        argv[argv.index("-o") + 1] = str(trial)
+        for name in names:
+            if name not in flagged:
+                argv += ["--only-binary", name]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        found = {_normalize(m) for m in _NO_WHEELS.findall(result.stderr)} - flagged
+        if result.returncode == 0 or not found:
+            return flagged
+        flagged |= found
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _uv_reason(stderr: str) -> str:
@@ -375,6 +415,6 @@ def _parse_pins(text: str) -> tuple[PythonPackage, ...]:
         if not match:
             continue
         hashes = tuple(sorted(_HASH.findall(line)))
-        name = match.group(1).lower().replace("_", "-").replace(".", "-")
+        name = _normalize(match.group(1))
         packages.append(PythonPackage(name=name, version=match.group(2), hashes=hashes))
     return tuple(sorted(packages, key=lambda p: p.name))

@@ -1,0 +1,48 @@
+"""Python resolution against the real package index (network, no engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagesmith.context import fetch_wheels
+from imagesmith.errors import ResolveError
+from imagesmith.resolve import resolve_python
+from imagesmith.spec import spec_from_valid_data
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(*requirements: str) -> object:
+    data = {
+        "name": "x",
+        "base": {"image": "debian"},
+        "python": {"requirements": list(requirements)},
+    }
+    return spec_from_valid_data(data, path=Path("/nonexistent/env.toml"))
+
+
+def test_sdist_only_packages_are_flagged_and_refused_at_build() -> None:
+    lock = resolve_python(
+        _spec("librabbitmq==2.0.0", "requests"),  # type: ignore[arg-type]
+        python_version="3.11",
+        wheel_platform="x86_64-manylinux_2_36",
+    )
+    flagged = {p.name for p in lock.packages if p.sdist_only}
+    assert flagged == {"librabbitmq"}
+    assert {"requests", "urllib3", "amqp"} <= {p.name for p in lock.packages}
+    with pytest.raises(
+        ResolveError, match="no wheel for x86_64-manylinux_2_36 / Python 3.11: librabbitmq==2.0.0"
+    ):
+        fetch_wheels(lock)
+
+
+def test_other_platform_resolves_for_arm64() -> None:
+    lock = resolve_python(
+        _spec("numpy>=2"),  # type: ignore[arg-type]
+        python_version="3.11",
+        wheel_platform="aarch64-manylinux_2_36",
+    )
+    (numpy,) = lock.packages
+    assert numpy.name == "numpy" and not numpy.sdist_only and numpy.hashes
