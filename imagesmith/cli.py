@@ -650,29 +650,37 @@ def login(
 @app.command()
 @reports_errors
 def verify(
-    spec_path: SpecArg = Path("env.toml"),
+    target: Annotated[
+        str, typer.Argument(help="env.toml, or an image imagesmith built (name:tag or ID).")
+    ] = "env.toml",
     engine: EngineOpt = "auto",
 ) -> None:
-    """Rebuild the image from env.lock with no cache and check the digest is the same.
+    """Rebuild the image from its lock with no cache and check nothing changed.
 
-    Exit 0 and the digest when identical; exit 1 and what differs (config fields,
-    layers, files) when not. Needs an earlier `imagesmith build` to compare with.
+    With env.toml: compares with the last `imagesmith build` (manifest digest). With an
+    image: rebuilds from the lock the image carries and compares image IDs. Exit 0 when
+    identical; exit 1 with what differs (config fields, layers, files) when not.
     """
     from imagesmith.engine import get_engine
     from imagesmith.lock import fresh_lock
     from imagesmith.spec import load_spec
     from imagesmith.verify import verify as run_verify
+    from imagesmith.verify import verify_image
 
-    spec = load_spec(spec_path)
+    the_engine = get_engine(engine)
     progress = Progress()
     try:
-        verdict = run_verify(spec, fresh_lock(spec), get_engine(engine), on_line=progress)
+        if target.endswith(".toml") or Path(target).is_file():
+            spec = load_spec(Path(target))
+            verdict = run_verify(spec, fresh_lock(spec), the_engine, on_line=progress)
+        else:
+            verdict = verify_image(target, the_engine, on_line=progress)
     finally:
         progress.stop()
     if verdict.identical:
-        typer.echo(f"reproducible: the rebuild has the same digest {verdict.reference}")
+        typer.echo(f"reproducible: the rebuild is identical ({verdict.reference})")
         return
-    err(f"NOT reproducible: built {verdict.reference}, rebuilt {verdict.rebuilt}")
+    err(f"NOT reproducible: expected {verdict.reference}, the rebuild gave {verdict.rebuilt}")
     for line in verdict.differences:
         err(f"  {line}")
     raise typer.Exit(1)

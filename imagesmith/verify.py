@@ -56,3 +56,33 @@ def verify(
     if rebuilt.image_id != built.image_id:
         engine.remove_image(rebuilt.image_id, force=True)
     return Verdict(reference=built.digest, rebuilt=rebuilt.digest, differences=tuple(differences))
+
+
+def verify_image(image: str, engine: Engine, *, on_line: LineCallback = lambda _: None) -> Verdict:
+    """Rebuild from the lock `image` carries and compare with `image` itself (by image ID)."""
+    import tempfile
+    from pathlib import Path
+
+    from imagesmith.lock import parse_lock
+    from imagesmith.render import LABEL_PREFIX, decode_embedded_lock
+
+    info = engine.inspect_image(image)
+    embedded = info.labels.get(f"{LABEL_PREFIX}.lock")
+    if not embedded:
+        raise InputError(f"{image} was not built by imagesmith: it carries no lock to rebuild from")
+    lock = parse_lock(decode_embedded_lock(embedded), path=Path.cwd() / "env.lock")
+    if lock.copy:
+        raise InputError(
+            f"{image} copies files from beside its spec; run `imagesmith verify env.toml` "
+            "in the spec's folder instead"
+        )
+    on_line(f"verify: rebuilding {image} from the lock it carries, with no cache")
+    rebuilt = build_canonical(lock, engine, no_cache=True, on_line=on_line)
+    differences: list[str] = []
+    if rebuilt.image_id != info.id:
+        with tempfile.TemporaryDirectory(prefix="imagesmith-verify-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            engine.save(image, archive)
+            differences = diff_archives(archive, rebuilt.layout)
+        engine.remove_image(rebuilt.image_id, force=True)
+    return Verdict(reference=info.id, rebuilt=rebuilt.image_id, differences=tuple(differences))

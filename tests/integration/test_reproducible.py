@@ -23,7 +23,7 @@ from imagesmith.spec import load_spec
 from imagesmith.verify import verify
 from tests.conftest import EXAMPLE
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.podman]
+pytestmark = pytest.mark.integration
 SHARED_BASE = "imagesmith-it/debian-shared:bookworm"
 
 
@@ -68,3 +68,30 @@ def test_same_lock_same_digest_on_both_engines_and_after_no_cache_rebuilds(
                 for tag in result.tags:
                     engine.remove_image(tag, force=True)
                 engine.remove_image(result.image_id, force=True)
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"], indirect=True)
+def test_verify_image_rebuilds_from_the_lock_it_carries(
+    engine: Engine, base_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagesmith.verify import verify_image
+
+    (tmp_path / "env.toml").write_text(
+        f'name = "it-verify-{engine.name}"\nversion = "1"\n[base]\nimage = "{base_image}"\n'
+        '[env]\nX = "1"\n[image]\nrun = ["echo built > /etc/marker"]\n'
+    )
+    spec = load_spec(tmp_path / "env.toml")
+    result = build(spec, engine)
+    monkeypatch.chdir(tmp_path.parent)  # the image alone: no spec folder needed
+    try:
+        verdict = verify_image(result.tags[0], engine)
+        assert verdict.identical, "\n".join(verdict.differences)
+        # A source of variation coming back (another build time) is caught and explained.
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")
+        changed = verify_image(result.tags[0], engine)
+        assert not changed.identical
+        assert any("created" in line for line in changed.differences), changed.differences
+    finally:
+        for tag in result.tags:
+            engine.remove_image(tag, force=True)
+        engine.remove_image(result.image_id, force=True)
