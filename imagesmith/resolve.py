@@ -28,7 +28,6 @@ from imagesmith.lock import (
     copy_locks,
 )
 from imagesmith.reference import parse_reference
-from imagesmith.registry import platform_digest
 from imagesmith.spec import Spec
 
 LineCallback = Callable[[str], None]
@@ -148,6 +147,8 @@ def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:
         return BaseImageLock(
             reference=text, repository=ref.familiar_repository, digest=info.id, local=True
         )
+    from imagesmith.registry import platform_digest  # urllib and http: only when needed
+
     digest, index = platform_digest(ref, platform)
     return BaseImageLock(
         reference=text, repository=ref.familiar_repository, digest=digest, index_digest=index
