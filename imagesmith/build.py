@@ -18,7 +18,7 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, StaleLockError
 from imagesmith.lock import Lock, read_lock, stale_reason, write_lock
 from imagesmith.records import BuildRecord, build_record_path, write_record
-from imagesmith.render import content_tag, render
+from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
 
 LineCallback = Callable[[str], None]
@@ -110,7 +110,7 @@ def build_canonical(
         built_id = engine.build(
             context=context,
             tags=(),
-            build_args={"SOURCE_DATE_EPOCH": str(epoch)},
+            build_args={**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)},
             no_cache=no_cache,
             on_line=on_line,
         )

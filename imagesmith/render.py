@@ -14,7 +14,7 @@ import base64
 import json
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from imagesmith import __version__
 from imagesmith.errors import LockError
@@ -63,6 +63,39 @@ def quote_value(value: str) -> str:
     """
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     return f'"{escaped}"'
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def needs_build_arg(value: str) -> bool:
+    """Whether `value` has characters (newlines, tabs...) a Containerfile line cannot spell."""
+    return _CONTROL.search(value) is not None
+
+
+def _env_arg(name: str) -> str:
+    return f"IMAGESMITH_ENV_{name}"
+
+
+def _label_arg(index: int) -> str:
+    return f"IMAGESMITH_LABEL_{index}"
+
+
+def build_args(lock: Lock) -> dict[str, str]:
+    """The build arguments the Containerfile expects, all taken from the lock.
+
+    A value a Containerfile line cannot spell (a newline, a tab) travels as a build
+    argument and is expanded by ENV/LABEL, which never re-parses what it expands.
+    """
+    args = {"SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
+    spec = lock.spec
+    for name, value in sorted(spec.env.items()):
+        if needs_build_arg(value):
+            args[_env_arg(name)] = value
+    for index, (_, value) in enumerate(sorted(image_labels(lock).items())):
+        if needs_build_arg(value):
+            args[_label_arg(index)] = value
+    return args
 
 
 def exec_form(words: Iterable[str]) -> str:
@@ -215,25 +248,46 @@ def render(lock: Lock) -> str:
     if spec.image.run:
         script = "\n".join(["set -e", *spec.image.run])
         lines.append(f"RUN {exec_form(['/bin/sh', '-c', script])}")
-    if spec.env:
+    env = sorted(spec.env.items())
+    labels = sorted(image_labels(lock).items())
+    # Values a Containerfile line cannot spell arrive as build args (see build_args).
+    for name, value in env:
+        if needs_build_arg(value):
+            lines.append(f"ARG {_env_arg(name)}")
+    for index, (_, value) in enumerate(labels):
+        if needs_build_arg(value):
+            lines.append(f"ARG {_label_arg(index)}")
+    if env:
         lines.append(
-            "ENV " + _continued([f"{k}={quote_value(v)}" for k, v in sorted(spec.env.items())])
+            "ENV "
+            + _continued(
+                [
+                    f"{k}=${{{_env_arg(k)}}}" if needs_build_arg(v) else f"{k}={quote_value(v)}"
+                    for k, v in env
+                ]
+            )
         )
     if spec.image.workdir:
         lines.append(f"WORKDIR {spec.image.workdir}")
     for port in sorted(spec.image.ports):
         lines.append(f"EXPOSE {port}/tcp")
     lines.append(f"USER {spec.image.uid}:{spec.image.group_id}")
-    lines.append("LABEL " + _continued(_label_lines(image_labels(lock))))
+    lines.append(
+        "LABEL "
+        + _continued(
+            [
+                f"{quote_value(k)}=${{{_label_arg(i)}}}"
+                if needs_build_arg(v)
+                else f"{quote_value(k)}={quote_value(v)}"
+                for i, (k, v) in enumerate(labels)
+            ]
+        )
+    )
     if spec.image.entrypoint is not None:
         lines.append(f"ENTRYPOINT {exec_form(spec.image.entrypoint)}")
     if spec.image.cmd is not None:
         lines.append(f"CMD {exec_form(spec.image.cmd)}")
     return "\n".join(lines) + "\n"
-
-
-def _label_lines(labels: Mapping[str, str]) -> list[str]:
-    return [f"{quote_value(k)}={quote_value(v)}" for k, v in sorted(labels.items())]
 
 
 def copy_context_path(index: int, src: str) -> str:

@@ -186,3 +186,24 @@ def test_failed_build_leaves_no_tag_and_no_record(
     assert not engine.image_exists(f"{name}:1")
     assert not build_record_path(spec.path).exists()
     assert spec.lock_path.exists()  # the lock itself is good and kept
+
+
+def test_any_env_or_label_string_arrives_byte_for_byte(
+    engine: Engine, base_image: str, tmp_path: Path, cleanup_builds: list[Path | str]
+) -> None:
+    name = f"it-env-{uuid.uuid4().hex[:8]}"
+    value = 'two\nlines\tand "quotes" $HOME ${X:-y} \\back  ünïcode  '
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\n[base]\nimage = "{base_image}"\n'
+        f"[env]\nMULTI = {json.dumps(value)}\nPLAIN = {json.dumps('it' + chr(39) + 's $HOME')}\n"
+        f'[image]\nlabels = {{ "org.example.note" = {json.dumps(value)} }}\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    cleanup_builds.append(spec.path)
+    result = build(spec, engine)
+    run = engine.run(result.image_id, ["/bin/sh", "-c", 'printf "[%s]" "$MULTI" "$PLAIN"'])
+    assert run.exit_code == 0, run.output
+    assert run.output == f"[{value}][it's $HOME]"
+    assert engine.inspect_image(result.image_id).labels["org.example.note"] == value

@@ -183,3 +183,27 @@ def test_checkov_passes_except_healthcheck(tmp_path: Path) -> None:
     failed = report.get("results", {}).get("failed_checks", []) if isinstance(report, dict) else []
     assert failed == [], [c["check_id"] for c in failed]
     assert result.returncode == 0
+
+
+def test_values_a_line_cannot_spell_travel_as_build_args(tmp_path: Path) -> None:
+    from imagesmith.render import build_args
+
+    (tmp_path / "env.toml").write_text(
+        'name = "nl"\n[base]\nimage = "debian:bookworm"\n'
+        '[env]\nPLAIN = "a $b"\nMULTI = "line1\\nline2\\t\\"q\\" $HOME \\\\"\n'
+        '[image]\nlabels = { "org.example.note" = "two\\nlines" }\n'
+    )
+    lock = make_lock(tmp_path / "env.toml")
+    text = render(lock)
+    assert "ARG IMAGESMITH_ENV_MULTI\n" in text
+    assert "MULTI=${IMAGESMITH_ENV_MULTI}" in text and 'PLAIN="a \\$b"' in text
+    args = build_args(lock)
+    assert args["IMAGESMITH_ENV_MULTI"] == 'line1\nline2\t"q" $HOME \\'
+    assert "PLAIN" not in "".join(args)
+    (label_arg,) = [k for k in args if k.startswith("IMAGESMITH_LABEL_")]
+    assert args[label_arg] == "two\nlines" and f'"org.example.note"=${{{label_arg}}}' in text
+    assert args["SOURCE_DATE_EPOCH"] == str(lock.source_date_epoch)
+    containerfile = tmp_path / "Containerfile"
+    containerfile.write_text(text)
+    result = subprocess.run([_tool("hadolint"), str(containerfile)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
