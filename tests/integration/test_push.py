@@ -195,3 +195,45 @@ def test_dropped_connection_mid_upload_is_retried(
     assert proxy.dropped == 2
     assert sum("retrying" in line for line in lines) >= 2
     assert _digest_in_registry(open_registry, "lab/flaky", "2.0") == record.digest
+
+
+def test_lock_resolves_a_base_from_the_registry_and_picks_the_platform_from_an_index(
+    engine: Engine, small_spec: Spec, open_registry: str
+) -> None:
+    import json
+
+    from imagesmith.canonical_build import layout_dir
+    from imagesmith.registry import Pusher
+    from imagesmith.resolve import resolve_base
+
+    record = push(small_spec, read_lock(small_spec.lock_path), to=f"{open_registry}/lab/base")
+    ref = f"{open_registry}/lab/base:2.0"
+    assert not engine.image_exists(ref)  # only the registry knows it: the distribution API answers
+    base = resolve_base(ref, engine, "linux/amd64")
+    assert (base.digest, base.index_digest, base.local) == (record.digest, None, False)
+    assert base.pinned == f"{open_registry}/lab/base@{record.digest}"
+
+    # A multi-platform index: the lock records the index and the linux/amd64 entry.
+    layout = layout_dir(record.digest)
+    manifest_bytes = (layout / "blobs" / "sha256" / record.digest[7:]).read_bytes()
+    oci_manifest = "application/vnd.oci.image.manifest.v1+json"
+    pusher = Pusher(RegistryClient(open_registry), "lab/base", None)
+    # Another manifest over the same blobs stands in for the arm64 image.
+    other = json.dumps({**json.loads(manifest_bytes), "annotations": {"stand-in": "arm64"}}).encode()
+    other_digest = pusher.push_manifest("arm64", other, oci_manifest)
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": oci_manifest, "digest": other_digest, "size": len(other),
+             "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": oci_manifest, "digest": record.digest, "size": len(manifest_bytes),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    }).encode()
+    index_digest = pusher.push_manifest("multi", index, "application/vnd.oci.image.index.v1+json")
+    multi = resolve_base(f"{open_registry}/lab/base:multi", engine, "linux/amd64")
+    assert (multi.digest, multi.index_digest) == (record.digest, index_digest)
+    arm = resolve_base(f"{open_registry}/lab/base:multi", engine, "linux/arm64")
+    assert (arm.digest, arm.index_digest) == (other_digest, index_digest)
+    with pytest.raises(RegistryError, match="has no image for linux/s390x"):
+        resolve_base(f"{open_registry}/lab/base:multi", engine, "linux/s390x")
