@@ -56,7 +56,7 @@ Layers
   * A layer left empty by that cleaning is dropped, together with its diff_id and
     its history entry, so ``rootfs.diff_ids``, the manifest and the history stay
     consistent (an image keeps at least one layer).
-  * gzip, level `GZIP_LEVEL` (6, zlib's default), mtime 0, no file name, OS byte
+  * gzip, level `GZIP_LEVEL` (3), mtime 0, no file name, OS byte
     255: identical bytes on any machine whose Python links the same zlib
     (Debian 12: 1.2.13). The diff_ids do not depend on zlib at all.
 
@@ -139,8 +139,10 @@ __all__ = [
     "write_docker_archive",
 ]
 
-GZIP_LEVEL = 6
-"""zlib level for layer blobs: zlib's (and Go's, so docker's and podman's) default."""
+GZIP_LEVEL = 3
+"""zlib level for layer blobs. Measured on the foundation example (445 MB saved): level 6
+(zlib's default) 42 s and 157 MB, level 3 18 s and 166 MB, level 1 14 s and 174 MB. Level
+3 buys 2.3x less time for 6% more bytes; the level is part of what fixes the digest."""
 
 MtimePolicy = Literal["clamp", "epoch"]
 
