@@ -385,6 +385,13 @@ def base(
     mirror: Annotated[
         str | None, typer.Option("--mirror", help="Debian mirror URL (default deb.debian.org).")
     ] = None,
+    epoch: Annotated[
+        int | None,
+        typer.Option(
+            "--epoch",
+            help="SOURCE_DATE_EPOCH of the root filesystem (default: the suite's release date).",
+        ),
+    ] = None,
 ) -> None:
     """Make a Debian base image from Debian's own packages, without any registry.
 
@@ -397,7 +404,9 @@ def base(
     the_engine = get_engine(engine)
     progress = Progress()
     try:
-        made = make_base(the_engine, suite=suite, tag=tag, mirror=mirror, on_line=progress)
+        made = make_base(
+            the_engine, suite=suite, tag=tag, mirror=mirror, epoch=epoch, on_line=progress
+        )
     finally:
         progress.stop()
     typer.echo(f"made {made.ref} with {the_engine.name}")

@@ -166,6 +166,10 @@ def _container(
         container["env"] = [{"name": k, "value": spec.env[k]} for k in sorted(spec.env)]
     if workdir is not None:
         container["workingDir"] = workdir
+    if spec.image.ports:
+        container["ports"] = [
+            {"containerPort": port, "protocol": "TCP"} for port in sorted(spec.image.ports)
+        ]
     resources = _resources(spec)
     if resources is not None:
         container["resources"] = resources

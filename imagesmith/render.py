@@ -24,7 +24,6 @@ VENV = "/opt/venv"
 CONTEXT_PYTHON = "python"
 CONTEXT_COPY = "copy"
 LABEL_PREFIX = "io.imagesmith"
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Files apt, dpkg and ldconfig write that differ from one build to the next.
 _APT_NOISE = (
@@ -62,15 +61,27 @@ def quote_value(value: str) -> str:
     unicode included, passes through literally.
     """
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    if len(escaped) > _MAX_CHUNK and "\\" not in escaped:
+        # Builders read at most 64 KiB a physical line (Docker refuses more, podman 4.3
+        # silently drops the instruction); a backslash-newline joins lines even inside
+        # quotes, so a long value (the embedded lock) is split without changing it.
+        chunks = [escaped[i : i + _MAX_CHUNK] for i in range(0, len(escaped), _MAX_CHUNK)]
+        escaped = "\\\n".join(chunks)
     return f'"{escaped}"'
+
+
+_MAX_CHUNK = 16384
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def needs_build_arg(value: str) -> bool:
-    """Whether `value` has characters (newlines, tabs...) a Containerfile line cannot spell."""
-    return _CONTROL.search(value) is not None
+    """Whether a Containerfile line cannot spell `value`: newlines, tabs..., or a value too
+    long for one line that has escapes (which quote_value cannot split safely)."""
+    if _CONTROL.search(value) is not None:
+        return True
+    return len(value) > _MAX_CHUNK // 2 and any(c in value for c in '\\"$')
 
 
 def _env_arg(name: str) -> str:
@@ -242,7 +253,8 @@ def render(lock: Lock) -> str:
     ]
     if lock.python is not None:
         lines.append(f"COPY --from=python {VENV} {VENV}")
-        lines.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:{SYSTEM_PATH}")
+        # ${PATH}: keep the base image's own entries (CUDA images add theirs).
+        lines.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:${{PATH}}")
     for index, item in enumerate(spec.image.copy):
         lines.append(f"COPY {exec_form([copy_context_path(index, item.src), item.dest])}")
     if spec.image.run:

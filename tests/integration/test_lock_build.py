@@ -207,3 +207,25 @@ def test_any_env_or_label_string_arrives_byte_for_byte(
     assert run.exit_code == 0, run.output
     assert run.output == f"[{value}][it's $HOME]"
     assert engine.inspect_image(result.image_id).labels["org.example.note"] == value
+
+
+def test_labels_longer_than_a_containerfile_line_survive(
+    engine: Engine, base_image: str, tmp_path: Path, cleanup_builds: list[Path | str]
+) -> None:
+    """Builders read 64 KiB a line at most (Docker refuses, podman drops the LABEL)."""
+    name = f"it-long-{uuid.uuid4().hex[:8]}"
+    plain = "".join(chr(ord("a") + i % 26) for i in range(70_000))  # split across lines
+    escaped = 'say "$HOME" \\ ' * 6_000  # ~84 KB with escapes: goes as a build arg
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\n[base]\nimage = "{base_image}"\n'
+        f'[image]\nlabels = {{ "org.example.plain" = "{plain}", "org.example.esc" = {json.dumps(escaped)} }}\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    cleanup_builds.append(spec.path)
+    result = build(spec, engine)
+    labels = engine.inspect_image(result.image_id).labels
+    assert labels["org.example.plain"] == plain
+    assert labels["org.example.esc"] == escaped
+    assert labels["io.imagesmith.lock-hash"] == read_lock(spec.lock_path).lock_hash
