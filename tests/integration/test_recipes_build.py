@@ -1,0 +1,169 @@
+"""The recipes, locked and built for real on Docker, as a lab would after `imagesmith init`.
+
+No public registry answers here, so `debian:bookworm` is replaced by the local Debian base
+(`imagesmith/debian:bookworm`, made with mmdebstrap when missing and kept, as in
+conftest.py); apt resolves against Debian's archive and pip against the package index.
+python-minimal and r-base are built and looked into; python-science and jupyter are locked
+(their builds would download hundreds of MB of wheels); pytorch-gpu's NVIDIA base cannot be
+pulled, so only its Python pins are resolved, for the base's Python (Ubuntu 22.04: 3.10,
+glibc 2.35). Every image a test builds is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagesmith.base import build_base, default_tag
+from imagesmith.build import build
+from imagesmith.engine.base import Engine
+from imagesmith.lock import Lock, read_lock
+from imagesmith.render import render
+from imagesmith.resolve import lock_spec, resolve_python
+from imagesmith.spec import load_spec
+from tests.conftest import RECIPES
+from tests.integration.conftest import SUITE
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+#: The longest line Docker's Containerfile parser accepts (docker 20.10: "dockerfile line
+#: greater than max allowed size of 65535").
+DOCKER_MAX_LINE = 65535
+
+
+@pytest.fixture(scope="module")
+def docker_base(docker_engine: Engine, request: pytest.FixtureRequest) -> str:
+    """The local Debian base on Docker, built once when missing (and kept)."""
+    ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
+    if not docker_engine.image_exists(ref):
+        rootfs, _ = request.getfixturevalue("session_rootfs")
+        build_base(docker_engine, rootfs, suite=SUITE, tag=ref)
+    return ref
+
+
+@pytest.fixture
+def built(docker_engine: Engine) -> Iterator[list[str]]:
+    """Tags and image IDs a test built: all removed at teardown."""
+    refs: list[str] = []
+    yield refs
+    for ref in reversed(refs):
+        docker_engine.remove_image(ref, force=True)
+
+
+def recipe_copy(tmp_path: Path, recipe: str, base: str) -> Path:
+    """The recipe's env.toml in a folder of the test's, on the local base, with a unique name."""
+    folder = tmp_path / recipe
+    folder.mkdir()
+    text = (RECIPES / recipe / "env.toml").read_text()
+    assert 'image = "debian:bookworm"' in text
+    text = text.replace('image = "debian:bookworm"', f'image = "{base}"')
+    text = text.replace(f'name = "{recipe}"', f'name = "it-{recipe}-{uuid.uuid4().hex[:8]}"')
+    (folder / "env.toml").write_text(text)
+    return folder / "env.toml"
+
+
+def lock_recipe(path: Path, engine: Engine) -> Lock:
+    spec = load_spec(path)
+    lock = lock_spec(spec, engine=lambda: engine)
+    assert lock.base.local and lock.apt.suite == "bookworm"
+    return lock
+
+
+def longest_line(text: str) -> int:
+    return max(len(line.encode("utf-8")) for line in text.splitlines())
+
+
+def test_python_minimal_builds_and_runs(
+    docker_engine: Engine, docker_base: str, tmp_path: Path, built: list[str]
+) -> None:
+    path = recipe_copy(tmp_path, "python-minimal", docker_base)
+    spec = load_spec(path)
+    result = build(spec, docker_engine)
+    built.extend([*result.tags, result.image_id])
+    lock = read_lock(spec.lock_path)
+    assert lock.python is not None and lock.python.packages == ()
+    run = docker_engine.run(
+        result.tags[0],
+        ["/bin/sh", "-c", 'python3 --version && echo "$VIRTUAL_ENV" && id -u && pwd'],
+    )
+    assert run.exit_code == 0, run.output
+    assert "Python 3.11" in run.output
+    assert run.output.split()[-3:] == ["/opt/venv", "1000", "/work"]
+    job = docker_engine.run(result.tags[0], list(spec.job.command or ()))
+    assert job.exit_code == 0 and job.output.startswith("3.11"), job.output
+
+
+def test_r_base_builds_with_data_table_and_ggplot2(
+    docker_engine: Engine, docker_base: str, tmp_path: Path, built: list[str]
+) -> None:
+    path = recipe_copy(tmp_path, "r-base", docker_base)
+    spec = load_spec(path)
+    lock = lock_recipe(path, docker_engine)
+    assert lock.python is None
+    names = {p.name for p in lock.apt.packages}
+    assert {"r-base-core", "r-cran-data.table", "r-cran-ggplot2"} <= names
+    assert not {"python3", "gcc"} & names  # no Python table, no compiler
+    result = build(spec, docker_engine)
+    built.extend([*result.tags, result.image_id])
+
+    version = docker_engine.run(result.tags[0], ["R", "--version"])
+    assert version.exit_code == 0 and version.output.startswith("R version 4."), version.output
+    check = docker_engine.run(
+        result.tags[0],
+        [
+            "Rscript",
+            "-e",
+            "library(data.table); dt <- data.table(x = 1:10)[, .(s = sum(x))]; "
+            "cat('sum', dt$s, 'threads', getDTthreads() <= 2, '\\n'); "
+            "library(ggplot2); cat('uid', system('id -u', intern = TRUE), '\\n')",
+        ],
+    )
+    assert check.exit_code == 0, check.output
+    # OMP_NUM_THREADS = [resources] cpu caps data.table's threads, whatever the node has.
+    assert "sum 55 threads TRUE" in check.output and "uid 10001" in check.output
+    # What the Job runs, word for word.
+    job = docker_engine.run(result.tags[0], list(spec.job.command or ()))
+    assert job.exit_code == 0, job.output
+    assert "R version 4." in job.output and "| data.table 1." in job.output
+    assert "| ggplot2 3." in job.output
+
+
+def test_python_science_locks(docker_engine: Engine, docker_base: str, tmp_path: Path) -> None:
+    lock = lock_recipe(recipe_copy(tmp_path, "python-science", docker_base), docker_engine)
+    names = {p.name for p in lock.apt.packages}
+    assert {"libhdf5-103-1", "hdf5-tools", "python3", "python3-venv"} <= names
+    assert lock.python is not None and lock.python.version == "3.11"
+    pins = {p.name: p for p in lock.python.packages}
+    assert {"numpy", "scipy", "pandas", "matplotlib", "h5py"} <= set(pins)
+    assert int(pins["numpy"].version.split(".")[0]) >= 2
+    assert all(p.hashes for p in pins.values())
+    assert longest_line(render(lock)) <= DOCKER_MAX_LINE
+
+
+def test_jupyter_lock_renders_a_containerfile_docker_can_parse(
+    docker_engine: Engine, docker_base: str, tmp_path: Path
+) -> None:
+    lock = lock_recipe(recipe_copy(tmp_path, "jupyter", docker_base), docker_engine)
+    assert lock.python is not None
+    assert {"jupyterlab", "jupyter-server", "ipykernel"} <= {p.name for p in lock.python.packages}
+    assert longest_line(render(lock)) <= DOCKER_MAX_LINE
+
+
+def test_pytorch_gpu_python_pins_resolve_for_cuda_12_4() -> None:
+    """The base cannot be pulled here: resolve its Python pins as lock would for Ubuntu 22.04."""
+    if shutil.which("uv") is None and not (Path(__file__).parents[2] / ".venv/bin/uv").exists():
+        pytest.skip("uv is not installed")
+    spec = load_spec(RECIPES / "pytorch-gpu" / "env.toml")
+    assert spec.base_image.startswith("nvidia/cuda:12.4.")
+    python = resolve_python(spec, python_version="3.10", wheel_platform="x86_64-manylinux_2_35")
+    pins = {p.name: p.version for p in python.packages}
+    assert pins["torch"] == "2.6.0" and pins["torchvision"] == "0.21.0"
+    # PyTorch's CUDA libraries are the base image's CUDA 12.4, and cuDNN 9 like its cudnn tag.
+    assert pins["nvidia-cuda-runtime-cu12"].startswith("12.4.")
+    assert pins["nvidia-cudnn-cu12"].startswith("9.")
+    assert all(p.hashes for p in python.packages)
