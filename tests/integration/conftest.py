@@ -88,14 +88,49 @@ def session_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     return dest, make_rootfs(dest, suite=SUITE)
 
 
-@pytest.fixture(scope="session")
-def base_image(engine: Engine, request: pytest.FixtureRequest) -> str:
-    """The Debian base image on `engine`, built once (kept for later runs); its reference."""
+def _ensure_base(engine: Engine, request: pytest.FixtureRequest) -> str:
     ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
     if not engine.image_exists(ref):
         rootfs, _ = request.getfixturevalue("session_rootfs")
         build_base(engine, rootfs, suite=SUITE, tag=ref)
     return ref
+
+
+@pytest.fixture(scope="session")
+def base_image(engine: Engine, request: pytest.FixtureRequest) -> str:
+    """The Debian base image on `engine`, built once (kept for later runs); its reference."""
+    return _ensure_base(engine, request)
+
+
+@pytest.fixture(scope="session")
+def marked_podman_image(
+    podman_engine: Engine, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(podman image by digest, a marker only it holds): uid 1000 in /work, for kube play and
+    Slurm. `localhost/NAME@sha256:<.Digest>` is how podman names a local-only image by digest."""
+    base = _ensure_base(podman_engine, request)
+    folder = tmp_path_factory.mktemp("marked-image")
+    marker = f"imagesmith-marker-{uuid.uuid4().hex}"
+    (folder / "Containerfile").write_text(
+        f"FROM {base}\n"
+        "RUN useradd --no-log-init --uid 1000 --create-home lab"
+        " && mkdir /work && chown 1000:1000 /work"
+        f" && echo {marker} > /etc/imagesmith-marker\n"
+        "USER 1000:1000\nWORKDIR /work\n"
+    )
+    tag = f"localhost/{TEST_REPOSITORY}/marked:{uuid.uuid4().hex[:12]}"
+    podman_engine.build(context=folder, tags=[tag])
+    try:
+        digest = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{.Digest}}", tag],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert digest.startswith("sha256:"), digest
+        yield f"{tag.rsplit(':', 1)[0]}@{digest}", marker
+    finally:
+        podman_engine.remove_image(tag, force=True)
 
 
 class ImageTracker:

@@ -16,11 +16,9 @@ use and left in place (podman's, not the test's).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +29,6 @@ from imagesmith.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
-#: Base images to build on, in order of preference; the last is made here when none exists
-#: (mmdebstrap, ~15 s) and kept for later runs, like the suite's own base image.
-BASES = (
-    "localhost/imagesmith/debian:bookworm",
-    "localhost/imagesmith-test/canon-base:bookworm",
-    "localhost/imagesmith-test/manifest-base:bookworm",
-)
 GREETING = 'it\'s "quoted" $HOME, a,b=c; `no` $(expansion) and ünïcode  '
 
 
@@ -49,50 +40,10 @@ def podman(
     )
 
 
-def base_image(tmp: Path) -> str:
-    for ref in BASES:
-        if podman("image", "exists", ref, check=False).returncode == 0:
-            return ref
-    if shutil.which("mmdebstrap") is None:
-        pytest.skip("no local Debian base image and no mmdebstrap: apt-get install mmdebstrap")
-    rootfs = tmp / "rootfs.tar"
-    subprocess.run(
-        ["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(rootfs)],
-        env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        check=True,
-        timeout=600,
-    )
-    path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    podman("import", "--change", f"ENV {path}", str(rootfs), BASES[-1], timeout=300)
-    return BASES[-1]
-
-
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(image by digest, marker text only this image holds); removed afterwards."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed: apt-get install podman")
-    tmp = tmp_path_factory.mktemp("play-image")
-    marker = f"imagesmith-marker-{uuid.uuid4().hex}"
-    (tmp / "Containerfile").write_text(
-        f"FROM {base_image(tmp)}\n"
-        "RUN useradd --no-log-init --uid 1000 --create-home lab"
-        " && mkdir /work && chown 1000:1000 /work"
-        f" && echo {marker} > /etc/imagesmith-marker\n"
-        "USER 1000:1000\nWORKDIR /work\n"
-    )
-    tag = f"localhost/imagesmith-it/manifest-play:{uuid.uuid4().hex[:12]}"
-    podman("build", "--quiet", "--tag", tag, str(tmp), timeout=300)
-    try:
-        digest = podman("image", "inspect", "--format", "{{.Digest}}", tag).stdout.strip()
-        assert digest.startswith("sha256:"), digest
-        yield f"{tag.rsplit(':', 1)[0]}@{digest}", marker
-    finally:
-        podman("rmi", "--force", tag, check=False)
-
-
-def test_pod_runs_with_podman_kube_play(test_image: tuple[str, str], tmp_path: Path) -> None:
-    image, marker = test_image
+def test_pod_runs_with_podman_kube_play(
+    marked_podman_image: tuple[str, str], tmp_path: Path
+) -> None:
+    image, marker = marked_podman_image
     name = f"imagesmith-play-{uuid.uuid4().hex[:8]}"
     script = (
         "id -u; id -g; printf '%s|\\n' \"$GREETING\"; cat /etc/imagesmith-marker; pwd; "

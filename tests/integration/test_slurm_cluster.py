@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,11 +28,6 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
 START = REPO / "scripts" / "start-slurm.sh"
-BASES = (
-    "localhost/imagesmith/debian:bookworm",
-    "localhost/imagesmith-test/canon-base:bookworm",
-    "localhost/imagesmith-test/manifest-base:bookworm",
-)
 GREETING = 'it\'s "quoted" $HOME, a,b=c; `no` $(expansion) and ünïcode  '
 JOB_TIMEOUT = 180
 
@@ -56,57 +49,15 @@ def slurm() -> None:
     print(f"start-slurm.sh: {time.monotonic() - started:.1f}s: {done.stdout.strip()}")
 
 
-def base_image(tmp: Path) -> str:
-    for ref in BASES:
-        if run("podman", "image", "exists", ref, check=False).returncode == 0:
-            return ref
-    if shutil.which("mmdebstrap") is None:
-        pytest.skip("no local Debian base image and no mmdebstrap: apt-get install mmdebstrap")
-    rootfs = tmp / "rootfs.tar"
-    subprocess.run(
-        ["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(rootfs)],
-        env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        check=True,
-        timeout=600,
-    )
-    path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    run("podman", "import", "--change", f"ENV {path}", str(rootfs), BASES[-1], timeout=300)
-    return BASES[-1]
-
-
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(image by digest, marker text only this image holds); removed afterwards."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed: apt-get install podman")
-    tmp = tmp_path_factory.mktemp("slurm-image")
-    marker = f"imagesmith-marker-{uuid.uuid4().hex}"
-    (tmp / "Containerfile").write_text(
-        f"FROM {base_image(tmp)}\n"
-        "RUN useradd --no-log-init --uid 1000 --create-home lab"
-        " && mkdir /work && chown 1000:1000 /work"
-        f" && echo {marker} > /etc/imagesmith-marker\n"
-        "USER 1000:1000\nWORKDIR /work\n"
-    )
-    tag = f"localhost/imagesmith-it/slurm-job:{uuid.uuid4().hex[:12]}"
-    run("podman", "build", "--quiet", "--tag", tag, str(tmp), timeout=300)
-    try:
-        digest = run("podman", "image", "inspect", "--format", "{{.Digest}}", tag).stdout.strip()
-        assert digest.startswith("sha256:"), digest
-        yield f"{tag.rsplit(':', 1)[0]}@{digest}", marker
-    finally:
-        run("podman", "rmi", "--force", tag, check=False)
-
-
 def _job_ids(name: str) -> list[str]:
     done = run("squeue", "--noheader", "--name", name, "--format", "%i", check=False)
     return done.stdout.split()
 
 
 def test_sbatch_script_runs_the_image_on_slurm(
-    slurm: None, test_image: tuple[str, str], tmp_path: Path
+    slurm: None, marked_podman_image: tuple[str, str], tmp_path: Path
 ) -> None:
-    image, marker = test_image
+    image, marker = marked_podman_image
     name = f"imagesmith-slurm-{uuid.uuid4().hex[:8]}"
     spec_path = tmp_path / "env.toml"
     spec_path.write_text(
