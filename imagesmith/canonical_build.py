@@ -26,6 +26,8 @@ class Canonical:
     image_id: str
     digest: str
     layout: Path
+    built_id: str = ""
+    """The engine's own image, before the rewrite (the top of its build cache)."""
 
 
 def layout_dir(digest: str) -> Path:
@@ -51,7 +53,9 @@ def make_canonical(
         known = json.loads(memo.read_text(encoding="utf-8"))
         layout = layout_dir(known["digest"])
         if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
-            return Canonical(image_id=known["image_id"], digest=known["digest"], layout=layout)
+            return Canonical(
+                image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
+            )
     except (OSError, ValueError, KeyError):
         pass
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
@@ -76,4 +80,6 @@ def make_canonical(
     memo.write_text(
         json.dumps({"image_id": loaded, "digest": image.manifest_digest}), encoding="utf-8"
     )
-    return Canonical(image_id=loaded, digest=image.manifest_digest, layout=layout)
+    return Canonical(
+        image_id=loaded, digest=image.manifest_digest, layout=layout, built_id=built_id
+    )

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from imagesmith.build import build_canonical
 from imagesmith.canonical import diff_archives
-from imagesmith.canonical_build import layout_dir
+from imagesmith.canonical_build import Canonical, layout_dir
 from imagesmith.engine.base import Engine
-from imagesmith.errors import InputError
+from imagesmith.errors import EngineError, InputError
 from imagesmith.lock import Lock
 from imagesmith.records import read_build_record
 from imagesmith.spec import Spec
@@ -32,6 +32,19 @@ class Verdict:
     @property
     def identical(self) -> bool:
         return self.reference == self.rebuilt
+
+
+def _forget_rebuild(engine: Engine, rebuilt: Canonical, *, keep: str) -> None:
+    """Remove what the --no-cache rebuild left: its image and, with it, its chain of
+    intermediate images. A second chain for the same steps splits Docker's classic cache:
+    later builds may follow the wrong one and miss (seen: a no-op rebuild rerunning pip)."""
+    try:
+        if rebuilt.built_id and rebuilt.built_id != keep:
+            engine.remove_image(rebuilt.built_id)
+        if rebuilt.image_id != keep:
+            engine.remove_image(rebuilt.image_id, force=True)
+    except EngineError:
+        pass  # tidying only: the verdict stands either way
 
 
 def verify(
@@ -53,8 +66,7 @@ def verify(
             differences = diff_archives(reference_layout, rebuilt.layout)
         else:
             differences = [f"the earlier build's layout {built.digest[:19]} is no longer cached"]
-    if rebuilt.image_id != built.image_id:
-        engine.remove_image(rebuilt.image_id, force=True)
+    _forget_rebuild(engine, rebuilt, keep=built.image_id)
     return Verdict(reference=built.digest, rebuilt=rebuilt.digest, differences=tuple(differences))
 
 
@@ -84,5 +96,5 @@ def verify_image(image: str, engine: Engine, *, on_line: LineCallback = lambda _
             archive = Path(tmp) / "image.tar"
             engine.save(image, archive)
             differences = diff_archives(archive, rebuilt.layout)
-        engine.remove_image(rebuilt.image_id, force=True)
+    _forget_rebuild(engine, rebuilt, keep=info.id)
     return Verdict(reference=info.id, rebuilt=rebuilt.image_id, differences=tuple(differences))
