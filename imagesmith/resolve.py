@@ -92,20 +92,31 @@ def lock_spec(
             copy=copy_locks(spec),
             source_date_epoch=source_date_epoch(spec, previous),
         )
-    the_engine = engine()
-    say(f"base: resolving {spec.base_image}")
-    base = resolve_base(spec.base_image, the_engine, platform)
-    probe = probe_base(the_engine, base, spec, platform, say)
+    keep = (
+        previous if previous is not None and _system_unchanged(previous, spec, platform) else None
+    )
+    if keep is not None and not upgrade:
+        # Only Python inputs changed: keep the base and the apt closure exactly as pinned, so
+        # the build's apt layer stays cached even if Debian published updates meanwhile.
+        base, apt = keep.base, keep.apt
+        python_version, wheel_platform = _python_target(keep)
+    else:
+        the_engine = engine()
+        say(f"base: resolving {spec.base_image}")
+        base = resolve_base(spec.base_image, the_engine, platform)
+        probe = probe_base(the_engine, base, spec, platform, say)
+        apt = AptLock(suite=probe.suite, snapshot=spec.apt_snapshot, packages=probe.apt_closure)
+        python_version, wheel_platform = probe.python_version, probe.wheel_platform
     python = None
     if spec.python is not None:
         say(
             f"python: resolving {len(spec.python.requirements)} requirements "
-            f"for Python {probe.python_version}"
+            f"for Python {python_version}"
         )
         python = resolve_python(
             spec,
-            python_version=probe.python_version,
-            wheel_platform=probe.wheel_platform,
+            python_version=python_version,
+            wheel_platform=wheel_platform,
             previous=previous.python if previous and not upgrade else None,
             upgrade_packages=upgrade_packages,
         )
@@ -124,10 +135,32 @@ def lock_spec(
         spec_data=spec.data,
         spec_path=spec.path,
         base=base,
-        apt=AptLock(suite=probe.suite, snapshot=spec.apt_snapshot, packages=probe.apt_closure),
+        apt=apt,
         python=python,
         copy=copy_locks(spec),
     )
+
+
+def _system_unchanged(previous: Lock, spec: Spec, platform: str) -> bool:
+    """Whether what the base and apt pins were resolved from is the same in `spec`."""
+    old = previous.spec_data
+    had_python, has_python = "python" in old, spec.python is not None
+    return (
+        previous.platform == platform
+        and old.get("base", {}).get("image") == spec.base_image
+        and list(old.get("apt", {}).get("packages", [])) == list(spec.apt_packages)
+        and old.get("apt", {}).get("snapshot") == spec.apt_snapshot
+        # A [python] table brings Debian's python3 and python3-venv into the closure.
+        and had_python == has_python
+        and (previous.python is not None or not has_python)
+    )
+
+
+def _python_target(lock: Lock) -> tuple[str, str]:
+    """(interpreter version, wheel platform) the lock resolved for; empty without Python."""
+    if lock.python is None:
+        return "", ""
+    return lock.python.version, lock.python.platform
 
 
 def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:

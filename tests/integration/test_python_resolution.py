@@ -46,3 +46,32 @@ def test_other_platform_resolves_for_arm64() -> None:
     )
     (numpy,) = lock.packages
     assert numpy.name == "numpy" and not numpy.sdist_only and numpy.hashes
+
+
+def test_a_python_change_keeps_base_and_apt_pins_without_an_engine(tmp_path: Path) -> None:
+    import shutil
+
+    from imagesmith.lock import write_lock
+    from imagesmith.resolve import lock_spec
+    from imagesmith.spec import load_spec
+    from tests.conftest import EXAMPLE
+    from tests.fixtures.make_lock import make_lock
+
+    folder = tmp_path / "lab"
+    shutil.copytree(EXAMPLE, folder)
+    path = folder / "env.toml"
+    previous = make_lock(path)
+    write_lock(previous, folder / "env.lock")
+
+    def no_engine() -> object:
+        raise AssertionError("a Python-only change must not touch the engine")
+
+    path.write_text(path.read_text().replace('"pyyaml"', '"pyyaml==6.0.1"'))
+    new = lock_spec(load_spec(path), engine=no_engine, previous=previous)  # type: ignore[arg-type]
+    assert new.base == previous.base and new.apt == previous.apt
+    assert new.python is not None
+    assert {p.name: p.version for p in new.python.packages}["pyyaml"] == "6.0.1"
+
+    path.write_text(path.read_text().replace('"git", ', ""))  # an apt change: resolve again
+    with pytest.raises(AssertionError, match="must not touch the engine"):
+        lock_spec(load_spec(path), engine=no_engine, previous=new)  # type: ignore[arg-type]
