@@ -1,0 +1,50 @@
+"""Split imagesmith's canonical step into its parts, the way imagesmith runs them.
+
+Run with imagesmith's own Python:  .venv/bin/python bench/canon_time.py ENGINE IMAGE LOCK WORKDIR
+Prints one JSON object: seconds for the engine's save, `canonicalize`, and the load back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from imagesmith.canonical import VOLATILE_PATHS, canonicalize
+from imagesmith.engine import get_engine
+from imagesmith.lock import read_lock
+
+
+def main(argv: list[str]) -> int:
+    engine_name, image, lock_path, workdir = argv
+    engine = get_engine(engine_name)
+    epoch = read_lock(Path(lock_path)).source_date_epoch
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    archive = work / "built.tar"
+    started = time.perf_counter()
+    engine.save(image, archive)
+    saved = time.perf_counter()
+    result = canonicalize(archive, work / "canonical", epoch=epoch, drop_paths=VOLATILE_PATHS)
+    rewritten = time.perf_counter()
+    archive.unlink()
+    assert result.archive is not None
+    loaded_id = engine.load(result.archive)
+    loaded = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "save": saved - started,
+                "canonicalize": rewritten - saved,
+                "load": loaded - rewritten,
+                "archive_bytes": result.archive.stat().st_size,
+                "image_id": loaded_id,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,407 @@
+"""results.json -> bench/README.md: the figures, the targets, and how they were measured."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+HOW_TO_RUN = """\
+## How to run
+
+```sh
+.venv/bin/python bench/run.py --quick --engines docker  # 1 run each, no scaling (~8 min)
+.venv/bin/python bench/run.py                           # 3 runs, docker+podman, scaling (~1 h)
+.venv/bin/python bench/run.py --scaling-runs 3          # medians for the scaling points too
+.venv/bin/python bench/run.py --render-only             # README + PNG again from results.json
+.venv/bin/python bench/run.py --runs 5 --engines podman  # any subset
+```
+
+Needs the Docker daemon (`bash scripts/start-dockerd.sh`; the benchmark starts it when it
+does not answer) and/or podman, and the base image `imagesmith/debian:bookworm` in each
+engine (made with `imagesmith base --engine E` when missing). The first run creates two
+bench-only virtual environments: `bench/.venv-plot` (matplotlib) and
+`bench/.venv-piptools` (pip-tools, the reference for Python resolution); imagesmith's
+`.venv` is not touched. Everything else happens in a temporary folder; every image is
+named `imagesmith-bench…` (spec names cannot contain `/`, so imagesmith's images are
+`imagesmith-bench-<run id>-…`, the hand-written ones `imagesmith-bench/hand-<run id>`) and
+removed at the end, by tag and by the IDs the build logs show being created (never a
+prune, never `--force`). The run writes `bench/results.json` (raw numbers),
+this README and `bench/build-times.png`, after each figure, so an interrupted run leaves
+what it had measured.
+"""
+
+METHOD = """\
+## What each figure means
+
+Every number is the wall-clock time of a whole process (a subprocess, from spawn to exit,
+interpreter start-up included), the median of the runs (range in brackets when there are
+several), next to a reference measured in the same run on the same machine. All pip
+processes run with the machine's pip configuration switched off (`PIP_CONFIG_FILE=/dev/null`,
+no local find-links), so they all use PyPI alone; docker builds use the classic builder
+(`DOCKER_BUILDKIT=0`), the one imagesmith drives through the Docker API.
+
+**Lock** (`imagesmith lock` of `recipes/lab-analysis/env.toml` with the base replaced by
+`imagesmith/debian:bookworm`):
+- *cold*: no `env.lock`, empty imagesmith/uv caches: base lookup, two probe containers in
+  the base (apt-get update + simulated install), uv resolution. Reference: pip-compile's
+  cold time for the Python part alone.
+- *warm*: the lock exists and the spec is unchanged (no network, nothing resolved).
+  Target < 0.3 s. Reference: `imagesmith --version`, the floor any command pays.
+- *Python resolution*: imagesmith's exact uv call (`uv pip compile --python-version 3.11
+  --python-platform x86_64-manylinux_2_36 --generate-hashes …`) against `pip-compile
+  --generate-hashes` (pip-tools, in its own venv, for the host's CPython 3.11) on
+  `numpy>=2, requests, pyyaml`. Cold: empty caches (fresh `UV_CACHE_DIR`; fresh
+  `--cache-dir` and `PIP_CACHE_DIR`), warm: the same call again with those caches. Target:
+  uv at least 5x faster (cold).
+
+**Build**, per engine, against `bench/handwritten/Containerfile`: what a senior engineer
+writes by hand for the same environment (one apt-get layer with `--no-install-recommends`
+and cleanup, a venv stage, non-root user, same ENV/WORKDIR/CMD). pip cannot reach PyPI from
+inside a build here (TLS-intercepting proxy), so the hand-written recipe downloads the
+wheels on the host (`pip download --only-binary=:all: -r requirements.txt -d wheels`) and
+installs them in the build with `--no-index --find-links`, as imagesmith does.
+- *cold*: `imagesmith build --no-cache` with an empty imagesmith cache (wheels are fetched
+  again) against the hand-written `pip download` with an empty pip cache +
+  `docker build --no-cache` / `podman build --no-cache`. The lock exists (made before,
+  untimed). Target: imagesmith <= 0.9x.
+- *no-op*: the same build again, nothing changed: the whole `imagesmith build` process
+  against `docker build` / `podman build` again (all steps cached). Target on Docker:
+  <= 1.5 s.
+- *pin change*: `pyyaml` -> `pyyaml==6.0.1` in env.toml, then `imagesmith build --relock`;
+  hand-written: the same edit in requirements.txt, `pip download` again (warm pip cache)
+  and the engine build (apt layer cached).
+- *size*: `docker image inspect -f {{.Size}}` / `podman image inspect` of the final images.
+  Target: imagesmith <= hand-written.
+- *canonical share*: the part of imagesmith's cold build after its `canonical:` progress
+  line (engine save, rewrite, load, tag), as a share of the whole cold build. Target
+  <= 10%. The first run also times `engine.save`, `imagesmith.canonical.canonicalize` and
+  `engine.load` one by one on the image that build made (`bench/canon_time.py`).
+- imagesmith's phases come from its progress lines: *prepare* (start-up, lock check or
+  re-lock, host wheel fetch, context) until the engine's first `Step`, *engine build*
+  until `canonical:`, *canonical* to the end.
+
+**Scaling** (Docker only; skipped with `--quick`): specs with the first 5, 20 and 80 entries
+of `bench/scaling-apt.txt` (Debian bookworm packages) and `bench/scaling-python.txt` (PyPI
+packages with cp311 manylinux or pure-Python wheels) each: cold `imagesmith lock` (no lock,
+empty caches) and cold `imagesmith build --no-cache` (empty imagesmith cache). Reference:
+the 5-package point. One run per point unless `--scaling-runs N` (at 80 packages one cold
+build takes minutes on 2 cores; the figure is about the curve's shape).
+"""
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def _seconds(values: Sequence[Any], key: str = "seconds") -> list[float]:
+    return [float(v[key]) if isinstance(v, dict) else float(v) for v in values]
+
+
+def _fmt(values: Sequence[float], unit: str = "s", digits: int = 2) -> str:
+    if not values:
+        return "—"
+    if unit == "MB":
+        scaled = [v / 1e6 for v in values]
+        text = f"{_median(scaled):.1f} MB"
+        if len(scaled) > 1 and max(scaled) - min(scaled) > 0.05:
+            text += f" ({min(scaled):.1f}–{max(scaled):.1f})"
+        return text
+    text = f"{_median(values):.{digits}f} s"
+    if len(values) > 1:
+        text += f" ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    return text
+
+
+def _ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float | None:
+    if not numerator or not denominator or _median(denominator) == 0:
+        return None
+    return _median(numerator) / _median(denominator)
+
+
+def _fmt_ratio(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}x"
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _lock_section(lock: dict[str, Any], targets: list[list[str]]) -> list[str]:
+    cold, warm, startup = lock.get("cold", []), lock.get("warm", []), lock.get("startup", [])
+    uv_cold, pc_cold = lock.get("uv_cold", []), lock.get("pip_compile_cold", [])
+    uv_warm, pc_warm = lock.get("uv_warm", []), lock.get("pip_compile_warm", [])
+    closure = lock.get("closure", {})
+    rows = [
+        [
+            "cold lock (no env.lock, empty caches)",
+            _fmt(cold),
+            f"pip-compile cold, Python only: {_fmt(pc_cold)}",
+            _fmt_ratio(_ratio(cold, pc_cold)),
+            "(reported)",
+            "—",
+        ],
+        [
+            "warm re-lock (unchanged spec)",
+            _fmt(warm, digits=3),
+            f"`imagesmith --version`: {_fmt(startup, digits=3)}",
+            _fmt_ratio(_ratio(warm, startup)),
+            "< 0.3 s",
+            _met(_median(warm) < 0.3) if warm else "—",
+        ],
+        [
+            "Python resolution, cold caches",
+            f"uv: {_fmt(uv_cold)}",
+            f"pip-compile: {_fmt(pc_cold)}",
+            f"pip-compile / uv = {_fmt_ratio(_ratio(pc_cold, uv_cold))}",
+            ">= 5x",
+            _met((_ratio(pc_cold, uv_cold) or 0) >= 5) if uv_cold else "—",
+        ],
+        [
+            "Python resolution, warm caches",
+            f"uv: {_fmt(uv_warm)}",
+            f"pip-compile: {_fmt(pc_warm)}",
+            f"pip-compile / uv = {_fmt_ratio(_ratio(pc_warm, uv_warm))}",
+            "—",
+            "—",
+        ],
+    ]
+    if warm:
+        targets.append(["warm re-lock < 0.3 s", _fmt(warm, digits=3), _met(_median(warm) < 0.3)])
+    if uv_cold and pc_cold:
+        ratio = _ratio(pc_cold, uv_cold) or 0
+        targets.append(["Python resolution >= 5x faster than pip-compile", f"{ratio:.1f}x",
+                        _met(ratio >= 5)])  # fmt: skip
+    out = [f"## 1. Lock (engine: {lock.get('engine', '?')})", ""]
+    out += _table(["figure", "imagesmith", "reference", "ratio", "target", "met"], rows)
+    if closure:
+        out += ["", f"The lock pins {closure.get('apt')} apt packages and "
+                f"{closure.get('python')} Python distributions."]  # fmt: skip
+    pins = lock.get("pins", {})
+    if pins:
+        same = pins.get("uv") == pins.get("pip-compile")
+        out += [
+            "",
+            "uv and pip-compile pinned "
+            + ("the same versions" if same else "different versions")
+            + f": uv {', '.join(pins.get('uv', []))}"
+            + ("" if same else f"; pip-compile {', '.join(pins.get('pip-compile', []))}")
+            + ".",
+        ]
+    imports = lock.get("import_times", [])
+    if imports:
+        listed = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in imports[:6])
+        out += ["", f"Slowest top-level imports of a warm `imagesmith lock` "
+                f"(`python -X importtime`, cumulative): {listed}."]  # fmt: skip
+    return out
+
+
+def _build_section(
+    engine: str,
+    fig: dict[str, Any],
+    targets: list[list[str]],
+    handwritten_steps: dict[str, list[list[str]]],
+) -> list[str]:
+    ism, hand = fig["imagesmith"], fig["handwritten"]
+    cold, noop, pin = (_seconds(ism[k]) for k in ("cold", "noop", "pin"))
+    h_cold, h_noop, h_pin = (_seconds(hand[k]) for k in ("cold", "noop", "pin"))
+    size_i, size_h = fig["size"]["imagesmith"], fig["size"]["handwritten"]
+    share = [c["canonical"] / c["seconds"] for c in ism["cold"] if c["seconds"]]
+    canonical = _seconds(ism["cold"], "canonical")
+    fetch, engine_build = fig["handwritten_fetch"], fig["handwritten_engine"]
+    cold_ratio, size_ratio = _ratio(cold, h_cold), _ratio(size_i, size_h)
+    noop_ok = (_median(noop) <= 1.5) if noop and engine == "docker" else None
+    rows = [
+        [
+            "cold build",
+            _fmt(cold, digits=1),
+            f"{_fmt(h_cold, digits=1)} = pip download {_fmt(fetch['cold'], digits=1)} "
+            f"+ {engine} build {_fmt(engine_build['cold'], digits=1)}",
+            _fmt_ratio(cold_ratio),
+            "<= 0.9x",
+            _met(cold_ratio <= 0.9) if cold_ratio is not None else "—",
+        ],
+        [
+            "no-op rebuild",
+            _fmt(noop),
+            f"{engine} build: {_fmt(h_noop)}",
+            _fmt_ratio(_ratio(noop, h_noop)),
+            "<= 1.5 s" if engine == "docker" else "—",
+            _met(noop_ok),
+        ],
+        [
+            "pin change (pyyaml==6.0.1)",
+            _fmt(pin, digits=1),
+            f"{_fmt(h_pin, digits=1)} = pip download {_fmt(fetch['pin'], digits=1)} "
+            f"+ {engine} build {_fmt(engine_build['pin'], digits=1)}",
+            _fmt_ratio(_ratio(pin, h_pin)),
+            "—",
+            "—",
+        ],
+        [
+            "image size",
+            _fmt(size_i, unit="MB"),
+            _fmt(size_h, unit="MB"),
+            _fmt_ratio(size_ratio, 3),
+            "<= 1.0x",
+            _met(size_ratio <= 1.0) if size_ratio is not None else "—",
+        ],
+        [
+            "canonical step in the cold build",
+            f"{_fmt(canonical, digits=1)} = {_median(share) * 100:.0f}% of the cold build"
+            if share
+            else "—",
+            "the cold build",
+            f"{_median(share):.2f}" if share else "—",
+            "<= 10%",
+            _met(_median(share) <= 0.10) if share else "—",
+        ],
+    ]
+    if cold_ratio is not None:
+        targets.append([f"{engine}: cold build <= 0.9x hand-written", _fmt_ratio(cold_ratio),
+                        _met(cold_ratio <= 0.9)])  # fmt: skip
+    if noop_ok is not None:
+        targets.append([f"{engine}: no-op rebuild <= 1.5 s", _fmt(noop), _met(noop_ok)])
+    if size_ratio is not None:
+        targets.append([f"{engine}: image size <= hand-written", _fmt_ratio(size_ratio, 3),
+                        _met(size_ratio <= 1.0)])  # fmt: skip
+    if share:
+        targets.append([f"{engine}: canonical step <= 10% of cold build",
+                        f"{_median(share) * 100:.0f}%", _met(_median(share) <= 0.10)])  # fmt: skip
+    out = [f"## 2. Build: {engine}", ""]
+    out += _table(["figure", "imagesmith", "hand-written", "ratio", "target", "met"], rows)
+    phase_rows = []
+    for name, key in (("cold", "cold"), ("no-op", "noop"), ("pin change", "pin")):
+        runs = ism[key]
+        # No step line found in the log (podman's "[i/n] STEP" before the parser knew it).
+        split_known = [r for r in runs if r["engine_build"] > 0]
+        phase_rows.append(
+            [
+                name,
+                _fmt(_seconds(split_known, "prepare"), digits=1),
+                _fmt(_seconds(split_known, "engine_build"), digits=1),
+                _fmt(_seconds(runs, "canonical"), digits=1),
+                _fmt(_seconds(runs), digits=1),
+            ]
+        )
+    out += ["", f"imagesmith's phases on {engine} (from its progress lines):", ""]
+    out += _table(["build", "prepare", "engine build", "canonical", "whole"], phase_rows)
+    ran = [run.get("steps_run") for run in ism["noop"] if run["engine_build"] > 0]
+    if ran:
+        listed = "; ".join(
+            f"run {i + 1}: {', '.join(steps) if steps else 'none'}" for i, steps in enumerate(ran)
+        )
+        out += ["", f"Build steps that ran (not served from the cache) in imagesmith's no-op "
+                f"rebuilds: {listed}."]  # fmt: skip
+    hand_ran = handwritten_steps.get(engine, [])[1::3]
+    if ran and hand_ran:
+        listed = "; ".join(
+            f"run {i + 1}: {', '.join(steps) if steps else 'none'}"
+            for i, steps in enumerate(hand_ran)
+        )
+        out += ["", f"... and in the hand-written no-op rebuilds: {listed}."]
+    split = fig.get("canonical_split")
+    if split:
+        out += [
+            "",
+            f"The canonical step taken apart (first run, each part timed alone): "
+            f"`{engine} save` {split['save']:.1f} s, `canonicalize` "
+            f"{split['canonicalize']:.1f} s, load back {split['load']:.1f} s "
+            f"(archive {split['archive_bytes'] / 1e6:.0f} MB).",
+        ]
+    return out
+
+
+def _scaling_section(fig: dict[str, Any]) -> list[str]:
+    rows = []
+    points = fig.get("points", {})
+    base_lock = _seconds(points.get("5", {}).get("lock", []))
+    base_build = _seconds(points.get("5", {}).get("build", []))
+    for size in fig.get("sizes", []):
+        point = points.get(str(size))
+        if not point:
+            continue
+        lock, build = _seconds(point["lock"]), _seconds(point["build"])
+        closure = point.get("closure", {})
+        rows.append(
+            [
+                str(size),
+                f"{closure.get('apt', '?')} / {closure.get('python', '?')}",
+                _fmt(lock, digits=1),
+                _fmt_ratio(_ratio(lock, base_lock)),
+                _fmt(build, digits=1),
+                _fmt_ratio(_ratio(build, base_build)),
+                _fmt(_seconds(point["build"], "canonical"), digits=1),
+                _fmt([float(b["size"]) for b in point["build"]], unit="MB"),
+            ]
+        )
+    out = [f"## 3. Scaling ({fig.get('engine', 'docker')}, cold lock and cold build)", ""]
+    out += _table(
+        [
+            "apt + Python packages (each)",
+            "locked: apt / Python",
+            "lock",
+            "vs 5",
+            "build",
+            "vs 5",
+            "of which canonical",
+            "image size",
+        ],
+        rows,
+    )
+    return out
+
+
+def render_readme(results: dict[str, Any]) -> str:
+    machine = results.get("machine", {})
+    minutes = results.get("elapsed_seconds", 0) / 60
+    state = "complete" if results.get("complete") else "**partial (still running or stopped)**"
+    out = [
+        "# imagesmith benchmark",
+        "",
+        "`bench/run.py` measures imagesmith's lock and build against references taken in the "
+        "same run: pip-compile for Python resolution, a hand-written best-practice "
+        "Containerfile for builds. This file is generated by it.",
+        "",
+        HOW_TO_RUN,
+        "## Latest run",
+        "",
+        f"- date: {results.get('date', '?')}; command: `{results.get('command', '?')}`; "
+        f"runs per figure: {results.get('runs', '?')}; {state}; took {minutes:.0f} min",
+        f"- machine: {machine.get('nproc', '?')} cores ({machine.get('cpu', '?')}), "
+        f"{machine.get('ram', '?')} RAM, kernel {machine.get('kernel', '?')}, "
+        f"{machine.get('os', '?')}",
+        f"- engines: {machine.get('docker', '?')}; {machine.get('podman', '?')}",
+        f"- tools: {machine.get('imagesmith', '?')}, {machine.get('uv', '?')}, "
+        f"pip-compile {machine.get('pip-compile', '?')}, Python {machine.get('python', '?')}",
+        "",
+    ]
+    targets: list[list[str]] = []
+    sections: list[str] = []
+    if "lock" in results:
+        sections += [*_lock_section(results["lock"], targets), ""]
+    for engine, fig in results.get("build", {}).items():
+        if fig["imagesmith"]["cold"] and fig["handwritten"]["cold"] and fig["imagesmith"]["pin"]:
+            steps = results.get("handwritten_steps_run", {})
+            sections += [*_build_section(engine, fig, targets, steps), ""]
+    if results.get("scaling", {}).get("points"):
+        sections += [*_scaling_section(results["scaling"]), ""]
+    if targets:
+        out += ["### Targets", "", *_table(["target", "measured", "met"], targets), ""]
+    out += sections
+    out += ["![build times](build-times.png)", ""]
+    errors = results.get("errors", [])
+    left = results.get("left_behind", [])
+    if errors or left:
+        out += ["## Problems in this run", ""]
+        out += [f"- {line.splitlines()[0]}" for line in errors]
+        out += [f"- not removed: {item}" for item in left]
+        out += [""]
+    out += [METHOD]
+    return "\n".join(out).rstrip() + "\n"
