@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagesmith.engine.base import Engine
-from imagesmith.errors import EngineError, ResolveError
+from imagesmith.errors import EngineError, RegistryError, ResolveError
 from imagesmith.lock import (
     AptLock,
     AptPackage,
@@ -182,7 +182,15 @@ def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:
         )
     from imagesmith.registry import platform_digest  # urllib and http: only when needed
 
-    digest, index = platform_digest(ref, platform)
+    try:
+        digest, index = platform_digest(ref, platform)
+    except RegistryError as exc:
+        if not str(exc).startswith("cannot reach"):
+            raise
+        raise RegistryError(
+            f"{exc}; {text} is not in the engine's store either. Offline or air-gapped? "
+            "Make a Debian base with `imagesmith base` and set base.image to it"
+        ) from None
     return BaseImageLock(
         reference=text, repository=ref.familiar_repository, digest=digest, index_digest=index
     )
