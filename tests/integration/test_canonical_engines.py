@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imagesmith.base import build_base, default_tag
+from imagesmith.base import build_base
 from imagesmith.canonical import CanonicalImage, canonicalize, diff_archives
 from imagesmith.engine.base import Engine
 
@@ -53,13 +53,13 @@ def engines(docker_engine: Engine, podman_engine: Engine) -> dict[str, Engine]:
 
 @pytest.fixture(scope="module")
 def base_ref(engines: dict[str, Engine], request: pytest.FixtureRequest) -> str:
-    """The Debian base on both engines (built from one rootfs when missing, then kept,
-    as conftest's `base_image` does)."""
-    ref = default_tag(SUITE)
-    for engine in engines.values():
-        if not engine.image_exists(ref):
-            rootfs, _ = request.getfixturevalue("session_rootfs")
-            build_base(engine, rootfs, suite=SUITE, tag=ref)
+    """One Debian base, the same image on both engines: built on each from this session's
+    root filesystem (the suite's usual base may have been made on another day on one of
+    them, from other Debian packages)."""
+    ref = f"{TEST_REPOSITORY}/debian-shared:{SUITE}"
+    rootfs, _ = request.getfixturevalue("session_rootfs")
+    ids = {build_base(engine, rootfs, suite=SUITE, tag=ref).image_id for engine in engines.values()}
+    assert len(ids) == 1, ids
     return ref
 
 
