@@ -40,7 +40,9 @@ def _forget_rebuild(engine: Engine, rebuilt: Canonical, *, keep: str) -> None:
     later builds may follow the wrong one and miss (seen: a no-op rebuild rerunning pip)."""
     try:
         if rebuilt.built_id and rebuilt.built_id != keep:
-            engine.remove_image(rebuilt.built_id)
+            # Docker drops the rebuild's chain; podman keeps it (its cache still points at
+            # those layers: removing them there broke later builds, "layer not known").
+            engine.forget_build(rebuilt.built_id)
         if rebuilt.image_id != keep:
             engine.remove_image(rebuilt.image_id, force=True)
     except EngineError:

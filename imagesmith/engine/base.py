@@ -121,6 +121,11 @@ class Engine(abc.ABC):
     def load(self, archive: Path) -> str:
         """Load a docker-archive tarball; return the ID of the (first) image in it."""
 
+    def forget_build(self, image_id: str) -> None:
+        """Drop an image a build made and nothing else needs, where that is safe for the
+        engine's build cache. By default nothing is removed."""
+        return None
+
     @abc.abstractmethod
     def pull(self, ref: str, *, auth: Mapping[str, str] | None = None) -> str:
         """Pull `ref` from its registry; return the local image ID."""

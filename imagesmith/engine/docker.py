@@ -323,6 +323,11 @@ class DockerEngine(Engine):
         if not ok:
             raise EngineError(f"docker: tagging {image} as {ref} failed")
 
+    def forget_build(self, image_id: str) -> None:
+        # Removing the top image also removes its untagged parents: the chain a --no-cache
+        # build left, which would otherwise split the classic builder's cache.
+        self.remove_image(image_id)
+
     def remove_image(self, ref: str, *, force: bool = False) -> None:
         with _translated(f"remove {ref}"):
             try:
