@@ -22,7 +22,7 @@ ENGINES = ("docker", "podman")
 # docker: "Step 3/16 : RUN ...", podman: "STEP 3/16: RUN ..." or "[1/3] STEP 2/2: RUN ..."
 _STEP = re.compile(r"^\s*(?:\[\d+/\d+\]\s*)?(?:Step|STEP) (\d+)/\d+ ?: ?(\S+)")
 _CACHED = re.compile(r"^\s*-+>\s+Using cache")
-_ID = re.compile(r"^\s*-+>\s+([0-9a-f]{12,64})\s*$")
+_ID = re.compile(r"^\s*-+>\s+([0-9a-f]{11,64})\s*$")  # podman prints 11 hex digits
 _DOCKER_FINAL = re.compile(r"^\s*Successfully built ([0-9a-f]{12,64})\s*$")
 _PODMAN_FINAL = re.compile(r"^([0-9a-f]{64})$")
 
@@ -141,14 +141,28 @@ class Ledger:
 
     tags: dict[str, list[str]] = field(default_factory=dict)
     images: dict[str, list[str]] = field(default_factory=dict)
+    path: Path | None = None
+    """Where the ledger is kept on disk as it grows, so a killed run can be cleaned later."""
+
+    @classmethod
+    def load(cls, path: Path) -> Ledger:
+        data = json.loads(path.read_text())
+        return cls(tags=data.get("tags", {}), images=data.get("images", {}), path=path)
+
+    def _persist(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"tags": self.tags, "images": self.images}))
 
     def add_tags(self, engine: str, tags: Iterable[str]) -> None:
         known = self.tags.setdefault(engine, [])
         known.extend(tag for tag in tags if tag not in known)
+        self._persist()
 
     def add_images(self, engine: str, ids: Iterable[str]) -> None:
         known = self.images.setdefault(engine, [])
         known.extend(i for i in ids if i and i not in known)
+        self._persist()
 
     def add_build_log(self, engine: str, lines: Iterable[str]) -> None:
         self.add_images(engine, created_images(lines))

@@ -97,6 +97,7 @@ def _scaling(ax: Any, results: dict[str, Any]) -> None:
     ax.plot(sizes, canonical, "s--", label="of which canonical")
     ax.plot(sizes, lock, "^-", label="cold lock")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("apt packages and Python packages (each)")
     ax.set_ylabel("seconds (median)")

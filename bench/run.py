@@ -52,6 +52,8 @@ EXAMPLE = REPO / "recipes" / "lab-analysis" / "env.toml"
 PIN_BEFORE, PIN_AFTER = '"pyyaml"', '"pyyaml==6.0.1"'
 PYTHON_REQUIREMENTS = ("numpy>=2", "requests", "pyyaml")
 SCALING_SIZES = (5, 20, 80)
+FIGURES = ("lock", "build", "scaling")
+LEDGERS = HERE / ".work"
 WARM_RUNS = 5
 _STEP_LINE = re.compile(r"^\s*(?:\[\d+/\d+\]\s*)?(?:Step|STEP) \d+/\d+")
 _LOCK_COUNTS = re.compile(r"\((\d+) apt packages, (\d+) Python distributions")
@@ -71,6 +73,7 @@ class Bench:
     engines: list[str]
     work: Path
     scaling_runs: int = 1
+    merge: bool = False
     rid: str = field(default_factory=lambda: secrets.token_hex(3))
     ledger: Ledger = field(default_factory=Ledger)
     results: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +94,11 @@ class Bench:
     def save(self, *, keep_elapsed: bool = False) -> None:
         """Write results.json, README.md and the plot with what is measured so far."""
         if not keep_elapsed:
-            self.results["elapsed_seconds"] = time.perf_counter() - self.started
+            elapsed = time.perf_counter() - self.started
+            if self.merge:
+                self.results["merged"][-1]["elapsed_seconds"] = elapsed
+            else:
+                self.results["elapsed_seconds"] = elapsed
         results = HERE / "results.json"
         results.write_text(json.dumps(self.results, indent=1, sort_keys=True) + "\n")
         (HERE / "README.md").write_text(render_readme(self.results), encoding="utf-8")
@@ -394,7 +401,7 @@ def figure_build(bench: Bench, engine: str) -> None:
     lock_text = (spec_dir / "env.lock").read_text()
     shutil.copy(HERE / "handwritten" / "Containerfile", context / "Containerfile")
     requirements = (HERE / "handwritten" / "requirements.txt").read_text()
-    keys = ("cold", "noop", "pin")
+    keys = ("cold", "noop", "noop_again", "pin")
     figure: dict[str, Any] = {
         "imagesmith": {key: [] for key in keys},
         "handwritten": {key: [] for key in keys},
@@ -435,6 +442,14 @@ def figure_build(bench: Bench, engine: str) -> None:
         hand_noop = handwritten_build(bench, engine, context, tag, no_cache=False)
         figure["handwritten"]["noop"].append(hand_noop.seconds)
         log(f"{label}: no-op imagesmith {noop['seconds']:.2f} s, hand {hand_noop.seconds:.2f} s")
+        again = imagesmith_build(bench, engine, spec_dir, env)
+        figure["imagesmith"]["noop_again"].append(again)
+        hand_again = handwritten_build(bench, engine, context, tag, no_cache=False)
+        figure["handwritten"]["noop_again"].append(hand_again.seconds)
+        log(
+            f"{label}: no-op again imagesmith {again['seconds']:.2f} s, "
+            f"hand {hand_again.seconds:.2f} s"
+        )
 
         (spec_dir / "env.toml").write_text(spec_text.replace(PIN_BEFORE, PIN_AFTER, 1))
         pin = imagesmith_build(bench, engine, spec_dir, env, "--relock")
@@ -493,6 +508,16 @@ def figure_scaling(bench: Bench) -> None:
 # -- main --------------------------------------------------------------------------------
 
 
+def clean_stale_ledgers() -> None:
+    """Remove the images of earlier runs that were killed before their own clean-up."""
+    for path in sorted(LEDGERS.glob("ledger-*.json")):
+        log(f"an earlier run was killed before cleaning up; removing its images ({path.name})")
+        left = Ledger.load(path).clean()
+        if left:
+            log(f"still in use by other images, left: {left}")
+        path.unlink()
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run each, no scaling figure")
@@ -504,12 +529,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--render-only", action="store_true", help="re-render README/PNG from results.json"
     )
+    parser.add_argument(
+        "--figures", default="lock,build,scaling", help="which figures (default: all three)"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="update these figures in the existing results.json"
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in args.engines if e not in ENGINES]
     if unknown or not args.engines:
         parser.error(f"--engines: choose from {', '.join(ENGINES)}")
+    args.figures = {f.strip() for f in args.figures.split(",") if f.strip()}
+    if not args.figures or args.figures - set(FIGURES):
+        parser.error(f"--figures: choose from {', '.join(FIGURES)}")
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     if args.runs < 1:
@@ -525,6 +559,7 @@ def main(argv: Sequence[str]) -> int:
         results = json.loads((HERE / "results.json").read_text())
         Bench(runs=0, quick=False, engines=[], work=HERE, results=results).save(keep_elapsed=True)
         return 0
+    clean_stale_ledgers()
     work = Path(tempfile.mkdtemp(prefix="imagesmith-bench-"))
     bench = Bench(
         runs=args.runs,
@@ -532,23 +567,36 @@ def main(argv: Sequence[str]) -> int:
         engines=args.engines,
         work=work,
         scaling_runs=args.scaling_runs,
+        merge=args.merge,
     )
-    bench.results = {
+    bench.ledger.path = LEDGERS / f"ledger-{bench.rid}.json"
+    facts = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/run.py " + " ".join(argv),
-        "runs": args.runs,
-        "scaling_runs": 0 if args.quick else args.scaling_runs,
-        "quick": args.quick,
-        "engines": args.engines,
-        "machine": machine_facts(),
-        "errors": [],
-        "complete": False,
+        "command": " ".join(["bench/run.py", *argv]),
+        "figures": sorted(args.figures),
     }
+    if args.merge:
+        bench.results = json.loads((HERE / "results.json").read_text())
+        bench.results.setdefault("merged", []).append(facts)
+        bench.results["complete"] = False
+    else:
+        bench.results = {
+            **facts,
+            "runs": args.runs,
+            "scaling_runs": 0 if args.quick else args.scaling_runs,
+            "quick": args.quick,
+            "engines": args.engines,
+            "machine": machine_facts(),
+            "errors": [],
+            "complete": False,
+        }
     log(f"work folder {work}, run id {bench.rid}, {args.runs} run(s), engines {args.engines}")
-    figures: list[tuple[str, Callable[[], None]]] = [("lock", lambda: figure_lock(bench))]
-    for engine in args.engines:
+    figures: list[tuple[str, Callable[[], None]]] = []
+    if "lock" in args.figures:
+        figures.append(("lock", lambda: figure_lock(bench)))
+    for engine in args.engines if "build" in args.figures else []:
         figures.append((f"build ({engine})", functools.partial(figure_build, bench, engine)))
-    if not args.quick and "docker" in args.engines:
+    if "scaling" in args.figures and not args.quick and "docker" in args.engines:
         figures.append(("scaling", lambda: figure_scaling(bench)))
     try:
         for name, figure in figures:
@@ -566,6 +614,8 @@ def main(argv: Sequence[str]) -> int:
         bench.results["left_behind"] = left
         if left:
             log(f"could not remove: {left}")
+        if bench.ledger.path is not None:
+            bench.ledger.path.unlink(missing_ok=True)
         bench.save()
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
