@@ -164,8 +164,11 @@ def _step(lines: list[str], marker: str) -> str:
 
 
 def _step_result(step: str) -> str:
-    """The image ID a step ended with (` ---> abc123` in Docker, `--> abc123` in podman)."""
-    return str(re.findall(r"-->\s+(?:Using cache\s+)?([0-9a-f]{12})", step)[-1])
+    """The image ID a step ended with (` ---> abc123` in Docker, `--> abc123` in podman).
+
+    Both print a shortened ID; podman's length varies (11 or 12 hex digits seen).
+    """
+    return str(re.findall(r"-->\s+(?:Using cache\s+)?([0-9a-f]{6,64})\b", step)[-1])
 
 
 def test_failed_build_leaves_no_tag_and_no_record(
