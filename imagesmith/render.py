@@ -214,6 +214,7 @@ def _python_stage(lock: Lock) -> list[str]:
             "--no-index",
             "--no-cache-dir",
             "--no-deps",
+            "--no-compile",  # compiled once, below, the reproducible way
             "--require-hashes",
             "--only-binary=:all:",
             f"--find-links {ctx}/wheels",
@@ -223,15 +224,20 @@ def _python_stage(lock: Lock) -> list[str]:
     return [
         "",
         "FROM system AS python",
-        "ARG SOURCE_DATE_EPOCH",
+        # COPY before ARG: the final stage also starts `FROM system` + `ARG ...`, and
+        # Docker's classic builder takes the newest of several look-alike cache entries,
+        # so two stages opening with the same step can shadow each other's cache after
+        # a --no-cache build (seen: a no-op rebuild redoing the whole Python stage).
         f"COPY {CONTEXT_PYTHON}/ {ctx}/",
+        "ARG SOURCE_DATE_EPOCH",
         "RUN "
         + " \\\n && ".join(
             [
                 f"python3 -m venv {VENV}",
                 pip,
                 # PEP 552: hash-based .pyc files do not embed the build time.
-                f"{VENV}/bin/python -m compileall -q -f --invalidation-mode checked-hash {VENV}",
+                f"{VENV}/bin/python -m compileall -q -f -j 0 "
+                f"--invalidation-mode checked-hash {VENV}",
             ]
         ),
     ]

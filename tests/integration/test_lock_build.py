@@ -155,6 +155,29 @@ def test_example_builds_runs_and_rebuilds_from_cache(
     assert _step_result(python_step) != _step_result(_step(first_lines, "python3 -m venv"))
 
 
+def test_plain_build_after_a_no_cache_build_is_all_cache_hits(
+    engine: Engine, base_image: str, tmp_path: Path, cleanup_builds: list[Path | str]
+) -> None:
+    """A --no-cache build (what `verify` and benchmarks do) leaves a second, newer chain
+    of look-alike steps; the next plain build must still find every step in the cache."""
+    name = f"it-nocache-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "env.toml").write_text(
+        f'name = "{name}"\nversion = "1"\n[base]\nimage = "{base_image}"\n'
+        '[python]\nrequirements = ["six"]\n[image]\nrun = ["echo made > /etc/marker"]\n'
+    )
+    spec = load_spec(tmp_path / "env.toml")
+    cleanup_builds.append(spec.path)
+    first = build(spec, engine)
+    cleanup_builds.append(first.image_id)
+    build(spec, engine, no_cache=True)
+    lines: list[str] = []
+    again = build(spec, engine, on_line=lines.append)
+    assert again.image_id == first.image_id
+    assert not any(line.startswith("canonical:") for line in lines), lines
+    for marker in ("COPY python/", "python3 -m venv", "COPY --from=python", "/etc/marker"):
+        assert "Using cache" in _step(lines, marker), _step(lines, marker)
+
+
 def _step(lines: list[str], marker: str) -> str:
     """The output of the build step whose instruction contains `marker`."""
     text = "\n".join(lines)
