@@ -101,12 +101,14 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import os
 import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -114,6 +116,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from imagesmith import __version__
 from imagesmith.errors import InputError, OperationError
 from imagesmith.oci import (
     MEDIA_OCI_CONFIG,
@@ -124,6 +127,7 @@ from imagesmith.oci import (
     ImageSource,
     LayoutWriter,
     canonical_json,
+    digest_hex,
     open_image,
     write_docker_archive,
 )
@@ -132,6 +136,7 @@ __all__ = [
     "GZIP_LEVEL",
     "VOLATILE_PATHS",
     "CanonicalImage",
+    "LayerCache",
     "MtimePolicy",
     "canonicalize",
     "diff_archives",
@@ -296,6 +301,20 @@ class _LowerDirs:
 
     def exists(self, path: str) -> bool:
         return path in self.dirs
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            p: None if m is None else [m[0], m[1], m[2], list(m[3])] for p, m in self.dirs.items()
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _LowerDirs:
+        lower = cls()
+        for path, m in data.items():
+            lower.dirs[path] = (
+                None if m is None else (m[0], m[1], m[2], tuple((k, v) for k, v in m[3]))
+            )
+        return lower
 
     def apply(self, records: Sequence[_Record]) -> None:
         gone: set[str] = set()  # path and everything under it
@@ -565,6 +584,122 @@ def _write_layer(
     return _LayerOut(result[0], raw.digest, blob.size)
 
 
+@dataclass(frozen=True)
+class CachedLayer:
+    """What `LayerCache` remembers of one canonical layer."""
+
+    digest: str | None  # None: the cleaning left the layer empty and it was dropped
+    diff_id: str
+    size: int
+    removed: tuple[str, ...]
+    lower: Mapping[str, Any]  # the directories of this layer and those below (_LowerDirs)
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or no hard links there
+            shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class LayerCache:
+    """Canonical layers already written, found again by the engine layers they came from.
+
+    A layer's canonical form is a function of the engine's layer *and of every layer
+    below it* (opaque markers and unchanged directories are judged against those),
+    of the epoch, the mtime policy, ``drop_paths``, these rules and zlib; the key
+    covers all of them (`layer_keys`). `canonicalize` takes layers from the cache
+    bottom-up, only while every layer below was found too, so a base image's layers
+    and an unchanged apt layer are rewritten once, not on every build.
+
+    Entries are JSON files in ``root``, blobs hard links (copies across file systems)
+    in ``root/blobs``. Anything missing or unreadable is a miss; a cache that cannot
+    be written costs time, never a build.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def blob(self, digest: str) -> Path:
+        return self.root / "blobs" / digest_hex(digest)
+
+    def get(self, key: str) -> CachedLayer | None:
+        try:
+            data = json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
+            layer = CachedLayer(
+                digest=data["digest"],
+                diff_id=data["diff_id"],
+                size=int(data["size"]),
+                removed=tuple(str(x) for x in data["removed"]),
+                lower=dict(data["lower"]),
+            )
+            if layer.digest is not None and self.blob(layer.digest).stat().st_size != layer.size:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return layer
+
+    def put(self, key: str, layer: CachedLayer, blob: Path | None) -> None:
+        entry = self.root / f"{key}.json"
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        try:
+            if layer.digest is not None:
+                assert blob is not None
+                _link_or_copy(blob, self.blob(layer.digest))
+            data = {
+                "digest": layer.digest,
+                "diff_id": layer.diff_id,
+                "size": layer.size,
+                "removed": list(layer.removed),
+                "lower": layer.lower,
+            }
+            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+            tmp.replace(entry)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+
+def layer_keys(
+    diff_ids: Sequence[str], *, epoch: int, policy: MtimePolicy, drop_paths: Sequence[str]
+) -> list[str]:
+    """`LayerCache` keys of an image's layers, bottom-up, from the engine's diff_ids."""
+    rules = {
+        "imagesmith": __version__,
+        "gzip": GZIP_LEVEL,
+        "zlib": zlib.ZLIB_RUNTIME_VERSION,
+        "epoch": epoch,
+        "policy": policy,
+        "drop_paths": list(drop_paths),
+    }
+    chain = hashlib.sha256(canonical_json(rules))
+    keys = []
+    for diff_id in diff_ids:
+        chain.update(diff_id.encode("ascii") + b"\n")
+        keys.append(chain.hexdigest())
+    return keys
+
+
+def _engine_diff_ids(raw: Mapping[str, Any], count: int) -> list[str] | None:
+    rootfs = raw.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or len(ids) != count:
+        return None
+    if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in ids):
+        return None
+    return ids
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -701,6 +836,7 @@ def canonicalize(
     mtime_policy: MtimePolicy = "clamp",
     write_archive: bool = True,
     drop_paths: Sequence[str] = (),
+    cache: LayerCache | None = None,
 ) -> CanonicalImage:
     """Rewrite the image in `archive` canonically into the OCI layout directory `out`.
 
@@ -711,7 +847,9 @@ def canonicalize(
     false). `drop_paths`: fnmatch patterns (``*`` crosses ``/``) of layer entries to
     leave out of every layer but the first, e.g. `VOLATILE_PATHS`; whiteouts are
     never dropped, and a dropped entry lets the lower layers' version of the path
-    show through (the base's file, or nothing). `out` is created; an existing
+    show through (the base's file, or nothing). `cache`: layers rewritten before
+    (see `LayerCache`), looked up by the diff_ids in the input's config, which are
+    trusted to match its layers, as engines guarantee. `out` is created; an existing
     empty directory or OCI layout there is replaced. Raises InputError for
     unreadable or unsupported input and OperationError when writing fails.
     """
@@ -732,6 +870,7 @@ def canonicalize(
                 repo_tags=repo_tags,
                 policy=mtime_policy,
                 drop_paths=tuple(drop_paths),
+                cache=cache,
             )
         if write_archive:
             write_docker_archive(staging, staging / "image.tar", repo_tags=repo_tags)
@@ -763,6 +902,7 @@ def _canonicalize_into(
     repo_tags: Sequence[str],
     policy: MtimePolicy,
     drop_paths: Sequence[str],
+    cache: LayerCache | None = None,
 ) -> CanonicalImage:
     raw = src.config_json()
     count = len(src.layer_names)
@@ -773,8 +913,31 @@ def _canonicalize_into(
     layers: list[_LayerOut] = []
     created_by: list[str | None] = []
     dropped: list[int] = []
+    engine_ids = _engine_diff_ids(raw, count) if cache is not None else None
+    keys = (
+        layer_keys(engine_ids, epoch=epoch, policy=policy, drop_paths=drop_paths)
+        if engine_ids is not None
+        else []
+    )
+    reused: CachedLayer | None = None
     for i in range(count):
         what = f"{src.description} layer {i}"
+        if cache is not None and keys and (i == 0 or reused is not None):
+            hit = cache.get(keys[i])
+            if hit is not None:
+                removed.extend(hit.removed)
+                if hit.digest is None:
+                    dropped.append(i)
+                else:
+                    _link_or_copy(cache.blob(hit.digest), layout.blobs / digest_hex(hit.digest))
+                    layers.append(_LayerOut(hit.digest, hit.diff_id, hit.size))
+                    created_by.append(created_by_in[i])
+                reused = hit
+                continue
+            if reused is not None:  # the first layer to rewrite: restore what lies below
+                lower = _LowerDirs.from_json(reused.lower)
+                reused = None
+        layer_removed = len(removed)
         stream = src.open_layer(i)
         try:
             with tarfile.open(fileobj=stream, mode="r:", encoding="utf-8") as tar:
@@ -787,12 +950,24 @@ def _canonicalize_into(
                     removed=removed,
                     drop_paths=drop_paths,
                 )
+                out: _LayerOut | None = None
                 if records:
-                    layers.append(_write_layer(layout, records, tar, epoch=epoch, policy=policy))
+                    out = _write_layer(layout, records, tar, epoch=epoch, policy=policy)
+                    layers.append(out)
                     created_by.append(created_by_in[i])
                 else:
                     dropped.append(i)
                 lower.apply(records)
+                if cache is not None and keys:
+                    entry = CachedLayer(
+                        digest=out.digest if out else None,
+                        diff_id=out.diff_id if out else "",
+                        size=out.size if out else 0,
+                        removed=tuple(removed[layer_removed:]),
+                        lower=lower.to_json(),
+                    )
+                    blob = layout.blobs / digest_hex(out.digest) if out else None
+                    cache.put(keys[i], entry, blob)
         except tarfile.TarError as exc:
             raise InputError(f"{what} is not a valid tar: {exc}") from exc
         finally:

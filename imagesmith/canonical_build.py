@@ -2,18 +2,21 @@
 
 The canonical OCI layout is kept under the cache (by manifest digest) so that `push`
 can send exactly those blobs and `verify` can compare against them. A map from the
-engine's image ID to the canonical one makes a no-op rebuild skip the rewrite.
+engine's image ID to the canonical one makes a no-op rebuild skip the rewrite, and a
+`LayerCache` keeps each rewritten layer, so that a new build only rewrites the layers
+the engine made anew (a Python pin change: the venv layer, not the base or apt ones).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesmith.canonical import VOLATILE_PATHS, canonicalize
+from imagesmith.canonical import VOLATILE_PATHS, LayerCache, canonicalize
 from imagesmith.context import cache_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
@@ -30,8 +33,12 @@ class Canonical:
     """The engine's own image, before the rewrite (the top of its build cache)."""
 
 
+def _images_dir() -> Path:
+    return cache_dir() / "images"
+
+
 def layout_dir(digest: str) -> Path:
-    return cache_dir() / "images" / digest.removeprefix("sha256:")
+    return _images_dir() / digest.removeprefix("sha256:")
 
 
 def _memo_path(engine: Engine, built_id: str, epoch: int) -> Path:
@@ -61,21 +68,34 @@ def make_canonical(
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     archive = workdir / "built.tar"
     engine.save(built_id, archive)
-    staging = workdir / "canonical"
-    image = canonicalize(archive, staging, epoch=epoch, drop_paths=VOLATILE_PATHS)
-    archive.unlink()
-    assert image.archive is not None
-    loaded = engine.load(image.archive)
-    if loaded != image.config_digest:
-        raise EngineError(
-            f"{engine.name} loaded the canonical image as {loaded}, expected {image.config_digest}"
+    images = _images_dir()
+    images.mkdir(parents=True, exist_ok=True)
+    # Staged beside its final place: blobs hard-link to and from the layer cache, and the
+    # layout moves in with a rename.
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=images)) / "layout"
+    try:
+        image = canonicalize(
+            archive,
+            staging,
+            epoch=epoch,
+            drop_paths=VOLATILE_PATHS,
+            cache=LayerCache(cache_dir() / "layers"),
         )
-    image.archive.unlink()
-    layout = layout_dir(image.manifest_digest)
-    if not (layout / "index.json").exists():
-        shutil.rmtree(layout, ignore_errors=True)
-        layout.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), layout)
+        archive.unlink()
+        assert image.archive is not None
+        loaded = engine.load(image.archive)
+        if loaded != image.config_digest:
+            raise EngineError(
+                f"{engine.name} loaded the canonical image as {loaded}, "
+                f"expected {image.config_digest}"
+            )
+        image.archive.unlink()
+        layout = layout_dir(image.manifest_digest)
+        if not (layout / "index.json").exists():
+            shutil.rmtree(layout, ignore_errors=True)
+            staging.rename(layout)
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(
         json.dumps({"image_id": loaded, "digest": image.manifest_digest}), encoding="utf-8"

@@ -20,8 +20,10 @@ from imagesmith.canonical import (
     GZIP_LEVEL,
     VOLATILE_PATHS,
     CanonicalImage,
+    LayerCache,
     canonicalize,
     diff_archives,
+    layer_keys,
     normalize_created_by,
 )
 from imagesmith.errors import InputError
@@ -915,11 +917,83 @@ def test_env_order_does_not_change_the_digest() -> None:
     raw = {"architecture": "amd64", "os": "linux"}
     docker = canonical_config(
         {**raw, "config": {"Env": ["PATH=/opt/venv/bin:/bin", "VIRTUAL_ENV=/opt/venv", "A=1"]}},
-        diff_ids=[], created_by=[], epoch=0,
+        diff_ids=[],
+        created_by=[],
+        epoch=0,
     )
     podman = canonical_config(
         {**raw, "config": {"Env": ["VIRTUAL_ENV=/opt/venv", "PATH=/opt/venv/bin:/bin", "A=1"]}},
-        diff_ids=[], created_by=[], epoch=0,
+        diff_ids=[],
+        created_by=[],
+        epoch=0,
     )
     assert docker == podman
     assert docker["config"]["Env"] == ["A=1", "PATH=/opt/venv/bin:/bin", "VIRTUAL_ENV=/opt/venv"]
+
+
+# --------------------------------------------------------------------------- layer cache
+
+
+def test_layer_cache_rewrites_only_new_layers_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagesmith import canonical
+
+    written: list[int] = []
+    real_write = canonical._write_layer
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        written.append(1)
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(canonical, "_write_layer", counting)
+    cache = LayerCache(tmp_path / "cache")
+    one = docker_image(tmp_path / "one.tar", script=b"one")
+    two = docker_image(tmp_path / "two.tar", script=b"two")  # same base layer, new RUN layer
+    plain_two = canon(two, tmp_path, "plain-two")
+    written.clear()
+
+    first = canon(one, tmp_path, "first", cache=cache)
+    assert len(written) == 2  # base and RUN layer; the empty third one is dropped
+    written.clear()
+    again = canon(one, tmp_path, "again", cache=cache)
+    assert written == [] and again.manifest_digest == first.manifest_digest
+    assert again.removed == first.removed and again.dropped_layers == first.dropped_layers
+
+    cached_two = canon(two, tmp_path, "cached-two", cache=cache)
+    assert len(written) == 1  # the RUN layer only; the base layer came from the cache
+    # Byte for byte what no cache gives, including the cleaning that depends on the lower
+    # layers (tmp/ unchanged but for its mtime is dropped from the RUN layer).
+    assert cached_two.manifest_digest == plain_two.manifest_digest
+    assert cached_two.removed == plain_two.removed
+    assert "layer 1: tmp/ (directory unchanged but for its mtime)" in cached_two.removed
+    for digest in cached_two.layer_digests:
+        assert blob_bytes(cached_two, digest) == blob_bytes(plain_two, digest)
+
+
+def test_layer_cache_ignores_damaged_entries(tmp_path: Path) -> None:
+    cache = LayerCache(tmp_path / "cache")
+    src = docker_image(tmp_path / "a.tar")
+    first = canon(src, tmp_path, "first", cache=cache)
+    for blob in (tmp_path / "cache" / "blobs").iterdir():
+        blob.write_bytes(b"truncated")  # hard links: the first layout's blobs change too
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    entries[-1].write_text("{not json")
+    second = canon(src, tmp_path, "second", cache=cache)
+    assert second.manifest_digest == first.manifest_digest
+    for digest in second.layer_digests:
+        assert sha(blob_bytes(second, digest)) == digest
+
+
+def test_layer_cache_keys_cover_every_input() -> None:
+    ids = [sha(b"base"), sha(b"run")]
+    keys = layer_keys(ids, epoch=EPOCH, policy="clamp", drop_paths=())
+    assert len(set(keys)) == 2
+    assert layer_keys(ids[:1], epoch=EPOCH, policy="clamp", drop_paths=()) == keys[:1]
+    for other in (
+        layer_keys([sha(b"other"), ids[1]], epoch=EPOCH, policy="clamp", drop_paths=()),
+        layer_keys(ids, epoch=EPOCH + 1, policy="clamp", drop_paths=()),
+        layer_keys(ids, epoch=EPOCH, policy="epoch", drop_paths=()),
+        layer_keys(ids, epoch=EPOCH, policy="clamp", drop_paths=("var/log/*",)),
+    ):
+        assert other[1] != keys[1]
