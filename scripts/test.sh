@@ -15,5 +15,6 @@ export PATH="$PWD/.venv/bin:$PWD/.venv-tools/bin:$PATH"
 export IMAGESMITH_REQUIRE_ENGINES=1
 
 .venv/bin/ruff check imagesmith tests
+.venv/bin/ruff format --check imagesmith tests
 .venv/bin/mypy
 exec .venv/bin/pytest -p no:cacheprovider "$@"

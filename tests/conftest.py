@@ -31,4 +31,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"skipped where scripts/test.sh should have installed everything: {reason}"
+        report.longrepr = (
+            f"skipped where scripts/test.sh should have installed everything: {reason}"
+        )

@@ -219,17 +219,30 @@ def test_lock_resolves_a_base_from_the_registry_and_picks_the_platform_from_an_i
     oci_manifest = "application/vnd.oci.image.manifest.v1+json"
     pusher = Pusher(RegistryClient(open_registry), "lab/base", None)
     # Another manifest over the same blobs stands in for the arm64 image.
-    other = json.dumps({**json.loads(manifest_bytes), "annotations": {"stand-in": "arm64"}}).encode()
+    other = json.dumps(
+        {**json.loads(manifest_bytes), "annotations": {"stand-in": "arm64"}}
+    ).encode()
     other_digest = pusher.push_manifest("arm64", other, oci_manifest)
-    index = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": oci_manifest, "digest": other_digest, "size": len(other),
-             "platform": {"os": "linux", "architecture": "arm64"}},
-            {"mediaType": oci_manifest, "digest": record.digest, "size": len(manifest_bytes),
-             "platform": {"os": "linux", "architecture": "amd64"}},
-        ],
-    }).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": oci_manifest,
+                    "digest": other_digest,
+                    "size": len(other),
+                    "platform": {"os": "linux", "architecture": "arm64"},
+                },
+                {
+                    "mediaType": oci_manifest,
+                    "digest": record.digest,
+                    "size": len(manifest_bytes),
+                    "platform": {"os": "linux", "architecture": "amd64"},
+                },
+            ],
+        }
+    ).encode()
     index_digest = pusher.push_manifest("multi", index, "application/vnd.oci.image.index.v1+json")
     multi = resolve_base(f"{open_registry}/lab/base:multi", engine, "linux/amd64")
     assert (multi.digest, multi.index_digest) == (record.digest, index_digest)

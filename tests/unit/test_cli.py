@@ -116,8 +116,14 @@ def test_manifest_uses_the_pushed_digest(example_dir: Path) -> None:
     digest = "sha256:" + "ab" * 32
     write_record(
         push_record_path(spec),
-        PushRecord(repository="registry.example.edu/lab/analysis", digest=digest, tags=("1.0.0",),
-                   lock_hash=lock.lock_hash, uid=1000, gid=1000),
+        PushRecord(
+            repository="registry.example.edu/lab/analysis",
+            digest=digest,
+            tags=("1.0.0",),
+            lock_hash=lock.lock_hash,
+            uid=1000,
+            gid=1000,
+        ),
     )
     result = runner.invoke(app, ["manifest", str(spec), "--kind", "pod"])
     assert result.exit_code == 0, result.output
@@ -137,11 +143,19 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
     write_lock(lock, example_dir / "env.lock")
     write_record(
         push_record_path(spec),
-        PushRecord(repository="r.example.edu/x", digest="sha256:" + "cd" * 32, tags=(),
-                   lock_hash=lock.lock_hash, uid=1000, gid=1000),
+        PushRecord(
+            repository="r.example.edu/x",
+            digest="sha256:" + "cd" * 32,
+            tags=(),
+            lock_hash=lock.lock_hash,
+            uid=1000,
+            gid=1000,
+        ),
     )
     script = example_dir / "job.sh"
-    script.write_text("#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\npython3 train.py\n")
+    script.write_text(
+        "#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\npython3 train.py\n"
+    )
     result = runner.invoke(app, ["manifest", str(spec), "--from-sbatch", str(script)])
     assert result.exit_code == 0, result.output
     assert "--array" in result.stderr

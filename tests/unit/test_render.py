@@ -205,5 +205,7 @@ def test_values_a_line_cannot_spell_travel_as_build_args(tmp_path: Path) -> None
     assert args["SOURCE_DATE_EPOCH"] == str(lock.source_date_epoch)
     containerfile = tmp_path / "Containerfile"
     containerfile.write_text(text)
-    result = subprocess.run([_tool("hadolint"), str(containerfile)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [_tool("hadolint"), str(containerfile)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout
