@@ -20,6 +20,7 @@ from imagesmith.canonical import VOLATILE_PATHS, LayerCache, canonicalize
 from imagesmith.context import cache_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
+from imagesmith.oci import write_docker_archive
 
 LineCallback = Callable[[str], None]
 
@@ -80,16 +81,19 @@ def make_canonical(
             epoch=epoch,
             drop_paths=VOLATILE_PATHS,
             cache=LayerCache(cache_dir() / "layers"),
+            write_archive=False,
         )
         archive.unlink()
-        assert image.archive is not None
-        loaded = engine.load(image.archive)
+        load_archive = write_docker_archive(
+            staging, workdir / "canonical.tar", compressed=engine.load_compressed
+        )
+        loaded = engine.load(load_archive)
         if loaded != image.config_digest:
             raise EngineError(
                 f"{engine.name} loaded the canonical image as {loaded}, "
                 f"expected {image.config_digest}"
             )
-        image.archive.unlink()
+        load_archive.unlink()
         layout = layout_dir(image.manifest_digest)
         if not (layout / "index.json").exists():
             shutil.rmtree(layout, ignore_errors=True)

@@ -610,12 +610,15 @@ def write_docker_archive(
     dest: Path,
     *,
     repo_tags: Sequence[str] = (),
+    compressed: bool = True,
 ) -> Path:
     """Write the image of an OCI layout (one manifest) as a docker-archive tarball.
 
     The tar holds ``manifest.json``, the config as ``<hex>.json`` and each layer blob
     as-is (gzip) under ``<hex>.tar.gz``: ``docker load`` (20.10+) and ``podman load``
-    (4.x) both decompress layers on load. Deliberately *no* ``index.json``: podman
+    (4.x) both decompress layers on load. With `compressed` false the layers are
+    decompressed here and stored as ``<diff_id hex>.tar`` instead, which podman 4.3
+    loads about three times faster. Deliberately *no* ``index.json``: podman
     would then load it as an OCI archive and ignore ``RepoTags``. The tarball itself
     is deterministic (sorted entries, mtime 0, root-owned).
     """
@@ -625,21 +628,17 @@ def write_docker_archive(
         manifest = json.loads(src.manifest)
         config_hex = digest_hex(manifest["config"]["digest"])
         layer_hexes = [digest_hex(d["digest"]) for d in manifest["layers"]]
+        diff_ids = src.config_json()["rootfs"]["diff_ids"]
     for tag in repo_tags:
         if not tag or any(c.isspace() for c in tag):
             raise InputError(f"invalid image tag {tag!r}")
-    entry = {
-        "Config": f"{config_hex}.json",
-        "RepoTags": list(repo_tags),
-        "Layers": [f"{h}.tar.gz" for h in layer_hexes],
-    }
     blobs = layout / "blobs" / "sha256"
+    names = [f"{h}.tar.gz" for h in layer_hexes]
+    if not compressed:
+        names = [f"{digest_hex(d)}.tar" for d in diff_ids]
+    entry = {"Config": f"{config_hex}.json", "RepoTags": list(repo_tags), "Layers": names}
     members: list[tuple[str, Path | bytes]] = [(f"{config_hex}.json", blobs / config_hex)]
-    seen: set[str] = set()
-    for h in layer_hexes:
-        if h not in seen:
-            seen.add(h)
-            members.append((f"{h}.tar.gz", blobs / h))
+    members += sorted({name: blobs / h for name, h in zip(names, layer_hexes, strict=True)}.items())
     members.sort(key=lambda m: m[0])
     members.append(("manifest.json", json.dumps([entry], separators=(",", ":")).encode()))
     tmp = dest.with_name(dest.name + ".tmp")
@@ -652,10 +651,20 @@ def write_docker_archive(
                 if isinstance(content, bytes):
                     info.size = len(content)
                     tar.addfile(info, io.BytesIO(content))
-                else:
+                elif not name.endswith(".tar"):
                     info.size = content.stat().st_size
                     with content.open("rb") as f:
                         tar.addfile(info, f)
+                else:  # a layer to store decompressed: spool it to learn its size
+                    with (
+                        content.open("rb") as f,
+                        gzip.GzipFile(fileobj=f, mode="rb") as plain,
+                        tempfile.TemporaryFile(dir=dest.parent) as spool,
+                    ):
+                        shutil.copyfileobj(plain, spool, _CHUNK)
+                        info.size = spool.tell()
+                        spool.seek(0)
+                        tar.addfile(info, spool)
         tmp.replace(dest)
     except OSError as exc:
         raise OperationError(f"cannot write {dest}: {exc}") from exc

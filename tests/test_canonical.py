@@ -33,6 +33,7 @@ from imagesmith.oci import (
     MEDIA_OCI_MANIFEST,
     GzipPipe,
     open_image,
+    write_docker_archive,
 )
 
 EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -700,6 +701,18 @@ def test_layout_and_archive_are_well_formed(tmp_path: Path) -> None:
     with open_image(image.archive) as src:
         assert sha(src.config) == image.config_digest
         assert src.repo_tags == ["reg:5000/lab/app:v1"]
+
+
+def test_archive_with_plain_layers_holds_the_same_image(tmp_path: Path) -> None:
+    image = canon(docker_image(tmp_path / "a.tar"), tmp_path, "a", write_archive=False)
+    plain = write_docker_archive(image.layout, tmp_path / "plain.tar", compressed=False)
+    with tarfile.open(plain) as tar:
+        entry = json.load(tar.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
+        assert entry["Layers"] == [d.split(":")[1] + ".tar" for d in image.diff_ids]
+        for name, diff_id in zip(entry["Layers"], image.diff_ids, strict=True):
+            layer = tar.extractfile(name)
+            assert layer is not None and sha(layer.read()) == diff_id  # not gzip: the tar
+    assert canon(plain, tmp_path, "again").manifest_digest == image.manifest_digest
 
 
 def test_gzip_pipe_matches_gzipfile() -> None:

@@ -60,6 +60,10 @@ class Engine(abc.ABC):
     """A container engine. Instances are cheap to keep; they hold no running containers."""
 
     name: str
+    load_compressed: bool = True
+    """Whether `load` should get gzip layers (smaller archive) rather than plain tar ones
+    (no decompression in the engine). Measured on the example image: docker 20.10 loads
+    either in about 2 s; podman 4.3 takes 11.4 s for gzip layers and 3.9 s for plain."""
 
     # -- images --------------------------------------------------------------------------
 

@@ -151,6 +151,7 @@ class PodmanEngine(Engine):
     """Podman on this machine, run as the current user (rootful as root)."""
 
     name = "podman"
+    load_compressed = False
 
     def __init__(self, binary: str | None = None) -> None:
         found = binary or podman_binary()
