@@ -64,7 +64,7 @@ inside a build here (TLS-intercepting proxy), so the hand-written recipe downloa
 wheels on the host (`pip download --only-binary=:all: -r requirements.txt -d wheels`) and
 installs them in the build with `--no-index --find-links`, as imagesmith does.
 - *cold*: `imagesmith build --no-cache` with an empty imagesmith cache (wheels are fetched
-  again) against the hand-written `pip download` with an empty pip cache +
+  again, every layer is rewritten, the base's included) against the hand-written `pip download` with an empty pip cache +
   `docker build --no-cache` / `podman build --no-cache`. The lock exists (made before,
   untimed). Target: imagesmith <= 0.9x.
 - *no-op*: the same build again, nothing changed: the whole `imagesmith build` process
@@ -73,7 +73,8 @@ installs them in the build with `--no-index --find-links`, as imagesmith does.
 - *no-op again*: the same once more. The first no-op comes right after `--no-cache`
   builds, which leave look-alike cache entries (see the steps that ran); the second shows
   the rebuild once the cache has settled.
-- *pin change*: `pyyaml` -> `pyyaml==6.0.1` in env.toml, then `imagesmith build --relock`;
+- *pin change*: `pyyaml` -> `pyyaml==6.0.1` in env.toml, then `imagesmith build --relock`
+  (the layer cache from the cold build holds the base and apt layers);
   hand-written: the same edit in requirements.txt, `pip download` again (warm pip cache)
   and the engine build (apt layer cached).
 - *size*: `docker image inspect -f {{.Size}}` / `podman image inspect` of the final images.
@@ -344,9 +345,9 @@ def _build_section(
     if split:
         out += [
             "",
-            f"The canonical step taken apart (first run, each part timed alone): "
-            f"`{engine} save` {split['save']:.1f} s, `canonicalize` "
-            f"{split['canonicalize']:.1f} s, load back {split['load']:.1f} s "
+            f"The canonical step taken apart (first run, each part timed alone, every layer "
+            f"rewritten as with an empty layer cache): `{engine} save` {split['save']:.1f} s, "
+            f"`canonicalize` {split['canonicalize']:.1f} s, load back {split['load']:.1f} s "
             f"(archive {split['archive_bytes'] / 1e6:.0f} MB).",
         ]
     return out
