@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesmith.cachegc import cache_budget
 from imagesmith.canonical_build import Canonical
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, StaleLockError
@@ -105,6 +106,7 @@ def build_canonical(
     from imagesmith.context import assemble_context
 
     epoch = build_epoch(lock)
+    cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
         context = assemble_context(lock, render(lock), Path(tmp) / "context", on_line=on_line)
         built_id = engine.build(

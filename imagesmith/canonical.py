@@ -648,6 +648,8 @@ class LayerCache:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        with contextlib.suppress(OSError):
+            os.utime(self.root / f"{key}.json")  # used: the last to go when the cache is pruned
         return layer
 
     def put(self, key: str, layer: CachedLayer, blob: Path | None) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesmith.cachegc import ENV_VAR, cache_budget, prune, touch
 from imagesmith.canonical import VOLATILE_PATHS, LayerCache, canonicalize
 from imagesmith.context import cache_dir
 from imagesmith.engine.base import Engine
@@ -61,11 +63,13 @@ def make_canonical(
         known = json.loads(memo.read_text(encoding="utf-8"))
         layout = layout_dir(known["digest"])
         if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
+            touch(layout)
             return Canonical(
                 image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
             )
     except (OSError, ValueError, KeyError):
         pass
+    started = time.time()
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     archive = workdir / "built.tar"
     engine.save(built_id, archive)
@@ -100,6 +104,14 @@ def make_canonical(
             staging.rename(layout)
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
+    touch(layout)
+    budget = cache_budget()
+    removed = prune(cache_dir(), budget=budget, keep_newer_than=started - 1)
+    if removed:
+        on_line(
+            f"cache: removed the {len(removed)} least recently used images and layers from "
+            f"{cache_dir()} to stay within {ENV_VAR}={budget / 2**30:.1f}G"
+        )
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(
         json.dumps({"image_id": loaded, "digest": image.manifest_digest}), encoding="utf-8"

@@ -178,6 +178,36 @@ def test_plain_build_after_a_no_cache_build_is_all_cache_hits(
         assert "Using cache" in _step(lines, marker), _step(lines, marker)
 
 
+def test_cache_over_budget_drops_the_least_recently_used_image(
+    engine: Engine,
+    base_image: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup_builds: list[Path | str],
+) -> None:
+    from imagesmith.canonical_build import layout_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMAGESMITH_CACHE_MAX", "1")  # one byte: only the newest build stays
+    built = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "env.toml").write_text(
+            f'name = "it-gc-{name}-{uuid.uuid4().hex[:6]}"\nversion = "1"\n'
+            f'[base]\nimage = "{base_image}"\n[image]\nrun = ["echo {name} > /etc/marker"]\n'
+        )
+        spec = load_spec(folder / "env.toml")
+        cleanup_builds.append(spec.path)
+        lines: list[str] = []
+        built.append(build(spec, engine, on_line=lines.append))
+    assert not layout_dir(built[0].digest).exists()
+    assert (layout_dir(built[1].digest) / "index.json").is_file()
+    assert any(line.startswith("cache: removed the ") for line in lines), lines
+    # The evicted image is still in the engine; only imagesmith's copy for push went.
+    assert engine.image_exists(built[0].image_id)
+
+
 def _step(lines: list[str], marker: str) -> str:
     """The output of the build step whose instruction contains `marker`."""
     text = "\n".join(lines)
