@@ -17,12 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
 from packaging.requirements import InvalidRequirement, Requirement
 
+from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.quantity import normalize_quantity
 from imagesmith.resources import data_path
@@ -31,6 +30,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 DEFAULT_USER = "lab"
 DEFAULT_UID = 1000
@@ -171,6 +173,8 @@ def _type_of(value: Any) -> str:
 
 def _schema_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(json path, message) for every schema violation, worded for a user."""
+    import jsonschema  # 0.1 s to import: only when a spec has to be checked against it
+
     validator = jsonschema.Draft202012Validator(env_schema())
     for error in validator.iter_errors(data):
         yield from _explain(error)
@@ -332,14 +336,41 @@ def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tup
             yield where, f"{_show(src)} holds a link out of the spec's folder: {rel}"
 
 
-def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str:
-    canonical = json.dumps(
-        {"spec": data, "requirements_file": list(extra_requirements)},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def canonical_hash(data: Any) -> str:
+    """sha256 of `data` as JSON with sorted keys and no whitespace."""
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str:
+    return canonical_hash({"spec": data, "requirements_file": list(extra_requirements)})
+
+
+def _locked_spec_hash(spec_path: Path) -> str | None:
+    """The spec_hash recorded by the intact env.lock beside `spec_path`, if there is one."""
+    try:
+        data = tomllib.loads(spec_path.with_suffix(".lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    stored, recorded = data.pop("lock_hash", None), data.get("spec_hash")
+    if not isinstance(recorded, str) or stored != canonical_hash(data):
+        return None
+    if data.get("imagesmith_version") != __version__:
+        return None  # another version may have checked against another schema
+    return recorded
+
+
+def _validated_when_locked(data: dict[str, Any], path: Path) -> bool:
+    """Whether `data` is exactly the spec that an intact lock beside it, written by this
+    version of imagesmith, was made from, and so passed this schema then. The lock's own
+    hash rules out a hand-edited or damaged spec_hash (not a forged one)."""
+    recorded = _locked_spec_hash(path)
+    if recorded is None:
+        return False
+    try:
+        return spec_hash(data, _requirements_file_lines(data, path.parent)) == recorded
+    except Exception:  # unvalidated data: any failure here means "check it"
+        return False
 
 
 def parse_toml(text: str, label: str) -> dict[str, Any]:
@@ -364,7 +395,14 @@ def load_spec(path: Path | str) -> Spec:
 
 
 def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
-    found = set(_schema_problems(data)) | set(_semantic_problems(data, path.parent))
+    found = set(_semantic_problems(data, path.parent))  # files may have changed since
+    if not found and _validated_when_locked(data, path):
+        try:
+            lines = _requirements_file_lines(data, path.parent)
+            return spec_from_valid_data(data, path=path, file_requirements=lines)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # not the valid spec the lock claims: check it properly
+    found |= set(_schema_problems(data))
     if found:
         problems = sorted(found, key=_problem_order)
         raise SpecError([f"{label}: {where}: {message}" for where, message in problems])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
+import tomllib
 
-from imagesmith.errors import LockError, StaleLockError
-from imagesmith.lock import fresh_lock, parse_lock, read_lock, write_lock
-from imagesmith.spec import load_spec
+from imagesmith.errors import LockError, SpecError, StaleLockError
+from imagesmith.lock import content_hash, fresh_lock, parse_lock, read_lock, write_lock
+from imagesmith.spec import load_spec, spec_hash
 from tests.fixtures.make_lock import make_lock
 
 
@@ -112,3 +117,63 @@ def test_parse_lock_ignores_header_comments(example_dir: Path) -> None:
     lock = make_lock(example_dir / "env.toml")
     text = lock.to_toml()
     assert parse_lock(text, path=example_dir / "env.lock") == lock
+
+
+def _imports_jsonschema(code: str, cwd: Path) -> bool:
+    run = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print('jsonschema' in sys.modules)"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    return run.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_unchanged_locked_spec_skips_the_schema_import(example_dir: Path) -> None:
+    write_lock(make_lock(example_dir / "env.toml"), example_dir / "env.lock")
+    code = (
+        "from imagesmith.lock import fresh_lock; from imagesmith.spec import load_spec\n"
+        "fresh_lock(load_spec('env.toml'))"
+    )
+    assert not _imports_jsonschema(code, example_dir)
+    # Any change to the spec, and it is checked against the schema again.
+    spec = example_dir / "env.toml"
+    spec.write_text(spec.read_text().replace('version = "1.0.0"', 'version = "1.0.1"'))
+    assert _imports_jsonschema(
+        "from imagesmith.spec import load_spec; load_spec('env.toml')", example_dir
+    )
+
+
+def test_a_lock_from_another_version_does_not_vouch_for_the_spec(example_dir: Path) -> None:
+    """A spec locked by another imagesmith (whose schema may have let it through) is
+    checked against this version's schema, every problem reported, never a traceback."""
+    write_lock(make_lock(example_dir / "env.toml"), example_dir / "env.lock")
+    spec_path = example_dir / "env.toml"
+    spec_path.write_text(spec_path.read_text().replace('name = "lab-analysis"', "name = 5"))
+    data = tomllib.loads(spec_path.read_text())
+    lock = tomllib.loads((example_dir / "env.lock").read_text())
+    lock["spec_hash"] = spec_hash(data, [])
+    lock["imagesmith_version"] = "0.1.0"
+    del lock["lock_hash"]
+    lock["lock_hash"] = content_hash(lock)
+    (example_dir / "env.lock").write_text(tomli_w.dumps(lock))
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec_path)
+    assert any("$.name" in line for line in caught.value.problems), caught.value.problems
+
+
+def test_intact_lock_reads_the_same_with_and_without_the_schema(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = example_dir / "env.lock"
+    write_lock(make_lock(example_dir / "env.toml"), path)
+    fast = read_lock(path)
+    monkeypatch.setattr("imagesmith.lock.LOCK_VERSION", -1)  # no fast path for this format
+    with pytest.raises(LockError, match="lock format 1 is not the one"):
+        read_lock(path)
+    monkeypatch.undo()
+    text = path.read_text()
+    slow = parse_lock(text.replace("lock_version = 1", "lock_version = 1 "), path=path)
+    assert slow == fast
