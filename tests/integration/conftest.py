@@ -33,18 +33,43 @@ SUITE = "bookworm"
 TEST_REPOSITORY = "imagesmith-it"
 
 
+def _untagged_image_ids(cli: str) -> list[str]:
+    """Untagged images (intermediate build steps included), newest first."""
+    run = subprocess.run(
+        [cli, "images", "--all", "--no-trunc", "--format", "{{.ID}} {{.Repository}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line.split()[0] for line in run.stdout.splitlines() if line.endswith(("<none>", " "))]
+
+
+@contextlib.contextmanager
+def _removing_untagged_leftovers(cli: str) -> Iterator[None]:
+    """At the end of the session, remove the untagged images the session made: the
+    engine's own pre-canonical builds and their intermediate steps. Images that were
+    there before, and tagged ones (the bases kept for later runs), stay."""
+    before = set(_untagged_image_ids(cli))
+    yield
+    for image_id in _untagged_image_ids(cli):  # newest first: children before parents
+        if image_id not in before:
+            subprocess.run([cli, "rmi", image_id], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="session")
-def docker_engine() -> Engine:
+def docker_engine() -> Iterator[Engine]:
     from imagesmith.engine.docker import DockerEngine
 
     try:
-        return DockerEngine()
+        engine = DockerEngine()
     except EngineError as exc:
         pytest.skip(f"docker: {exc}")
+    with _removing_untagged_leftovers("docker"):
+        yield engine
 
 
 @pytest.fixture(scope="session")
-def podman_engine() -> Engine:
+def podman_engine() -> Iterator[Engine]:
     from imagesmith.engine.podman import PodmanEngine
 
     try:
@@ -52,7 +77,8 @@ def podman_engine() -> Engine:
         engine.info()
     except EngineError as exc:
         pytest.skip(f"podman: {exc}")
-    return engine
+    with _removing_untagged_leftovers("podman"):
+        yield engine
 
 
 @pytest.fixture(
