@@ -56,9 +56,10 @@ Layers
   * A layer left empty by that cleaning is dropped, together with its diff_id and
     its history entry, so ``rootfs.diff_ids``, the manifest and the history stay
     consistent (an image keeps at least one layer).
-  * gzip, level `GZIP_LEVEL` (3), mtime 0, no file name, OS byte
-    255: identical bytes on any machine whose Python links the same zlib
-    (Debian 12: 1.2.13). The diff_ids do not depend on zlib at all.
+  * gzip, level `GZIP_LEVEL` (3), mtime 0, no file name, OS byte 255, deflated in
+    1 MiB blocks on every core (pigz's method, `GzipPipe`): identical bytes on any
+    machine, whatever its core count, whose Python links the same zlib (Debian 12:
+    1.2.13). The diff_ids do not depend on zlib at all.
 
 Config
   * Kept: ``architecture``, ``os``, ``variant``, ``os.version``, ``os.features``,

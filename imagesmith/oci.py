@@ -19,6 +19,8 @@ temporary file when it has to be decompressed before it can be read twice.
 from __future__ import annotations
 
 import bz2
+import collections
+import concurrent.futures
 import contextlib
 import gzip
 import hashlib
@@ -28,11 +30,11 @@ import lzma
 import os
 import platform
 import posixpath
-import queue
 import shutil
+import struct
 import tarfile
 import tempfile
-import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,58 +132,63 @@ class HashingWriter:
 
 class GzipPipe:
     """A write-only file object: sha256-hashes what it is given (the uncompressed
-    stream) and gzips it into `sink` on a worker thread.
+    stream) and gzips it into `sink`, compressing blocks in parallel.
 
-    zlib releases the GIL, so compression runs beside the caller's own work (tar
-    headers, reading the source). The gzip stream is fixed: no file name, mtime 0,
-    OS byte 255, level `level`; zlib's output does not depend on how the input is
-    chunked, so it equals a plain ``gzip.GzipFile`` of the same bytes. Call
-    `close` to finish the stream; it re-raises anything the worker hit.
+    The method is pigz's: the input is cut into `BLOCK`-byte blocks, each deflated on
+    its own (zlib releases the GIL, so blocks compress on every core beside the
+    caller's own work) with the previous block's last 32 KiB as its dictionary, and
+    ended with a sync flush; an empty final block ends the stream. The bytes depend on
+    the input, `level`, `BLOCK` and zlib, never on the number of cores or on how the
+    input was split into writes; any gzip reader reads them. The header is fixed: no
+    file name, mtime 0, OS byte 255. Call `close` to finish the stream; it re-raises
+    anything a worker hit.
     """
 
-    _CHUNK = 1 << 20
+    BLOCK = 1 << 20
+    _WINDOW = 1 << 15
+    _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    _FINAL = b"\x03\x00"  # a last, empty block with fixed codes
 
     def __init__(self, sink: _Sink, *, level: int) -> None:
-        self._gz = gzip.GzipFile(
-            filename="",
-            mode="wb",
-            compresslevel=level,
-            fileobj=sink,
-            mtime=0,
-        )
+        self._sink = sink
+        self._level = level
         self._hash = hashlib.sha256()
+        self._crc = 0
         self._size = 0
         self._buf = bytearray()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
+        self._window = b""
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="imagesmith-gzip", daemon=True)
-        self._thread.start()
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "imagesmith-gzip")
+        self._pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._limit = 2 * workers
+        sink.write(self._HEADER)
 
-    def _work(self) -> None:
-        try:
-            while (chunk := self._queue.get()) is not None:
-                self._gz.write(chunk)
-            self._gz.close()
-        except BaseException as exc:  # handed to the writer in close()
-            self._error = exc
-            while self._queue.get() is not None:  # keep draining so put() never blocks
-                pass
+    @staticmethod
+    def _deflate(block: bytes, window: bytes, level: int) -> bytes:
+        if window:
+            z = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, window)
+        else:
+            z = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+        return z.compress(block) + z.flush(zlib.Z_SYNC_FLUSH)
 
-    def _push(self) -> None:
-        if self._buf:
-            chunk = bytes(self._buf)
-            self._buf.clear()
-            self._hash.update(chunk)
-            self._queue.put(chunk)
+    def _submit(self, block: bytes) -> None:
+        self._hash.update(block)
+        self._crc = zlib.crc32(block, self._crc)
+        self._pending.append(self._pool.submit(self._deflate, block, self._window, self._level))
+        self._window = block[-self._WINDOW :]
+        while len(self._pending) >= self._limit:
+            self._sink.write(self._pending.popleft().result())
 
     def write(self, data: bytes, /) -> int:
         if self._closed:
             raise ValueError("write to a closed GzipPipe")
         self._buf += data
         self._size += len(data)
-        if len(self._buf) >= self._CHUNK:
-            self._push()
+        while len(self._buf) >= self.BLOCK:
+            block = bytes(self._buf[: self.BLOCK])
+            del self._buf[: self.BLOCK]
+            self._submit(block)
         return len(data)
 
     def tell(self) -> int:
@@ -196,17 +203,24 @@ class GzipPipe:
         raise OSError("GzipPipe cannot seek")
 
     def flush(self) -> None:
-        """Nothing to do: data reaches the sink when the pipe is closed."""
+        """Nothing to do: data reaches the sink as blocks finish and on close."""
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._push()
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        try:
+            if self._buf:
+                self._submit(bytes(self._buf))
+                self._buf.clear()
+            while self._pending:
+                self._sink.write(self._pending.popleft().result())
+            self._sink.write(self._FINAL)
+            self._sink.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+        finally:
+            for future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True)
 
     @property
     def digest(self) -> str:

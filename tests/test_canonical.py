@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import struct
 import tarfile
 import time
 import zlib
@@ -715,19 +716,34 @@ def test_archive_with_plain_layers_holds_the_same_image(tmp_path: Path) -> None:
     assert canon(plain, tmp_path, "again").manifest_digest == image.manifest_digest
 
 
-def test_gzip_pipe_matches_gzipfile() -> None:
-    data = b"".join(hashlib.sha256(str(i).encode()).digest() * (i % 50) for i in range(20000))
+def _piped(data: bytes, write_size: int, monkeypatch: pytest.MonkeyPatch, cpus: int) -> bytes:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
     out = io.BytesIO()
     pipe = GzipPipe(out, level=GZIP_LEVEL)
-    for i in range(0, len(data), 7777):
-        pipe.write(data[i : i + 7777])
+    for i in range(0, len(data), write_size):
+        pipe.write(data[i : i + write_size])
     pipe.close()
-    ref = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=ref, mtime=0, compresslevel=GZIP_LEVEL) as f:
-        f.write(data)
-    assert out.getvalue() == ref.getvalue()
     assert pipe.digest == sha(data) and pipe.size == len(data)
-    assert zlib.decompress(out.getvalue(), 31) == data
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("length", [0, 1, GzipPipe.BLOCK, 3 * GzipPipe.BLOCK + 12345])
+def test_gzip_pipe_is_fixed_and_readable_by_any_gzip_reader(
+    length: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"".join(hashlib.sha256(str(i).encode()).digest() * (i % 50) for i in range(20000))
+    data = (data * (1 + length // max(1, len(data))))[:length]
+    blob = _piped(data, 7777, monkeypatch, cpus=4)
+    # The same bytes whatever the core count and however the input arrives.
+    assert _piped(data, 1 << 20, monkeypatch, cpus=1) == blob
+    assert _piped(data, 4099, monkeypatch, cpus=2) == blob
+    assert gzip.decompress(blob) == data and zlib.decompress(blob, 31) == data
+    # No name, mtime 0, OS 255; the trailer holds the CRC-32 and length.
+    assert blob[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    assert blob[-8:] == struct.pack("<II", zlib.crc32(data), length)
+    # Blocks reuse the previous block's tail: compression close to one zlib stream's.
+    if length > GzipPipe.BLOCK:
+        assert len(blob) <= len(gzip.compress(data, GZIP_LEVEL, mtime=0)) * 1.01
 
 
 def test_out_directory_handling(tmp_path: Path) -> None:
