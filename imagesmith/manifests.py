@@ -162,8 +162,11 @@ def _container(
         # does; without one, it is the whole command line.
         key = "args" if spec.image.entrypoint else "command"
         container[key] = list(spec.job.command)
-    if spec.env:
-        container["env"] = [{"name": k, "value": spec.env[k]} for k in sorted(spec.env)]
+    env: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in spec.env.items()}
+    for k, ref in spec.job.secret_env.items():
+        env[k] = {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+    if env:
+        container["env"] = [env[k] for k in sorted(env)]
     if workdir is not None:
         container["workingDir"] = workdir
     if spec.image.ports:
@@ -458,6 +461,8 @@ def _podman_lines(spec: Spec, image: str) -> list[str]:
     words = ["podman", "run", "--rm"]
     for key in sorted(spec.env):
         words += ["--env", f"{key}={spec.env[key]}"]
+    for key in sorted(spec.job.secret_env):
+        words += ["--env", key]  # podman passes the submitting environment's value, if set
     if spec.resources.gpu > 0:
         # CDI names the device (nvidia-ctk cdi generate); Slurm's choice of GPUs is passed on.
         words += ["--device", f"{spec.resources.gpu_resource}=all"]
@@ -470,12 +475,18 @@ def _podman_lines(spec: Spec, image: str) -> list[str]:
     return ["exec " + shlex.join(words)]
 
 
+def _pass_through(target: str, name: str) -> str:
+    """Shell: export `target` with the value of `name`, when `name` is set."""
+    return f'if [ -n "${{{name}+set}}" ]; then export {target}="${name}"; fi'
+
+
 def _apptainer_lines(spec: Spec, image: str) -> list[str]:
     # --env splits its value at commas, so values go through APPTAINERENV_*, which apptainer
     # passes into the container as they are; --cleanenv keeps the host's environment out.
     lines = [
         "export " + shlex.quote(f"APPTAINERENV_{key}={spec.env[key]}") for key in sorted(spec.env)
     ]
+    lines += [_pass_through(f"APPTAINERENV_{key}", key) for key in sorted(spec.job.secret_env)]
     words = ["apptainer"]
     # `exec` runs the command as given; `run` runs the image's ENTRYPOINT (+ CMD, or the
     # command as its arguments), which is what `podman run IMAGE CMD` does.
@@ -486,10 +497,7 @@ def _apptainer_lines(spec: Spec, image: str) -> list[str]:
             words.append("--rocm")
         else:
             words.append("--nv")
-        for name in _GPU_VISIBILITY:
-            lines.append(
-                f'if [ -n "${{{name}+set}}" ]; then export APPTAINERENV_{name}="${name}"; fi'
-            )
+        lines += [_pass_through(f"APPTAINERENV_{name}", name) for name in _GPU_VISIBILITY]
     if spec.image.workdir is not None:
         words += ["--pwd", spec.image.workdir]
     words.append(f"docker://{image}")
@@ -514,4 +522,10 @@ def render_sbatch(spec: Spec, *, image: str, runtime: str = "podman") -> str:
         "do not edit by hand.",
         f"# Runs {image} with {runtime}; resources from [resources], time from [job].",
     ]
+    if spec.job.secret_env:
+        names = ", ".join(sorted(spec.job.secret_env))
+        header.append(
+            f"# {names}: from Kubernetes Secrets on a cluster ([job] secret_env); here from "
+            "the environment sbatch is run with (sbatch passes it on by default)."
+        )
     return "\n".join([*header, *sbatch_directives(spec), "set -euo pipefail", *run]) + "\n"

@@ -85,6 +85,12 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
 class JobSettings:
     command: tuple[str, ...] | None = None
     kind: str = "job"
@@ -92,6 +98,8 @@ class JobSettings:
     time: str | None = None
     backoff_limit: int = 0
     ttl_seconds_after_finished: int = 86400
+    secret_env: Mapping[str, SecretRef] = field(default_factory=dict)
+    """Variables the job takes from Kubernetes Secrets (never baked into the image)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +299,14 @@ def _semantic_problems(data: Mapping[str, Any], folder: Path) -> Iterator[tuple[
             else:
                 for problem in read_requirements_file(target)[1]:
                     yield where, problem
+    job, env = data.get("job"), data.get("env")
+    secret_env = job.get("secret_env") if isinstance(job, dict) else None
+    if isinstance(secret_env, dict) and isinstance(env, dict):
+        for name in sorted(set(secret_env) & set(env)):
+            yield (
+                json_path(["job", "secret_env", name]),
+                "is also set in [env]; a variable comes from the image or from a Secret, not both",
+            )
     image = data.get("image")
     if isinstance(image, dict):
         if image.get("user") == "root":
@@ -471,6 +487,10 @@ def spec_from_valid_data(
         time=job_data.get("time"),
         backoff_limit=job_data.get("backoff_limit", 0),
         ttl_seconds_after_finished=job_data.get("ttl_seconds_after_finished", 86400),
+        secret_env={
+            name: SecretRef(ref["secret"], ref["key"])
+            for name, ref in sorted(job_data.get("secret_env", {}).items())
+        },
     )
     apt = data.get("apt", {})
     return Spec(

@@ -24,12 +24,13 @@ import yaml
 from imagesmith.errors import InputError
 from imagesmith.manifests import dns_label, label_value, render_manifest, render_sbatch
 from imagesmith.slurm import parse_sbatch
-from imagesmith.spec import CopyItem, Spec, load_spec
+from imagesmith.spec import CopyItem, SecretRef, Spec, load_spec
 from tests.conftest import EXAMPLE, REPO
 
 IMAGE = "registry.example.edu/lab/analysis@sha256:" + "ab" * 32
 LOCK_HASH = "sha256:" + "0123456789abcdef" * 4
 SBATCH = REPO / "tests" / "fixtures" / "sbatch"
+SECRET_ENV = {"API_TOKEN": SecretRef("lab-api", "token"), "DB_PASSWORD": SecretRef("db.lab", "pw")}
 
 
 @pytest.fixture(scope="module")
@@ -586,6 +587,7 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
         image=dataclasses.replace(
             hardened.image, entrypoint=("tini", "--"), copy=(CopyItem("a", "/work/a"),)
         ),
+        job=dataclasses.replace(hardened.job, secret_env=SECRET_ENV),
     )
     cpu_only = dataclasses.replace(
         hardened, resources=dataclasses.replace(hardened.resources, gpu=0)
@@ -616,7 +618,9 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
                     lock_hash=LOCK_HASH,
                     for_podman=label == "podman",
                 ),
-                set(),
+                # CKV_K8S_35 prefers Secrets mounted as files: [job] secret_env asks for
+                # variables, which is what tools such as Jupyter (JUPYTER_TOKEN) read.
+                {"CKV_K8S_35"} if variant.job.secret_env else set(),
             )
 
 
@@ -661,3 +665,36 @@ def test_checkov_finds_nothing_but_probes(manifest_files: dict[Path, set[str]]) 
     for path, expected in manifest_files.items():
         unexpected = failed[path.name] - NOT_FOR_BATCH
         assert unexpected == expected, f"{path.name}: {sorted(failed[path.name])}"
+
+
+def _with_secrets(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, job=dataclasses.replace(spec.job, secret_env=SECRET_ENV))
+
+
+@pytest.mark.parametrize("kind", ["job", "pod"])
+def test_secret_env_comes_from_secret_key_refs(spec: Spec, kind: str) -> None:
+    text = render_manifest(
+        _with_secrets(spec), image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH
+    )
+    workload = documents(text)[0]
+    pod = workload["spec"]["template"]["spec"] if kind == "job" else workload["spec"]
+    (container,) = pod["containers"]
+    assert container["env"] == [
+        {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "lab-api", "key": "token"}}},
+        {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db.lab", "key": "pw"}}},
+        {"name": "GREETING", "value": spec.env["GREETING"]},
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+    ]
+
+
+def test_secret_env_in_sbatch_comes_from_the_submitting_environment(spec: Spec) -> None:
+    with_secrets = _with_secrets(spec)
+    podman = render_sbatch(with_secrets, image=IMAGE, runtime="podman")
+    assert "--env API_TOKEN --env DB_PASSWORD" in podman
+    apptainer = render_sbatch(with_secrets, image=IMAGE, runtime="apptainer")
+    assert 'if [ -n "${API_TOKEN+set}" ]; then export APPTAINERENV_API_TOKEN="$API_TOKEN"; fi' in (
+        apptainer.splitlines()
+    )
+    for script in (podman, apptainer):
+        assert "# API_TOKEN, DB_PASSWORD: from Kubernetes Secrets on a cluster" in script
+    assert "API_TOKEN" not in render_sbatch(spec, image=IMAGE, runtime="podman")

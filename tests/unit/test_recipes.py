@@ -114,14 +114,14 @@ def test_python_science() -> None:
     assert spec.env["MPLBACKEND"] == "Agg" and spec.env["MPLCONFIGDIR"].startswith("/tmp/")
 
 
-def test_jupyter_is_an_interactive_pod_that_takes_its_token_from_the_environment() -> None:
+def test_jupyter_is_an_interactive_pod_with_no_token_in_the_image() -> None:
     spec = spec_of("jupyter")
     assert spec.job.kind == "pod" and spec.job.command is None  # the image's cmd runs
     assert spec.image.ports == (8888,)
     assert spec.image.cmd is not None and spec.image.cmd[:2] == ("jupyter", "lab")
     assert "--ip=0.0.0.0" in spec.image.cmd and "--port=8888" in spec.image.cmd
     # Jupyter reads JUPYTER_TOKEN itself; the spec must not bake a token into the image.
-    assert "JUPYTER_TOKEN" not in spec.env
+    assert "JUPYTER_TOKEN" not in spec.env and "JUPYTER_TOKEN" in spec.job.secret_env
     assert not any("token" in word.lower() for word in spec.image.cmd)
     for key in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR"):
         assert spec.env[key].startswith("/tmp/"), key  # the root filesystem is read-only
@@ -201,6 +201,8 @@ def expected_checkov_failures(name: str) -> set[str]:
         expected.add("CKV_K8S_21")  # no [job] namespace: kubectl's context decides
     if spec.image.uid < 10000:
         expected.add("CKV_K8S_40")  # lab-analysis and python-minimal keep uid 1000
+    if spec.job.secret_env:
+        expected.add("CKV_K8S_35")  # jupyter: a Secret as a variable, which Jupyter reads
     return expected
 
 
@@ -307,32 +309,26 @@ def test_init_list_shows_each_readme_first_sentence() -> None:
             assert 20 <= len(first_sentence) <= 120, name  # one line of `init --list`
 
 
-# -- the jupyter README's kustomize patch, applied for real ---------------------------------------
+# -- the jupyter token: from the Secret the README makes ------------------------------------------
 
 
-def test_jupyter_readme_kustomize_patch_adds_the_token_from_the_secret(tmp_path: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+def test_jupyter_pod_takes_its_token_from_the_secret_the_readme_makes(tmp_path: Path) -> None:
+    spec = spec_of("jupyter")
+    manifest = manifest_of(spec)
+    pod = next(d for d in documents(manifest) if d["kind"] == "Pod")
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["JUPYTER_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "jupyter-token", "key": "JUPYTER_TOKEN"}
+    assert container["ports"] == [{"containerPort": 8888, "protocol": "TCP"}]
     readme = (RECIPES / "jupyter" / "README.md").read_text()
-    match = re.search(r"<<'YAML'\n(.*?)\nYAML\n", readme, re.S)
-    assert match, "the README's kustomization.yaml heredoc"
-    (tmp_path / "kustomization.yaml").write_text(match.group(1) + "\n")
-    (tmp_path / "jupyter.yaml").write_text(manifest_of(spec_of("jupyter")))
-    done = subprocess.run(
-        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    pod = next(d for d in documents(done.stdout) if d["kind"] == "Pod")
-    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-    assert env["JUPYTER_TOKEN"]["valueFrom"] == {
-        "secretKeyRef": {"name": "jupyter-token", "key": "JUPYTER_TOKEN"}
-    }
-    assert "--from-literal=JUPYTER_TOKEN=" in readme
-    patched = tmp_path / "patched.yaml"
-    patched.write_text(done.stdout)
+    # The README's commands make that very Secret and key, and read the token back from it.
+    assert f"kubectl create secret generic {ref['name']} --from-literal={ref['key']}=" in readme
+    assert f"kubectl get secret {ref['name']} -o jsonpath='{{.data.{ref['key']}}}'" in readme
+    path = tmp_path / "jupyter.yaml"
+    path.write_text(manifest)
     check = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", str(patched)],
+        [tool("kubernetes-validate"), "--strict", str(path)],
         capture_output=True,
         text=True,
         check=False,

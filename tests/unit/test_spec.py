@@ -255,6 +255,33 @@ BAD_SPECS: list[tuple[str, str, list[str]]] = [
         ],
     ),
 ]
+BAD_SPECS += [
+    (
+        "secret_env: bad Secret name, bad key, missing key, unknown field",
+        OK
+        + "[job.secret_env]\n"
+        + 'A = { secret = "Lab_Token", key = "t" }\n'
+        + 'B = { secret = "tok", key = "a/b" }\n'
+        + 'C = { secret = "tok" }\n'
+        + 'D = { secret = "tok", key = "k", optional = true }\n',
+        [
+            'env.toml: $.job.secret_env.A.secret: "Lab_Token" is not a Secret name '
+            "(lowercase letters, digits, '-' and '.', e.g. jupyter-token)",
+            'env.toml: $.job.secret_env.B.key: "a/b" is not a Secret key '
+            "(letters, digits, '-', '_' and '.')",
+            'env.toml: $.job.secret_env.C: missing required key "key"',
+            'env.toml: $.job.secret_env.D.optional: unknown key "optional"; known keys: key, secret',
+        ],
+    ),
+    (
+        "secret_env and env name the same variable",
+        OK + '[env]\nTOKEN = "x"\n[job.secret_env]\nTOKEN = { secret = "tok", key = "t" }\n',
+        [
+            "env.toml: $.job.secret_env.TOKEN: is also set in [env]; a variable comes from "
+            "the image or from a Secret, not both"
+        ],
+    ),
+]
 BAD_SPECS[2] = (
     "unknown top-level key",
     'name = "x"\nversoin = "1"\n[base]\nimage = "debian"\n',
