@@ -2,7 +2,8 @@
 
 A tiny image (a user with uid 1000 and a marker file no other image has) is built on the
 local Debian base; the Pod generated for it must run as uid 1000 with the spec's environment
-byte for byte, on a read-only root filesystem with /tmp and the workdir writable, and exit 0.
+byte for byte and [job.secret_env] taken from a Secret, on a read-only root filesystem with
+/tmp and the workdir writable, and exit 0.
 
 Findings (podman 4.3.1): `kube play` accepts `localhost/name@sha256:<manifest digest>` for
 an image that exists only in local storage (the digest is `podman image inspect
@@ -16,6 +17,7 @@ use and left in place (podman's, not the test's).
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 import uuid
@@ -30,6 +32,7 @@ from imagesmith.spec import load_spec
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
 GREETING = 'it\'s "quoted" $HOME, a,b=c; `no` $(expansion) and ünïcode  '
+TOKEN = "s3cr3t-" + uuid.uuid4().hex
 
 
 def podman(
@@ -45,8 +48,9 @@ def test_pod_runs_with_podman_kube_play(
 ) -> None:
     image, marker = marked_podman_image
     name = f"imagesmith-play-{uuid.uuid4().hex[:8]}"
+    secret = f"{name}-token"
     script = (
-        "id -u; id -g; printf '%s|\\n' \"$GREETING\"; cat /etc/imagesmith-marker; pwd; "
+        'id -u; id -g; printf \'%s|\\n\' "$GREETING" "$API_TOKEN"; cat /etc/imagesmith-marker; pwd; '
         "touch /tmp/t /work/w && echo writable; "
         "if touch /etc/nope 2>/dev/null; then echo root-rw; else echo root-ro; fi"
     )
@@ -60,7 +64,12 @@ def test_pod_runs_with_podman_kube_play(
                 "env": {"GREETING": GREETING, "OMP_NUM_THREADS": "1"},
                 "image": {"workdir": "/work", "user": "lab"},
                 "resources": {"cpu": "1", "memory": "256Mi"},
-                "job": {"kind": "pod", "command": ["sh", "-c", script], "time": "5"},
+                "job": {
+                    "kind": "pod",
+                    "command": ["sh", "-c", script],
+                    "time": "5",
+                    "secret_env": {"API_TOKEN": {"secret": secret, "key": "token"}},
+                },
             }
         )
     )
@@ -86,6 +95,14 @@ def test_pod_runs_with_podman_kube_play(
         assert refused.returncode != 0
         assert "value length exceeds" in refused.stderr, refused.stderr
         assert podman("pod", "exists", name, check=False).returncode != 0
+    # [job.secret_env]: the token comes from a Kubernetes Secret, which podman keeps as a
+    # podman secret holding the Secret's YAML.
+    secret_yaml = tmp_path / "secret.yaml"
+    secret_yaml.write_text(
+        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\n"
+        f"data:\n  token: {base64.b64encode(TOKEN.encode()).decode()}\n"
+    )
+    podman("secret", "create", secret, str(secret_yaml))
     started = time.monotonic()
     try:
         played = podman("kube", "play", str(manifest), check=False)
@@ -100,9 +117,10 @@ def test_pod_runs_with_podman_kube_play(
     finally:
         podman("kube", "down", str(manifest), check=False)
         podman("pod", "rm", "--force", "--ignore", name, check=False)
+        podman("secret", "rm", secret, check=False)
     print(f"kube play -> exit: {time.monotonic() - started:.1f}s")
     assert waited.stdout.strip() == "0"
     assert inspect == ["1000:1000", "0"]
-    expected = f"1000\n1000\n{GREETING}|\n{marker}\n/work\nwritable\nroot-ro\n"
+    expected = f"1000\n1000\n{GREETING}|\n{TOKEN}|\n{marker}\n/work\nwritable\nroot-ro\n"
     assert logs.stdout == expected.encode("utf-8")
     assert podman("pod", "exists", name, check=False).returncode != 0  # cleaned up
