@@ -18,6 +18,7 @@ use and left in place (podman's, not the test's).
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import time
 import uuid
@@ -95,14 +96,12 @@ def test_pod_runs_with_podman_kube_play(
         assert refused.returncode != 0
         assert "value length exceeds" in refused.stderr, refused.stderr
         assert podman("pod", "exists", name, check=False).returncode != 0
-    # [job.secret_env]: the token comes from a Kubernetes Secret, which podman keeps as a
-    # podman secret holding the Secret's YAML.
-    secret_yaml = tmp_path / "secret.yaml"
-    secret_yaml.write_text(
-        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\n"
-        f"data:\n  token: {base64.b64encode(TOKEN.encode()).decode()}\n"
-    )
-    podman("secret", "create", secret, str(secret_yaml))
+    # [job.secret_env]: the token comes from a Secret. podman 4.3's kube play looks the
+    # Secret up as a podman secret holding its data as JSON, key -> base64 value (found by
+    # trying: a whole Secret object, in YAML or JSON, is refused).
+    secret_json = tmp_path / "secret.json"
+    secret_json.write_text(json.dumps({"token": base64.b64encode(TOKEN.encode()).decode()}))
+    podman("secret", "create", secret, str(secret_json))
     started = time.monotonic()
     try:
         played = podman("kube", "play", str(manifest), check=False)
