@@ -101,7 +101,12 @@ def make_canonical(
         layout = layout_dir(image.manifest_digest)
         if not (layout / "index.json").exists():
             shutil.rmtree(layout, ignore_errors=True)
-            staging.rename(layout)
+            try:
+                staging.rename(layout)
+            except OSError:
+                if not (layout / "index.json").exists():
+                    raise
+                # another build of the same image got there first: the same bytes
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
     touch(layout)
