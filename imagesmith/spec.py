@@ -19,8 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.quantity import normalize_quantity
@@ -235,6 +233,9 @@ def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
 
 
 def _requirement_problem(text: str) -> str | None:
+    # packaging takes 45 ms to import: only when a requirement has to be checked.
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         Requirement(text)
     except InvalidRequirement:
@@ -276,12 +277,16 @@ def read_requirements_file(path: Path) -> tuple[list[str], list[str]]:
     return requirements, problems
 
 
-def _semantic_problems(data: Mapping[str, Any], folder: Path) -> Iterator[tuple[str, str]]:
+def _semantic_problems(
+    data: Mapping[str, Any], folder: Path, *, data_checked: bool = False
+) -> Iterator[tuple[str, str]]:
+    """Problems the schema cannot see. With `data_checked` (the spec is the one its lock
+    was made from), only those that depend on files, which may have changed since."""
     python = data.get("python")
     if isinstance(python, dict):
         requirements = python.get("requirements")
         for index, text in enumerate(requirements if isinstance(requirements, list) else []):
-            if isinstance(text, str):
+            if isinstance(text, str) and not data_checked:
                 problem = _requirement_problem(text)
                 if problem:
                     yield json_path(["python", "requirements", index]), problem
@@ -411,14 +416,15 @@ def load_spec(path: Path | str) -> Spec:
 
 
 def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
-    found = set(_semantic_problems(data, path.parent))  # files may have changed since
-    if not found and _validated_when_locked(data, path):
+    if _validated_when_locked(data, path) and not any(
+        _semantic_problems(data, path.parent, data_checked=True)  # files may have changed
+    ):
         try:
             lines = _requirements_file_lines(data, path.parent)
             return spec_from_valid_data(data, path=path, file_requirements=lines)
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # not the valid spec the lock claims: check it properly
-    found |= set(_schema_problems(data))
+    found = set(_semantic_problems(data, path.parent)) | set(_schema_problems(data))
     if found:
         problems = sorted(found, key=_problem_order)
         raise SpecError([f"{label}: {where}: {message}" for where, message in problems])
