@@ -72,7 +72,11 @@ installs them in the build with `--no-index --find-links`, as imagesmith does.
   <= 1.5 s.
 - *no-op again*: the same once more. The first no-op comes right after `--no-cache`
   builds, which leave look-alike cache entries (see the steps that ran); the second shows
-  the rebuild once the cache has settled.
+  the rebuild once the cache has settled. On podman the first no-op reruns the final
+  stage's `COPY --from=python` (most likely podman serves the Python stage from an
+  earlier run's look-alike entry, whose venv has other file times, so the copy's content
+  differs; not confirmed). The engine image is then new, and each run's fresh imagesmith
+  cache has not seen it, so the canonical rewrite runs again (about 14 s; same digest).
 - *pin change*: `pyyaml` -> `pyyaml==6.0.1` in env.toml, then `imagesmith build --relock`
   (the layer cache from the cold build holds the base and apt layers);
   hand-written: the same edit in requirements.txt, `pip download` again (warm pip cache)
