@@ -3,8 +3,8 @@
 No public registry answers here, so `debian:bookworm` is replaced by the local Debian base
 (`imagesmith/debian:bookworm`, made with mmdebstrap when missing and kept, as in
 conftest.py); apt resolves against Debian's archive and pip against the package index.
-python-minimal and r-base are built and looked into; python-science and jupyter are locked
-(their builds would download hundreds of MB of wheels); pytorch-gpu's NVIDIA base cannot be
+python-minimal, r-base, python-science and jupyter are built and looked into (the last two
+download a few hundred MB of wheels: minutes each); pytorch-gpu's NVIDIA base cannot be
 pulled, so only its Python pins are resolved, for the base's Python (Ubuntu 22.04: 3.10,
 glibc 2.35). Every image a test builds is removed afterwards.
 """
@@ -22,8 +22,8 @@ import pytest
 from imagesmith.base import build_base, default_tag
 from imagesmith.build import build
 from imagesmith.engine.base import Engine
-from imagesmith.lock import Lock, read_lock
-from imagesmith.render import render
+from imagesmith.lock import Lock, read_lock, write_lock
+from imagesmith.render import decode_embedded_lock, render
 from imagesmith.resolve import lock_spec, resolve_python
 from imagesmith.spec import load_spec
 from tests.conftest import RECIPES
@@ -68,9 +68,11 @@ def recipe_copy(tmp_path: Path, recipe: str, base: str) -> Path:
 
 
 def lock_recipe(path: Path, engine: Engine) -> Lock:
+    """Lock the recipe and write env.lock (a build then uses it as it is)."""
     spec = load_spec(path)
     lock = lock_spec(spec, engine=lambda: engine)
     assert lock.base.local and lock.apt.suite == "bookworm"
+    write_lock(lock, spec.lock_path)
     return lock
 
 
@@ -133,8 +135,11 @@ def test_r_base_builds_with_data_table_and_ggplot2(
     assert "| ggplot2 3." in job.output
 
 
-def test_python_science_locks(docker_engine: Engine, docker_base: str, tmp_path: Path) -> None:
-    lock = lock_recipe(recipe_copy(tmp_path, "python-science", docker_base), docker_engine)
+def test_python_science_builds_and_its_job_runs(
+    docker_engine: Engine, docker_base: str, tmp_path: Path, built: list[str]
+) -> None:
+    path = recipe_copy(tmp_path, "python-science", docker_base)
+    lock = lock_recipe(path, docker_engine)
     names = {p.name for p in lock.apt.packages}
     assert {"libhdf5-103-1", "hdf5-tools", "python3", "python3-venv"} <= names
     assert lock.python is not None and lock.python.version == "3.11"
@@ -143,15 +148,37 @@ def test_python_science_locks(docker_engine: Engine, docker_base: str, tmp_path:
     assert int(pins["numpy"].version.split(".")[0]) >= 2
     assert all(p.hashes for p in pins.values())
     assert longest_line(render(lock)) <= DOCKER_MAX_LINE
+    spec = load_spec(path)
+    result = build(spec, docker_engine)
+    built.extend([*result.tags, result.image_id])
+    # What the Job runs, word for word: every library imports, with the locked versions.
+    job = docker_engine.run(result.tags[0], list(spec.job.command or ()))
+    assert job.exit_code == 0, job.output
+    for name in ("numpy", "scipy", "pandas", "matplotlib", "h5py"):
+        assert f"{name} {pins[name].version}" in job.output, job.output
+    tools = docker_engine.run(result.tags[0], ["/bin/sh", "-c", "h5dump --version && id -u"])
+    assert tools.exit_code == 0 and "h5dump: Version 1.10" in tools.output, tools.output
+    assert tools.output.split()[-1] == "10001"
 
 
-def test_jupyter_lock_renders_a_containerfile_docker_can_parse(
-    docker_engine: Engine, docker_base: str, tmp_path: Path
+def test_jupyter_builds_and_carries_its_lock(
+    docker_engine: Engine, docker_base: str, tmp_path: Path, built: list[str]
 ) -> None:
-    lock = lock_recipe(recipe_copy(tmp_path, "jupyter", docker_base), docker_engine)
+    path = recipe_copy(tmp_path, "jupyter", docker_base)
+    lock = lock_recipe(path, docker_engine)
     assert lock.python is not None
     assert {"jupyterlab", "jupyter-server", "ipykernel"} <= {p.name for p in lock.python.packages}
+    assert len(lock.python.packages) > 80
+    # The embedded lock is longer than a Containerfile line may be: it is split.
     assert longest_line(render(lock)) <= DOCKER_MAX_LINE
+    result = build(load_spec(path), docker_engine)
+    built.extend([*result.tags, result.image_id])
+    labels = docker_engine.inspect_image(result.image_id).labels
+    assert labels["io.imagesmith.lock-hash"] == lock.lock_hash
+    assert decode_embedded_lock(labels["io.imagesmith.lock"]) == lock.to_toml()
+    run = docker_engine.run(result.tags[0], ["jupyter", "lab", "--version"])
+    jupyterlab = next(p for p in lock.python.packages if p.name == "jupyterlab")
+    assert run.exit_code == 0 and run.output.strip() == jupyterlab.version, run.output
 
 
 def test_pytorch_gpu_python_pins_resolve_for_cuda_12_4() -> None:
