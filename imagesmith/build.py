@@ -102,21 +102,33 @@ def build_canonical(
     on_line: LineCallback = lambda _: None,
 ) -> Canonical:
     """Build `lock` with the engine and make the result canonical; nothing is tagged."""
-    from imagesmith.canonical_build import make_canonical
+    from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
+    prewarm = Prewarm(engine, epoch=epoch)
+    stages = StageWatcher(prewarm.add)
+
+    def line(text: str) -> None:
+        on_line(text)
+        stages.feed(text)
+
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
-        context = assemble_context(lock, render(lock), Path(tmp) / "context", on_line=on_line)
-        built_id = engine.build(
-            context=context,
-            tags=(),
-            build_args={**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)},
-            no_cache=no_cache,
-            on_line=on_line,
-        )
-        return make_canonical(engine, built_id, epoch=epoch, workdir=Path(tmp), on_line=on_line)
+        try:
+            context = assemble_context(lock, render(lock), Path(tmp) / "context", on_line=on_line)
+            built_id = engine.build(
+                context=context,
+                tags=(),
+                build_args={**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)},
+                no_cache=no_cache,
+                on_line=line,
+            )
+            return make_canonical(
+                engine, built_id, epoch=epoch, workdir=Path(tmp), on_line=on_line, prewarm=prewarm
+            )
+        finally:
+            prewarm.finish(cancel=True)
 
 
 def build(

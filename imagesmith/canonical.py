@@ -99,7 +99,9 @@ native format of an OCI layout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -111,7 +113,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,6 +134,7 @@ from imagesmith.oci import (
     open_image,
     write_docker_archive,
 )
+from imagesmith.overlay import FileInfo, LocalImage, read_diff_dir
 
 __all__ = [
     "GZIP_LEVEL",
@@ -140,6 +143,7 @@ __all__ = [
     "LayerCache",
     "MtimePolicy",
     "canonicalize",
+    "canonicalize_local",
     "diff_archives",
     "normalize_created_by",
     "write_docker_archive",
@@ -548,10 +552,14 @@ class _Prefixed:
         return head + (self._stream.read(rest) if rest else b"")
 
 
+_Opener = Callable[[tarfile.TarInfo], "IO[bytes] | None"]
+_LayerRead = tuple[dict[str, tarfile.TarInfo], _Opener]
+
+
 def _write_layer(
     layout: LayoutWriter,
     records: Sequence[_Record],
-    src: tarfile.TarFile | None,
+    open_data: _Opener | None,
     *,
     epoch: int,
     policy: MtimePolicy,
@@ -571,8 +579,8 @@ def _write_layer(
             for rec in records:
                 info = _header(rec, epoch=epoch, policy=policy)
                 if rec.data is not None and info.size:
-                    assert src is not None
-                    data = src.extractfile(rec.data)
+                    assert open_data is not None
+                    data = open_data(rec.data)
                     assert data is not None
                     with data:
                         if rec.path.endswith(".pyc") and info.size >= _PYC_HEADER:
@@ -867,8 +875,11 @@ def canonicalize(
     try:
         with open_image(archive) as src:
             image = _canonicalize_into(
-                src,
+                src.config_json(),
+                len(src.layer_names),
+                functools.partial(_tar_layer, src),
                 staging,
+                description=src.description,
                 epoch=epoch,
                 repo_tags=repo_tags,
                 policy=mtime_policy,
@@ -897,18 +908,91 @@ def canonicalize(
     )
 
 
+@contextlib.contextmanager
+def _tar_layer(src: ImageSource, index: int, what: str) -> Iterator[_LayerRead]:
+    stream = src.open_layer(index)
+    try:
+        with tarfile.open(fileobj=stream, mode="r:", encoding="utf-8") as tar:
+            yield _read_members(tar, what), tar.extractfile
+    except tarfile.TarError as exc:
+        raise InputError(f"{what} is not a valid tar: {exc}") from exc
+    finally:
+        stream.close()
+
+
+def _open_file(member: tarfile.TarInfo) -> IO[bytes]:
+    assert isinstance(member, FileInfo)
+    return open(member.source, "rb")  # closed by _write_layer
+
+
+@contextlib.contextmanager
+def _dir_layer(local: LocalImage, index: int, what: str) -> Iterator[_LayerRead]:
+    yield read_diff_dir(local.diff_dirs[index]), _open_file
+
+
+def canonicalize_local(
+    local: LocalImage,
+    out: Path,
+    *,
+    epoch: int,
+    mtime_policy: MtimePolicy = "clamp",
+    drop_paths: Sequence[str] = (),
+    cache: LayerCache | None = None,
+) -> CanonicalImage:
+    """`canonicalize` reading the engine's overlay store instead of a saved archive.
+
+    The same output byte for byte. Raises `NotReadable` (nothing written) when a layer
+    that has to be rewritten cannot be read from the store; the caller then saves the
+    image and uses `canonicalize`.
+    """
+    _check_epoch(epoch, mtime_policy)
+    out = Path(out)
+    try:
+        raw = json.loads(local.config)
+    except ValueError as exc:
+        raise InputError(f"{local.description}: image config is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{local.description}: image config is not a JSON object")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise OperationError(f"cannot create {out}: {exc}") from exc
+    try:
+        image = _canonicalize_into(
+            raw,
+            len(local.diff_dirs),
+            functools.partial(_dir_layer, local),
+            staging,
+            description=local.description,
+            epoch=epoch,
+            repo_tags=(),
+            policy=mtime_policy,
+            drop_paths=tuple(drop_paths),
+            cache=cache,
+        )
+        _install(staging, out)
+    except OSError as exc:
+        raise OperationError(f"cannot write canonical image to {out}: {exc}") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return dataclasses.replace(image, layout=out)
+
+
 def _canonicalize_into(
-    src: ImageSource,
+    raw: dict[str, Any],
+    count: int,
+    read_layer: Callable[[int, str], contextlib.AbstractContextManager[_LayerRead]],
     staging: Path,
     *,
+    description: str,
     epoch: int,
     repo_tags: Sequence[str],
     policy: MtimePolicy,
     drop_paths: Sequence[str],
     cache: LayerCache | None = None,
 ) -> CanonicalImage:
-    raw = src.config_json()
-    count = len(src.layer_names)
     created_by_in = _layer_created_by(raw, count)
     layout = LayoutWriter(staging)
     lower = _LowerDirs()
@@ -924,7 +1008,7 @@ def _canonicalize_into(
     )
     reused: CachedLayer | None = None
     for i in range(count):
-        what = f"{src.description} layer {i}"
+        what = f"{description} layer {i}"
         if cache is not None and keys and (i == 0 or reused is not None):
             hit = cache.get(keys[i])
             if hit is not None:
@@ -941,46 +1025,39 @@ def _canonicalize_into(
                 lower = _LowerDirs.from_json(reused.lower)
                 reused = None
         layer_removed = len(removed)
-        stream = src.open_layer(i)
-        try:
-            with tarfile.open(fileobj=stream, mode="r:", encoding="utf-8") as tar:
-                entries = _read_members(tar, what)
-                records = _plan_layer(
-                    entries,
-                    index=i,
-                    lower=lower,
-                    what=what,
-                    removed=removed,
-                    drop_paths=drop_paths,
-                )
-                out: _LayerOut | None = None
-                if records:
-                    out = _write_layer(layout, records, tar, epoch=epoch, policy=policy)
-                    layers.append(out)
-                    created_by.append(created_by_in[i])
-                else:
-                    dropped.append(i)
-                lower.apply(records)
-                if cache is not None and keys:
-                    entry = CachedLayer(
-                        digest=out.digest if out else None,
-                        diff_id=out.diff_id if out else "",
-                        size=out.size if out else 0,
-                        removed=tuple(removed[layer_removed:]),
-                        lower=lower.to_json(),
-                    )
-                    blob = layout.blobs / digest_hex(out.digest) if out else None
-                    cache.put(keys[i], entry, blob)
-        except tarfile.TarError as exc:
-            raise InputError(f"{what} is not a valid tar: {exc}") from exc
-        finally:
-            stream.close()
+        with read_layer(i, what) as (entries, open_data):
+            records = _plan_layer(
+                entries,
+                index=i,
+                lower=lower,
+                what=what,
+                removed=removed,
+                drop_paths=drop_paths,
+            )
+            out: _LayerOut | None = None
+            if records:
+                out = _write_layer(layout, records, open_data, epoch=epoch, policy=policy)
+                layers.append(out)
+                created_by.append(created_by_in[i])
+            else:
+                dropped.append(i)
+        lower.apply(records)
+        if cache is not None and keys:
+            entry = CachedLayer(
+                digest=out.digest if out else None,
+                diff_id=out.diff_id if out else "",
+                size=out.size if out else 0,
+                removed=tuple(removed[layer_removed:]),
+                lower=lower.to_json(),
+            )
+            blob = layout.blobs / digest_hex(out.digest) if out else None
+            cache.put(keys[i], entry, blob)
     if not layers:  # an image has at least one layer
         layers.append(_write_layer(layout, [], None, epoch=epoch, policy=policy))
         created_by.append(None)
     diff_ids = [layer.diff_id for layer in layers]
     config = canonical_config(
-        raw, diff_ids=diff_ids, created_by=created_by, epoch=epoch, what=src.description
+        raw, diff_ids=diff_ids, created_by=created_by, epoch=epoch, what=description
     )
     config_desc = layout.add_bytes(MEDIA_OCI_CONFIG, canonical_json(config))
     manifest = {

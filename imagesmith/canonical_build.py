@@ -10,19 +10,29 @@ the engine made anew (a Python pin change: the venv layer, not the base or apt o
 from __future__ import annotations
 
 import json
+import queue
+import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagesmith.cachegc import ENV_VAR, cache_budget, prune, touch
-from imagesmith.canonical import VOLATILE_PATHS, LayerCache, canonicalize
+from imagesmith.canonical import (
+    VOLATILE_PATHS,
+    CanonicalImage,
+    LayerCache,
+    canonicalize,
+    canonicalize_local,
+)
 from imagesmith.context import cache_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
 from imagesmith.oci import write_docker_archive
+from imagesmith.overlay import NotReadable
 
 LineCallback = Callable[[str], None]
 
@@ -50,6 +60,135 @@ def _memo_path(engine: Engine, built_id: str, epoch: int) -> Path:
     )
 
 
+def _rewrite(
+    engine: Engine, image_id: str, out: Path, *, epoch: int, workdir: Path
+) -> CanonicalImage:
+    """The canonical form of the engine's `image_id` in `out`, layers through the cache.
+
+    Read from the engine's store when it can be (`Engine.local_image`), else saved.
+    """
+    cache = LayerCache(cache_dir() / "layers")
+    local = engine.local_image(image_id)
+    if local is not None:
+        try:
+            return canonicalize_local(
+                local, out, epoch=epoch, drop_paths=VOLATILE_PATHS, cache=cache
+            )
+        except NotReadable:
+            pass
+    archive = workdir / "built.tar"
+    engine.save(image_id, archive)
+    try:
+        return canonicalize(
+            archive,
+            out,
+            epoch=epoch,
+            drop_paths=VOLATILE_PATHS,
+            cache=cache,
+            write_archive=False,
+        )
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _staging() -> Path:
+    images = _images_dir()
+    images.mkdir(parents=True, exist_ok=True)
+    # Beside the layouts' final place: blobs hard-link to and from the layer cache, and a
+    # layout moves in with a rename. Dot folders are skipped by the cache's pruning.
+    return Path(tempfile.mkdtemp(prefix=".staging-", dir=images))
+
+
+class Prewarm:
+    """Rewrites, in the background, the layers of images a build has finished with.
+
+    While the engine builds the next stage, the base image and each finished stage
+    (seen in the build output as the image a ``FROM`` starts from) go through the
+    canonical rewrite into the `LayerCache`, so that the rewrite after the build finds
+    them there and only does the layers of the last stage. Only images the engine's
+    store lets us read in place are taken (no `save` racing the build). Failures are
+    ignored: the rewrite after the build does that work again and reports them.
+    """
+
+    def __init__(self, engine: Engine, *, epoch: int) -> None:
+        self._engine = engine
+        self._epoch = epoch
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._seen: set[str] = set()
+        self._cancelled = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, image_id: str) -> None:
+        if image_id in self._seen or self._cancelled.is_set():
+            return
+        self._seen.add(image_id)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="prewarm", daemon=True)
+            self._thread.start()
+        self._queue.put(image_id)
+
+    def _work(self) -> None:
+        while (image_id := self._queue.get()) is not None:
+            if self._cancelled.is_set():
+                continue
+            local = self._engine.local_image(image_id)
+            if local is None:
+                continue
+            staging = _staging()
+            try:
+                canonicalize_local(
+                    local,
+                    staging / "layout",
+                    epoch=self._epoch,
+                    drop_paths=VOLATILE_PATHS,
+                    cache=LayerCache(cache_dir() / "layers"),
+                )
+            except Exception:  # an optimisation only (see the class doc)
+                pass
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def finish(self, *, cancel: bool = False) -> None:
+        """Wait for the work queued so far; with `cancel`, skip what has not started."""
+        if cancel:
+            self._cancelled.set()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+_PODMAN_FROM = re.compile(r"^\[\d+/\d+\] STEP 1/\d+: FROM (?:sha256:)?([0-9a-f]{64})\b")
+_DOCKER_FROM = re.compile(r"^Step \d+/\d+ : FROM ")
+_DOCKER_ID = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+
+class StageWatcher:
+    """Finds, in an engine's build output, the images each stage starts ``FROM``.
+
+    podman prints ``[2/3] STEP 1/4: FROM <64 hex> AS python`` once the stage it starts
+    from is built; Docker's classic builder prints ``Step 4/16 : FROM system AS python``
+    followed by `` ---> <12 hex>``. Each image found goes to `found`.
+    """
+
+    def __init__(self, found: Callable[[str], None]) -> None:
+        self._found = found
+        self._after_from = False
+
+    def feed(self, line: str) -> None:
+        if self._after_from:
+            self._after_from = False
+            m = _DOCKER_ID.match(line)
+            if m:
+                self._found(m.group(1))
+                return
+        m = _PODMAN_FROM.match(line)
+        if m:
+            self._found(m.group(1))
+        elif _DOCKER_FROM.match(line):
+            self._after_from = True
+
+
 def make_canonical(
     engine: Engine,
     built_id: str,
@@ -57,12 +196,20 @@ def make_canonical(
     epoch: int,
     workdir: Path,
     on_line: LineCallback = lambda _: None,
+    prewarm: Prewarm | None = None,
 ) -> Canonical:
+    """The canonical form of `built_id`, loaded into the engine (its ID) and kept in the cache.
+
+    A `prewarm` that has been fed during the build is waited for when a rewrite is
+    needed and cancelled when not.
+    """
     memo = _memo_path(engine, built_id, epoch)
     try:
         known = json.loads(memo.read_text(encoding="utf-8"))
         layout = layout_dir(known["digest"])
         if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
+            if prewarm is not None:
+                prewarm.finish(cancel=True)
             touch(layout)
             return Canonical(
                 image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
@@ -71,23 +218,11 @@ def make_canonical(
         pass
     started = time.time()
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
-    archive = workdir / "built.tar"
-    engine.save(built_id, archive)
-    images = _images_dir()
-    images.mkdir(parents=True, exist_ok=True)
-    # Staged beside its final place: blobs hard-link to and from the layer cache, and the
-    # layout moves in with a rename.
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=images)) / "layout"
+    if prewarm is not None:
+        prewarm.finish()
+    staging = _staging() / "layout"
     try:
-        image = canonicalize(
-            archive,
-            staging,
-            epoch=epoch,
-            drop_paths=VOLATILE_PATHS,
-            cache=LayerCache(cache_dir() / "layers"),
-            write_archive=False,
-        )
-        archive.unlink()
+        image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir)
         load_archive = write_docker_archive(
             staging, workdir / "canonical.tar", compressed=engine.load_compressed
         )

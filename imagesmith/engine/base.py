@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesmith.errors import InputError
+from imagesmith.overlay import LocalImage
 from imagesmith.reference import parse_reference
 
 #: How many trailing lines of build output a BuildError carries.
@@ -120,6 +121,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def save(self, ref: str, dest: Path) -> None:
         """Write `ref` to `dest` as a docker-archive tarball (the `docker save` format)."""
+
+    def local_image(self, ref: str) -> LocalImage | None:
+        """The image's config and layer directories in the engine's store, when this process
+        can read them there (the engine runs here, on a native overlay store); else None.
+
+        Lets `canonical_build` skip `save` (see `imagesmith.overlay`).
+        """
+        return None
 
     @abc.abstractmethod
     def load(self, archive: Path) -> str:

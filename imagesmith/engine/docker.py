@@ -28,6 +28,7 @@ from imagesmith.engine.base import (
     split_ref,
 )
 from imagesmith.errors import BuildError, EngineError, RegistryError
+from imagesmith.overlay import LocalImage, local_image
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 #: Seconds a quick liveness probe waits for the daemon.
@@ -167,6 +168,7 @@ class DockerEngine(Engine):
         self._client = client if client is not None else connect()
         self._client.api.timeout = API_TIMEOUT
         self._api = self._client.api
+        self._store: Path | None = None  # DockerRootDir on a native overlay2, Path() if not
 
     @contextlib.contextmanager
     def _closing_responses(self) -> Iterator[None]:
@@ -398,6 +400,39 @@ class DockerEngine(Engine):
                 part.replace(dest)
         finally:
             part.unlink(missing_ok=True)
+
+    def local_image(self, ref: str) -> LocalImage | None:
+        if not docker_host().startswith("unix://"):
+            return None  # the daemon's files are on another machine
+        try:
+            if self._store is None:
+                info = self._api.info()
+                status = {str(k): str(v) for k, v in info.get("DriverStatus") or ()}
+                native = (
+                    info.get("Driver") == "overlay2"
+                    and status.get("Native Overlay Diff") == "true"
+                    # user namespaces shift the ids on disk
+                    and not any("userns" in str(o) for o in info.get("SecurityOptions") or ())
+                )
+                self._store = Path(info["DockerRootDir"]) if native else Path()
+            data = self._api.inspect_image(ref)
+        except (docker.errors.DockerException, OSError, KeyError, TypeError, ValueError):
+            return None
+        driver = data.get("GraphDriver") or {}
+        if self._store == Path() or driver.get("Name") != "overlay2":
+            return None
+        image_id = str(data.get("Id", ""))
+        layers = (data.get("RootFS") or {}).get("Layers") or []
+        return local_image(
+            image_id,
+            config_file=self._store
+            / "image/overlay2/imagedb/content/sha256"
+            / image_id.removeprefix("sha256:"),
+            upper_dir=str((driver.get("Data") or {}).get("UpperDir") or ""),
+            lower_dirs=str((driver.get("Data") or {}).get("LowerDir") or ""),
+            layer_count=len(layers),
+            description=f"docker image {ref}",
+        )
 
     def load(self, archive: Path) -> str:
         if not archive.is_file():

@@ -30,6 +30,7 @@ from imagesmith.engine.base import (
     is_loopback_registry,
 )
 from imagesmith.errors import BuildError, EngineError, InputError, RegistryError
+from imagesmith.overlay import LocalImage, local_image
 from imagesmith.reference import parse_reference
 
 INSTALL_HINT = "podman is not installed: apt-get install podman (or use --engine docker)"
@@ -158,6 +159,7 @@ class PodmanEngine(Engine):
         if found is None:
             raise EngineError(INSTALL_HINT)
         self._bin = found
+        self._store: Path | None = None  # graphRoot of a rootful native overlay, Path() if not
 
     # -- running the CLI -----------------------------------------------------------------
 
@@ -384,6 +386,42 @@ class PodmanEngine(Engine):
             part.replace(dest)
         finally:
             part.unlink(missing_ok=True)
+
+    def local_image(self, ref: str) -> LocalImage | None:
+        try:
+            if self._store is None:
+                self._store = Path()
+                store = self.info()
+                status = store["store"]["graphStatus"]
+                if (
+                    store["host"]["security"]["rootless"] is False  # else ids are shifted on disk
+                    and store["store"]["graphDriverName"] == "overlay"
+                    and status.get("Native Overlay Diff") == "true"
+                    and status.get("Using metacopy") == "false"
+                ):
+                    self._store = Path(store["store"]["graphRoot"])
+            if self._store == Path():
+                return None
+            proc = self._run(["image", "inspect", ref], what=f"inspect {ref}")
+            data = json.loads(proc.stdout)[0]
+        except (EngineError, OSError, KeyError, TypeError, ValueError, IndexError):
+            return None
+        driver = data.get("GraphDriver") or {}
+        if driver.get("Name") != "overlay":
+            return None
+        image_id = _sha(str(data.get("Id", "")))
+        key = base64.b64encode(image_id.encode("ascii")).decode("ascii")
+        return local_image(
+            image_id,
+            config_file=self._store
+            / "overlay-images"
+            / image_id.removeprefix("sha256:")
+            / f"={key}",
+            upper_dir=str((driver.get("Data") or {}).get("UpperDir") or ""),
+            lower_dirs=str((driver.get("Data") or {}).get("LowerDir") or ""),
+            layer_count=len((data.get("RootFS") or {}).get("Layers") or []),
+            description=f"podman image {ref}",
+        )
 
     def load(self, archive: Path) -> str:
         if not archive.is_file():
