@@ -1,8 +1,10 @@
 """Split imagesmith's canonical step into its parts, the way imagesmith runs them.
 
 Run with imagesmith's own Python:  .venv/bin/python bench/canon_time.py ENGINE IMAGE LOCK WORKDIR
-Prints one JSON object: seconds for the engine's save, `canonicalize` (every layer, no
-layer cache), and the load back (writing the archive the engine loads, then loading it).
+Prints one JSON object: seconds for the rewrite of every layer (no layer cache) read in
+place from the engine's store, as builds do (`in_place`, null when the store cannot be
+read), and the other way, for comparison: the engine's save, then `canonicalize` of the
+archive; and the load back (writing the archive the engine loads, then loading it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from imagesmith.canonical import VOLATILE_PATHS, canonicalize
+from imagesmith.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
 from imagesmith.engine import get_engine
 from imagesmith.lock import read_lock
 from imagesmith.oci import write_docker_archive
@@ -25,6 +27,12 @@ def main(argv: list[str]) -> int:
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     archive = work / "built.tar"
+    in_place: float | None = None
+    local = engine.local_image(image)
+    if local is not None:
+        started = time.perf_counter()
+        canonicalize_local(local, work / "in-place", epoch=epoch, drop_paths=VOLATILE_PATHS)
+        in_place = time.perf_counter() - started
     started = time.perf_counter()
     engine.save(image, archive)
     saved = time.perf_counter()
@@ -42,6 +50,7 @@ def main(argv: list[str]) -> int:
     print(
         json.dumps(
             {
+                "in_place": in_place,
                 "save": saved - started,
                 "canonicalize": rewritten - saved,
                 "load": loaded - rewritten,

@@ -371,7 +371,7 @@ def handwritten_build(
 def canonical_split(
     bench: Bench, engine: str, cache: Path, lock: Path, work: Path
 ) -> dict[str, float] | None:
-    """save / canonicalize / load of the image the cold build made, each on its own."""
+    """The canonical step's parts on the image the cold build made, each on its own."""
     memos = sorted((cache / "imagesmith" / "canonical" / engine).glob("*.json"))
     if not memos:
         return None
@@ -380,7 +380,7 @@ def canonical_split(
     split: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     bench.ledger.add_images(engine, [split.pop("image_id")])
     shutil.rmtree(work, ignore_errors=True)
-    return {key: float(value) for key, value in split.items()}
+    return {key: float(value) for key, value in split.items() if value is not None}
 
 
 def figure_build(bench: Bench, engine: str) -> None:

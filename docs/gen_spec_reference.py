@@ -265,7 +265,10 @@ def render() -> str:
             out += [
                 "Without a `[python]` table the image has no virtual environment; with one "
                 "(even empty) it has `/opt/venv` on `PATH`, and Debian's `python3` and "
-                "`python3-venv` are added to the apt packages when the base has no Python.",
+                "`python3-venv` are added to the apt packages when the base has no Python. "
+                "The environment holds the locked distributions and nothing else: no pip or "
+                "setuptools unless the requirements name them (`pip` in `requirements` "
+                "installs a pinned pip).",
                 "",
             ]
         out.append(HEADER)

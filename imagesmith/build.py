@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,12 +102,17 @@ def build_canonical(
     no_cache: bool = False,
     on_line: LineCallback = lambda _: None,
 ) -> Canonical:
-    """Build `lock` with the engine and make the result canonical; nothing is tagged."""
+    """Build `lock` with the engine and make the result canonical; nothing is tagged.
+
+    When the wheels have to be downloaded, the engine builds the system stage (apt)
+    meanwhile, and the full build then starts from that stage's image.
+    """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
-    from imagesmith.context import assemble_context
+    from imagesmith.context import assemble_context, wheels_cached
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
+    args = {**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)}
     prewarm = Prewarm(engine, epoch=epoch)
     stages = StageWatcher(prewarm.add)
 
@@ -115,20 +121,66 @@ def build_canonical(
         stages.feed(text)
 
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
+        work = Path(tmp)
         try:
-            context = assemble_context(lock, render(lock), Path(tmp) / "context", on_line=on_line)
+            containerfile = render(lock)
+            if lock.python is not None and not wheels_cached(lock.python):
+                system_id = _system_while_fetching(
+                    lock,
+                    engine,
+                    containerfile,
+                    work / "system",
+                    args=args,
+                    no_cache=no_cache,
+                    on_line=on_line,
+                    on_build_line=line,
+                )
+                prewarm.add(system_id)
+                containerfile = render(lock, system_image=system_id)
+            context = assemble_context(lock, containerfile, work / "context", on_line=on_line)
             built_id = engine.build(
-                context=context,
-                tags=(),
-                build_args={**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)},
-                no_cache=no_cache,
-                on_line=line,
+                context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
             )
             return make_canonical(
-                engine, built_id, epoch=epoch, workdir=Path(tmp), on_line=on_line, prewarm=prewarm
+                engine, built_id, epoch=epoch, workdir=work, on_line=on_line, prewarm=prewarm
             )
         finally:
             prewarm.finish(cancel=True)
+
+
+def _system_while_fetching(
+    lock: Lock,
+    engine: Engine,
+    containerfile: str,
+    folder: Path,
+    *,
+    args: dict[str, str],
+    no_cache: bool,
+    on_line: LineCallback,
+    on_build_line: LineCallback,
+) -> str:
+    """Build the system stage while the host fetches the wheels; that stage's image ID.
+
+    The stage needs nothing from the context (apt only), so its context is the
+    Containerfile alone. A failing build is reported before a failing download.
+    """
+    from imagesmith.context import fetch_wheels
+
+    assert lock.python is not None
+    folder.mkdir()
+    (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
+        fetched = pool.submit(fetch_wheels, lock.python, on_line=on_line)
+        system_id = engine.build(
+            context=folder,
+            tags=(),
+            build_args=args,
+            no_cache=no_cache,
+            on_line=on_build_line,
+            target="system",
+        )
+        fetched.result()
+    return system_id
 
 
 def build(

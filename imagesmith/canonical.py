@@ -134,7 +134,7 @@ from imagesmith.oci import (
     open_image,
     write_docker_archive,
 )
-from imagesmith.overlay import FileInfo, LocalImage, read_diff_dir
+from imagesmith.overlay import FileInfo, LocalImage, NotReadable, read_diff_dir
 
 __all__ = [
     "GZIP_LEVEL",
@@ -922,12 +922,19 @@ def _tar_layer(src: ImageSource, index: int, what: str) -> Iterator[_LayerRead]:
 
 def _open_file(member: tarfile.TarInfo) -> IO[bytes]:
     assert isinstance(member, FileInfo)
-    return open(member.source, "rb")  # closed by _write_layer
+    try:
+        return open(member.source, "rb")  # closed by _write_layer
+    except OSError as exc:  # the image went away, or a file we may not read
+        raise NotReadable(f"{member.source}: {exc}") from exc
 
 
 @contextlib.contextmanager
 def _dir_layer(local: LocalImage, index: int, what: str) -> Iterator[_LayerRead]:
-    yield read_diff_dir(local.diff_dirs[index]), _open_file
+    try:
+        entries = read_diff_dir(local.diff_dirs[index])
+    except OSError as exc:
+        raise NotReadable(f"{what}: {exc}") from exc
+    yield entries, _open_file
 
 
 def canonicalize_local(

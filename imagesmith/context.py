@@ -42,6 +42,20 @@ def _pip_platforms(wheel_platform: str) -> list[str]:
     return tags
 
 
+def _wheel_folder(python: PythonLock) -> Path:
+    key = hashlib.sha256(
+        "\n".join(
+            [python.requirements_txt(), python.version, python.platform, python.index_url or ""]
+        ).encode()
+    ).hexdigest()[:32]
+    return cache_dir() / "wheels" / key
+
+
+def wheels_cached(python: PythonLock) -> bool:
+    """Whether `fetch_wheels` has these wheels already (no network needed)."""
+    return not python.packages or (_wheel_folder(python) / ".complete").exists()
+
+
 def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> Path:
     """A folder holding one hash-checked wheel per locked distribution (cached by content)."""
     sdists = [f"{p.name}=={p.version}" for p in python.packages if p.sdist_only]
@@ -52,13 +66,10 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
             "wheels, or serve built wheels from an index_url)"
         )
     requirements = python.requirements_txt()
-    key = hashlib.sha256(
-        "\n".join([requirements, python.version, python.platform, python.index_url or ""]).encode()
-    ).hexdigest()[:32]
-    folder = cache_dir() / "wheels" / key
+    folder = _wheel_folder(python)
     if (folder / ".complete").exists():
         return folder
-    partial = folder.with_name(key + ".partial")
+    partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     (partial / "requirements.txt").write_text(requirements, encoding="utf-8")

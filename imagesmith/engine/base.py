@@ -79,8 +79,11 @@ class Engine(abc.ABC):
         build_args: Mapping[str, str] | None = None,
         no_cache: bool = False,
         on_line: LineCallback | None = None,
+        target: str | None = None,
     ) -> str:
         """Build `context/containerfile`, tag the result with every tag; return its image ID.
+
+        `target` stops at that stage (``AS NAME``) instead of the last one.
 
         Raises BuildError (with the failing step and the last output lines) when any step
         or any message in the engine's output reports an error; no tag is applied then.

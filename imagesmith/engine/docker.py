@@ -207,6 +207,7 @@ class DockerEngine(Engine):
         build_args: Mapping[str, str] | None = None,
         no_cache: bool = False,
         on_line: LineCallback | None = None,
+        target: str | None = None,
     ) -> str:
         tag_list = check_tags(tags)
         check_context(context, containerfile)
@@ -214,7 +215,7 @@ class DockerEngine(Engine):
         try:
             with self._closing_responses():
                 image_id = self._stream_build(
-                    context, containerfile, labels, build_args, no_cache, out
+                    context, containerfile, labels, build_args, no_cache, target, out
                 )
         except docker.errors.APIError as exc:
             out.flush()
@@ -236,6 +237,7 @@ class DockerEngine(Engine):
         labels: Mapping[str, str] | None,
         build_args: Mapping[str, str] | None,
         no_cache: bool,
+        target: str | None,
         out: OutputTail,
     ) -> str | None:
         """Run the build, feeding `out`; the image ID the daemon reported, if any."""
@@ -247,6 +249,7 @@ class DockerEngine(Engine):
             labels=dict(labels or {}),
             buildargs=dict(build_args or {}),
             nocache=no_cache,
+            target=target,
             rm=True,
             forcerm=True,
             decode=True,

@@ -194,6 +194,7 @@ class PodmanEngine(Engine):
         build_args: Mapping[str, str] | None = None,
         no_cache: bool = False,
         on_line: LineCallback | None = None,
+        target: str | None = None,
     ) -> str:
         tag_list = check_tags(tags)
         path = check_context(context, containerfile)
@@ -210,6 +211,8 @@ class PodmanEngine(Engine):
                 cmd += ["--build-arg", f"{key}={value}"]
             if no_cache:
                 cmd.append("--no-cache")
+            if target:
+                cmd += ["--target", target]
             cmd.append(str(context))
             returncode = self._stream(cmd, out)
             out.flush()

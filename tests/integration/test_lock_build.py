@@ -183,6 +183,37 @@ def test_plain_build_after_a_no_cache_build_is_all_cache_hits(
         assert "Using cache" in _step(lines, marker), _step(lines, marker)
 
 
+def test_wheels_are_fetched_while_the_system_stage_builds(
+    engine: Engine,
+    base_image: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup_builds: list[Path | str],
+) -> None:
+    """With wheels to download, the engine builds the system stage (apt) meanwhile and the
+    full build starts from that stage's image: the same image as one build of the file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no wheels yet
+    name = f"it-overlap-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "env.toml").write_text(
+        f'name = "{name}"\nversion = "1"\n[base]\nimage = "{base_image}"\n'
+        '[python]\nrequirements = ["six"]\n[image]\nrun = ["echo made > /etc/marker"]\n'
+    )
+    spec = load_spec(tmp_path / "env.toml")
+    cleanup_builds.append(spec.path)
+    lines: list[str] = []
+    first = build(spec, engine, on_line=lines.append)
+    cleanup_builds.append(first.image_id)
+    assert any(line.startswith("python: fetching 1 wheels") for line in lines), lines
+    starts = re.findall(r"FROM (sha256:[0-9a-f]{64}) AS system", "\n".join(lines))
+    assert len(set(starts)) == 2, starts  # the base, then the system stage built first
+    assert starts[-1] != first.image_id
+
+    lines.clear()
+    whole = build(spec, engine, no_cache=True, on_line=lines.append)  # wheels cached now
+    assert not any(line.startswith("python: fetching") for line in lines)
+    assert whole.digest == first.digest and whole.image_id == first.image_id
+
+
 def test_cache_over_budget_drops_the_least_recently_used_image(
     engine: Engine,
     base_image: str,
