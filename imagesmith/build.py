@@ -105,7 +105,8 @@ def build_canonical(
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
     When the wheels have to be downloaded, the engine builds the system stage (apt)
-    meanwhile, and the full build then starts from that stage's image.
+    meanwhile, and the full build then starts from that stage's image (not for a
+    ``--no-cache`` build on an engine that cannot split those, `Engine.split_no_cache`).
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context, wheels_cached
@@ -113,18 +114,19 @@ def build_canonical(
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
     args = {**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)}
-    prewarm = Prewarm(engine, epoch=epoch)
-    stages = StageWatcher(prewarm.add)
-
-    def line(text: str) -> None:
-        on_line(text)
-        stages.feed(text)
-
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
         work = Path(tmp)
+        prewarm = Prewarm(engine, epoch=epoch, workdir=work)
+        stages = StageWatcher(prewarm.add)
+
+        def line(text: str) -> None:
+            on_line(text)
+            stages.feed(text)
+
         try:
             containerfile = render(lock)
-            if lock.python is not None and not wheels_cached(lock.python):
+            overlap = not no_cache or engine.split_no_cache
+            if overlap and lock.python is not None and not wheels_cached(lock.python):
                 system_id = _system_while_fetching(
                     lock,
                     engine,

@@ -556,6 +556,21 @@ _Opener = Callable[[tarfile.TarInfo], "IO[bytes] | None"]
 _LayerRead = tuple[dict[str, tarfile.TarInfo], _Opener]
 
 
+class _Tee:
+    """Writes to `first` and `second`; tells `first`'s position."""
+
+    def __init__(self, first: GzipPipe, second: IO[bytes]) -> None:
+        self._first = first
+        self._second = second
+
+    def write(self, data: bytes, /) -> int:
+        self._second.write(data)
+        return self._first.write(data)
+
+    def tell(self) -> int:
+        return self._first.tell()
+
+
 def _write_layer(
     layout: LayoutWriter,
     records: Sequence[_Record],
@@ -563,13 +578,42 @@ def _write_layer(
     *,
     epoch: int,
     policy: MtimePolicy,
+    plain_dir: Path | None = None,
+) -> _LayerOut:
+    """Write one canonical layer blob; with `plain_dir`, also its uncompressed tar there,
+    as ``<diff_id hex>.tar`` (for engines that load plain layers faster)."""
+    if plain_dir is None:
+        return _write_layer_blob(layout, records, open_data, epoch=epoch, policy=policy, plain=None)
+    plain_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=plain_dir, suffix=".part")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as plain:
+            out = _write_layer_blob(
+                layout, records, open_data, epoch=epoch, policy=policy, plain=plain
+            )
+        tmp.replace(plain_dir / f"{digest_hex(out.diff_id)}.tar")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_layer_blob(
+    layout: LayoutWriter,
+    records: Sequence[_Record],
+    open_data: _Opener | None,
+    *,
+    epoch: int,
+    policy: MtimePolicy,
+    plain: IO[bytes] | None,
 ) -> _LayerOut:
     with layout.blob_writer() as (blob, result):
         raw = GzipPipe(blob, level=GZIP_LEVEL)
+        sink: Any = raw if plain is None else _Tee(raw, plain)
         with (
             contextlib.closing(raw),
             tarfile.TarFile(
-                fileobj=raw,
+                fileobj=sink,
                 mode="w",
                 format=tarfile.PAX_FORMAT,
                 encoding="utf-8",
@@ -848,6 +892,7 @@ def canonicalize(
     write_archive: bool = True,
     drop_paths: Sequence[str] = (),
     cache: LayerCache | None = None,
+    plain_dir: Path | None = None,
 ) -> CanonicalImage:
     """Rewrite the image in `archive` canonically into the OCI layout directory `out`.
 
@@ -860,7 +905,9 @@ def canonicalize(
     never dropped, and a dropped entry lets the lower layers' version of the path
     show through (the base's file, or nothing). `cache`: layers rewritten before
     (see `LayerCache`), looked up by the diff_ids in the input's config, which are
-    trusted to match its layers, as engines guarantee. `out` is created; an existing
+    trusted to match its layers, as engines guarantee. `plain_dir`: where to keep an
+    uncompressed copy of each layer rewritten (not those from `cache`), as ``<diff_id
+    hex>.tar``, for `write_docker_archive`'s `plain_layers`. `out` is created; an existing
     empty directory or OCI layout there is replaced. Raises InputError for
     unreadable or unsupported input and OperationError when writing fails.
     """
@@ -885,6 +932,7 @@ def canonicalize(
                 policy=mtime_policy,
                 drop_paths=tuple(drop_paths),
                 cache=cache,
+                plain_dir=plain_dir,
             )
         if write_archive:
             write_docker_archive(staging, staging / "image.tar", repo_tags=repo_tags)
@@ -945,12 +993,14 @@ def canonicalize_local(
     mtime_policy: MtimePolicy = "clamp",
     drop_paths: Sequence[str] = (),
     cache: LayerCache | None = None,
+    plain_dir: Path | None = None,
 ) -> CanonicalImage:
     """`canonicalize` reading the engine's overlay store instead of a saved archive.
 
     The same output byte for byte. Raises `NotReadable` (nothing written) when a layer
     that has to be rewritten cannot be read from the store; the caller then saves the
-    image and uses `canonicalize`.
+    image and uses `canonicalize`. `plain_dir`: where to keep an uncompressed copy of
+    each layer rewritten (not those taken from `cache`), named ``<diff_id hex>.tar``.
     """
     _check_epoch(epoch, mtime_policy)
     out = Path(out)
@@ -977,6 +1027,7 @@ def canonicalize_local(
             policy=mtime_policy,
             drop_paths=tuple(drop_paths),
             cache=cache,
+            plain_dir=plain_dir,
         )
         _install(staging, out)
     except OSError as exc:
@@ -999,6 +1050,7 @@ def _canonicalize_into(
     policy: MtimePolicy,
     drop_paths: Sequence[str],
     cache: LayerCache | None = None,
+    plain_dir: Path | None = None,
 ) -> CanonicalImage:
     created_by_in = _layer_created_by(raw, count)
     layout = LayoutWriter(staging)
@@ -1043,7 +1095,9 @@ def _canonicalize_into(
             )
             out: _LayerOut | None = None
             if records:
-                out = _write_layer(layout, records, open_data, epoch=epoch, policy=policy)
+                out = _write_layer(
+                    layout, records, open_data, epoch=epoch, policy=policy, plain_dir=plain_dir
+                )
                 layers.append(out)
                 created_by.append(created_by_in[i])
             else:

@@ -9,7 +9,9 @@ the engine made anew (a Python pin change: the venv layer, not the base or apt o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import re
 import shutil
@@ -60,6 +62,12 @@ def _memo_path(engine: Engine, built_id: str, epoch: int) -> Path:
     )
 
 
+def plain_layers_dir(engine: Engine, workdir: Path) -> Path | None:
+    """Where a build keeps uncompressed copies of the layers it rewrites, for an engine
+    that loads plain layers (podman): `write_docker_archive` then need not decompress."""
+    return None if engine.load_compressed else workdir / "plain-layers"
+
+
 def _rewrite(
     engine: Engine, image_id: str, out: Path, *, epoch: int, workdir: Path
 ) -> CanonicalImage:
@@ -72,7 +80,12 @@ def _rewrite(
     if local is not None:
         try:
             return canonicalize_local(
-                local, out, epoch=epoch, drop_paths=VOLATILE_PATHS, cache=cache
+                local,
+                out,
+                epoch=epoch,
+                drop_paths=VOLATILE_PATHS,
+                cache=cache,
+                plain_dir=plain_layers_dir(engine, workdir),
             )
         except NotReadable:
             pass
@@ -110,9 +123,10 @@ class Prewarm:
     ignored: the rewrite after the build does that work again and reports them.
     """
 
-    def __init__(self, engine: Engine, *, epoch: int) -> None:
+    def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
         self._engine = engine
         self._epoch = epoch
+        self._plain_dir = plain_layers_dir(engine, workdir)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._seen: set[str] = set()
         self._cancelled = threading.Event()
@@ -128,6 +142,10 @@ class Prewarm:
         self._queue.put(image_id)
 
     def _work(self) -> None:
+        # Lowest CPU priority for this thread and the gzip threads it starts (Linux: nice
+        # is per thread and inherited): the build it runs beside comes first.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while (image_id := self._queue.get()) is not None:
             if self._cancelled.is_set():
                 continue
@@ -142,6 +160,7 @@ class Prewarm:
                     epoch=self._epoch,
                     drop_paths=VOLATILE_PATHS,
                     cache=LayerCache(cache_dir() / "layers"),
+                    plain_dir=self._plain_dir,
                 )
             except Exception:  # an optimisation only (see the class doc)
                 pass
@@ -161,32 +180,38 @@ class Prewarm:
 _PODMAN_FROM = re.compile(r"^\[\d+/\d+\] STEP 1/\d+: FROM (?:sha256:)?([0-9a-f]{64})\b")
 _DOCKER_FROM = re.compile(r"^Step \d+/\d+ : FROM ")
 _DOCKER_ID = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+_STAGE_NAME = re.compile(r"\sAS\s+\S+\s*$", re.IGNORECASE)
 
 
 class StageWatcher:
-    """Finds, in an engine's build output, the images each stage starts ``FROM``.
+    """Finds, in an engine's build output, images whose layers the result will hold.
 
-    podman prints ``[2/3] STEP 1/4: FROM <64 hex> AS python`` once the stage it starts
-    from is built; Docker's classic builder prints ``Step 4/16 : FROM system AS python``
-    followed by `` ---> <12 hex>``. Each image found goes to `found`.
+    Each image a stage starts ``FROM``: podman prints ``[2/3] STEP 1/4: FROM <64 hex>
+    AS python`` once the stage it starts from is built; Docker's classic builder prints
+    ``Step 4/16 : FROM system AS python`` followed by `` ---> <12 hex>``. On Docker also
+    the image after each step of the last stage (the unnamed one), so that its new
+    layers are rewritten while the remaining steps run (podman's step IDs interleave
+    between stages, so there only the ``FROM`` images). Each image goes to `found`.
     """
 
     def __init__(self, found: Callable[[str], None]) -> None:
         self._found = found
         self._after_from = False
+        self._last_stage = False
 
     def feed(self, line: str) -> None:
-        if self._after_from:
+        m = _DOCKER_ID.match(line)
+        if m and (self._after_from or self._last_stage):
             self._after_from = False
-            m = _DOCKER_ID.match(line)
-            if m:
-                self._found(m.group(1))
-                return
+            self._found(m.group(1))
+            return
+        self._after_from = False
         m = _PODMAN_FROM.match(line)
         if m:
             self._found(m.group(1))
         elif _DOCKER_FROM.match(line):
             self._after_from = True
+            self._last_stage = _STAGE_NAME.search(line) is None
 
 
 def make_canonical(
@@ -224,7 +249,10 @@ def make_canonical(
     try:
         image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir)
         load_archive = write_docker_archive(
-            staging, workdir / "canonical.tar", compressed=engine.load_compressed
+            staging,
+            workdir / "canonical.tar",
+            compressed=engine.load_compressed,
+            plain_layers=plain_layers_dir(engine, workdir),
         )
         loaded = engine.load(load_archive)
         if loaded != image.config_digest:

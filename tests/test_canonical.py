@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import struct
 import tarfile
 import time
@@ -716,6 +717,35 @@ def test_archive_with_plain_layers_holds_the_same_image(tmp_path: Path) -> None:
     assert canon(plain, tmp_path, "again").manifest_digest == image.manifest_digest
 
 
+def test_plain_archive_is_the_same_however_its_layers_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three ways to a plain archive give the same bytes: layers kept uncompressed while
+    they were written (`plain_dir`), decompressed here with the size the gzip trailer
+    gives, and decompressed through a spool file when that size is wrong (a layer of
+    4 GiB or more; simulated)."""
+    from imagesmith import oci
+
+    kept = tmp_path / "kept"
+    image = canonicalize(
+        docker_image(tmp_path / "a.tar"),
+        tmp_path / "a",
+        epoch=EPOCH,
+        write_archive=False,
+        plain_dir=kept,
+    )
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        d.split(":")[1] + ".tar" for d in image.diff_ids
+    )
+    from_kept = write_docker_archive(
+        image.layout, tmp_path / "k.tar", compressed=False, plain_layers=kept
+    )
+    streamed = write_docker_archive(image.layout, tmp_path / "s.tar", compressed=False)
+    monkeypatch.setattr(oci, "_isize", lambda f: 12345)
+    spooled = write_docker_archive(image.layout, tmp_path / "p.tar", compressed=False)
+    assert from_kept.read_bytes() == streamed.read_bytes() == spooled.read_bytes()
+
+
 def _piped(data: bytes, write_size: int, monkeypatch: pytest.MonkeyPatch, cpus: int) -> bytes:
     monkeypatch.setattr("os.cpu_count", lambda: cpus)
     out = io.BytesIO()
@@ -1026,3 +1056,14 @@ def test_layer_cache_keys_cover_every_input() -> None:
         layer_keys(ids, epoch=EPOCH, policy="clamp", drop_paths=("var/log/*",)),
     ):
         assert other[1] != keys[1]
+
+
+def test_gunzip_reader_gives_back_every_byte_of_highly_compressible_data() -> None:
+    from imagesmith.oci import _Gunzip
+
+    data = b"\0" * (30 << 20) + os.urandom(3 << 20) + b"\0" * (5 << 20)
+    reader = _Gunzip(io.BytesIO(gzip.compress(data, mtime=0)))
+    parts = []
+    while chunk := reader.read(1 << 16):
+        parts.append(chunk)
+    assert b"".join(parts) == data and reader.finished()

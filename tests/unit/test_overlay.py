@@ -54,7 +54,7 @@ def test_a_store_with_redirected_directories_is_not_read(tmp_path: Path) -> None
         read_diff_dir(tmp_path)
 
 
-def test_stage_images_are_found_in_docker_and_podman_output() -> None:
+def test_finished_images_are_found_in_docker_and_podman_output() -> None:
     found: list[str] = []
     watcher = StageWatcher(found.append)
     docker = [
@@ -66,6 +66,14 @@ def test_stage_images_are_found_in_docker_and_podman_output() -> None:
         " ---> cfea530bc257",
         "Step 5/16 : COPY python/ /tmp/python/",
         " ---> 6683e5b250bd",
+        "Step 8/16 : FROM system",
+        " ---> cfea530bc257",
+        "Step 9/16 : COPY --from=python /opt/venv /opt/venv",
+        " ---> Running in 02442a380869",
+        " ---> 401d30cc8cbf",
+        'Step 10/16 : CMD ["python3"]',
+        " ---> Using cache",
+        " ---> 9eed44199110",
     ]
     podman = [
         "[1/3] STEP 1/2: FROM imagesmith/debian:bookworm AS system",
@@ -78,6 +86,9 @@ def test_stage_images_are_found_in_docker_and_podman_output() -> None:
         watcher.feed(line)
     assert found == [
         "93212dd4d0f0",
-        "cfea530bc257",
+        "cfea530bc257",  # the python stage starts from the system stage
+        "cfea530bc257",  # so does the last stage, whose steps follow
+        "401d30cc8cbf",
+        "9eed44199110",
         "0c7ddffc99f7a5413e2d21ff8f00d3236a039f751213e8bd630ec0a82f89ec60",
     ]
