@@ -73,11 +73,12 @@ installs them in the build with `--no-index --find-links`, as imagesmith does.
   <= 1.5 s.
 - *no-op again*: the same once more. The first no-op comes right after `--no-cache`
   builds, which leave look-alike cache entries (see the steps that ran); the second shows
-  the rebuild once the cache has settled. On podman the first no-op reruns the final
-  stage's `COPY --from=python` (most likely podman serves the Python stage from an
-  earlier run's look-alike entry, whose venv has other file times, so the copy's content
-  differs; not confirmed). The engine image is then new, and each run's fresh imagesmith
-  cache has not seen it, so the canonical rewrite runs again (about 14 s; same digest).
+  the rebuild once the cache has settled. On podman the first no-op may rerun steps:
+  podman can take an older look-alike cache entry (the same step, left by an earlier
+  build) and then redo what follows it (seen: from the system stage's `ARG`, i.e.
+  everything, or only the final stage's `COPY --from=python`). The engine image is then
+  new, and each run's fresh imagesmith cache has not seen it, so the canonical rewrite
+  runs again (a few seconds; the same digest).
 - *pin change*: `pyyaml` -> `pyyaml==6.0.1` in env.toml, then `imagesmith build --relock`
   (the layer cache from the cold build holds the base and apt layers);
   hand-written: the same edit in requirements.txt, `pip download` again (warm pip cache)
@@ -102,7 +103,9 @@ of `bench/scaling-apt.txt` (Debian bookworm packages) and `bench/scaling-python.
 packages with cp311 manylinux or pure-Python wheels) each: cold `imagesmith lock` (no lock,
 empty caches) and cold `imagesmith build --no-cache` (empty imagesmith cache). Reference:
 the 5-package point. One run per point unless `--scaling-runs N` (at 80 packages one cold
-build takes minutes on 2 cores; the figure is about the curve's shape).
+build takes minutes on 2 cores; the figure is about the curve's shape). *of which canonical*
+is the part after the engine build; the more apt packages, the longer the background rewrite
+of the apt layer outlasts the Python stage, and the more of it shows there.
 """
 
 

@@ -171,8 +171,13 @@ def _system_while_fetching(
     assert lock.python is not None
     folder.mkdir()
     (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
+    # Progress lines come from this thread only (the live view is not thread-safe).
+    on_line(
+        f"python: fetching {len(lock.python.packages)} wheels on the host "
+        "while the system stage builds"
+    )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
-        fetched = pool.submit(fetch_wheels, lock.python, on_line=on_line)
+        fetched = pool.submit(fetch_wheels, lock.python)
         system_id = engine.build(
             context=folder,
             tags=(),
