@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesmith.cachegc import cache_budget
 from imagesmith.engine.base import TAIL_LINES, Engine, LineCallback
 from imagesmith.errors import BuildError, EngineError, InputError
 
@@ -204,6 +205,7 @@ def make_base(
     `make_rootfs`, then `build_base` on its tarball. Temporary files are always removed.
     """
     source_date_epoch = _epoch_for(suite, epoch)
+    cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
     with tempfile.TemporaryDirectory(prefix="imagesmith-base-") as tmp:
         context = Path(tmp)
         digest = make_rootfs(
@@ -231,6 +233,7 @@ def build_base(
     `suite` and `epoch` must be the ones the tarball was made with (they become labels).
     """
     source_date_epoch = _epoch_for(suite, epoch)
+    cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
     if not rootfs.is_file():
         raise InputError(f"no root filesystem tarball at {rootfs}")
     with tempfile.TemporaryDirectory(prefix="imagesmith-base-") as tmp:

@@ -59,7 +59,10 @@ def _layouts(images: Path) -> list[_Item]:
     for entry in images.iterdir() if images.is_dir() else []:
         if entry.name.startswith(".") or not entry.is_dir():
             continue  # staging folders of builds in progress
-        items.append(_Item(entry.stat().st_mtime, entry, []))
+        try:
+            items.append(_Item(entry.stat().st_mtime, entry, []))
+        except OSError:  # removed meanwhile by another build's pruning
+            continue
     return items
 
 

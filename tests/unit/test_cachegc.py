@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,24 @@ def test_malformed_budget_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> 
     assert str(caught.value) == (
         "IMAGESMITH_CACHE_MAX='lots' is not a size; use a number of bytes or e.g. 500M, 10G"
     )
+
+
+def test_base_refuses_a_malformed_budget_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`imagesmith base` checks the budget before mmdebstrap and the engine run, as build
+    does: nothing is made only to fail at the end."""
+    from imagesmith.base import build_base, make_base
+
+    monkeypatch.setenv(ENV_VAR, "lots")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started")
+
+    monkeypatch.setattr("imagesmith.base.make_rootfs", never)
+    engine: Any = object()  # never touched
+    with pytest.raises(InputError, match="IMAGESMITH_CACHE_MAX"):
+        make_base(engine)
+    (tmp_path / "rootfs.tar").write_bytes(b"")
+    with pytest.raises(InputError, match="IMAGESMITH_CACHE_MAX"):
+        build_base(engine, tmp_path / "rootfs.tar")
