@@ -17,7 +17,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,11 +240,13 @@ def make_canonical(
             )
     except (OSError, ValueError, KeyError):
         pass
-    started = time.time()
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     if prewarm is not None:
         prewarm.finish()
     staging = _staging() / "layout"
+    # Now, on the cache's own clock (a new folder's mtime): every cache entry this rewrite
+    # writes or uses is modified from here on, so pruning below keeps exactly those.
+    started = staging.parent.stat().st_mtime
     try:
         image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir)
         load_archive = write_docker_archive(
@@ -274,7 +275,7 @@ def make_canonical(
         shutil.rmtree(staging.parent, ignore_errors=True)
     touch(layout)
     budget = cache_budget()
-    removed = prune(cache_dir(), budget=budget, keep_newer_than=started - 1)
+    removed = prune(cache_dir(), budget=budget, keep_newer_than=started)
     if removed:
         on_line(
             f"cache: removed the {len(removed)} least recently used images and layers from "
