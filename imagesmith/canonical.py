@@ -132,6 +132,7 @@ from imagesmith.oci import (
     canonical_json,
     digest_hex,
     open_image,
+    parse_config,
     write_docker_archive,
 )
 from imagesmith.overlay import FileInfo, LocalImage, NotReadable, read_diff_dir
@@ -867,6 +868,25 @@ def _check_epoch(epoch: int, policy: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A staging folder beside `out`, moved to `out` when the block succeeds; removed
+    whatever happens. OSError, there or in the block, becomes OperationError."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise OperationError(f"cannot create {out}: {exc}") from exc
+    try:
+        yield staging
+        _install(staging, out)
+    except OSError as exc:
+        raise OperationError(f"cannot write canonical image to {out}: {exc}") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _install(staging: Path, out: Path) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise InputError(f"{out} exists and is not a directory")
@@ -914,12 +934,7 @@ def canonicalize(
     _check_epoch(epoch, mtime_policy)
     archive = Path(archive)
     out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise OperationError(f"cannot create {out}: {exc}") from exc
-    try:
+    with _staged(out) as staging:
         with open_image(archive) as src:
             image = _canonicalize_into(
                 src.config_json(),
@@ -936,12 +951,6 @@ def canonicalize(
             )
         if write_archive:
             write_docker_archive(staging, staging / "image.tar", repo_tags=repo_tags)
-        _install(staging, out)
-    except OSError as exc:
-        raise OperationError(f"cannot write canonical image to {out}: {exc}") from exc
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return CanonicalImage(
         manifest_digest=image.manifest_digest,
         config_digest=image.config_digest,
@@ -1004,18 +1013,8 @@ def canonicalize_local(
     """
     _check_epoch(epoch, mtime_policy)
     out = Path(out)
-    try:
-        raw = json.loads(local.config)
-    except ValueError as exc:
-        raise InputError(f"{local.description}: image config is not JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise InputError(f"{local.description}: image config is not a JSON object")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise OperationError(f"cannot create {out}: {exc}") from exc
-    try:
+    raw = parse_config(local.config, local.description)
+    with _staged(out) as staging:
         image = _canonicalize_into(
             raw,
             len(local.diff_dirs),
@@ -1029,12 +1028,6 @@ def canonicalize_local(
             cache=cache,
             plain_dir=plain_dir,
         )
-        _install(staging, out)
-    except OSError as exc:
-        raise OperationError(f"cannot write canonical image to {out}: {exc}") from exc
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return dataclasses.replace(image, layout=out)
 
 

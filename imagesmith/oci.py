@@ -281,6 +281,17 @@ def seekable_uncompressed(stream: IO[bytes], *, what: str) -> IO[bytes]:
 # --------------------------------------------------------------------------- reading
 
 
+def parse_config(config: bytes, description: str) -> dict[str, Any]:
+    """An image config blob as a JSON object; InputError naming `description` if it is not."""
+    try:
+        obj = json.loads(config)
+    except ValueError as exc:
+        raise InputError(f"{description}: image config is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InputError(f"{description}: image config is not a JSON object")
+    return obj
+
+
 @dataclass
 class ImageSource:
     """One image read from an archive or layout: config bytes plus a way to open layers.
@@ -302,13 +313,7 @@ class ImageSource:
     _closers: list[IO[bytes]] = field(default_factory=list)
 
     def config_json(self) -> dict[str, Any]:
-        try:
-            obj = json.loads(self.config)
-        except ValueError as exc:
-            raise InputError(f"{self.description}: image config is not JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise InputError(f"{self.description}: image config is not a JSON object")
-        return obj
+        return parse_config(self.config, self.description)
 
     def open_layer_raw(self, index: int) -> IO[bytes]:
         """The layer blob as stored (maybe compressed), seekable."""
