@@ -62,7 +62,8 @@ writes by hand for the same environment (one apt-get layer with `--no-install-re
 and cleanup, a venv stage, non-root user, same ENV/WORKDIR/CMD). pip cannot reach PyPI from
 inside a build here (TLS-intercepting proxy), so the hand-written recipe downloads the
 wheels on the host (`pip download --only-binary=:all: -r requirements.txt -d wheels`) and
-installs them in the build with `--no-index --find-links`, as imagesmith does.
+installs them in the build with `--no-index --find-links` (imagesmith also downloads them on
+the host, and installs them there too, into the tree it copies to /opt/venv).
 - *cold*: `imagesmith build --no-cache` with an empty imagesmith cache (wheels are fetched
   again, every layer is rewritten, the base's included) against the hand-written
   `pip download` with an empty pip cache + `docker build --no-cache` /
@@ -74,11 +75,12 @@ installs them in the build with `--no-index --find-links`, as imagesmith does.
 - *no-op again*: the same once more. The first no-op comes right after `--no-cache`
   builds, which leave look-alike cache entries (see the steps that ran); the second shows
   the rebuild once the cache has settled. On podman the first no-op may rerun steps:
-  podman can take an older look-alike cache entry (the same step, left by an earlier
-  build) and then redo what follows it (seen: from the system stage's `ARG`, i.e.
-  everything, or only the final stage's `COPY --from=python`). The engine image is then
-  new, and each run's fresh imagesmith cache has not seen it, so the canonical rewrite
-  runs again (a few seconds; the same digest).
+  podman takes the oldest look-alike cache entry (the same step, left by an earlier
+  build) and then redoes what follows it if that entry's chain lacks it (0.4.0: the
+  system stage opened with an `ARG` every spec on the same base shares, so everything
+  could rerun; since 0.5.0 the first step holds the spec's own apt and user commands).
+  The engine image is then new, and each run's fresh imagesmith cache has not seen it,
+  so the canonical rewrite runs again (a few seconds; the same digest).
 - *pin change*: `pyyaml` -> `pyyaml==6.0.1` in env.toml, then `imagesmith build --relock`
   (the layer cache from the cold build holds the base and apt layers);
   hand-written: the same edit in requirements.txt, `pip download` again (warm pip cache)
@@ -94,8 +96,8 @@ installs them in the build with `--no-index --find-links`, as imagesmith does.
   the parts one by one, nothing in the background, on the image that build made
   (`bench/canon_time.py`).
 - imagesmith's phases come from its progress lines: *prepare* (start-up, lock check or
-  re-lock, context) until the engine's first `Step` (the wheel download overlaps the
-  system stage's build when the wheels are not cached), *engine build* until
+  re-lock, context) until the engine's first `Step` (the wheel download and install
+  overlap the system stage's build when they are not cached), *engine build* until
   `canonical:`, *canonical* to the end.
 
 **Scaling** (Docker only; skipped with `--quick`): specs with the first 5, 20 and 80 entries

@@ -104,16 +104,16 @@ def build_canonical(
 ) -> Canonical:
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
-    When the wheels have to be downloaded, the engine builds the system stage (apt)
-    meanwhile, and the full build then starts from that stage's image (not for a
-    ``--no-cache`` build on an engine that cannot split those, `Engine.split_no_cache`).
+    When the Python packages have to be downloaded or installed on the host, the engine
+    builds the system stage (apt) meanwhile, and the full build then starts from that
+    stage's image.
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
-    from imagesmith.context import assemble_context, wheels_cached
+    from imagesmith.context import assemble_context, python_tree_cached
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
-    args = {**build_args(lock), "SOURCE_DATE_EPOCH": str(epoch)}
+    args = build_args(lock)
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
         work = Path(tmp)
         prewarm = Prewarm(engine, epoch=epoch, workdir=work)
@@ -124,9 +124,10 @@ def build_canonical(
             stages.feed(text)
 
         try:
-            containerfile = render(lock)
-            overlap = not no_cache or engine.split_no_cache
-            if overlap and lock.python is not None and not wheels_cached(lock.python):
+            containerfile = render(lock, epoch=epoch)
+            python = lock.python
+            tree_ready = python is None or python_tree_cached(python, lock.source_date_epoch)
+            if python is not None and python.packages and not tree_ready:
                 system_id = _system_while_fetching(
                     lock,
                     engine,
@@ -138,7 +139,7 @@ def build_canonical(
                     on_build_line=line,
                 )
                 prewarm.add(system_id)
-                containerfile = render(lock, system_image=system_id)
+                containerfile = render(lock, system_image=system_id, epoch=epoch)
             context = assemble_context(lock, containerfile, work / "context", on_line=on_line)
             built_id = engine.build(
                 context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
@@ -161,23 +162,23 @@ def _system_while_fetching(
     on_line: LineCallback,
     on_build_line: LineCallback,
 ) -> str:
-    """Build the system stage while the host fetches the wheels; that stage's image ID.
+    """Build the system stage while the host fetches and installs the wheels; its image ID.
 
     The stage needs nothing from the context (apt only), so its context is the
     Containerfile alone. A failing build is reported before a failing download.
     """
-    from imagesmith.context import fetch_wheels
+    from imagesmith.context import python_tree
 
     assert lock.python is not None
     folder.mkdir()
     (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
     # Progress lines come from this thread only (the live view is not thread-safe).
     on_line(
-        f"python: fetching {len(lock.python.packages)} wheels on the host "
+        f"python: fetching and installing {len(lock.python.packages)} packages on the host "
         "while the system stage builds"
     )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
-        fetched = pool.submit(fetch_wheels, lock.python)
+        fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch)
         system_id = engine.build(
             context=folder,
             tags=(),

@@ -2,21 +2,30 @@
 
 Python artifacts are fetched on the host (which trusts the lab's proxy CA) and checked
 against the lock's hashes, so the build itself needs no network for them and no
-credential or CA file ever enters a layer. Every file in the context gets the lock's
-SOURCE_DATE_EPOCH as its time, so an unchanged lock gives an unchanged context and the
-engine's cache holds.
+credential or CA file ever enters a layer; they are installed on the host too, into the
+tree the image's /opt/venv will hold (`imagesmith.venv`), and the build copies that
+tree. Every file in the context gets the lock's SOURCE_DATE_EPOCH as its time, so an
+unchanged lock gives an unchanged context and the engine's cache holds.
+
+Cache (`~/.cache/imagesmith`): `wheels/KEY` (the downloaded wheels, kept) and
+`venvs/KEY-EPOCH` (the installed tree, its times already the epoch; the context links
+to its files). Installed trees are cheap to make again from the wheels (about a second),
+so only the most recently used few are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from imagesmith.cachegc import touch
 from imagesmith.errors import OperationError, ResolveError
 from imagesmith.lock import Lock, PythonLock
 from imagesmith.render import CONTEXT_PYTHON, copy_context_path
@@ -49,11 +58,6 @@ def _wheel_folder(python: PythonLock) -> Path:
         ).encode()
     ).hexdigest()[:32]
     return cache_dir() / "wheels" / key
-
-
-def wheels_cached(python: PythonLock) -> bool:
-    """Whether `fetch_wheels` has these wheels already (no network needed)."""
-    return not python.packages or (_wheel_folder(python) / ".complete").exists()
 
 
 def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> Path:
@@ -105,6 +109,87 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
     return folder
 
 
+_KEEP_TREES = 4
+
+
+def _tree_folder(python: PythonLock, epoch: int) -> Path:
+    return cache_dir() / "venvs" / f"{_wheel_folder(python).name}-{epoch}"
+
+
+def python_tree_cached(python: PythonLock, epoch: int) -> bool:
+    """Whether `python_tree` has this tree already (no network, no install)."""
+    return (_tree_folder(python, epoch) / ".complete").exists()
+
+
+def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None = None) -> Path:
+    """The locked distributions installed as /opt/venv will hold them (cached), times `epoch`.
+
+    The wheels are fetched first when they are not cached (`fetch_wheels`).
+    """
+    from imagesmith.venv import install_wheels
+
+    folder = _tree_folder(python, epoch)
+    if (folder / ".complete").exists():
+        touch(folder)
+        return folder / "venv"
+    wheels = sorted((fetch_wheels(python, on_line=on_line) / "wheels").glob("*.whl"))
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        root = install_wheels(wheels, partial / "root", python_version=python.version)
+        root.rename(partial / "venv")
+        shutil.rmtree(partial / "root")
+        _clamp_times(partial / "venv", epoch)
+        (partial / ".complete").touch()
+        try:
+            partial.rename(folder)
+        except OSError:  # another build made the same tree meanwhile: the same files
+            if not (folder / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _prune_trees(keep=folder)
+    return folder / "venv"
+
+
+def _prune_trees(*, keep: Path) -> None:
+    """Drop all but the `_KEEP_TREES` most recently used installed trees (none used in the
+    last hour: a concurrent build may be linking from it)."""
+    trees = []
+    for entry in keep.parent.iterdir():
+        if entry != keep and (entry / ".complete").exists():
+            with contextlib.suppress(OSError):
+                trees.append((entry.stat().st_mtime, entry))
+    trees.sort(reverse=True)
+    recent = time.time() - 3600
+    for mtime, entry in trees[_KEEP_TREES - 1 :]:
+        if mtime < recent:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """`src` copied to `dest` as hard links (a copy where links cannot be made)."""
+    dest.mkdir(parents=True)
+    for folder, dirs, files in os.walk(src):
+        here = Path(folder)
+        there = dest / here.relative_to(src)
+        for name in dirs:
+            if (here / name).is_symlink():
+                os.symlink(os.readlink(here / name), there / name)
+            else:
+                (there / name).mkdir(mode=0o755)
+        for name in files:
+            source, target = here / name, there / name
+            if source.is_symlink():
+                os.symlink(os.readlink(source), target)
+                continue
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+
 def _copy_tree(src: Path, dest: Path) -> None:
     if src.is_dir():
         shutil.copytree(src, dest, symlinks=True)
@@ -126,16 +211,9 @@ def assemble_context(
     folder.mkdir(parents=True)
     (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
     spec = lock.spec
-    if lock.python is not None:
-        python_dir = folder / CONTEXT_PYTHON
-        (python_dir / "wheels").mkdir(parents=True)
-        (python_dir / "requirements.txt").write_text(
-            lock.python.requirements_txt(), encoding="utf-8"
-        )
-        if lock.python.packages:
-            wheels = fetch_wheels(lock.python, on_line=on_line)
-            for wheel in sorted((wheels / "wheels").iterdir()):
-                shutil.copy2(wheel, python_dir / "wheels" / wheel.name)
+    if lock.python is not None and lock.python.packages:
+        tree = python_tree(lock.python, lock.source_date_epoch, on_line=on_line)
+        _link_tree(tree, folder / CONTEXT_PYTHON)
     for index, item in enumerate(spec.image.copy):
         _copy_tree(spec.folder / item.src, folder / copy_context_path(index, item.src))
     _clamp_times(folder, lock.source_date_epoch)

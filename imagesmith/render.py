@@ -2,11 +2,16 @@
 
 Stages, ordered by how often their inputs change:
   system  the pinned base, the whole apt closure (installed once) and the user;
-  python  (when there is a [python] table) a build stage that installs the hashed wheels
-          from the build context into /opt/venv with no network (pip runs from the
-          OS's own pip wheel, so the venv holds the locked packages and nothing else);
   final   system + /opt/venv + the spec's files, commands, env and labels.
-A change to the Python pins reruns the python stage only; apt stays cached.
+The venv arrives as one COPY of the tree the host installed from the hashed wheels
+(`imagesmith.venv`), then one RUN makes the venv's own files and the bytecode; no pip
+runs in the image and no wheel file enters a layer. A change to the Python pins reruns
+those two steps only; apt stays cached.
+
+SOURCE_DATE_EPOCH is written into the commands that need it (`export`), not passed as a
+build argument: a stage that opens with `ARG` has a first step every spec on the same
+base shares, and podman 4.3 serves the oldest of such look-alike cache entries, which
+then has none of this spec's later steps.
 """
 
 from __future__ import annotations
@@ -22,13 +27,6 @@ from imagesmith.errors import LockError
 from imagesmith.lock import Lock
 
 VENV = "/opt/venv"
-#: Where the pip wheel ensurepip would install lies: Debian/Ubuntu's python3-pip-whl, else
-#: CPython's own bundle (python.org builds, the official python images).
-_PIP_WHEELS = (
-    "/usr/share/python-wheels/pip-*.whl",
-    "/usr/lib/python3*/ensurepip/_bundled/pip-*.whl",
-    "/usr/local/lib/python3*/ensurepip/_bundled/pip-*.whl",
-)
 CONTEXT_PYTHON = "python"
 CONTEXT_COPY = "copy"
 LABEL_PREFIX = "io.imagesmith"
@@ -106,7 +104,7 @@ def build_args(lock: Lock) -> dict[str, str]:
     A value a Containerfile line cannot spell (a newline, a tab) travels as a build
     argument and is expanded by ENV/LABEL, which never re-parses what it expands.
     """
-    args = {"SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
+    args: dict[str, str] = {}
     spec = lock.spec
     for name, value in sorted(spec.env.items()):
         if needs_build_arg(value):
@@ -180,18 +178,19 @@ def _apt_sources(lock: Lock) -> list[str]:
     ]
 
 
-def _system_stage(lock: Lock, built: str | None) -> list[str]:
+def _system_stage(lock: Lock, built: str | None, epoch: int) -> list[str]:
     if built is not None:
         return [f"FROM {built} AS system"]
     spec = lock.spec
-    out = [f"FROM {lock.base.pinned} AS system", "ARG SOURCE_DATE_EPOCH"]
-    install: list[str] = []
+    out = [f"FROM {lock.base.pinned} AS system"]
+    # Maintainer scripts read it: Python's py_compile writes hash-based .pyc files.
+    install = [f"export SOURCE_DATE_EPOCH={epoch}"]
     if lock.apt.packages:
         pins = [
             f"{_shell_word(p.name)}={_shell_word(p.version)}"
             for p in sorted(lock.apt.packages, key=lambda p: p.name)
         ]
-        install = [
+        install += [
             *_apt_sources(lock),
             # No translated descriptions: the lists are deleted below anyway.
             "apt-get -o Acquire::Languages=none update",
@@ -218,79 +217,59 @@ def _system_stage(lock: Lock, built: str | None) -> list[str]:
     return out
 
 
-def _python_stage(lock: Lock) -> list[str]:
+def _python_steps(lock: Lock) -> list[str]:
     if lock.python is None:
         return []
-    ctx = f"/tmp/{CONTEXT_PYTHON}"
-    pip = " ".join(
-        [
-            f'{VENV}/bin/python "$PIP_WHEEL/pip" install',
-            "--no-index",
-            "--no-cache-dir",
-            "--no-deps",
-            "--no-compile",  # compiled once, below, the reproducible way
-            "--require-hashes",
-            "--only-binary=:all:",
-            f"--find-links {ctx}/wheels",
-            f"-r {ctx}/requirements.txt",
-        ]
-    )
-    return [
-        "",
-        "FROM system AS python",
-        # COPY before ARG: the final stage also starts `FROM system` + `ARG ...`, and
-        # Docker's classic builder takes the newest of several look-alike cache entries,
-        # so two stages opening with the same step can shadow each other's cache after
-        # a --no-cache build (seen: a no-op rebuild redoing the whole Python stage).
-        f"COPY {CONTEXT_PYTHON}/ {ctx}/",
-        "ARG SOURCE_DATE_EPOCH",
+    version = _shell_word(lock.python.version)
+    steps = [f"COPY {CONTEXT_PYTHON}/ {VENV}/"] if lock.python.packages else []
+    steps.append(
         "RUN "
         + " \\\n && ".join(
             [
-                # No ensurepip: the venv holds the locked packages only (5 s less, 25 MB
-                # less); pip runs from the wheel the OS ships for ensurepip.
+                # The tree holds site-packages for the lock's Python; another would not
+                # see it, so say so rather than build an image whose imports fail.
+                "v=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' "
+                "2>/dev/null || echo none)",
+                f'if [ "$v" != {version} ]; then echo "imagesmith: env.lock installs '
+                f"packages for Python {version}, the image's python3 is $v (run imagesmith "
+                'lock --upgrade)" >&2; exit 1; fi',
+                # No ensurepip: the venv holds the locked packages only.
                 f"python3 -m venv --without-pip {VENV}",
-                "PIP_WHEEL=",
-                "for w in "
-                + " ".join(_PIP_WHEELS)
-                + '; do if [ -f "$w" ]; then PIP_WHEEL=$w; break; fi; done',
-                'if [ -z "$PIP_WHEEL" ]; then echo "imagesmith: no pip wheel for ensurepip '
-                'in the image (install python3-venv)" >&2; exit 1; fi',
-                pip,
                 # PEP 552: hash-based .pyc files do not embed the build time.
                 f"{VENV}/bin/python -m compileall -q -f -j 0 "
                 f"--invalidation-mode checked-hash {VENV}",
             ]
-        ),
-    ]
+        )
+    )
+    return steps
 
 
-def render(lock: Lock, *, system_image: str | None = None) -> str:
+def render(lock: Lock, *, system_image: str | None = None, epoch: int | None = None) -> str:
     """The Containerfile for `lock`.
 
     `system_image`: the system stage already built (its image ID), used as it is; the
     build then runs the later stages only, giving the image the full file gives.
+    `epoch`: SOURCE_DATE_EPOCH, when not the lock's (the environment overrides it).
     """
     spec = lock.spec
+    epoch = lock.source_date_epoch if epoch is None else epoch
     lines = [
         f"# Generated by imagesmith {__version__} from {lock.spec_path.stem}.lock "
         f"({lock.lock_hash}). Do not edit:",
         f"# run `imagesmith render {lock.spec_path.name}` to make it again.",
         "",
-        *_system_stage(lock, system_image),
-        *_python_stage(lock),
+        *_system_stage(lock, system_image, epoch),
         "",
         "FROM system",
-        "ARG SOURCE_DATE_EPOCH",
+        *_python_steps(lock),
     ]
     if lock.python is not None:
-        lines.append(f"COPY --from=python {VENV} {VENV}")
         # ${PATH}: keep the base image's own entries (CUDA images add theirs).
         lines.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:${{PATH}}")
     for index, item in enumerate(spec.image.copy):
         lines.append(f"COPY {exec_form([copy_context_path(index, item.src), item.dest])}")
     if spec.image.run:
-        script = "\n".join(["set -e", *spec.image.run])
+        script = "\n".join(["set -e", f"export SOURCE_DATE_EPOCH={epoch}", *spec.image.run])
         lines.append(f"RUN {exec_form(['/bin/sh', '-c', script])}")
     env = sorted(spec.env.items())
     labels = sorted(image_labels(lock).items())

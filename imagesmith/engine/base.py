@@ -66,13 +66,6 @@ class Engine(abc.ABC):
     (no decompression in the engine). Measured on the example image: docker 20.10 loads
     either in about 2 s; podman 4.3 takes 11.4 s for gzip layers and 3.9 s for plain."""
 
-    split_no_cache: bool = True
-    """Whether a ``--no-cache`` build may be split in two (one stage with `target`, then
-    the rest ``FROM`` that stage's image) and still leave a cache the next plain build
-    follows. Docker's classic builder takes the newest of look-alike cache entries, so
-    it does. podman 4.3 may take an older look-alike for the stage's first step (an
-    ``ARG`` another build left) and so redo everything after it (seen), so it does not."""
-
     # -- images --------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -153,7 +153,6 @@ class PodmanEngine(Engine):
 
     name = "podman"
     load_compressed = False
-    split_no_cache = False  # see Engine.split_no_cache
 
     def __init__(self, binary: str | None = None) -> None:
         found = binary or podman_binary()

@@ -264,7 +264,7 @@ def test_new_recipes_render_a_containerfile_hadolint_accepts(name: str, tmp_path
     repository = parse_reference(spec.base_image).familiar_repository
     assert f"FROM {repository}@{DIGEST} AS system" in text
     assert f"USER {spec.image.uid}:{spec.image.group_id}" in text
-    assert ("FROM system AS python" in text) == (spec.python is not None)
+    assert ("python3 -m venv --without-pip /opt/venv" in text) == (spec.python is not None)
     for port in spec.image.ports:
         assert f"EXPOSE {port}/tcp" in text
     path = tmp_path / "Containerfile"
