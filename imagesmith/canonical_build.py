@@ -213,6 +213,35 @@ class StageWatcher:
             self._last_stage = _STAGE_NAME.search(line) is None
 
 
+def _load(engine: Engine, layout: Path, image: CanonicalImage, workdir: Path) -> str:
+    """Load the canonical image; the layers the engine has already stay out of the archive.
+
+    Should one of those go meanwhile (an image removed), the load fails and is done
+    again with every layer.
+    """
+    present = engine.present_layers(image.diff_ids)
+    try:
+        return _load_archive(engine, layout, workdir, present=present)
+    except EngineError:
+        if not present:
+            raise
+        return _load_archive(engine, layout, workdir, present=0)
+
+
+def _load_archive(engine: Engine, layout: Path, workdir: Path, *, present: int) -> str:
+    archive = write_docker_archive(
+        layout,
+        workdir / "canonical.tar",
+        compressed=engine.load_compressed,
+        plain_layers=plain_layers_dir(engine, workdir),
+        present=present,
+    )
+    try:
+        return engine.load(archive)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
 def make_canonical(
     engine: Engine,
     built_id: str,
@@ -249,19 +278,12 @@ def make_canonical(
     started = staging.parent.stat().st_mtime
     try:
         image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir)
-        load_archive = write_docker_archive(
-            staging,
-            workdir / "canonical.tar",
-            compressed=engine.load_compressed,
-            plain_layers=plain_layers_dir(engine, workdir),
-        )
-        loaded = engine.load(load_archive)
+        loaded = _load(engine, staging, image, workdir)
         if loaded != image.config_digest:
             raise EngineError(
                 f"{engine.name} loaded the canonical image as {loaded}, "
                 f"expected {image.config_digest}"
             )
-        load_archive.unlink()
         layout = layout_dir(image.manifest_digest)
         if not (layout / "index.json").exists():
             shutil.rmtree(layout, ignore_errors=True)

@@ -631,6 +631,7 @@ def write_docker_archive(
     repo_tags: Sequence[str] = (),
     compressed: bool = True,
     plain_layers: Path | None = None,
+    present: int = 0,
 ) -> Path:
     """Write the image of an OCI layout (one manifest) as a docker-archive tarball.
 
@@ -639,7 +640,11 @@ def write_docker_archive(
     (4.x) both decompress layers on load. With `compressed` false the layers are
     decompressed here and stored as ``<diff_id hex>.tar`` instead, which podman 4.3
     loads about three times faster; a layer found in `plain_layers` as
-    ``<diff_id hex>.tar`` is taken from there as it is. Deliberately *no* ``index.json``: podman
+    ``<diff_id hex>.tar`` is taken from there as it is. The first `present` layers are
+    written as empty members: the engine has them already (`Engine.present_layers`) and
+    both engines then reuse their own copy without opening the member (docker 20.10 and
+    podman 4.3: 25 MB archive and 0.1 s instead of 160 MB and 1.8 s for docker when only
+    the Python layers are new). Deliberately *no* ``index.json``: podman
     would then load it as an OCI archive and ignore ``RepoTags``. The tarball itself
     is deterministic (sorted entries, mtime 0, root-owned).
     """
@@ -662,6 +667,8 @@ def write_docker_archive(
         for name, h in zip(names, layer_hexes, strict=True):
             plain = plain_layers / name if plain_layers is not None else None
             layers[name] = plain if plain is not None and plain.is_file() else _Gzipped(blobs / h)
+    for name in set(names[:present]) - set(names[present:]):
+        layers[name] = b""
     entry = {"Config": f"{config_hex}.json", "RepoTags": list(repo_tags), "Layers": names}
     members: list[tuple[str, _Member]] = [(f"{config_hex}.json", blobs / config_hex)]
     members += sorted(layers.items())

@@ -717,6 +717,19 @@ def test_archive_with_plain_layers_holds_the_same_image(tmp_path: Path) -> None:
     assert canon(plain, tmp_path, "again").manifest_digest == image.manifest_digest
 
 
+def test_archive_leaves_the_layers_the_engine_has_empty(tmp_path: Path) -> None:
+    image = canon(docker_image(tmp_path / "a.tar"), tmp_path, "a", write_archive=False)
+    assert len(image.diff_ids) >= 2
+    for compressed in (True, False):
+        archive = write_docker_archive(
+            image.layout, tmp_path / f"{compressed}.tar", compressed=compressed, present=1
+        )
+        with tarfile.open(archive) as tar:
+            entry = json.load(tar.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
+            sizes = [tar.getmember(name).size for name in entry["Layers"]]
+        assert sizes[0] == 0 and all(size > 0 for size in sizes[1:])
+
+
 def test_plain_archive_is_the_same_however_its_layers_are_found(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -137,6 +137,12 @@ class Engine(abc.ABC):
     def load(self, archive: Path) -> str:
         """Load a docker-archive tarball; return the ID of the (first) image in it."""
 
+    def present_layers(self, diff_ids: Sequence[str]) -> int:
+        """How many of `diff_ids` (bottom first) the engine already stores, as that very
+        chain of layers. `load` reuses those without reading them, so the archive may
+        leave them empty. 0 when the engine's store cannot be read here."""
+        return 0
+
     def forget_build(self, image_id: str) -> None:
         """Drop an image a build made and nothing else needs, where that is safe for the
         engine's build cache. By default nothing is removed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -404,11 +405,13 @@ class DockerEngine(Engine):
         finally:
             part.unlink(missing_ok=True)
 
-    def local_image(self, ref: str) -> LocalImage | None:
+    def _local_store(self) -> Path | None:
+        """DockerRootDir when it is on this machine and readable as the image files are
+        (overlay2, native diff, no user namespaces); else None."""
         if not docker_host().startswith("unix://"):
             return None  # the daemon's files are on another machine
-        try:
-            if self._store is None:
+        if self._store is None:
+            try:
                 info = self._api.info()
                 status = {str(k): str(v) for k, v in info.get("DriverStatus") or ()}
                 native = (
@@ -418,17 +421,44 @@ class DockerEngine(Engine):
                     and not any("userns" in str(o) for o in info.get("SecurityOptions") or ())
                 )
                 self._store = Path(info["DockerRootDir"]) if native else Path()
+            except (docker.errors.DockerException, OSError, KeyError, TypeError, ValueError):
+                return None
+        return None if self._store == Path() else self._store
+
+    def present_layers(self, diff_ids: Sequence[str]) -> int:
+        store = self._local_store()
+        if store is None:
+            return 0
+        layerdb = store / "image/overlay2/layerdb/sha256"
+        count, chain = 0, ""
+        for diff_id in diff_ids:
+            # OCI chain IDs: the first layer's is its diff_id, then sha256("<parent> <diff>").
+            chain = diff_id if not chain else _sha256_text(f"{chain} {diff_id}")
+            try:
+                recorded = (layerdb / chain.removeprefix("sha256:") / "diff").read_text()
+            except OSError:
+                break
+            if recorded.strip() != diff_id:
+                break
+            count += 1
+        return count
+
+    def local_image(self, ref: str) -> LocalImage | None:
+        store = self._local_store()
+        if store is None:
+            return None
+        try:
             data = self._api.inspect_image(ref)
         except (docker.errors.DockerException, OSError, KeyError, TypeError, ValueError):
             return None
         driver = data.get("GraphDriver") or {}
-        if self._store == Path() or driver.get("Name") != "overlay2":
+        if driver.get("Name") != "overlay2":
             return None
         image_id = str(data.get("Id", ""))
         layers = (data.get("RootFS") or {}).get("Layers") or []
         return local_image(
             image_id,
-            config_file=self._store
+            config_file=store
             / "image/overlay2/imagedb/content/sha256"
             / image_id.removeprefix("sha256:"),
             upper_dir=str((driver.get("Data") or {}).get("UpperDir") or ""),
@@ -516,3 +546,7 @@ class DockerEngine(Engine):
         except (docker.errors.DockerException, OSError) as exc:
             raise _unreachable(exc) from None
         return dict(data)
+
+
+def _sha256_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()

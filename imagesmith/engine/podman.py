@@ -390,10 +390,12 @@ class PodmanEngine(Engine):
         finally:
             part.unlink(missing_ok=True)
 
-    def local_image(self, ref: str) -> LocalImage | None:
-        try:
-            if self._store is None:
-                self._store = Path()
+    def _local_store(self) -> Path | None:
+        """graphRoot when its overlay files are readable as the images' files (rootful,
+        native diff, no metacopy); else None."""
+        if self._store is None:
+            self._store = Path()
+            try:
                 store = self.info()
                 status = store["store"]["graphStatus"]
                 if (
@@ -403,8 +405,37 @@ class PodmanEngine(Engine):
                     and status.get("Using metacopy") == "false"
                 ):
                     self._store = Path(store["store"]["graphRoot"])
-            if self._store == Path():
+            except (EngineError, OSError, KeyError, TypeError, ValueError):
                 return None
+        return None if self._store == Path() else self._store
+
+    def present_layers(self, diff_ids: Sequence[str]) -> int:
+        store = self._local_store()
+        if store is None:
+            return 0
+        try:
+            # containers/storage's own record of its layers (read-only here).
+            records = json.loads((store / "overlay-layers/layers.json").read_text())
+            children: dict[tuple[str, str], str] = {
+                (str(r.get("parent") or ""), str(r["diff-digest"])): str(r["id"])
+                for r in records
+                if r.get("diff-digest")
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        count, parent = 0, ""
+        for diff_id in diff_ids:
+            layer = children.get((parent, diff_id))
+            if layer is None:
+                break
+            count, parent = count + 1, layer
+        return count
+
+    def local_image(self, ref: str) -> LocalImage | None:
+        store = self._local_store()
+        if store is None:
+            return None
+        try:
             proc = self._run(["image", "inspect", ref], what=f"inspect {ref}")
             data = json.loads(proc.stdout)[0]
         except (EngineError, OSError, KeyError, TypeError, ValueError, IndexError):
@@ -416,10 +447,7 @@ class PodmanEngine(Engine):
         key = base64.b64encode(image_id.encode("ascii")).decode("ascii")
         return local_image(
             image_id,
-            config_file=self._store
-            / "overlay-images"
-            / image_id.removeprefix("sha256:")
-            / f"={key}",
+            config_file=store / "overlay-images" / image_id.removeprefix("sha256:") / f"={key}",
             upper_dir=str((driver.get("Data") or {}).get("UpperDir") or ""),
             lower_dirs=str((driver.get("Data") or {}).get("LowerDir") or ""),
             layer_count=len((data.get("RootFS") or {}).get("Layers") or []),

@@ -13,7 +13,11 @@ from __future__ import annotations
 import gzip
 import json
 import tarfile
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from imagesmith.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
 from imagesmith.engine.base import Engine
@@ -73,3 +77,50 @@ def test_reading_the_store_equals_saving(
     top = _layer_names(in_place.layout, 2)
     assert {"etc/.wh.issue", "srv/.wh.gone", "usr/share/doc/.wh..wh..opq"} <= top
     assert {"srv/a2", "srv/keep/a", "srv/keep/sub/c"} <= top
+
+
+def test_load_leaves_out_the_layers_the_engine_has(
+    engine: Engine,
+    base_image: str,
+    images: ImageTracker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make_canonical` loads only the layers the engine lacks (the others are empty
+    members of the archive); should the engine lack one it was thought to have, the
+    load fails and is done again with every layer."""
+    from imagesmith.canonical_build import _load
+
+    context = tmp_path / "context"
+    context.mkdir()
+    marker = uuid.uuid4().hex
+    (context / "Containerfile").write_text(f"FROM {base_image}\nRUN echo {marker} > /marker\n")
+    built = engine.build(context=context, tags=[images.tag("load-skip")])
+    local = engine.local_image(built)
+    assert local is not None
+    # The base layer is the engine's already (its times are older than the epoch); the
+    # top one, with the epoch as its times, is new.
+    first = canonicalize_local(local, tmp_path / "first", epoch=EPOCH, drop_paths=VOLATILE_PATHS)
+    assert engine.present_layers(first.diff_ids) == 1
+    loaded = images.add(_load(engine, first.layout, first, tmp_path))
+    assert loaded == first.config_digest
+    assert engine.present_layers(first.diff_ids) == 2
+    assert engine.present_layers([*first.diff_ids[:1], "sha256:" + "0" * 64]) == 1
+
+    # Another epoch, another top layer, which the engine is told it has: the first load
+    # fails on the empty member and the second one loads it.
+    second = canonicalize_local(
+        local, tmp_path / "second", epoch=EPOCH + 1, drop_paths=VOLATILE_PATHS
+    )
+    assert second.diff_ids[0] == first.diff_ids[0] and second.diff_ids[1] != first.diff_ids[1]
+    attempts: list[int] = []
+
+    def claim_all(diff_ids: Sequence[str]) -> int:
+        attempts.append(len(diff_ids))
+        return len(diff_ids)
+
+    monkeypatch.setattr(engine, "present_layers", claim_all)
+    again = images.add(_load(engine, second.layout, second, tmp_path))
+    assert attempts == [2] and again == second.config_digest
+    run = engine.run(again, ["cat", "/marker"])
+    assert run.exit_code == 0 and run.output.strip() == marker
