@@ -8,8 +8,8 @@ tree. Every file in the context gets the lock's SOURCE_DATE_EPOCH as its time, s
 unchanged lock gives an unchanged context and the engine's cache holds.
 
 Cache (`~/.cache/imagesmith`): `wheels/KEY` (the downloaded wheels, kept) and
-`venvs/KEY-EPOCH` (the installed tree, its times already the epoch; the context links
-to its files). Installed trees are cheap to make again from the wheels (about a second),
+`venvs/KEY-EPOCH/venv.tar` (the installed tree, its times already the epoch; the context
+links to it). Installed trees are cheap to make again from the wheels (about a second),
 so only the most recently used few are kept.
 """
 
@@ -110,6 +110,7 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
 
 
 _KEEP_TREES = 4
+VENV_TAR = "venv.tar.gz"
 
 
 def _tree_folder(python: PythonLock, epoch: int) -> Path:
@@ -118,39 +119,43 @@ def _tree_folder(python: PythonLock, epoch: int) -> Path:
 
 def python_tree_cached(python: PythonLock, epoch: int) -> bool:
     """Whether `python_tree` has this tree already (no network, no install)."""
-    return (_tree_folder(python, epoch) / ".complete").exists()
+    return (_tree_folder(python, epoch) / VENV_TAR).is_file()
 
 
 def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None = None) -> Path:
-    """The locked distributions installed as /opt/venv will hold them (cached), times `epoch`.
+    """The locked distributions installed as /opt/venv will hold them, as one tar (cached).
 
-    The wheels are fetched first when they are not cached (`fetch_wheels`).
+    The build extracts it with ``ADD``: one file in the context instead of a thousand
+    (Docker sends and checks the context in a tenth of the time). Its entries are
+    sorted, owned by 0:0, timed `epoch`. The wheels are fetched first when they are not
+    cached (`fetch_wheels`).
     """
-    from imagesmith.venv import install_wheels
+    from imagesmith.venv import install_wheels, write_tree_tar
 
     folder = _tree_folder(python, epoch)
-    if (folder / ".complete").exists():
+    if (folder / VENV_TAR).is_file():
         touch(folder)
-        return folder / "venv"
+        return folder / VENV_TAR
     wheels = sorted((fetch_wheels(python, on_line=on_line) / "wheels").glob("*.whl"))
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         root = install_wheels(wheels, partial / "root", python_version=python.version)
-        root.rename(partial / "venv")
+        write_tree_tar(root, partial / VENV_TAR, epoch=epoch)
         shutil.rmtree(partial / "root")
-        _clamp_times(partial / "venv", epoch)
-        (partial / ".complete").touch()
+        if folder.exists() and not (folder / VENV_TAR).is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # left by another imagesmith version
         try:
             partial.rename(folder)
-        except OSError:  # another build made the same tree meanwhile: the same files
-            if not (folder / ".complete").exists():
-                raise
+        except OSError as exc:
+            # Fine when another build made the same tree meanwhile: the same bytes.
+            if not (folder / VENV_TAR).is_file():
+                raise OperationError(f"cannot write {folder}: {exc.strerror}") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     _prune_trees(keep=folder)
-    return folder / "venv"
+    return folder / VENV_TAR
 
 
 def _prune_trees(*, keep: Path) -> None:
@@ -158,7 +163,7 @@ def _prune_trees(*, keep: Path) -> None:
     last hour: a concurrent build may be linking from it)."""
     trees = []
     for entry in keep.parent.iterdir():
-        if entry != keep and (entry / ".complete").exists():
+        if entry != keep and (entry / VENV_TAR).is_file():
             with contextlib.suppress(OSError):
                 trees.append((entry.stat().st_mtime, entry))
     trees.sort(reverse=True)
@@ -168,26 +173,12 @@ def _prune_trees(*, keep: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _link_tree(src: Path, dest: Path) -> None:
-    """`src` copied to `dest` as hard links (a copy where links cannot be made)."""
-    dest.mkdir(parents=True)
-    for folder, dirs, files in os.walk(src):
-        here = Path(folder)
-        there = dest / here.relative_to(src)
-        for name in dirs:
-            if (here / name).is_symlink():
-                os.symlink(os.readlink(here / name), there / name)
-            else:
-                (there / name).mkdir(mode=0o755)
-        for name in files:
-            source, target = here / name, there / name
-            if source.is_symlink():
-                os.symlink(os.readlink(source), target)
-                continue
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+def _link_or_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dest)
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
@@ -213,7 +204,7 @@ def assemble_context(
     spec = lock.spec
     if lock.python is not None and lock.python.packages:
         tree = python_tree(lock.python, lock.source_date_epoch, on_line=on_line)
-        _link_tree(tree, folder / CONTEXT_PYTHON)
+        _link_or_copy(tree, folder / CONTEXT_PYTHON / VENV_TAR)
     for index, item in enumerate(spec.image.copy):
         _copy_tree(spec.folder / item.src, folder / copy_context_path(index, item.src))
     _clamp_times(folder, lock.source_date_epoch)

@@ -3,10 +3,10 @@
 Stages, ordered by how often their inputs change:
   system  the pinned base, the whole apt closure (installed once) and the user;
   final   system + /opt/venv + the spec's files, commands, env and labels.
-The venv arrives as one COPY of the tree the host installed from the hashed wheels
-(`imagesmith.venv`), then one RUN makes the venv's own files and the bytecode; no pip
-runs in the image and no wheel file enters a layer. A change to the Python pins reruns
-those two steps only; apt stays cached.
+The venv arrives as one ADD of the tree the host installed from the hashed wheels
+(`imagesmith.venv`, a tar the engine extracts), then one RUN makes the venv's own files
+and the bytecode; no pip runs in the image and no wheel file enters a layer. A change to
+the Python pins reruns those two steps only; apt stays cached.
 
 SOURCE_DATE_EPOCH is written into the commands that need it (`export`), not passed as a
 build argument: a stage that opens with `ARG` has a first step every spec on the same
@@ -221,7 +221,8 @@ def _python_steps(lock: Lock) -> list[str]:
     if lock.python is None:
         return []
     version = _shell_word(lock.python.version)
-    steps = [f"COPY {CONTEXT_PYTHON}/ {VENV}/"] if lock.python.packages else []
+    # ADD extracts the host-installed tree (one tar, see context.python_tree).
+    steps = [f"ADD {CONTEXT_PYTHON}/venv.tar.gz {VENV}/"] if lock.python.packages else []
     steps.append(
         "RUN "
         + " \\\n && ".join(

@@ -53,7 +53,7 @@ def test_shape_of_the_example() -> None:
         text.index("export SOURCE_DATE_EPOCH=")
         < text.index("apt-get install")
         < text.index("FROM system\n")
-        < text.index("COPY python/ /opt/venv/")
+        < text.index("ADD python/venv.tar.gz /opt/venv/")
         < text.index("--invalidation-mode checked-hash /opt/venv")
     )
 
