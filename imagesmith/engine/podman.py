@@ -419,7 +419,8 @@ class PodmanEngine(Engine):
             children: dict[tuple[str, str], str] = {
                 (str(r.get("parent") or ""), str(r["diff-digest"])): str(r["id"])
                 for r in records
-                if r.get("diff-digest")
+                # a layer still being written is flagged so (containers/storage)
+                if r.get("diff-digest") and not (r.get("flags") or {}).get("incomplete")
             }
         except (OSError, ValueError, KeyError, TypeError):
             return 0
