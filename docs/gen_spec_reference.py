@@ -264,9 +264,8 @@ def render() -> str:
         if table == "python":
             out += [
                 "Without a `[python]` table the image has no virtual environment; with one "
-                "(even empty) it has `/opt/venv` on `PATH`, and Debian's `python3` is added "
-                "to the apt packages when the base has no Python (not `python3-venv`: no pip "
-                "runs in the image, the host installs the wheels). "
+                "(even empty) it has `/opt/venv` on `PATH`, and Debian's `python3` and "
+                "`python3-venv` are added to the apt packages when the base has no Python. "
                 "The environment holds the locked distributions and nothing else: no pip or "
                 "setuptools unless the requirements name them (`pip` in `requirements` "
                 "installs a pinned pip).",

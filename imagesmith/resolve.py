@@ -150,7 +150,7 @@ def _system_unchanged(previous: Lock, spec: Spec, platform: str) -> bool:
         and old.get("base", {}).get("image") == spec.base_image
         and list(old.get("apt", {}).get("packages", [])) == list(spec.apt_packages)
         and old.get("apt", {}).get("snapshot") == spec.apt_snapshot
-        # A [python] table brings Debian's python3 into the closure.
+        # A [python] table brings Debian's python3 and python3-venv into the closure.
         and had_python == has_python
         and (previous.python is not None or not has_python)
     )
@@ -212,7 +212,7 @@ echo "@@ARCH $(dpkg --print-architecture)"
 echo "@@GLIBC $(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)"
 if command -v python3 >/dev/null 2>&1; then
   python3 -c 'import sys; print("@@PY %d.%d" % sys.version_info[:2])'
-  if python3 -c 'import venv' >/dev/null 2>&1; then echo "@@VENV yes"; fi
+  if python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then echo "@@VENV yes"; fi
 fi
 @@SNAPSHOT@@
 if [ -n "$PKGS" ]; then
@@ -255,9 +255,10 @@ def probe_base(
     first = _run_probe(engine, ref, spec.apt_snapshot, [])
     packages = list(spec.apt_packages)
     if spec.python is not None and "VENV" not in first:
-        # No usable Python in the base: Debian's own comes in by itself. Not python3-venv:
-        # the venv is made without pip (`--without-pip`), which needs no ensurepip.
-        packages += [p for p in ("python3",) if p not in packages]
+        # No usable Python in the base: Debian's own, with venv, comes in by itself. (The
+        # venv is made without pip, but python3-venv stays: what it pulls in, such as
+        # ca-certificates, is what images built so far had, and what HTTPS inside needs.)
+        packages += [p for p in ("python3", "python3-venv") if p not in packages]
     say(f"apt: resolving the closure of {len(packages)} packages inside {ref[:40]}...")
     probe = _run_probe(engine, ref, spec.apt_snapshot, packages) if packages else first
     requested = {p.split("=")[0].split(":")[0] for p in packages}

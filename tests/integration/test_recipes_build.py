@@ -141,7 +141,7 @@ def test_python_science_builds_and_its_job_runs(
     path = recipe_copy(tmp_path, "python-science", docker_base)
     lock = lock_recipe(path, docker_engine)
     names = {p.name for p in lock.apt.packages}
-    assert {"libhdf5-103-1", "hdf5-tools", "python3"} <= names
+    assert {"libhdf5-103-1", "hdf5-tools", "python3", "python3-venv"} <= names
     assert lock.python is not None and lock.python.version == "3.11"
     pins = {p.name: p for p in lock.python.packages}
     assert {"numpy", "scipy", "pandas", "matplotlib", "h5py"} <= set(pins)

@@ -231,7 +231,7 @@ def fake_lock(spec: Spec) -> Lock:
     ref = parse_reference(spec.base_image)
     packages = [*spec.apt_packages]
     if spec.python is not None:
-        packages += [p for p in ("python3",) if p not in packages]
+        packages += [p for p in ("python3", "python3-venv") if p not in packages]
     python = None
     if spec.python is not None:
         python = PythonLock(version="3.11", platform="x86_64-manylinux_2_36")
