@@ -126,8 +126,11 @@ def build_canonical(
         try:
             containerfile = render(lock, epoch=epoch)
             python = lock.python
-            tree_ready = python is None or python_tree_cached(python, lock.source_date_epoch)
-            if python is not None and python.packages and not tree_ready:
+            if (
+                python
+                and python.packages
+                and not python_tree_cached(python, lock.source_date_epoch)
+            ):
                 system_id = _system_while_fetching(
                     lock,
                     engine,

@@ -3,19 +3,20 @@
 Python artifacts are fetched on the host (which trusts the lab's proxy CA) and checked
 against the lock's hashes, so the build itself needs no network for them and no
 credential or CA file ever enters a layer; they are installed on the host too, into the
-tree the image's /opt/venv will hold (`imagesmith.venv`), and the build copies that
-tree. Every file in the context gets the lock's SOURCE_DATE_EPOCH as its time, so an
+tree the image's /opt/venv will hold (`imagesmith.venv`), and the build ADDs that tree
+(one gzip tar). Every file in the context gets the lock's SOURCE_DATE_EPOCH as its time, so an
 unchanged lock gives an unchanged context and the engine's cache holds.
 
 Cache (`~/.cache/imagesmith`): `wheels/KEY` (the downloaded wheels, kept) and
-`venvs/KEY-EPOCH/venv.tar` (the installed tree, its times already the epoch; the context
-links to it). Installed trees are cheap to make again from the wheels (about a second),
+`venvs/KEY-EPOCH/venv.tar.gz` (the installed tree, its times already the epoch; the
+context links to it). Installed trees are cheap to make again from the wheels (about a second),
 so only the most recently used few are kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagesmith.cachegc import touch
+from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import OperationError, ResolveError
 from imagesmith.lock import Lock, PythonLock
 from imagesmith.render import CONTEXT_PYTHON, copy_context_path
@@ -125,10 +127,10 @@ def python_tree_cached(python: PythonLock, epoch: int) -> bool:
 def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None = None) -> Path:
     """The locked distributions installed as /opt/venv will hold them, as one tar (cached).
 
-    The build extracts it with ``ADD``: one file in the context instead of a thousand
-    (Docker sends and checks the context in a tenth of the time). Its entries are
-    sorted, owned by 0:0, timed `epoch`. The wheels are fetched first when they are not
-    cached (`fetch_wheels`).
+    The build extracts it with ``ADD``: one file in the context instead of a thousand,
+    and a third of their bytes. Its entries are sorted, owned by 0:0, timed `epoch`.
+    The wheels are fetched first when they are not cached (`fetch_wheels`). A cache
+    that cannot be written is an OperationError, one line.
     """
     from imagesmith.venv import install_wheels, write_tree_tar
 
@@ -138,9 +140,9 @@ def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None 
         return folder / VENV_TAR
     wheels = sorted((fetch_wheels(python, on_line=on_line) / "wheels").glob("*.whl"))
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
         root = install_wheels(wheels, partial / "root", python_version=python.version)
         write_tree_tar(root, partial / VENV_TAR, epoch=epoch)
         shutil.rmtree(partial / "root")
@@ -148,10 +150,14 @@ def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None 
             shutil.rmtree(folder, ignore_errors=True)  # left by another imagesmith version
         try:
             partial.rename(folder)
-        except OSError as exc:
+        except OSError:
             # Fine when another build made the same tree meanwhile: the same bytes.
             if not (folder / VENV_TAR).is_file():
-                raise OperationError(f"cannot write {folder}: {exc.strerror}") from None
+                raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OperationError(f"python: {disk_full_message(str(cache_dir()))}") from None
+        raise OperationError(f"python: cannot write {folder}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     _prune_trees(keep=folder)

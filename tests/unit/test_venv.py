@@ -179,3 +179,18 @@ def test_only_a_few_trees_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     newest = python_tree(python, 1_700_000_000 + 9 * 86400)
     kept = [t for t in [*trees, newest] if t.exists()]
     assert len(kept) == 4 and newest in kept and trees[0] in kept  # trees[0]: used last
+
+
+def test_a_cache_that_cannot_be_written_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheels = tmp_path / "wheels"
+    (wheels / "wheels").mkdir(parents=True)
+    make_wheel(wheels / "wheels")
+    monkeypatch.setattr("imagesmith.context.fetch_wheels", lambda *_a, **_k: wheels)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache would go below a file
+    with pytest.raises(OperationError, match=r"^python: cannot write .*venvs.*: Not a directory"):
+        python_tree(_fake_lock(), 1_700_000_000)
+    assert blocker.read_text() == ""
