@@ -19,16 +19,23 @@ def example_dir(tmp_path: Path) -> Path:
     return target
 
 
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tier is the folder: every test under tests/integration is `integration`, so
+    `-m "not integration"` (or `tests/unit`) never reaches an engine."""
+    for item in items:
+        if Path(str(item.path)).is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Under scripts/test.sh every engine is installed: an integration skip is a failure."""
+    """Under scripts/test.sh everything is installed: any skip is a failure."""
     outcome = yield
     report = outcome.get_result()
-    if (
-        report.skipped
-        and os.environ.get("IMAGESMITH_REQUIRE_ENGINES") == "1"
-        and item.get_closest_marker("integration") is not None
-    ):
+    if report.skipped and os.environ.get("IMAGESMITH_REQUIRE_ENGINES") == "1":
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = (
