@@ -25,6 +25,7 @@ from pathlib import Path
 from imagesmith.cachegc import cache_budget
 from imagesmith.engine.base import TAIL_LINES, Engine, LineCallback
 from imagesmith.errors import BuildError, EngineError, InputError
+from imagesmith.labels import BASE_EPOCH, BASE_ROOTFS, BASE_SUITE
 
 #: SOURCE_DATE_EPOCH per suite when none is given: the suite's first stable release
 #: (x.0) at 00:00 UTC. A date that never changes, so neither does a rebuild's timestamps.
@@ -41,11 +42,6 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEFAULT_REPOSITORY = "imagesmith/debian"
 
 MMDEBSTRAP_HINT = "mmdebstrap is not installed: apt-get install mmdebstrap"
-
-#: Labels the base image carries, so a rebuild can be compared with it.
-LABEL_SUITE = "org.imagesmith.base.suite"
-LABEL_EPOCH = "org.imagesmith.base.source-date-epoch"
-LABEL_ROOTFS = "org.imagesmith.base.rootfs-sha256"
 
 CONTAINERFILE_NAME = "Containerfile.base"
 # The same text as Containerfile.base at the top of the repository, for installs that do
@@ -266,7 +262,8 @@ def _build(
     (context / "Containerfile").write_text(containerfile_text())
     built_id = engine.build(
         context=context,
-        labels={LABEL_SUITE: suite, LABEL_EPOCH: str(epoch), LABEL_ROOTFS: digest},
+        # Labels the base carries, so a rebuild can be compared with it.
+        labels={BASE_SUITE: suite, BASE_EPOCH: str(epoch), BASE_ROOTFS: digest},
         on_line=on_line,
     )
     work = context / "canonical"

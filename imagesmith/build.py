@@ -18,7 +18,14 @@ from imagesmith.cachegc import cache_budget
 from imagesmith.canonical_build import Canonical
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, StaleLockError
-from imagesmith.lock import Lock, read_lock, stale_reason, write_lock
+from imagesmith.lock import (
+    Lock,
+    check_format,
+    format_problem,
+    read_lock,
+    stale_reason,
+    write_lock,
+)
 from imagesmith.records import BuildRecord, build_record_path, write_record
 from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
@@ -80,7 +87,9 @@ def ensure_lock(
     path = spec.lock_path
     previous = read_lock(path) if path.exists() else None
     if previous is not None:
-        reason = stale_reason(spec, previous)
+        if not relock:
+            check_format(previous, spec)
+        reason = format_problem(previous, subject=path.name) or stale_reason(spec, previous)
         if reason is None:
             return previous, False
         if not relock:

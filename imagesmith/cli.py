@@ -210,7 +210,8 @@ def lock(
 
     Re-running on an unchanged spec changes nothing and needs no network.
     """
-    from imagesmith.lock import read_lock, stale_reason, write_lock
+    from imagesmith.errors import LockFormatError
+    from imagesmith.lock import check_format, read_lock, stale_reason, write_lock
     from imagesmith.resolve import lock_spec
     from imagesmith.spec import load_spec
 
@@ -220,7 +221,13 @@ def lock(
         if not lock_path.exists():
             err(f"{lock_path.name} does not exist; run `imagesmith lock {spec_path.name}`")
             raise typer.Exit(1)
-        reason = stale_reason(spec, read_lock(lock_path))
+        current = read_lock(lock_path)
+        try:
+            check_format(current, spec)
+        except LockFormatError as exc:
+            err(f"error: {exc}")
+            raise typer.Exit(1) from None
+        reason = stale_reason(spec, current)
         if reason:
             err(f"{reason}; run `imagesmith lock {spec_path.name}`")
             raise typer.Exit(1)
@@ -240,6 +247,11 @@ def lock(
         on_line=err,
     )
     changed = write_lock(new, lock_path)
+    if previous is not None and previous.format != new.format:
+        typer.echo(
+            f"lock format {previous.format or 'none'} (imagesmith {previous.imagesmith_version})"
+            f" → {new.format} (imagesmith {new.imagesmith_version}): the image gets a new digest"
+        )
     for line in lock_diff(previous, new):
         typer.echo(line)
     python = len(new.python.packages) if new.python else 0
@@ -427,22 +439,12 @@ def inspect(
     import tomli_w
 
     from imagesmith.engine import get_engine
-    from imagesmith.lock import parse_lock
-    from imagesmith.render import LABEL_PREFIX, decode_embedded_lock
+    from imagesmith.render import lock_in_image
 
     if show not in {"spec", "lock", "summary"}:
         raise InputError(f"--show must be spec, lock or summary, not {show!r}")
     info = get_engine(engine).inspect_image(image)
-    embedded = info.labels.get(f"{LABEL_PREFIX}.lock")
-    if not embedded:
-        raise InputError(
-            f"{image} was not built by imagesmith (it has no {LABEL_PREFIX}.lock label)"
-        )
-    try:
-        lock_text = decode_embedded_lock(embedded)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(f"{image}: its {LABEL_PREFIX}.lock label is damaged") from None
-    the_lock = parse_lock(lock_text, path=Path("env.lock"))
+    lock_text, the_lock = lock_in_image(image, info.labels, path=Path("env.lock"))
     if show == "lock":
         sys.stdout.write(lock_text)
     elif show == "spec":

@@ -44,6 +44,10 @@ class StaleLockError(LockError):
     """The lock exists but was made from another version of the spec."""
 
 
+class LockFormatError(LockError):
+    """The lock is in a format this imagesmith would build to another digest."""
+
+
 class ResolveError(InputError):
     """A requirement or package cannot be satisfied (the user must change the spec)."""
 

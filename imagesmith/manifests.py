@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from imagesmith.errors import InputError
+from imagesmith.labels import KUBERNETES_PREFIX
 from imagesmith.quantity import quantity_value
 from imagesmith.reference import parse_reference
 from imagesmith.slurm import SlurmRequest, apply_overrides, memory_megabytes
@@ -48,7 +49,7 @@ from imagesmith.slurmtime import format_slurm_time, parse_slurm_time
 from imagesmith.spec import Spec
 
 DEFAULT_SHM = "1Gi"
-LABEL_PREFIX = "imagesmith.dev"
+LABEL_PREFIX = KUBERNETES_PREFIX
 KINDS = ("job", "pod")
 RUNTIMES = ("podman", "apptainer")
 

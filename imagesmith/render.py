@@ -20,16 +20,16 @@ import base64
 import json
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
-from imagesmith import __version__
-from imagesmith.errors import LockError
-from imagesmith.lock import Lock
+from imagesmith import __version__, labels
+from imagesmith.errors import InputError, LockError
+from imagesmith.lock import Lock, parse_lock
 
 VENV = "/opt/venv"
 CONTEXT_PYTHON = "python"
 CONTEXT_COPY = "copy"
-LABEL_PREFIX = "io.imagesmith"
 
 # Files apt, dpkg and ldconfig write that differ from one build to the next.
 _APT_NOISE = (
@@ -140,6 +140,20 @@ def decode_embedded_lock(value: str) -> str:
     return zlib.decompress(base64.b64decode(value)).decode("utf-8")
 
 
+def lock_in_image(image: str, found: Mapping[str, str], *, path: Path) -> tuple[str, Lock]:
+    """(text, lock) of the lock `image` carries in its labels `found`, under today's label
+    or the one images built before 0.6.0 carry; `path` is where the lock is taken to be."""
+    embedded = labels.embedded_lock_label(found)
+    if embedded is None:
+        raise InputError(f"{image} was not built by imagesmith (it has no {labels.LOCK} label)")
+    name, value = embedded
+    try:
+        text = decode_embedded_lock(value)
+    except (ValueError, UnicodeDecodeError, zlib.error):
+        raise InputError(f"{image}: its {name} label is damaged") from None
+    return text, parse_lock(text, path=path)
+
+
 def content_tag(lock: Lock) -> str:
     """The tag that the same lock always maps to."""
     return "lock-" + lock.lock_hash.removeprefix("sha256:")[:16]
@@ -147,17 +161,17 @@ def content_tag(lock: Lock) -> str:
 
 def image_labels(lock: Lock) -> dict[str, str]:
     spec = lock.spec
-    labels = {
+    traced = {
         "org.opencontainers.image.title": spec.name,
         "org.opencontainers.image.version": spec.version,
         "org.opencontainers.image.base.name": lock.base.reference,
         "org.opencontainers.image.base.digest": lock.base.digest,
-        f"{LABEL_PREFIX}.spec-hash": lock.spec_hash,
-        f"{LABEL_PREFIX}.lock-hash": lock.lock_hash,
-        f"{LABEL_PREFIX}.lock": embedded_lock(lock),
+        labels.SPEC_HASH: lock.spec_hash,
+        labels.LOCK_HASH: lock.lock_hash,
+        labels.LOCK: embedded_lock(lock),
     }
     # The spec's own labels may not overwrite the ones that trace the image to its lock.
-    return {**dict(spec.image.labels), **labels}
+    return {**dict(spec.image.labels), **traced}
 
 
 def _apt_sources(lock: Lock) -> list[str]:

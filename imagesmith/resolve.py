@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from imagesmith import __version__
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, RegistryError, ResolveError
 from imagesmith.lock import (
+    LOCK_FORMAT,
     AptLock,
     AptPackage,
     BaseImageLock,
@@ -84,10 +86,15 @@ def lock_spec(
     inputs = inputs_hash(spec, platform)
     refresh = upgrade or bool(upgrade_packages)
     if previous is not None and previous.inputs_hash == inputs and not refresh:
+        moved = previous.format != LOCK_FORMAT
         return replace(
             previous,
+            # The same pins in this version's format (a new digest); an unchanged lock
+            # keeps the version that wrote it, so its bytes and digest stay the same.
+            format=LOCK_FORMAT,
+            imagesmith_version=__version__ if moved else previous.imagesmith_version,
             spec_hash=spec.spec_hash,
-            spec_data=spec.data,
+            spec_data=spec.image_data,
             spec_path=spec.path,
             copy=copy_locks(spec),
             source_date_epoch=source_date_epoch(spec, previous),
@@ -132,7 +139,7 @@ def lock_spec(
         inputs_hash=inputs,
         platform=platform,
         source_date_epoch=source_date_epoch(spec, previous if not refresh else None),
-        spec_data=spec.data,
+        spec_data=spec.image_data,
         spec_path=spec.path,
         base=base,
         apt=apt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,11 +34,23 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
 DEFAULT_USER = "lab"
-DEFAULT_UID = 1000
+# Above the ranges hosts hand out (1000+ for people), so the container's user cannot be
+# taken for someone on the node (checkov CKV_K8S_40). A spec may still say uid = 1000.
+DEFAULT_UID = 10001
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_VERSION = "latest"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+#: Tables that say how the image is run and published, not what is in it: read from the
+#: current env.toml by `manifest`, `sbatch` and `push`, and left out of the lock, its
+#: spec_hash and so the image, so that changing them needs no new lock or image.
+RUNTIME_TABLES = ("resources", "job", "registry")
+
+
+def image_part(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a spec that goes into the image: all but `RUNTIME_TABLES`."""
+    return {key: value for key, value in data.items() if key not in RUNTIME_TABLES}
 
 
 @dataclass(frozen=True)
@@ -115,9 +128,15 @@ class Spec:
     resources: Resources
     job: JobSettings
     data: Mapping[str, Any]
-    """The spec as parsed, the form the lock embeds and images carry."""
+    """The spec as parsed, run-time tables included."""
     spec_hash: str
-    """sha256 of what the spec means (not its comments or layout) and of its requirements file."""
+    """sha256 of what the image part of the spec means (not its comments, its layout or
+    its run-time tables) and of its requirements file."""
+
+    @property
+    def image_data(self) -> dict[str, Any]:
+        """The spec without its run-time tables: the form the lock embeds and images carry."""
+        return image_part(self.data)
 
     @property
     def folder(self) -> Path:
@@ -364,7 +383,8 @@ def canonical_hash(data: Any) -> str:
 
 
 def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str:
-    return canonical_hash({"spec": data, "requirements_file": list(extra_requirements)})
+    """The hash of what `data` puts into an image; its run-time tables do not count."""
+    return canonical_hash({"spec": image_part(data), "requirements_file": list(extra_requirements)})
 
 
 def _locked_spec_hash(spec_path: Path) -> str | None:
@@ -394,6 +414,36 @@ def _validated_when_locked(data: dict[str, Any], path: Path) -> bool:
         return False
 
 
+def _runtime_memo(data: Mapping[str, Any]) -> Path | None:
+    """Where a note says that `data`'s run-time tables passed this version's schema.
+
+    The lock vouches for the image part of a spec only, so a spec whose lock matches
+    would otherwise import and run the schema (0.2-0.5 s) on every command just for its
+    [resources], [job] and [registry] tables. None when the spec has none of them."""
+    runtime = {key: data[key] for key in RUNTIME_TABLES if key in data}
+    if not runtime:
+        return None
+    key = canonical_hash({"imagesmith": __version__, "runtime": runtime})
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "imagesmith" / "checked-runtime" / key.removeprefix("sha256:")
+
+
+def _runtime_checked(data: Mapping[str, Any]) -> bool:
+    memo = _runtime_memo(data)
+    return memo is None or memo.is_file()
+
+
+def _remember_runtime_checked(data: Mapping[str, Any]) -> None:
+    memo = _runtime_memo(data)
+    if memo is None:
+        return
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.touch()
+    except OSError:
+        pass  # only a shortcut: the next command checks the tables again
+
+
 def parse_toml(text: str, label: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -416,8 +466,12 @@ def load_spec(path: Path | str) -> Spec:
 
 
 def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
-    if _validated_when_locked(data, path) and not any(
-        _semantic_problems(data, path.parent, data_checked=True)  # files may have changed
+    if (
+        _validated_when_locked(data, path)
+        and _runtime_checked(data)
+        and not any(
+            _semantic_problems(data, path.parent, data_checked=True)  # files may have changed
+        )
     ):
         try:
             lines = _requirements_file_lines(data, path.parent)
@@ -429,7 +483,9 @@ def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
         problems = sorted(found, key=_problem_order)
         raise SpecError([f"{label}: {where}: {message}" for where, message in problems])
     requirements_file = _requirements_file_lines(data, path.parent)
-    return spec_from_valid_data(data, path=path, file_requirements=requirements_file)
+    spec = spec_from_valid_data(data, path=path, file_requirements=requirements_file)
+    _remember_runtime_checked(data)
+    return spec
 
 
 def _problem_order(problem: tuple[str, str]) -> tuple[str, str]:

@@ -14,8 +14,8 @@ from imagesmith.build import build_canonical
 from imagesmith.canonical import diff_archives
 from imagesmith.canonical_build import Canonical, layout_dir
 from imagesmith.engine.base import Engine
-from imagesmith.errors import EngineError, InputError
-from imagesmith.lock import Lock
+from imagesmith.errors import EngineError, InputError, LockFormatError
+from imagesmith.lock import Lock, format_problem
 from imagesmith.records import read_build_record
 from imagesmith.spec import Spec
 
@@ -77,14 +77,13 @@ def verify_image(image: str, engine: Engine, *, on_line: LineCallback = lambda _
     import tempfile
     from pathlib import Path
 
-    from imagesmith.lock import parse_lock
-    from imagesmith.render import LABEL_PREFIX, decode_embedded_lock
+    from imagesmith.render import lock_in_image
 
     info = engine.inspect_image(image)
-    embedded = info.labels.get(f"{LABEL_PREFIX}.lock")
-    if not embedded:
-        raise InputError(f"{image} was not built by imagesmith: it carries no lock to rebuild from")
-    lock = parse_lock(decode_embedded_lock(embedded), path=Path.cwd() / "env.lock")
+    _, lock = lock_in_image(image, info.labels, path=Path.cwd() / "env.lock")
+    problem = format_problem(lock, subject=f"the lock {image} carries")
+    if problem:
+        raise LockFormatError(problem)
     if lock.copy:
         raise InputError(
             f"{image} copies files from beside its spec; run `imagesmith verify env.toml` "

@@ -12,16 +12,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from imagesmith import base
-from imagesmith.base import (
-    LABEL_EPOCH,
-    LABEL_ROOTFS,
-    LABEL_SUITE,
-    build_base,
-    make_base,
-    make_rootfs,
-)
+from imagesmith.base import build_base, make_base, make_rootfs
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, InputError
+from imagesmith.labels import BASE_EPOCH, BASE_ROOTFS, BASE_SUITE
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ImageTracker
@@ -120,9 +114,9 @@ def test_build_base_on_each_engine(
     assert (made.ref, made.rootfs_sha256) == (tag, session_rootfs[1])
     info = engine.inspect_image(tag)
     assert info.id == made.image_id
-    assert info.labels[LABEL_SUITE] == "bookworm"
-    assert info.labels[LABEL_EPOCH] == str(base.DEFAULT_EPOCHS["bookworm"])
-    assert info.labels[LABEL_ROOTFS] == session_rootfs[1]
+    assert info.labels[BASE_SUITE] == "bookworm"
+    assert info.labels[BASE_EPOCH] == str(base.DEFAULT_EPOCHS["bookworm"])
+    assert info.labels[BASE_ROOTFS] == session_rootfs[1]
     assert info.env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     result = engine.run(tag, ["cat", "/etc/debian_version"], network=False)
     assert result.exit_code == 0 and result.output.startswith("12.")
@@ -140,7 +134,7 @@ def test_make_base_end_to_end(docker_or_podman: Engine, session_rootfs: tuple[Pa
         assert made.ref == tag
         assert any(line.startswith("I: ") for line in lines)  # mmdebstrap's progress
         assert any("STEP 2/" in line or "Step 2/" in line for line in lines)  # the build's
-        assert engine.inspect_image(tag).labels[LABEL_ROOTFS] == made.rootfs_sha256
+        assert engine.inspect_image(tag).labels[BASE_ROOTFS] == made.rootfs_sha256
         if made.rootfs_sha256 != session_rootfs[1]:
             # Only an archive update in between may change the bytes.
             listing = engine.run(tag, ["dpkg-query", "-W", "-f", "${Package} ${Version}\n"])

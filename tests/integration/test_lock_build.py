@@ -136,7 +136,7 @@ def test_example_builds_runs_and_rebuilds_from_cache(
     assert run.exit_code == 0, run.output
     assert "numpy 2." in run.output and "git version" in run.output and "curl-ok" in run.output
     assert "certs-ok" in run.output
-    assert "\n1000\n" in run.output
+    assert "\n10001\n" in run.output  # the default uid
     assert '[it\'s "quoted" $HOME and ünïcode][1]' in run.output  # byte for byte, not expanded
     assert run.output.rstrip().endswith("/work")
 
@@ -335,4 +335,4 @@ def test_labels_longer_than_a_containerfile_line_survive(
     labels = engine.inspect_image(result.image_id).labels
     assert labels["org.example.plain"] == plain
     assert labels["org.example.esc"] == escaped
-    assert labels["io.imagesmith.lock-hash"] == read_lock(spec.lock_path).lock_hash
+    assert labels["dev.imagesmith.lock-hash"] == read_lock(spec.lock_path).lock_hash

@@ -76,7 +76,7 @@ def test_push_gives_the_build_digest_and_pulls_into_the_other_engine(
     try:
         run = other.run(pinned, [])
         assert run.exit_code == 0, run.output
-        assert run.output.split() == ["1000", "pushed"]
+        assert run.output.split() == ["10001", "pushed"]
     finally:
         other.remove_image(pinned, force=True)
 

@@ -95,7 +95,7 @@ def test_python_minimal_builds_and_runs(
     )
     assert run.exit_code == 0, run.output
     assert "Python 3.11" in run.output
-    assert run.output.split()[-3:] == ["/opt/venv", "1000", "/work"]
+    assert run.output.split()[-3:] == ["/opt/venv", "10001", "/work"]
     job = docker_engine.run(result.tags[0], list(spec.job.command or ()))
     assert job.exit_code == 0 and job.output.startswith("3.11"), job.output
 
@@ -174,8 +174,8 @@ def test_jupyter_builds_and_carries_its_lock(
     result = build(load_spec(path), docker_engine)
     built.extend([*result.tags, result.image_id])
     labels = docker_engine.inspect_image(result.image_id).labels
-    assert labels["io.imagesmith.lock-hash"] == lock.lock_hash
-    assert decode_embedded_lock(labels["io.imagesmith.lock"]) == lock.to_toml()
+    assert labels["dev.imagesmith.lock-hash"] == lock.lock_hash
+    assert decode_embedded_lock(labels["dev.imagesmith.lock"]) == lock.to_toml()
     run = docker_engine.run(result.tags[0], ["jupyter", "lab", "--version"])
     jupyterlab = next(p for p in lock.python.packages if p.name == "jupyterlab")
     assert run.exit_code == 0 and run.output.strip() == jupyterlab.version, run.output

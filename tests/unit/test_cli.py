@@ -160,3 +160,49 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
     assert result.exit_code == 0, result.output
     assert "--array" in result.stderr
     assert "cpu: '8'" in result.stdout and "memory: 16Gi" in result.stdout
+
+
+def test_run_time_settings_change_without_a_new_lock(example_dir: Path) -> None:
+    """[resources], [job] and [registry] are read from env.toml when a job is written; they
+    are not in the lock, so changing them leaves the lock (and the image's digest) alone."""
+    from imagesmith.records import PushRecord, push_record_path, write_record
+
+    spec = example_dir / "env.toml"
+    lock = make_lock(spec)
+    write_lock(lock, example_dir / "env.lock")
+    locked = (example_dir / "env.lock").read_bytes()
+    write_record(
+        push_record_path(spec),
+        PushRecord(
+            repository="registry.example.edu/lab/analysis",
+            digest="sha256:" + "ab" * 32,
+            tags=("1.0.0",),
+            lock_hash=lock.lock_hash,
+            uid=10001,
+            gid=10001,
+        ),
+    )
+    before = runner.invoke(app, ["manifest", str(spec)])
+    assert before.exit_code == 0, before.output
+    assert "memory: 32Gi" in before.stdout and "nvidia.com/gpu: 1\n" in before.stdout
+    spec.write_text(
+        spec.read_text()
+        .replace('memory = "32Gi"', 'memory = "48Gi"')
+        .replace("gpu = 1 ", "gpu = 2 ")
+        .replace('command = ["python3", "train.py"]', 'command = ["python3", "eval.py"]')
+        .replace("registry.example.edu/lab/analysis", "other.example.edu/lab/analysis")
+    )
+    check = runner.invoke(app, ["lock", "--check", str(spec)])
+    assert check.exit_code == 0, check.output
+    assert check.stdout.strip() == "env.lock matches env.toml"
+    after = runner.invoke(app, ["manifest", str(spec)])
+    assert after.exit_code == 0, after.output
+    assert "memory: 48Gi" in after.stdout and "memory: 32Gi" not in after.stdout
+    assert "nvidia.com/gpu: 2\n" in after.stdout and "- eval.py" in after.stdout
+    assert f"imagesmith.dev/lock-hash: {lock.lock_hash}" in after.stdout  # the same image
+    sbatch = runner.invoke(app, ["sbatch", str(spec)])
+    assert sbatch.exit_code == 0, sbatch.output
+    assert "#SBATCH --mem=49152M" in sbatch.stdout and "#SBATCH --gpus=2" in sbatch.stdout
+    rendered = runner.invoke(app, ["render", str(spec)])
+    assert rendered.exit_code == 0 and "48Gi" not in rendered.stdout
+    assert (example_dir / "env.lock").read_bytes() == locked

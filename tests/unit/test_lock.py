@@ -52,7 +52,7 @@ def test_hand_edit_is_detected(example_dir: Path) -> None:
         (lambda t: t[: len(t) // 2], "env.lock"),
         (lambda t: t.replace("lock_version = 1", 'lock_version = "one"'), "$.lock_version"),
         (lambda t: "garbage = [", "not valid TOML"),
-        (lambda t: t.replace("lock_version = 1", "lock_version = 99"), "lock format 99"),
+        (lambda t: t.replace("lock_version = 1", "lock_version = 99"), "lock file version 99"),
     ],
 )
 def test_damaged_lock_is_a_clear_input_error(example_dir: Path, damage, expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -172,7 +172,7 @@ def test_intact_lock_reads_the_same_with_and_without_the_schema(
     write_lock(make_lock(example_dir / "env.toml"), path)
     fast = read_lock(path)
     monkeypatch.setattr("imagesmith.lock.LOCK_VERSION", -1)  # no fast path for this format
-    with pytest.raises(LockError, match="lock format 1 is not the one"):
+    with pytest.raises(LockError, match="lock file version 1 is not the one"):
         read_lock(path)
     monkeypatch.undo()
     text = path.read_text()

@@ -559,10 +559,11 @@ def test_apptainer_runs_the_entrypoint_when_there_is_one(spec: Spec) -> None:
 #: - CKV_K8S_9 (readiness probe): readiness gates Service traffic; a job serves none.
 NOT_FOR_BATCH = {"CKV_K8S_8", "CKV_K8S_9"}
 #: What the example spec itself chooses (not the generator): no [job] namespace
-#: (CKV_K8S_21: the default namespace) and the image user's uid 1000 (CKV_K8S_40 wants
-#: uid >= 10000). A spec with `namespace = "lab"` and `uid = 10001` passes both; the
-#: hardened variants below check exactly that.
-SPEC_CHOICES = {"CKV_K8S_21", "CKV_K8S_40"}
+#: (CKV_K8S_21: the default namespace). Its user has the default uid, 10001, which
+#: CKV_K8S_40 (uid >= 10000) accepts; a spec that sets uid = 1000 (shared home folders)
+#: fails that one check, as the `uid1000` variant shows. A spec with `namespace = "lab"`
+#: passes both; the hardened variants below check exactly that.
+SPEC_CHOICES = {"CKV_K8S_21"}
 
 
 def _tool(name: str) -> str:
@@ -592,11 +593,17 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
     cpu_only = dataclasses.replace(
         hardened, resources=dataclasses.replace(hardened.resources, gpu=0)
     )
+    uid = spec.image.uid
     for kind in ("job", "pod"):
         yield (
             f"example-{kind}.yaml",
-            render_manifest(spec, image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH),
+            render_manifest(spec, image=IMAGE, uid=uid, gid=uid, kind=kind, lock_hash=LOCK_HASH),
             SPEC_CHOICES,
+        )
+        yield (
+            f"uid1000-{kind}.yaml",
+            render_manifest(spec, image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH),
+            SPEC_CHOICES | {"CKV_K8S_40"},
         )
         for label, variant, request in (
             ("hardened", hardened, None),

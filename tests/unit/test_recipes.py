@@ -200,7 +200,7 @@ def expected_checkov_failures(name: str) -> set[str]:
     if not name.endswith("-namespaced"):
         expected.add("CKV_K8S_21")  # no [job] namespace: kubectl's context decides
     if spec.image.uid < 10000:
-        expected.add("CKV_K8S_40")  # lab-analysis and python-minimal keep uid 1000
+        expected.add("CKV_K8S_40")  # a uid people have on hosts (none of the recipes)
     if spec.job.secret_env:
         expected.add("CKV_K8S_35")  # jupyter: a Secret as a variable, which Jupyter reads
     return expected
@@ -240,7 +240,7 @@ def fake_lock(spec: Spec) -> Lock:
         inputs_hash=DIGEST,
         platform="linux/amd64",
         source_date_epoch=1747699200,
-        spec_data=spec.data,
+        spec_data=spec.image_data,
         spec_path=spec.path,
         base=BaseImageLock(
             reference=spec.base_image, repository=ref.familiar_repository, digest=DIGEST

@@ -314,7 +314,51 @@ def test_the_issue_example_validates_exactly_as_written() -> None:
     assert spec.name == "lab-analysis"
     assert spec.env["GREETING"] == 'it\'s "quoted" $HOME and ünïcode'
     assert spec.resources.gpu == 1 and spec.resources.memory == "32Gi"
-    assert spec.image.user == "researcher" and spec.image.uid == 1000
+    assert spec.image.user == "researcher" and spec.image.uid == 10001
+
+
+def test_default_uid_is_high_and_1000_stays_possible(tmp_path: Path) -> None:
+    (tmp_path / "env.toml").write_text(OK)
+    assert load_spec(tmp_path / "env.toml").image.uid == 10001
+    assert load_spec(tmp_path / "env.toml").image.group_id == 10001
+    (tmp_path / "env.toml").write_text(OK + "[image]\nuid = 1000\n")
+    explicit = load_spec(tmp_path / "env.toml")
+    assert (explicit.image.uid, explicit.image.group_id) == (1000, 1000)
+
+
+RUNTIME_CHANGES = [
+    ('memory = "32Gi"', 'memory = "64Gi"'),
+    ("gpu = 1", "gpu = 2"),
+    ('command = ["python3"', 'command = ["python3", "-u"'),
+    ('repository = "registry.example.edu/lab/analysis"', 'repository = "r.example.edu/x"'),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), RUNTIME_CHANGES)
+def test_run_time_settings_leave_the_spec_hash_alone(example_dir: Path, old: str, new: str) -> None:
+    path = example_dir / "env.toml"
+    before = load_spec(path)
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    after = load_spec(path)
+    assert after.spec_hash == before.spec_hash
+    assert after.image_data == before.image_data
+    assert not {"resources", "job", "registry"} & set(after.image_data)
+    assert after.data != before.data  # the run-time tables are still read
+    path.write_text(text.replace('"git", ', ""))
+    assert load_spec(path).spec_hash != before.spec_hash  # what goes into the image counts
+
+
+def test_a_bad_run_time_table_is_reported_even_with_a_fresh_lock(example_dir: Path) -> None:
+    from imagesmith.lock import write_lock
+    from tests.fixtures.make_lock import make_lock
+
+    path = example_dir / "env.toml"
+    write_lock(make_lock(path), example_dir / "env.lock")
+    path.write_text(path.read_text().replace('memory = "32Gi"', 'memory = "32GB"'))
+    with pytest.raises(SpecError, match=r"\$\.resources\.memory"):
+        load_spec(path)
 
 
 @pytest.mark.parametrize(
