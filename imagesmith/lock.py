@@ -60,6 +60,22 @@ class AptPackage:
     sha256: str | None = None
     requested: bool = False
     """Named in the spec (True) or pulled in as a dependency (False)."""
+    path: str | None = None
+    """The .deb's path in its archive (`pool/main/c/curl/curl_7.88.1-10+deb12u12_amd64.deb`,
+    the index's `Filename`): any mirror or snapshot of that archive serves it there."""
+    size: int | None = None
+    source: str | None = None
+    """The archive root it was resolved from (http://deb.debian.org/debian)."""
+
+    @property
+    def file_name(self) -> str:
+        """The .deb's file name (the last part of `path`)."""
+        return (self.path or "").rsplit("/", 1)[-1]
+
+    @property
+    def fetchable(self) -> bool:
+        """Whether the lock says enough to fetch and check this .deb on the host."""
+        return bool(self.sha256 and self.path and self.source)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import unquote
 
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, RegistryError, ResolveError
@@ -83,7 +84,11 @@ def lock_spec(
     say = on_line or (lambda _: None)
     inputs = inputs_hash(spec, platform)
     refresh = upgrade or bool(upgrade_packages)
-    if previous is not None and previous.inputs_hash == inputs and not refresh:
+    # A lock written before locks said where each .deb lives: the build cannot fetch them.
+    fetchable = previous is None or all(p.fetchable for p in previous.apt.packages)
+    if not fetchable:
+        say("apt: the previous lock does not say where its .debs live; resolving again")
+    if previous is not None and previous.inputs_hash == inputs and not refresh and fetchable:
         return replace(
             previous,
             spec_hash=spec.spec_hash,
@@ -93,7 +98,9 @@ def lock_spec(
             source_date_epoch=source_date_epoch(spec, previous),
         )
     keep = (
-        previous if previous is not None and _system_unchanged(previous, spec, platform) else None
+        previous
+        if previous is not None and fetchable and _system_unchanged(previous, spec, platform)
+        else None
     )
     if keep is not None and not upgrade:
         # Only Python inputs changed: keep the base and the apt closure exactly as pinned, so
@@ -223,12 +230,15 @@ if [ -n "$PKGS" ]; then
   grep '^Inst ' /tmp/sim.out | awk '{print $2 "=" substr($3, 2)}' > /tmp/pins
   if [ -s /tmp/pins ]; then
     apt-cache show $(cat /tmp/pins) 2>/dev/null \
-      | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{print "@@SHA", p, v, $2}'
+      | awk '/^Package:/{p=$2; f="-"} /^Version:/{v=$2} /^Filename:/{f=$2}
+             /^SHA256:/{print "@@SHA", p, v, $2, f}'
+    apt-get download --print-uris $(cat /tmp/pins) 2>/dev/null | sed 's/^/@@URI /'
   fi
 fi
 """
 _INST = re.compile(r"^@@ Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)")
-_SHA = re.compile(r"^@@SHA (\S+) (\S+) ([0-9a-f]{64})$")
+_SHA = re.compile(r"^@@SHA (\S+) (\S+) ([0-9a-f]{64}) (\S+)$")
+_URI = re.compile(r"^@@URI '(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})$")
 
 
 def _snapshot_script(snapshot: str | None) -> str:
@@ -263,18 +273,37 @@ def probe_base(
     probe = _run_probe(engine, ref, spec.apt_snapshot, packages) if packages else first
     requested = {p.split("=")[0].split(":")[0] for p in packages}
     sha: dict[tuple[str, str], str] = {}
-    for name, version, digest in probe.get("SHA", []):
+    filenames: dict[str, str] = {}
+    for name, version, digest, filename in probe.get("SHA", []):
         sha.setdefault((name, version), digest)
+        filenames.setdefault(digest, filename)
+    # apt's own choice of download (print-uris), by the file name it gives each .deb.
+    downloads: dict[str, tuple[str | None, str | None, str | None, int]] = {
+        file: (digest, *_download(unquote(url), filenames.get(digest)), int(size))
+        for url, file, size, digest in probe.get("URI", [])
+    }
     closure = []
     for name, version, arch in probe.get("INST", []):
+        file = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+        sha256, source, path, size = downloads.get(file, (sha.get((name, version)), None, None, 0))
         closure.append(
             AptPackage(
                 name=name,
                 version=version,
                 arch=arch,
-                sha256=sha.get((name, version)),
+                sha256=sha256,
                 requested=name in requested,
+                path=path,
+                size=size if path else None,
+                source=source,
             )
+        )
+    incomplete = [f"{p.name}={p.version}" for p in closure if not p.fetchable]
+    if incomplete:
+        raise ResolveError(
+            "apt: the base's apt does not say where to fetch "
+            + ", ".join(incomplete)
+            + " (no archive path or sha256 in its index)"
         )
     python_version = _python_version(first, closure)
     arch = platform.split("/")[1]
@@ -287,6 +316,17 @@ def probe_base(
         python_version=python_version,
         wheel_platform=wheel_platform,
     )
+
+
+def _download(url: str, filename: str | None) -> tuple[str, str]:
+    """(archive root, path in it) of one .deb URL that apt printed."""
+    if filename and filename != "-" and url.endswith("/" + filename):
+        return url[: -len(filename) - 1], filename
+    # No index record for it: Debian-style archives keep every .deb under pool/.
+    root, sep, rest = url.partition("/pool/")
+    if not sep:
+        raise ResolveError(f"apt: cannot tell the archive root of {url}")
+    return root, "pool/" + rest
 
 
 def _python_version(first: dict[str, list[tuple[str, ...]]], closure: list[AptPackage]) -> str:
@@ -317,6 +357,10 @@ def _run_probe(
         sha = _SHA.match(line)
         if sha:
             found.setdefault("SHA", []).append(sha.groups())
+            continue
+        uri = _URI.match(line)
+        if uri:
+            found.setdefault("URI", []).append(uri.groups())
             continue
         if line.startswith("@@") and " " in line:
             key, _, value = line[2:].partition(" ")
