@@ -56,13 +56,15 @@ class _Missing:
     """Each place looked, with why it did not serve the file."""
 
 
-def places(package: AptPackage, snapshot: str | None) -> list[str]:
+def places(
+    package: AptPackage, snapshot: str | None, snapshot_archive: str = SNAPSHOT_ARCHIVE
+) -> list[str]:
     """The URLs a .deb is fetched from, in order (the host cache comes before them all)."""
     assert package.path is not None and package.source is not None
     urls = [f"{package.source}/{package.path}"]
     if snapshot:
         for archive in ("debian", "debian-security"):
-            url = f"{SNAPSHOT_ARCHIVE}/{archive}/{snapshot}/{package.path}"
+            url = f"{snapshot_archive}/{archive}/{snapshot}/{package.path}"
             if url not in urls:
                 urls.append(url)
     return urls
@@ -96,6 +98,7 @@ def fetch_debs(
     on_line: LineCallback | None = None,
     cache: Path | None = None,
     workers: int = _WORKERS,
+    snapshot_archive: str = SNAPSHOT_ARCHIVE,
 ) -> dict[str, Path]:
     """Every .deb the lock pins, checked against its sha256: {package name: cached file}.
 
@@ -131,7 +134,8 @@ def fetch_debs(
             size = sum(p.size or 0 for p in todo)
             say(f"apt: fetching {len(todo)} .debs ({size / 1e6:.1f} MB) on the host")
             started = time.monotonic()
-            futures = [pool.submit(_fetch, root, p, apt.snapshot) for p in todo]
+            urls = [places(p, apt.snapshot, snapshot_archive) for p in todo]
+            futures = [pool.submit(_fetch, root, p, u) for p, u in zip(todo, urls, strict=True)]
             missing: list[_Missing] = []
             mismatch: HashMismatch | None = None
             for package, future in zip(todo, futures, strict=True):
@@ -155,7 +159,7 @@ def fetch_debs(
 def _missing_line(missing: _Missing, root: Path) -> str:
     p = missing.package
     looked = "; ".join([f"host cache {root / str(p.sha256)} (absent)", *missing.tried])
-    return f"apt: {p.name} {p.version} ({p.path}) is in no place looked: {looked}"
+    return f"apt: {p.name} {p.version} ({p.path}) not found; looked in: {looked}"
 
 
 def _cached(root: Path, package: AptPackage) -> tuple[Path | None, bool]:
@@ -173,7 +177,7 @@ def _cached(root: Path, package: AptPackage) -> tuple[Path | None, bool]:
     return None, True
 
 
-def _fetch(root: Path, package: AptPackage, snapshot: str | None) -> Path | _Missing:
+def _fetch(root: Path, package: AptPackage, urls: list[str]) -> Path | _Missing:
     """Download one .deb into the cache; _Missing when no place has it."""
     final = root / str(package.sha256)
     partial = final.with_name(final.name + ".partial")
@@ -189,7 +193,7 @@ def _fetch(root: Path, package: AptPackage, snapshot: str | None) -> Path | _Mis
                 partial.unlink(missing_ok=True)
             return final
         tried = []
-        for url in places(package, snapshot):
+        for url in urls:
             try:
                 reason = _download(url, out, package)
             except HashMismatch:
