@@ -113,12 +113,14 @@ def build_canonical(
 ) -> Canonical:
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
+    The .debs the lock pins are fetched and checked on the host first (`fetch_debs`).
     When the Python packages have to be downloaded or installed on the host, the engine
     builds the system stage (apt) meanwhile, and the full build then starts from that
     stage's image.
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context, python_tree_cached
+    from imagesmith.debs import fetch_debs
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
@@ -135,6 +137,7 @@ def build_canonical(
         try:
             containerfile = render(lock, epoch=epoch)
             python = lock.python
+            debs: dict[str, Path] | None
             if (
                 python
                 and python.packages
@@ -152,7 +155,12 @@ def build_canonical(
                 )
                 prewarm.add(system_id)
                 containerfile = render(lock, system_image=system_id, epoch=epoch)
-            context = assemble_context(lock, containerfile, work / "context", on_line=on_line)
+                debs = None  # the system stage is built: the .debs are in it already
+            else:
+                debs = fetch_debs(lock.apt, on_line=on_line)
+            context = assemble_context(
+                lock, containerfile, work / "context", debs=debs, on_line=on_line
+            )
             built_id = engine.build(
                 context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
             )
@@ -176,14 +184,14 @@ def _system_while_fetching(
 ) -> str:
     """Build the system stage while the host fetches and installs the wheels; its image ID.
 
-    The stage needs nothing from the context (apt only), so its context is the
-    Containerfile alone. A failing build is reported before a failing download.
+    The stage needs the .debs only, so its context is the Containerfile and those: they
+    are fetched first, while the wheels already download. A failing build is reported
+    before a failing download of wheels.
     """
-    from imagesmith.context import python_tree
+    from imagesmith.context import python_tree, system_context
+    from imagesmith.debs import fetch_debs
 
     assert lock.python is not None
-    folder.mkdir()
-    (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
     # Progress lines come from this thread only (the live view is not thread-safe).
     on_line(
         f"python: fetching and installing {len(lock.python.packages)} packages on the host "
@@ -191,6 +199,8 @@ def _system_while_fetching(
     )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
         fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch)
+        debs = fetch_debs(lock.apt, on_line=on_line)
+        system_context(lock, containerfile, folder, debs=debs)
         system_id = engine.build(
             context=folder,
             tags=(),

@@ -52,7 +52,11 @@ Layers
         changed: podman's ``etc/`` and ``run/``, both engines' ``tmp/``);
       - opt-in (``drop_paths``): entries matching patterns such as
         `VOLATILE_PATHS`, the apt/dpkg/ldconfig caches and logs that differ on
-        every build. Better: remove them in the RUN step itself.
+        every build. Better: remove them in the RUN step itself. A whiteout of a
+        path matching ``drop_paths`` goes too when no layer below holds that path
+        (the first layer, or a hard-link target kept): it hides nothing. So a folder
+        one step copies in and a later one removes (imagesmith's ``.debs``) leaves
+        no trace.
   * A layer left empty by that cleaning is dropped, together with its diff_id and
     its history entry, so ``rootfs.diff_ids``, the manifest and the history stay
     consistent (an image keeps at least one layer).
@@ -264,6 +268,13 @@ def _is_whiteout(path: str) -> bool:
     return posixpath.basename(path).startswith(_WHITEOUT)
 
 
+@functools.lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a path matches any of the fnmatch `patterns` (one compiled expression)."""
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+    return lambda path: regex.match(path) is not None
+
+
 def _ancestors(path: str) -> Iterator[str]:
     while "/" in path:
         path = path.rsplit("/", 1)[0]
@@ -301,6 +312,8 @@ class _LowerDirs:
 
     def __init__(self) -> None:
         self.dirs: dict[str, _DirMeta | None] = {}
+        self.dropped_kept: set[str] = set()
+        """Other entries below that match ``drop_paths`` (the first layer's, link targets)."""
 
     def get(self, path: str) -> _DirMeta | None:
         return self.dirs.get(path)
@@ -308,21 +321,27 @@ class _LowerDirs:
     def exists(self, path: str) -> bool:
         return path in self.dirs
 
+    def holds(self, path: str) -> bool:
+        """Whether a layer below leaves `path` (a `drop_paths` match) in the filesystem."""
+        return path in self.dirs or path in self.dropped_kept
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        dirs = {
             p: None if m is None else [m[0], m[1], m[2], list(m[3])] for p, m in self.dirs.items()
         }
+        return {"dirs": dirs, "dropped_kept": sorted(self.dropped_kept)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _LowerDirs:
         lower = cls()
-        for path, m in data.items():
+        for path, m in data["dirs"].items():
             lower.dirs[path] = (
                 None if m is None else (m[0], m[1], m[2], tuple((k, v) for k, v in m[3]))
             )
+        lower.dropped_kept = set(data["dropped_kept"])
         return lower
 
-    def apply(self, records: Sequence[_Record]) -> None:
+    def apply(self, records: Sequence[_Record], drop_paths: Sequence[str] = ()) -> None:
         gone: set[str] = set()  # path and everything under it
         emptied: set[str] = set()  # everything under it
         new_dirs: dict[str, _DirMeta | None] = {}
@@ -345,6 +364,16 @@ class _LowerDirs:
             for path in list(self.dirs):
                 if path in gone or any(a in gone or a in emptied for a in _ancestors(path)):
                     del self.dirs[path]
+            for path in list(self.dropped_kept):
+                if path in gone or any(a in gone or a in emptied for a in _ancestors(path)):
+                    self.dropped_kept.discard(path)
+        if drop_paths:
+            match = _matcher(tuple(drop_paths))
+            self.dropped_kept.update(
+                r.path
+                for r in records
+                if not r.meta.isdir() and not _is_whiteout(r.path) and match(r.path)
+            )
         for path, meta in new_dirs.items():
             if meta is not None or path not in self.dirs:
                 self.dirs[path] = meta
@@ -407,6 +436,14 @@ def _plan_layer(
             if any(fnmatch.fnmatchcase(path, pat) for pat in drop_paths):
                 del entries[path]
                 removed.append(f"layer {index}: {path} (matches drop_paths)")
+        match = _matcher(tuple(drop_paths))
+        for path in [p for p in entries if _is_whiteout(p) and posixpath.basename(p) != _OPAQUE]:
+            hidden = posixpath.join(
+                posixpath.dirname(path), posixpath.basename(path)[len(_WHITEOUT) :]
+            )
+            if match(hidden) and not lower.holds(hidden):
+                del entries[path]
+                removed.append(f"layer {index}: {path} (whiteout of a dropped path: hides nothing)")
     if index > 0:
         for path in sorted(PLACEHOLDER_FILES):
             m = entries.get(path)
@@ -646,7 +683,7 @@ class CachedLayer:
     diff_id: str
     size: int
     removed: tuple[str, ...]
-    lower: Mapping[str, Any]  # the directories of this layer and those below (_LowerDirs)
+    lower: Mapping[str, Any]  # what this layer and those below leave (_LowerDirs)
 
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -737,6 +774,8 @@ def layer_keys(
         "epoch": epoch,
         "policy": policy,
         "drop_paths": list(drop_paths),
+        # Whiteouts of dropped paths that hide nothing go too (the rules changed).
+        "dropped_whiteouts": True,
     }
     chain = hashlib.sha256(canonical_json(rules))
     keys = []
@@ -921,14 +960,15 @@ def canonicalize(
     directory. `epoch`: SOURCE_DATE_EPOCH of the build. `repo_tags` name the image
     in ``index.json`` and in ``out/image.tar`` (written unless `write_archive` is
     false). `drop_paths`: fnmatch patterns (``*`` crosses ``/``) of layer entries to
-    leave out of every layer but the first, e.g. `VOLATILE_PATHS`; whiteouts are
-    never dropped, and a dropped entry lets the lower layers' version of the path
-    show through (the base's file, or nothing). `cache`: layers rewritten before
-    (see `LayerCache`), looked up by the diff_ids in the input's config, which are
-    trusted to match its layers, as engines guarantee. `plain_dir`: where to keep an
-    uncompressed copy of each layer rewritten (not those from `cache`), as ``<diff_id
-    hex>.tar``, for `write_docker_archive`'s `plain_layers`. `out` is created; an existing
-    empty directory or OCI layout there is replaced. Raises InputError for
+    leave out of every layer but the first, e.g. `VOLATILE_PATHS`; a dropped entry
+    lets the lower layers' version of the path show through (the base's file, or
+    nothing), and a whiteout of a matching path goes only when it hides nothing.
+    `cache`: layers rewritten before (see `LayerCache`), looked up by the diff_ids in
+    the input's config, which are trusted to match its layers, as engines guarantee.
+    `plain_dir`: where to keep an uncompressed copy of each layer rewritten (not those
+    from `cache`), as ``<diff_id hex>.tar``, for `write_docker_archive`'s
+    `plain_layers`. `out` is created; an existing empty directory or OCI layout there
+    is replaced. Raises InputError for
     unreadable or unsupported input and OperationError when writing fails.
     """
     _check_epoch(epoch, mtime_policy)
@@ -1095,7 +1135,7 @@ def _canonicalize_into(
                 created_by.append(created_by_in[i])
             else:
                 dropped.append(i)
-        lower.apply(records)
+        lower.apply(records, drop_paths)
         if cache is not None and keys:
             entry = CachedLayer(
                 digest=out.digest if out else None,

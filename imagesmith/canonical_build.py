@@ -34,8 +34,12 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
 from imagesmith.oci import write_docker_archive
 from imagesmith.overlay import NotReadable
+from imagesmith.render import APT_DROP_PATHS
 
 LineCallback = Callable[[str], None]
+#: Left out of every layer above the base: apt's run-dependent files, and the .debs the
+#: system stage copies in and removes (their layer drops out, and so does the whiteout).
+DROP_PATHS = (*VOLATILE_PATHS, *APT_DROP_PATHS)
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def _rewrite(
                 local,
                 out,
                 epoch=epoch,
-                drop_paths=VOLATILE_PATHS,
+                drop_paths=DROP_PATHS,
                 cache=cache,
                 plain_dir=plain_layers_dir(engine, workdir),
             )
@@ -95,7 +99,7 @@ def _rewrite(
             archive,
             out,
             epoch=epoch,
-            drop_paths=VOLATILE_PATHS,
+            drop_paths=DROP_PATHS,
             cache=cache,
             write_archive=False,
         )
@@ -157,7 +161,7 @@ class Prewarm:
                     local,
                     staging / "layout",
                     epoch=self._epoch,
-                    drop_paths=VOLATILE_PATHS,
+                    drop_paths=DROP_PATHS,
                     cache=LayerCache(cache_dir() / "layers"),
                     plain_dir=self._plain_dir,
                 )

@@ -1,6 +1,8 @@
 """The build context: the Containerfile plus exactly what it copies, made deterministic.
 
-Python artifacts are fetched on the host (which trusts the lab's proxy CA) and checked
+The apt closure's .debs are fetched and checked on the host as well (`imagesmith.debs`)
+and linked into ``apt/``, from which the system stage installs them. Python artifacts are
+fetched on the host (which trusts the lab's proxy CA) and checked
 against the lock's hashes, so the build itself needs no network for them and no
 credential or CA file ever enters a layer; they are installed on the host too, into the
 tree the image's /opt/venv will hold (`imagesmith.venv`), and the build ADDs that tree
@@ -23,14 +25,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from imagesmith.cachegc import touch
 from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import OperationError, ResolveError
 from imagesmith.lock import Lock, PythonLock
-from imagesmith.render import CONTEXT_PYTHON, copy_context_path
+from imagesmith.render import CONTEXT_APT, CONTEXT_PYTHON, copy_context_path
 
 LineCallback = Callable[[str], None]
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -201,13 +203,41 @@ def _clamp_times(root: Path, epoch: int) -> None:
     os.utime(root, (epoch, epoch))
 
 
-def assemble_context(
-    lock: Lock, containerfile: str, folder: Path, *, on_line: LineCallback | None = None
+def _add_debs(lock: Lock, debs: Mapping[str, Path], folder: Path) -> None:
+    """The checked .debs (`imagesmith.debs.fetch_debs`), linked into the context's apt/."""
+    for package in lock.apt.packages:
+        _link_or_copy(debs[package.name], folder / CONTEXT_APT / package.file_name)
+
+
+def system_context(
+    lock: Lock, containerfile: str, folder: Path, *, debs: Mapping[str, Path]
 ) -> Path:
-    """Write the build context for `lock` into `folder` (created; must not exist yet)."""
+    """The context of the system stage alone: the Containerfile and the .debs."""
+    folder.mkdir(parents=True)
+    (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
+    _add_debs(lock, debs, folder)
+    _clamp_times(folder, lock.source_date_epoch)
+    return folder
+
+
+def assemble_context(
+    lock: Lock,
+    containerfile: str,
+    folder: Path,
+    *,
+    debs: Mapping[str, Path] | None = None,
+    on_line: LineCallback | None = None,
+) -> Path:
+    """Write the build context for `lock` into `folder` (created; must not exist yet).
+
+    `debs`: the checked .debs when the Containerfile builds the system stage itself;
+    None when it starts from that stage already built.
+    """
     folder.mkdir(parents=True)
     (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
     spec = lock.spec
+    if debs is not None:
+        _add_debs(lock, debs, folder)
     if lock.python is not None and lock.python.packages:
         tree = python_tree(lock.python, lock.source_date_epoch, on_line=on_line)
         _link_or_copy(tree, folder / CONTEXT_PYTHON / VENV_TAR)

@@ -73,6 +73,22 @@ class AptPackage:
     sha256: str | None = None
     requested: bool = False
     """Named in the spec (True) or pulled in as a dependency (False)."""
+    path: str | None = None
+    """The .deb's path in its archive (`pool/main/c/curl/curl_7.88.1-10+deb12u12_amd64.deb`,
+    the index's `Filename`): any mirror or snapshot of that archive serves it there."""
+    size: int | None = None
+    source: str | None = None
+    """The archive root it was resolved from (http://deb.debian.org/debian)."""
+
+    @property
+    def file_name(self) -> str:
+        """The .deb's file name (the last part of `path`)."""
+        return (self.path or "").rsplit("/", 1)[-1]
+
+    @property
+    def fetchable(self) -> bool:
+        """Whether the lock says enough to fetch and check this .deb on the host."""
+        return bool(self.sha256 and self.path and self.source)
 
 
 @dataclass(frozen=True)
@@ -372,7 +388,7 @@ def check_format(lock: Lock, spec: Spec) -> None:
     if problem:
         raise LockFormatError(
             f"{problem}, or run `imagesmith lock {spec.path.name}` to move the lock to "
-            f"format {LOCK_FORMAT} (same pins, a new digest)"
+            f"format {LOCK_FORMAT} (the same pins where the archive still has them, a new digest)"
         )
 
 

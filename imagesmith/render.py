@@ -30,6 +30,12 @@ from imagesmith.lock import Lock, parse_lock
 VENV = "/opt/venv"
 CONTEXT_PYTHON = "python"
 CONTEXT_COPY = "copy"
+CONTEXT_APT = "apt"
+#: Where the system stage's COPY puts the .debs; removed again in the same stage's RUN.
+APT_FOLDER = "/.imagesmith-apt"
+#: What the canonical form leaves out of every layer above the base (see canonical.py):
+#: the COPY layer of the .debs, and the RUN layer's whiteout for their folder.
+APT_DROP_PATHS = (APT_FOLDER.lstrip("/"), APT_FOLDER.lstrip("/") + "/*")
 
 # Files apt, dpkg and ldconfig write that differ from one build to the next.
 _APT_NOISE = (
@@ -174,24 +180,6 @@ def image_labels(lock: Lock) -> dict[str, str]:
     return {**dict(spec.image.labels), **traced}
 
 
-def _apt_sources(lock: Lock) -> list[str]:
-    """Commands that point apt at Debian's snapshot archive, when the lock has a snapshot."""
-    if lock.apt.snapshot is None:
-        return []
-    stamp, suite = _shell_word(lock.apt.snapshot), _shell_word(lock.apt.suite)
-    archive = "http://snapshot.debian.org/archive"
-    lines = [
-        f"deb [check-valid-until=no] {archive}/debian/{stamp} {suite} main",
-        f"deb [check-valid-until=no] {archive}/debian/{stamp} {suite}-updates main",
-        f"deb [check-valid-until=no] {archive}/debian-security/{stamp} {suite}-security main",
-    ]
-    quoted = " ".join(f"'{line}'" for line in lines)
-    return [
-        "rm -f /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list",
-        f"printf '%s\\n' {quoted} > /etc/apt/sources.list",
-    ]
-
-
 def _system_stage(lock: Lock, built: str | None, epoch: int) -> list[str]:
     if built is not None:
         return [f"FROM {built} AS system"]
@@ -199,21 +187,36 @@ def _system_stage(lock: Lock, built: str | None, epoch: int) -> list[str]:
     out = [f"FROM {lock.base.pinned} AS system"]
     # Maintainer scripts read it: Python's py_compile writes hash-based .pyc files.
     install = [f"export SOURCE_DATE_EPOCH={epoch}"]
-    if lock.apt.packages:
-        pins = [
-            f"{_shell_word(p.name)}={_shell_word(p.version)}"
-            for p in sorted(lock.apt.packages, key=lambda p: p.name)
-        ]
+    packages = sorted(lock.apt.packages, key=lambda p: p.name)
+    if packages:
+        unfetchable = [p.name for p in packages if not p.fetchable]
+        if unfetchable:
+            raise LockError(
+                f"env.lock does not say where the .debs of {', '.join(unfetchable)} live "
+                "(a lock from an older imagesmith); run `imagesmith lock` to pin them again"
+            )
+        # The .debs the host fetched and checked (imagesmith.debs); the layer this COPY
+        # makes holds nothing else and is gone from the canonical image (APT_DROP_PATHS).
+        out.append(f"COPY {CONTEXT_APT}/ {APT_FOLDER}/")
+        files = [f"{APT_FOLDER}/{_shell_word(p.file_name)}" for p in packages]
+        dependencies = [_shell_word(p.name) for p in packages if not p.requested]
         install += [
-            *_apt_sources(lock),
-            # No translated descriptions: the lists are deleted below anyway.
-            "apt-get -o Acquire::Languages=none update",
+            # Exactly these files, no index and no network: apt only orders and unpacks.
             # --allow-downgrades: the spec may pin an older version than the base carries.
             # --force-unsafe-io: no fsync per file; the engine commits the layer at the end,
             # and a build that dies is thrown away. The same files, a second sooner.
             "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
             "--allow-downgrades -o Dpkg::Options::=--force-unsafe-io \\\n        "
-            + " \\\n        ".join(pins),
+            + " \\\n        ".join(files),
+        ]
+        if dependencies:
+            # Installed from files, every package is marked manual: give the dependencies
+            # their usual mark, so that `apt autoremove` treats them as apt would have.
+            install.append(
+                "apt-mark auto \\\n        " + " \\\n        ".join(dependencies) + " >/dev/null"
+            )
+        install += [
+            f"rm -rf {APT_FOLDER}",
             "apt-get clean",
             "rm -rf " + " ".join(_APT_NOISE),
         ]

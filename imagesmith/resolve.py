@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import unquote
 
 from imagesmith import __version__
 from imagesmith.engine.base import Engine
@@ -85,7 +86,11 @@ def lock_spec(
     say = on_line or (lambda _: None)
     inputs = inputs_hash(spec, platform)
     refresh = upgrade or bool(upgrade_packages)
-    if previous is not None and previous.inputs_hash == inputs and not refresh:
+    # A lock written before locks said where each .deb lives: the build cannot fetch them.
+    fetchable = previous is None or all(p.fetchable for p in previous.apt.packages)
+    if not fetchable:
+        say("apt: the previous lock does not say where its .debs live; resolving again")
+    if previous is not None and previous.inputs_hash == inputs and not refresh and fetchable:
         moved = previous.format != LOCK_FORMAT
         return replace(
             previous,
@@ -100,7 +105,9 @@ def lock_spec(
             source_date_epoch=source_date_epoch(spec, previous),
         )
     keep = (
-        previous if previous is not None and _system_unchanged(previous, spec, platform) else None
+        previous
+        if previous is not None and fetchable and _system_unchanged(previous, spec, platform)
+        else None
     )
     if keep is not None and not upgrade:
         # Only Python inputs changed: keep the base and the apt closure exactly as pinned, so
@@ -109,9 +116,15 @@ def lock_spec(
         python_version, wheel_platform = _python_target(keep)
     else:
         the_engine = engine()
-        say(f"base: resolving {spec.base_image}")
-        base = resolve_base(spec.base_image, the_engine, platform)
-        probe = probe_base(the_engine, base, spec, platform, say)
+        # A lock from before .deb paths were recorded, inputs unchanged: the same base and
+        # the same versions, now with where each .deb lives.
+        moving = previous is not None and previous.inputs_hash == inputs and not refresh
+        if moving and previous is not None:
+            base, prefer = previous.base, previous.apt.packages
+        else:
+            say(f"base: resolving {spec.base_image}")
+            base, prefer = resolve_base(spec.base_image, the_engine, platform), ()
+        probe = probe_base(the_engine, base, spec, platform, say, prefer=prefer)
         apt = AptLock(suite=probe.suite, snapshot=spec.apt_snapshot, packages=probe.apt_closure)
         python_version, wheel_platform = probe.python_version, probe.wheel_platform
     python = None
@@ -230,12 +243,15 @@ if [ -n "$PKGS" ]; then
   grep '^Inst ' /tmp/sim.out | awk '{print $2 "=" substr($3, 2)}' > /tmp/pins
   if [ -s /tmp/pins ]; then
     apt-cache show $(cat /tmp/pins) 2>/dev/null \
-      | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{print "@@SHA", p, v, $2}'
+      | awk '/^Package:/{p=$2; f="-"} /^Version:/{v=$2} /^Filename:/{f=$2}
+             /^SHA256:/{print "@@SHA", p, v, $2, f}'
+    apt-get download --print-uris $(cat /tmp/pins) 2>/dev/null | sed 's/^/@@URI /'
   fi
 fi
 """
 _INST = re.compile(r"^@@ Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)")
-_SHA = re.compile(r"^@@SHA (\S+) (\S+) ([0-9a-f]{64})$")
+_SHA = re.compile(r"^@@SHA (\S+) (\S+) ([0-9a-f]{64}) (\S+)$")
+_URI = re.compile(r"^@@URI '(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})$")
 
 
 def _snapshot_script(snapshot: str | None) -> str:
@@ -252,9 +268,18 @@ def _snapshot_script(snapshot: str | None) -> str:
 
 
 def probe_base(
-    engine: Engine, base: BaseImageLock, spec: Spec, platform: str, say: LineCallback
+    engine: Engine,
+    base: BaseImageLock,
+    spec: Spec,
+    platform: str,
+    say: LineCallback,
+    *,
+    prefer: Sequence[AptPackage] = (),
 ) -> BaseProbe:
-    """Ask the pinned base itself what apt would install and which Python it has."""
+    """Ask the pinned base itself what apt would install and which Python it has.
+
+    `prefer`: a previous closure to keep, version for version, where the archive still
+    has it (a lock moved to this format); resolved afresh when it cannot be installed."""
     ref = base.digest if base.local else base.pinned
     if not base.local and not engine.image_exists(ref):
         say(f"base: pulling {ref}")
@@ -267,21 +292,51 @@ def probe_base(
         # ca-certificates, is what images built so far had, and what HTTPS inside needs.)
         packages += [p for p in ("python3", "python3-venv") if p not in packages]
     say(f"apt: resolving the closure of {len(packages)} packages inside {ref[:40]}...")
-    probe = _run_probe(engine, ref, spec.apt_snapshot, packages) if packages else first
+    probe = first
+    if prefer and packages:
+        pins = {p.name: p.version for p in prefer}
+        wanted = [f"{n}={v}" for n, v in sorted(pins.items())]
+        wanted += [p for p in packages if p.split("=")[0].split(":")[0] not in pins]
+        try:
+            probe = _run_probe(engine, ref, spec.apt_snapshot, wanted)
+        except ResolveError as exc:
+            say(f"apt: the previous pins cannot all be installed any more ({exc}); resolving")
+            prefer = ()
+    if packages and not prefer:
+        probe = _run_probe(engine, ref, spec.apt_snapshot, packages)
     requested = {p.split("=")[0].split(":")[0] for p in packages}
     sha: dict[tuple[str, str], str] = {}
-    for name, version, digest in probe.get("SHA", []):
+    filenames: dict[str, str] = {}
+    for name, version, digest, filename in probe.get("SHA", []):
         sha.setdefault((name, version), digest)
+        filenames.setdefault(digest, filename)
+    # apt's own choice of download (print-uris), by the file name it gives each .deb.
+    downloads: dict[str, tuple[str | None, str | None, str | None, int]] = {
+        file: (digest, *_download(unquote(url), filenames.get(digest)), int(size))
+        for url, file, size, digest in probe.get("URI", [])
+    }
     closure = []
     for name, version, arch in probe.get("INST", []):
+        file = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+        sha256, source, path, size = downloads.get(file, (sha.get((name, version)), None, None, 0))
         closure.append(
             AptPackage(
                 name=name,
                 version=version,
                 arch=arch,
-                sha256=sha.get((name, version)),
+                sha256=sha256,
                 requested=name in requested,
+                path=path,
+                size=size if path else None,
+                source=source,
             )
+        )
+    incomplete = [f"{p.name}={p.version}" for p in closure if not p.fetchable]
+    if incomplete:
+        raise ResolveError(
+            "apt: the base's apt does not say where to fetch "
+            + ", ".join(incomplete)
+            + " (no archive path or sha256 in its index)"
         )
     python_version = _python_version(first, closure)
     arch = platform.split("/")[1]
@@ -294,6 +349,17 @@ def probe_base(
         python_version=python_version,
         wheel_platform=wheel_platform,
     )
+
+
+def _download(url: str, filename: str | None) -> tuple[str, str]:
+    """(archive root, path in it) of one .deb URL that apt printed."""
+    if filename and filename != "-" and url.endswith("/" + filename):
+        return url[: -len(filename) - 1], filename
+    # No index record for it: Debian-style archives keep every .deb under pool/.
+    root, sep, rest = url.partition("/pool/")
+    if not sep:
+        raise ResolveError(f"apt: cannot tell the archive root of {url}")
+    return root, "pool/" + rest
 
 
 def _python_version(first: dict[str, list[tuple[str, ...]]], closure: list[AptPackage]) -> str:
@@ -324,6 +390,10 @@ def _run_probe(
         sha = _SHA.match(line)
         if sha:
             found.setdefault("SHA", []).append(sha.groups())
+            continue
+        uri = _URI.match(line)
+        if uri:
+            found.setdefault("URI", []).append(uri.groups())
             continue
         if line.startswith("@@") and " " in line:
             key, _, value = line[2:].partition(" ")

@@ -1080,3 +1080,60 @@ def test_gunzip_reader_gives_back_every_byte_of_highly_compressible_data() -> No
     while chunk := reader.read(1 << 16):
         parts.append(chunk)
     assert b"".join(parts) == data and reader.finished()
+
+
+def test_a_folder_copied_in_and_removed_leaves_no_trace(tmp_path: Path) -> None:
+    """imagesmith's .debs: COPY puts them in one layer, the next RUN removes the folder.
+    With the folder in drop_paths, the COPY layer and its history entry are gone and the
+    RUN layer's whiteout of the folder too, since nothing below has it any more; a
+    whiteout of a dropped path that a lower layer does hold (the base's dpkg.log) stays."""
+    drop = (*VOLATILE_PATHS, ".imagesmith-apt", ".imagesmith-apt/*")
+    base = tar_bytes(
+        [E("etc", "dir"), E("var", "dir"), E("var/log", "dir"), E("var/log/dpkg.log", data=b"b")]
+    )
+    copied = tar_bytes(
+        [E(".imagesmith-apt", "dir", mode=0o755), E(".imagesmith-apt/jq_1.6_amd64.deb", data=b"d")]
+    )
+    run = tar_bytes(
+        [
+            E(".wh..imagesmith-apt"),
+            E("usr", "dir"),
+            E("usr/bin", "dir"),
+            E("usr/bin/jq", data=b"jq"),
+            E("var", "dir"),
+            E("var/log", "dir", mtime=BUILD),
+            E("var/log/.wh.dpkg.log"),
+            E("var/log/.wh.alternatives.log"),  # a dropped path nothing below has
+        ]
+    )
+    copy_cmd = "/bin/sh -c #(nop) COPY dir:" + "c" * 64 + " in /.imagesmith-apt/ "
+    config = docker_config([BASE_CMD, copy_cmd, RUN_CMD])
+    src = docker_archive(tmp_path / "a.tar", config, [base, copied, run])
+    image = canon(src, tmp_path, "plain", drop_paths=drop)
+    assert image.dropped_layers == (1,)
+    assert [m.name for m in layer_members(image, 1)] == [
+        "usr",
+        "usr/bin",
+        "usr/bin/jq",
+        "var",
+        "var/log",
+        "var/log/.wh.dpkg.log",
+    ]
+    assert "layer 2: .wh..imagesmith-apt (whiteout of a dropped path: hides nothing)" in (
+        image.removed
+    )
+    config_out = json.loads(blob_bytes(image, image.config_digest))
+    assert [h["created_by"] for h in config_out["history"]] == [
+        normalize_created_by(BASE_CMD),
+        normalize_created_by(RUN_CMD),
+    ]
+    # The same through the layer cache, the lower layers (and what they hold) restored
+    # from it: the base and COPY layers cached by an image that ends there.
+    cache = LayerCache(tmp_path / "cache")
+    short = docker_archive(
+        tmp_path / "short.tar", docker_config([BASE_CMD, copy_cmd]), [base, copied]
+    )
+    canon(short, tmp_path, "short", drop_paths=drop, cache=cache)
+    cached = canon(src, tmp_path, "cached", drop_paths=drop, cache=cache)
+    assert cached.manifest_digest == image.manifest_digest
+    assert cached.removed == image.removed

@@ -178,3 +178,19 @@ def test_intact_lock_reads_the_same_with_and_without_the_schema(
     text = path.read_text()
     slow = parse_lock(text.replace("lock_version = 1", "lock_version = 1 "), path=path)
     assert slow == fast
+
+
+def test_schema_takes_where_each_deb_lives_and_refuses_nonsense(example_dir: Path) -> None:
+    import jsonschema
+
+    from imagesmith.lock import lock_schema
+
+    lock = make_lock(example_dir / "env.toml")
+    data = {**lock.content(), "lock_hash": lock.lock_hash}
+    first = data["apt"]["packages"][0]
+    assert first["path"].startswith("pool/main/") and first["source"].startswith("http://")
+    validator = jsonschema.Draft202012Validator(lock_schema())
+    assert list(validator.iter_errors(data)) == []
+    first.update(path="/etc/passwd", size=-1, source="ftp://mirror.example.edu/debian/")
+    found = sorted(e.json_path for e in validator.iter_errors(data))
+    assert found == [f"$.apt.packages[0].{key}" for key in ("path", "size", "source")]

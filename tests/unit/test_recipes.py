@@ -248,7 +248,16 @@ def fake_lock(spec: Spec) -> Lock:
         apt=AptLock(
             suite="jammy" if "ubuntu" in spec.base_image else "bookworm",
             packages=tuple(
-                AptPackage(name=p, version="1.0-1", arch="amd64", requested=True)
+                AptPackage(
+                    name=p,
+                    version="1.0-1",
+                    arch="amd64",
+                    requested=True,
+                    sha256="ab" * 32,
+                    path=f"pool/main/{p[0]}/{p}/{p}_1.0-1_amd64.deb",
+                    size=1000,
+                    source="http://deb.debian.org/debian",
+                )
                 for p in sorted(packages)
             ),
         ),

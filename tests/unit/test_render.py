@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from imagesmith.errors import LockError
 from imagesmith.render import decode_embedded_lock, image_labels, quote_value, render
 from tests.conftest import EXAMPLE, REPO
 from tests.fixtures.make_lock import make_lock
@@ -102,22 +105,38 @@ def test_user_run_and_copy_use_exec_form(example_dir: Path) -> None:
     assert 'ENTRYPOINT ["tini", "--"]' in text
 
 
-def test_snapshot_points_apt_at_the_archive(tmp_path: Path) -> None:
+def test_apt_installs_the_checked_debs_with_no_network(tmp_path: Path) -> None:
     (tmp_path / "env.toml").write_text(
-        'name = "s"\n[base]\nimage = "debian:bookworm"\n[apt]\npackages = ["git"]\nsnapshot = "20250520T000000Z"\n'
+        'name = "s"\n[base]\nimage = "debian:bookworm"\n[apt]\npackages = ["git"]\n'
+        'snapshot = "20250520T000000Z"\n'
     )
     lock = make_lock(tmp_path / "env.toml")
-    lock = lock.__class__(
-        **{
-            **vars(lock),
-            "apt": lock.apt.__class__(
-                suite="bookworm", snapshot="20250520T000000Z", packages=lock.apt.packages
-            ),
-        }
-    )
+    lock = replace(lock, apt=replace(lock.apt, snapshot="20250520T000000Z"))
     text = render(lock)
-    assert "snapshot.debian.org/archive/debian/20250520T000000Z bookworm main" in text
-    assert text.index("snapshot.debian.org") < text.index("Acquire::Languages=none update")
+    system = text.split("\nFROM system\n")[0]
+    # The .debs come from the context, are installed by file, and are gone in the same RUN.
+    assert "\nCOPY apt/ /.imagesmith-apt/\nRUN " in system
+    files = re.findall(r"/\.imagesmith-apt/(\S+\.deb)", system)
+    assert files == [p.file_name for p in sorted(lock.apt.packages, key=lambda p: p.name)]
+    assert files[0] == "ca-certificates_20230311+deb12u1_amd64.deb"
+    assert "git_2.39.5-0+deb12u2_amd64.deb" in files  # the pool's name: no epoch
+    auto = system.split("apt-mark auto")[1].split(">/dev/null")[0].split()
+    assert [w for w in auto if w != "\\"] == [p.name for p in lock.apt.packages if not p.requested]
+    assert "git" not in auto
+    assert system.index("apt-mark auto") < system.index("rm -rf /.imagesmith-apt ")
+    # No index, no archive: nothing in the build reaches a network for apt.
+    assert "update" not in system and "snapshot.debian.org" not in system
+    assert "http" not in system
+
+
+def test_a_lock_that_does_not_say_where_debs_live_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "env.toml").write_text(
+        'name = "s"\n[base]\nimage = "debian:bookworm"\n[apt]\npackages = ["git"]\n'
+    )
+    lock = make_lock(tmp_path / "env.toml")
+    old = tuple(replace(p, path=None, size=None, source=None) for p in lock.apt.packages)
+    with pytest.raises(LockError, match=r"does not say where the \.debs of ca-certificates, "):
+        render(replace(lock, apt=replace(lock.apt, packages=old)))
 
 
 def _tool(name: str) -> str:

@@ -1,0 +1,214 @@
+"""The .debs on the host: fetched in parallel, resumed, hash-checked, cached by sha256.
+
+Against a real HTTP server on 127.0.0.1 that this test runs (Range requests included),
+never the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from imagesmith.debs import HashMismatch, fetch_debs
+from imagesmith.errors import LockError, OperationError
+from imagesmith.lock import AptLock, AptPackage
+
+#: Nothing listens there: a place that cannot be reached.
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+@dataclass
+class Archive:
+    """What the test server serves, and what it saw."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    delay: float = 0.0
+    ignore_range: bool = False
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    active: int = 0
+    most_active: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+
+@pytest.fixture
+def archive() -> Iterator[Archive]:
+    state = Archive()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.requests.append((self.path, self.headers.get("Range")))
+                state.active += 1
+                state.most_active = max(state.most_active, state.active)
+            try:
+                time.sleep(state.delay)
+                body = state.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                start = 0
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                if match and not state.ignore_range:
+                    start = int(match.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+            finally:
+                with state.lock:
+                    state.active -= 1
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def deb(name: str, body: bytes, source: str, *, version: str = "1.0-1") -> AptPackage:
+    return AptPackage(
+        name=name,
+        version=version,
+        arch="amd64",
+        sha256=hashlib.sha256(body).hexdigest(),
+        path=f"pool/main/{name[0]}/{name}/{name}_{version}_amd64.deb",
+        size=len(body),
+        source=source,
+    )
+
+
+def served(archive: Archive, name: str, body: bytes, **kw: str) -> AptPackage:
+    package = deb(name, body, f"{archive.url}/debian", **kw)
+    archive.files[f"/debian/{package.path}"] = body
+    return package
+
+
+def test_fetches_every_deb_in_parallel_into_the_cache(archive: Archive, tmp_path: Path) -> None:
+    archive.delay = 0.3
+    bodies = {f"pkg{i}": bytes([i]) * (100_000 + i) for i in range(6)}
+    packages = [served(archive, name, body) for name, body in bodies.items()]
+    lines: list[str] = []
+    started = time.monotonic()
+    found = fetch_debs(AptLock(suite="bookworm", packages=tuple(packages)), cache=tmp_path,
+                       on_line=lines.append)  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert archive.most_active > 1 and elapsed < 6 * archive.delay
+    assert list(found) == sorted(bodies)
+    for package in packages:
+        path = found[package.name]
+        assert path == tmp_path / str(package.sha256)
+        assert path.read_bytes() == bodies[package.name]
+        assert path.stat().st_mode & 0o777 == 0o644  # the build's apt reads it as _apt
+    assert not list(tmp_path.glob("*.partial"))
+    assert lines[0] == "apt: fetching 6 .debs (0.6 MB) on the host"
+    # Cached now: a second run asks no place at all.
+    archive.requests.clear()
+    lines.clear()
+    assert fetch_debs(AptLock(suite="bookworm", packages=tuple(packages)), cache=tmp_path,
+                      on_line=lines.append) == found  # fmt: skip
+    assert archive.requests == [] and lines == []
+
+
+@pytest.mark.parametrize("ignore_range", [False, True])
+def test_a_partial_download_is_resumed(
+    archive: Archive, tmp_path: Path, ignore_range: bool
+) -> None:
+    body = bytes(range(256)) * 1000
+    package = served(archive, "big", body)
+    (tmp_path / f"{package.sha256}.partial").write_bytes(body[:100_000])
+    archive.ignore_range = ignore_range  # a server that sends it whole: started over
+    found = fetch_debs(AptLock(suite="bookworm", packages=(package,)), cache=tmp_path)
+    assert archive.requests == [(f"/debian/{package.path}", "bytes=100000-")]
+    assert found["big"].read_bytes() == body
+    assert not (tmp_path / f"{package.sha256}.partial").exists()
+
+
+def test_a_download_that_does_not_match_stops_with_package_and_both_hashes(
+    archive: Archive, tmp_path: Path
+) -> None:
+    good = served(archive, "good", b"fine")
+    bad = served(archive, "evil", b"what the lock pinned")
+    archive.files[f"/debian/{bad.path}"] = b"something else"
+    with pytest.raises(HashMismatch) as caught:
+        fetch_debs(AptLock(suite="bookworm", packages=(good, bad)), cache=tmp_path)
+    actual = hashlib.sha256(b"something else").hexdigest()
+    assert caught.value.lines() == [
+        f"apt: evil 1.0-1 from {archive.url}/debian/{bad.path} does not match env.lock: "
+        f"expected sha256:{bad.sha256}, got sha256:{actual}"
+    ]
+    assert caught.value.exit_code == 1
+    assert not (tmp_path / str(bad.sha256)).exists()
+    assert not (tmp_path / f"{bad.sha256}.partial").exists()
+
+
+def test_a_corrupt_cache_entry_is_fetched_again(archive: Archive, tmp_path: Path) -> None:
+    package = served(archive, "libfoo1", b"the real thing", version="2:1.0-1")
+    (tmp_path / str(package.sha256)).write_bytes(b"the real thin")  # one byte short
+    lines: list[str] = []
+    found = fetch_debs(
+        AptLock(suite="bookworm", packages=(package,)), cache=tmp_path, on_line=lines.append
+    )
+    assert found["libfoo1"].read_bytes() == b"the real thing"
+    assert lines[0] == (
+        f"cache: .deb libfoo1 2:1.0-1 sha256:{package.sha256} was corrupt; fetching it again"
+    )
+    assert len(archive.requests) == 1
+
+
+def test_missing_inputs_list_each_package_and_every_place_looked(
+    archive: Archive, tmp_path: Path
+) -> None:
+    there = served(archive, "there", b"here I am")
+    gone = deb("gone", b"replaced upstream", f"{archive.url}/debian")
+    far = deb("far", b"behind a wall", UNREACHABLE + "/debian")
+    # Taken from the snapshot archive when the source no longer has it.
+    old = deb("old", b"only in the snapshot", f"{archive.url}/debian")
+    archive.files[f"/snap/debian-security/20250101T000000Z/{old.path}"] = b"only in the snapshot"
+    apt = AptLock(suite="bookworm", snapshot="20250101T000000Z", packages=(there, gone, far, old))
+    with pytest.raises(OperationError) as caught:
+        fetch_debs(apt, cache=tmp_path, snapshot_archive=f"{archive.url}/snap")
+    lines = caught.value.lines()
+    assert len(lines) == 2
+    snap = f"{archive.url}/snap"
+    assert lines[0].startswith(f"apt: far 1.0-1 ({far.path}) not found; looked in: ")
+    assert f"host cache {tmp_path / str(far.sha256)} (absent)" in lines[0]
+    assert f"{UNREACHABLE}/debian/{far.path} (cannot fetch: " in lines[0]
+    assert f"{snap}/debian/20250101T000000Z/{far.path} (HTTP 404 Not Found)" in lines[0]
+    assert f"{snap}/debian-security/20250101T000000Z/{far.path} (HTTP 404" in lines[0]
+    assert lines[1].startswith(f"apt: gone 1.0-1 ({gone.path}) not found; looked in: ")
+    assert f"{archive.url}/debian/{gone.path} (HTTP 404 Not Found)" in lines[1]
+    # What could be fetched is kept for next time.
+    assert (tmp_path / str(there.sha256)).read_bytes() == b"here I am"
+    assert (tmp_path / str(old.sha256)).read_bytes() == b"only in the snapshot"
+
+
+def test_a_lock_that_does_not_say_where_a_deb_lives_is_refused(tmp_path: Path) -> None:
+    old = AptPackage(name="curl", version="7.88.1-10", arch="amd64", sha256="ab" * 32)
+    unsafe = deb("x", b"x", UNREACHABLE)
+    unsafe = AptPackage(**{**vars(unsafe), "path": "pool/../../etc/x.deb"})
+    with pytest.raises(LockError) as caught:
+        fetch_debs(AptLock(suite="bookworm", packages=(old, unsafe)), cache=tmp_path)
+    assert caught.value.exit_code == 2
+    assert [line.split(":")[1] for line in caught.value.lines()] == [
+        " apt package curl 7.88.1-10 does not say where its .deb lives (a lock from an older "
+        "imagesmith); run `imagesmith lock` to pin it again",
+        " apt package x",
+    ]
+    assert not list(tmp_path.iterdir())

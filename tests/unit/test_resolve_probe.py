@@ -1,0 +1,85 @@
+"""Reading the base's answer: where each .deb of the closure lives, from apt's own output.
+
+The probe's output below is what bookworm's apt printed inside the test base (2026-12-01):
+`Inst` lines, `apt-cache show` records and `apt-get download --print-uris` lines, with an
+epoch (git), a package from the security archive, and one apt printed no URL for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from imagesmith.engine.base import Engine, RunResult
+from imagesmith.errors import ResolveError
+from imagesmith.lock import BaseImageLock
+from imagesmith.resolve import BaseProbe, probe_base
+from imagesmith.spec import load_spec
+
+FIRST = "@@SUITE bookworm\n@@ARCH amd64\n@@GLIBC 2.36\n"
+GIT_SHA = "637a85ddd6247fab13bdd0592f2f39aff04ce4dbf0655d3ab553ac359a38ce6f"
+PERL_SHA = "3ed38ffa8320e9bf7597cefa01b6a6ace4a08ccc77cdfd15ef7d8b711dea7166"
+CLOSURE = f"""{FIRST}\
+@@ Inst git (1:2.39.5-0+deb12u3 Debian:12.15/oldstable [amd64])
+@@ Inst perl-modules-5.36 (5.36.0-7+deb12u4 Debian-Security:12/oldstable-security [all])
+@@SHA git 1:2.39.5-0+deb12u3 {GIT_SHA} pool/main/g/git/git_2.39.5-0+deb12u3_amd64.deb
+@@SHA perl-modules-5.36 5.36.0-7+deb12u4 {PERL_SHA} \
+pool/updates/main/p/perl/perl-modules-5.36_5.36.0-7+deb12u4_all.deb
+@@URI 'http://deb.debian.org/debian/pool/main/g/git/git_2.39.5-0%2bdeb12u3_amd64.deb' \
+git_1%3a2.39.5-0+deb12u3_amd64.deb 7264380 SHA256:{GIT_SHA}
+@@URI 'http://deb.debian.org/debian-security/pool/updates/main/p/perl/\
+perl-modules-5.36_5.36.0-7%2bdeb12u4_all.deb' perl-modules-5.36_5.36.0-7+deb12u4_all.deb \
+2817356 SHA256:{PERL_SHA}
+"""
+
+
+class ProbeEngine:
+    """Answers the probe's two runs (without packages, then with) with fixed output."""
+
+    def __init__(self, closure: str) -> None:
+        self.closure = closure
+
+    def run(
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        network: bool = True,
+    ) -> RunResult:
+        return RunResult(0, self.closure if env and env.get("PKGS") else FIRST)
+
+
+def probe(tmp_path: Path, closure: str) -> BaseProbe:
+    (tmp_path / "env.toml").write_text(
+        'name = "p"\n[base]\nimage = "b"\n[apt]\npackages = ["git"]\n'
+    )
+    spec = load_spec(tmp_path / "env.toml")
+    base = BaseImageLock(reference="b", repository="b", digest="sha256:" + "1" * 64, local=True)
+    engine = cast(Engine, ProbeEngine(closure))
+    return probe_base(engine, base, spec, "linux/amd64", lambda _: None)
+
+
+def test_each_package_records_its_archive_path_size_and_source(tmp_path: Path) -> None:
+    found = probe(tmp_path, CLOSURE)
+    git, perl = found.apt_closure
+    assert (git.name, git.version, git.sha256, git.requested) == (
+        "git",
+        "1:2.39.5-0+deb12u3",
+        GIT_SHA,
+        True,
+    )
+    assert git.path == "pool/main/g/git/git_2.39.5-0+deb12u3_amd64.deb"  # '+' unquoted
+    assert (git.size, git.source) == (7264380, "http://deb.debian.org/debian")
+    assert perl.path == "pool/updates/main/p/perl/perl-modules-5.36_5.36.0-7+deb12u4_all.deb"
+    assert (perl.source, perl.requested) == ("http://deb.debian.org/debian-security", False)
+
+
+def test_a_package_apt_gives_no_url_for_is_a_clear_error(tmp_path: Path) -> None:
+    without_perl_url = CLOSURE[: CLOSURE.index("@@URI 'http://deb.debian.org/debian-security")]
+    with pytest.raises(ResolveError, match=r"does not say where to fetch perl-modules-5.36="):
+        probe(tmp_path, without_perl_url)
