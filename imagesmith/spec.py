@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -147,8 +148,10 @@ def json_path(parts: Sequence[str | int]) -> str:
     return text
 
 
-def _show(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def _show(value: Any, limit: int = 200) -> str:
+    """`value` as JSON, cut short when long: a problem stays one readable line."""
+    text = json.dumps(value, ensure_ascii=False, default=str)  # str: TOML's dates and times
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
 
 
 _TYPE_NAMES = {
@@ -259,7 +262,11 @@ def read_requirements_file(path: Path) -> tuple[list[str], list[str]]:
     """(requirements, problems) from a requirements.txt: one requirement a line, # comments."""
     requirements: list[str] = []
     problems: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = read_input_text(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"{path.name}: cannot read it ({exc})"]
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
@@ -359,7 +366,10 @@ def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tup
 
 def canonical_hash(data: Any) -> str:
     """sha256 of `data` as JSON with sorted keys and no whitespace."""
-    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    # default=str: TOML dates and times, which no valid spec or lock holds, still hash.
+    canonical = json.dumps(
+        data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+    )
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -370,8 +380,8 @@ def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str
 def _locked_spec_hash(spec_path: Path) -> str | None:
     """The spec_hash recorded by the intact env.lock beside `spec_path`, if there is one."""
     try:
-        data = tomllib.loads(spec_path.with_suffix(".lock").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = parse_toml(read_input_text(spec_path.with_suffix(".lock")), "")
+    except (OSError, UnicodeDecodeError, SpecError):
         return None
     stored, recorded = data.pop("lock_hash", None), data.get("spec_hash")
     if not isinstance(recorded, str) or stored != canonical_hash(data):
@@ -394,11 +404,72 @@ def _validated_when_locked(data: dict[str, Any], path: Path) -> bool:
         return False
 
 
+#: The most imagesmith reads of a spec, lock, requirements file or batch script: far more
+#: than any needs (Slurm's own default limit on a batch script is 4 MB), and little enough
+#: that a file that is not one is refused at once instead of parsed for a minute.
+MAX_INPUT_BYTES = 4 * 1024 * 1024
+
+
+class InputTooLargeError(OSError):
+    """A file larger than MAX_INPUT_BYTES (read as an OSError: it cannot be read as input)."""
+
+    def __str__(self) -> str:
+        return (
+            f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB, which no spec, lock or script is"
+        )
+
+
+def read_input_text(path: Path) -> str:
+    """The UTF-8 text of an input file, as `Path.read_text` gives it; InputTooLargeError
+    past MAX_INPUT_BYTES."""
+    with path.open("rb") as f:
+        data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputTooLargeError()
+    # Universal newlines, as Path.read_text reads: the same text, so the same spec_hash.
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+#: Problems listed at most; the rest are found once these are fixed.
+MAX_PROBLEMS = 50
+
+#: Deeper than any spec or lock goes (4 levels); far below what would exhaust the stack
+#: of the parser, the schema check or the hash (each of them recursive).
+MAX_NESTING = 32
+
+
 def parse_toml(text: str, label: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError([f"{label}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        data = None
+    if data is None or nesting_depth(data) > MAX_NESTING:
+        raise SpecError(
+            [f"{label}: values nested more than {MAX_NESTING} levels deep (a spec needs 4 at most)"]
+        )
+    return data
+
+
+def nesting_depth(value: Any) -> int:
+    """How many lists and tables deep `value` goes (without recursion: any depth is safe)."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        todo.extend((child, depth) for child in children)
+    return deepest
 
 
 def load_spec(path: Path | str) -> Spec:
@@ -406,7 +477,7 @@ def load_spec(path: Path | str) -> Spec:
     path = Path(path)
     label = path.name
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input_text(path)
     except FileNotFoundError:
         raise SpecError([f"{path}: no such file; `imagesmith init` writes one"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -424,10 +495,15 @@ def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
             return spec_from_valid_data(data, path=path, file_requirements=lines)
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # not the valid spec the lock claims: check it properly
-    found = set(_semantic_problems(data, path.parent)) | set(_schema_problems(data))
+    # The first MAX_PROBLEMS only: a list of 100,000 bad names is one mistake, not a report.
+    every = itertools.chain(_semantic_problems(data, path.parent), _schema_problems(data))
+    found = set(itertools.islice(every, MAX_PROBLEMS + 1))
     if found:
         problems = sorted(found, key=_problem_order)
-        raise SpecError([f"{label}: {where}: {message}" for where, message in problems])
+        lines = [f"{label}: {where}: {message}" for where, message in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"{label}: more problems not listed; fix these and validate again")
+        raise SpecError(lines)
     requirements_file = _requirements_file_lines(data, path.parent)
     return spec_from_valid_data(data, path=path, file_requirements=requirements_file)
 
