@@ -441,7 +441,13 @@ def base(
     """
     from imagesmith.base import make_base
     from imagesmith.engine import get_engine
+    from imagesmith.spec import url_has_credentials
 
+    if mirror is not None and url_has_credentials(mirror):
+        raise InputError(
+            "--mirror holds a user name or password, which would stay in the image's apt "
+            "sources; serve the mirror without them (or on a network that needs none)"
+        )
     the_engine = get_engine(engine)
     progress = Progress()
     try:

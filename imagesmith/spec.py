@@ -288,7 +288,9 @@ def _semantic_problems(
     data: Mapping[str, Any], folder: Path, *, data_checked: bool = False
 ) -> Iterator[tuple[str, str]]:
     """Problems the schema cannot see. With `data_checked` (the spec is the one its lock
-    was made from), only those that depend on files, which may have changed since."""
+    was made from), only those that depend on files, which may have changed since, and
+    credentials (a lock made by another imagesmith may have let them in)."""
+    yield from _credential_problems(data)
     python = data.get("python")
     if isinstance(python, dict):
         requirements = python.get("requirements")
@@ -352,6 +354,51 @@ def _semantic_problems(
                 yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
         except ValueError:
             pass  # the schema's pattern reports it
+
+
+#: A URL's user information: `scheme://user@`, `scheme://user:password@`.
+_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#\s]*)@")
+#: A URL with a password in it, anywhere in a string: `https://alice:s3cr3t@host`.
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s:@]*:[^/?#\s@]+@")
+
+CREDENTIAL_HINT = (
+    "credentials must not be in the spec (they would be in env.lock and the image): put "
+    "them in ~/.netrc (machine HOST login USER password TOKEN), which uv and pip read on "
+    "the host; see docs/troubleshooting.md#private-package-indexes"
+)
+
+
+def url_has_credentials(url: str) -> bool:
+    """Whether `url` carries a user name or password (`https://user:token@host/...`)."""
+    return _URL_USERINFO.match(url) is not None
+
+
+def _credential_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """Index URLs with any user information, and [env] values or labels with a URL that
+    carries a password: all of them would be published in env.lock and the image."""
+    python = data.get("python")
+    if isinstance(python, dict):
+        urls: list[tuple[list[str | int], Any]] = [
+            (["python", "index_url"], python.get("index_url"))
+        ]
+        extra = python.get("extra_index_urls")
+        for index, url in enumerate(extra if isinstance(extra, list) else []):
+            urls.append((["python", "extra_index_urls", index], url))
+        for where, url in urls:
+            if isinstance(url, str) and url_has_credentials(url):
+                yield json_path(where), f"holds a user name or password; {CREDENTIAL_HINT}"
+    image = data.get("image")
+    tables = [("env", data.get("env"))]
+    if isinstance(image, dict):
+        tables.append(("image.labels", image.get("labels")))
+    for table, values in tables:
+        for key, value in (values if isinstance(values, dict) else {}).items():
+            if isinstance(value, str) and _URL_PASSWORD.search(value):
+                yield (
+                    json_path([*table.split("."), key]),
+                    "holds a URL with a password, which would be baked into the image; a job "
+                    "takes secrets from [job] secret_env",
+                )
 
 
 def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tuple[str, str]]:
