@@ -240,7 +240,10 @@ def render() -> str:
         "- Besides the schema, validation checks what a schema cannot: Python requirements "
         "must be PEP 508, `requirements_file` and `copy` sources must exist inside the "
         "spec's folder (no absolute paths, `..` or links out), `[image] user` must not be "
-        '`"root"`, and `[job] time` must not be zero.',
+        '`"root"`, `[job] time` must not be zero, and the spec holds no credentials: index '
+        "URLs with a user name or password, and `[env]` values or labels with a URL that "
+        "holds a password, are refused (they would be published in env.lock and the image; "
+        "see [troubleshooting.md](troubleshooting.md#private-package-indexes)).",
         "- The smallest spec:",
         "",
         "```toml",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from imagesmith import __version__
-from imagesmith.errors import ImagesmithError, InputError
+from imagesmith.errors import ImagesmithError, InputError, OperationError
 
 if TYPE_CHECKING:
     from imagesmith.engine.base import Engine
@@ -46,6 +48,14 @@ def err(line: str) -> None:
     typer.echo(line, err=True)
 
 
+#: A problem line quotes the input it is about; past this it is cut (a 4 MB line helps no one).
+MAX_LINE = 1000
+
+
+def _shortened(line: str) -> str:
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 4] + " ..."
+
+
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Print an expected failure as one line per problem and exit with its code."""
 
@@ -56,7 +66,7 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         except ImagesmithError as exc:
             prefix = "error: " if not isinstance(exc, InputError) or len(exc.lines()) == 1 else ""
             for index, line in enumerate(exc.lines()):
-                err(f"{prefix if index == 0 else ''}{line}")
+                err(_shortened(f"{prefix if index == 0 else ''}{line}"))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err("interrupted; nothing was left half-done")
@@ -148,11 +158,42 @@ def init(
     if target.exists() and not force:
         raise InputError(f"{target} already exists; pass --force to overwrite it")
     text = recipe_text(recipe)
-    directory.mkdir(parents=True, exist_ok=True)
     from imagesmith.lock import write_atomically
 
-    write_atomically(target, text)
+    made = _make_folders(directory)
+    try:
+        write_atomically(target, text)
+    except BaseException:
+        for folder in reversed(made):  # leave nothing behind: only the folders made here
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     typer.echo(f"wrote {target} from recipe {recipe}; next: imagesmith build {target}")
+
+
+def _make_folders(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents; the folders made, outermost first."""
+    missing = [folder for folder in (directory, *directory.parents) if not os.path.lexists(folder)][
+        ::-1
+    ]
+    for folder in missing:
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            for made in reversed(missing[: missing.index(folder)]):
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+            if exc.errno == errno.ENOTDIR:
+                raise InputError(
+                    f"cannot create {folder}: {folder.parent} is not a folder"
+                ) from None
+            reason = exc.strerror or type(exc).__name__
+            if exc.errno == errno.ENOENT:
+                reason = f"{folder.parent} does not take new folders ({reason})"
+            raise OperationError(f"cannot create {folder}: {reason}") from None
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a folder")
+    return missing
 
 
 EngineOpt = Annotated[
@@ -412,7 +453,13 @@ def base(
     """
     from imagesmith.base import make_base
     from imagesmith.engine import get_engine
+    from imagesmith.spec import url_has_credentials
 
+    if mirror is not None and url_has_credentials(mirror):
+        raise InputError(
+            "--mirror holds a user name or password, which would stay in the image's apt "
+            "sources; serve the mirror without them (or on a network that needs none)"
+        )
     the_engine = get_engine(engine)
     progress = Progress()
     try:
@@ -528,7 +575,7 @@ def manifest(
     from imagesmith.lock import fresh_lock
     from imagesmith.manifests import render_manifest
     from imagesmith.slurm import parse_sbatch
-    from imagesmith.spec import load_spec
+    from imagesmith.spec import load_spec, read_input_text
 
     if kind is not None and kind not in {"pod", "job"}:
         raise InputError(f"--kind must be pod or job, not {kind!r}")
@@ -537,7 +584,7 @@ def manifest(
     overrides = None
     if from_sbatch is not None:
         try:
-            script = from_sbatch.read_text(encoding="utf-8")
+            script = read_input_text(from_sbatch)
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{from_sbatch}: cannot read it ({exc})") from None
         overrides = parse_sbatch(script, source=from_sbatch.name)

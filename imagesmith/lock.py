@@ -16,7 +16,9 @@ built silently.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -29,9 +31,24 @@ from typing import Any
 import tomli_w
 
 from imagesmith import __version__
-from imagesmith.errors import LockError, LockFormatError, SpecError, StaleLockError
+from imagesmith.errors import (
+    ImagesmithError,
+    InputError,
+    LockError,
+    LockFormatError,
+    OperationError,
+    SpecError,
+    StaleLockError,
+)
 from imagesmith.resources import data_path
-from imagesmith.spec import Spec, canonical_hash, json_path, parse_toml, spec_from_valid_data
+from imagesmith.spec import (
+    Spec,
+    canonical_hash,
+    json_path,
+    parse_toml,
+    read_input_text,
+    spec_from_valid_data,
+)
 
 LOCK_VERSION = 1
 LOCK_FORMAT = 6
@@ -243,9 +260,10 @@ def parse_lock(text: str, *, path: Path) -> Lock:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(lock_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    first = itertools.islice(validator.iter_errors(data), 20)  # enough to see what is wrong
+    errors = sorted(first, key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{label}: {json_path(list(e.absolute_path))}: {e.message}" for e in errors[:20]]
+        lines = [f"{label}: {json_path(list(e.absolute_path))}: {e.message[:300]}" for e in errors]
         lines.append(f"{label} is not a valid lock; run `imagesmith lock` to regenerate it")
         raise LockError("\n".join(lines))
     if data["lock_version"] != LOCK_VERSION:
@@ -304,7 +322,7 @@ def _lock_from_data(data: Mapping[str, Any], path: Path) -> Lock:
 
 def read_lock(path: Path) -> Lock:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input_text(path)
     except FileNotFoundError:
         raise LockError(
             f"{path}: no lock yet; run `imagesmith lock {path.with_suffix('.toml').name}`"
@@ -317,9 +335,16 @@ def read_lock(path: Path) -> Lock:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Replace `path` with `text` so that readers see the old file or the new one, never half.
+
+    A place that cannot take the file is one line: InputError (exit 2) when the path
+    itself is wrong (its folder is missing or a file, or it names a folder),
+    OperationError (exit 1) when the file system refuses (permissions, read-only, full).
+    Nothing is left behind either way.
+    """
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
@@ -329,9 +354,28 @@ def write_atomically(path: Path, text: str) -> None:
         else:
             os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _write_error(path: Path, exc: OSError) -> ImagesmithError:
+    """One line saying why `path` cannot be written, with the exit code that fits."""
+    folder = path.parent
+    if not folder.exists():
+        return InputError(f"cannot write {path}: its folder {folder} does not exist")
+    if not folder.is_dir():
+        return InputError(f"cannot write {path}: {folder} is not a folder")
+    if path.is_dir():
+        return InputError(f"cannot write {path}: it is a folder; name a file")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    elif exc.errno == errno.ENOENT:
+        reason = f"{folder} does not take new files ({reason})"
+    return OperationError(f"cannot write {path}: {reason}")
 
 
 def write_lock(lock: Lock, path: Path) -> bool:

@@ -68,6 +68,11 @@ def _load(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except RecursionError:
+        raise InputError(
+            f"{path}: not a record imagesmith wrote (nested too deep); delete it and build "
+            "or push again"
+        ) from None
     except (OSError, ValueError) as exc:
         raise InputError(
             f"{path}: cannot read it ({exc}); delete it and build or push again"

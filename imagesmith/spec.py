@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -166,8 +167,10 @@ def json_path(parts: Sequence[str | int]) -> str:
     return text
 
 
-def _show(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def _show(value: Any, limit: int = 200) -> str:
+    """`value` as JSON, cut short when long: a problem stays one readable line."""
+    text = json.dumps(value, ensure_ascii=False, default=str)  # str: TOML's dates and times
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
 
 
 _TYPE_NAMES = {
@@ -278,7 +281,11 @@ def read_requirements_file(path: Path) -> tuple[list[str], list[str]]:
     """(requirements, problems) from a requirements.txt: one requirement a line, # comments."""
     requirements: list[str] = []
     problems: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = read_input_text(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"{path.name}: cannot read it ({exc})"]
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
@@ -300,7 +307,9 @@ def _semantic_problems(
     data: Mapping[str, Any], folder: Path, *, data_checked: bool = False
 ) -> Iterator[tuple[str, str]]:
     """Problems the schema cannot see. With `data_checked` (the spec is the one its lock
-    was made from), only those that depend on files, which may have changed since."""
+    was made from), only those that depend on files, which may have changed since, and
+    credentials (a lock made by another imagesmith may have let them in)."""
+    yield from _credential_problems(data)
     python = data.get("python")
     if isinstance(python, dict):
         requirements = python.get("requirements")
@@ -366,6 +375,51 @@ def _semantic_problems(
             pass  # the schema's pattern reports it
 
 
+#: A URL's user information: `scheme://user@`, `scheme://user:password@`.
+_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#\s]*)@")
+#: A URL with a password in it, anywhere in a string: `https://alice:s3cr3t@host`.
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s:@]*:[^/?#\s@]+@")
+
+CREDENTIAL_HINT = (
+    "credentials must not be in the spec (they would be in env.lock and the image): put "
+    "them in ~/.netrc (machine HOST login USER password TOKEN), which uv and pip read on "
+    "the host; see docs/troubleshooting.md#private-package-indexes"
+)
+
+
+def url_has_credentials(url: str) -> bool:
+    """Whether `url` carries a user name or password (`https://user:token@host/...`)."""
+    return _URL_USERINFO.match(url) is not None
+
+
+def _credential_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """Index URLs with any user information, and [env] values or labels with a URL that
+    carries a password: all of them would be published in env.lock and the image."""
+    python = data.get("python")
+    if isinstance(python, dict):
+        urls: list[tuple[list[str | int], Any]] = [
+            (["python", "index_url"], python.get("index_url"))
+        ]
+        extra = python.get("extra_index_urls")
+        for index, url in enumerate(extra if isinstance(extra, list) else []):
+            urls.append((["python", "extra_index_urls", index], url))
+        for where, url in urls:
+            if isinstance(url, str) and url_has_credentials(url):
+                yield json_path(where), f"holds a user name or password; {CREDENTIAL_HINT}"
+    image = data.get("image")
+    tables = [("env", data.get("env"))]
+    if isinstance(image, dict):
+        tables.append(("image.labels", image.get("labels")))
+    for table, values in tables:
+        for key, value in (values if isinstance(values, dict) else {}).items():
+            if isinstance(value, str) and _URL_PASSWORD.search(value):
+                yield (
+                    json_path([*table.split("."), key]),
+                    "holds a URL with a password, which would be baked into the image; a job "
+                    "takes secrets from [job] secret_env",
+                )
+
+
 def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tuple[str, str]]:
     if not target.is_dir():
         return
@@ -378,7 +432,10 @@ def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tup
 
 def canonical_hash(data: Any) -> str:
     """sha256 of `data` as JSON with sorted keys and no whitespace."""
-    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    # default=str: TOML dates and times, which no valid spec or lock holds, still hash.
+    canonical = json.dumps(
+        data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+    )
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -390,8 +447,8 @@ def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str
 def _locked_spec_hash(spec_path: Path) -> str | None:
     """The spec_hash recorded by the intact env.lock beside `spec_path`, if there is one."""
     try:
-        data = tomllib.loads(spec_path.with_suffix(".lock").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = parse_toml(read_input_text(spec_path.with_suffix(".lock")), "")
+    except (OSError, UnicodeDecodeError, SpecError):
         return None
     stored, recorded = data.pop("lock_hash", None), data.get("spec_hash")
     if not isinstance(recorded, str) or stored != canonical_hash(data):
@@ -444,11 +501,72 @@ def _remember_runtime_checked(data: Mapping[str, Any]) -> None:
         pass  # only a shortcut: the next command checks the tables again
 
 
+#: The most imagesmith reads of a spec, lock, requirements file or batch script: far more
+#: than any needs (Slurm's own default limit on a batch script is 4 MB), and little enough
+#: that a file that is not one is refused at once instead of parsed for a minute.
+MAX_INPUT_BYTES = 4 * 1024 * 1024
+
+
+class InputTooLargeError(OSError):
+    """A file larger than MAX_INPUT_BYTES (read as an OSError: it cannot be read as input)."""
+
+    def __str__(self) -> str:
+        return (
+            f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB, which no spec, lock or script is"
+        )
+
+
+def read_input_text(path: Path) -> str:
+    """The UTF-8 text of an input file, as `Path.read_text` gives it; InputTooLargeError
+    past MAX_INPUT_BYTES."""
+    with path.open("rb") as f:
+        data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputTooLargeError()
+    # Universal newlines, as Path.read_text reads: the same text, so the same spec_hash.
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+#: Problems listed at most; the rest are found once these are fixed.
+MAX_PROBLEMS = 50
+
+#: Deeper than any spec or lock goes (4 levels); far below what would exhaust the stack
+#: of the parser, the schema check or the hash (each of them recursive).
+MAX_NESTING = 32
+
+
 def parse_toml(text: str, label: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError([f"{label}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        data = None
+    if data is None or nesting_depth(data) > MAX_NESTING:
+        raise SpecError(
+            [f"{label}: values nested more than {MAX_NESTING} levels deep (a spec needs 4 at most)"]
+        )
+    return data
+
+
+def nesting_depth(value: Any) -> int:
+    """How many lists and tables deep `value` goes (without recursion: any depth is safe)."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        todo.extend((child, depth) for child in children)
+    return deepest
 
 
 def load_spec(path: Path | str) -> Spec:
@@ -456,7 +574,7 @@ def load_spec(path: Path | str) -> Spec:
     path = Path(path)
     label = path.name
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input_text(path)
     except FileNotFoundError:
         raise SpecError([f"{path}: no such file; `imagesmith init` writes one"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -478,10 +596,15 @@ def spec_from_data(data: dict[str, Any], *, path: Path, label: str) -> Spec:
             return spec_from_valid_data(data, path=path, file_requirements=lines)
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # not the valid spec the lock claims: check it properly
-    found = set(_semantic_problems(data, path.parent)) | set(_schema_problems(data))
+    # The first MAX_PROBLEMS only: a list of 100,000 bad names is one mistake, not a report.
+    every = itertools.chain(_semantic_problems(data, path.parent), _schema_problems(data))
+    found = set(itertools.islice(every, MAX_PROBLEMS + 1))
     if found:
         problems = sorted(found, key=_problem_order)
-        raise SpecError([f"{label}: {where}: {message}" for where, message in problems])
+        lines = [f"{label}: {where}: {message}" for where, message in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"{label}: more problems not listed; fix these and validate again")
+        raise SpecError(lines)
     requirements_file = _requirements_file_lines(data, path.parent)
     spec = spec_from_valid_data(data, path=path, file_requirements=requirements_file)
     _remember_runtime_checked(data)

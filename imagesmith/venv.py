@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+import warnings
 from pathlib import Path
 
 from installer import install
@@ -66,6 +67,12 @@ def install_wheels(wheels: list[Path], staging: Path, *, python_version: str) ->
 
     `staging` stands for the image's root: the tree lands in `staging/opt/venv`.
     """
+    # installer skips a wheel's __pycache__ files (numpy ships some) and says so with a
+    # RuntimeWarning on stderr at every cold build. Skipping them is right (the image
+    # compiles its own bytecode); the warning tells a user nothing they can act on.
+    warnings.filterwarnings(
+        "ignore", message=r"Skip installing .*__pycache__", category=RuntimeWarning
+    )
     for path in sorted(wheels, key=lambda p: p.name):
         try:
             with WheelFile.open(path) as wheel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from imagesmith import __version__
@@ -160,6 +161,125 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
     assert result.exit_code == 0, result.output
     assert "--array" in result.stderr
     assert "cpu: '8'" in result.stdout and "memory: 16Gi" in result.stdout
+
+
+def _pushed(spec: Path) -> None:
+    """A lock and a push record beside `spec`, so manifest and sbatch have an image."""
+    from imagesmith.records import PushRecord, push_record_path, write_record
+
+    lock = make_lock(spec)
+    write_lock(lock, spec.with_suffix(".lock"))
+    write_record(
+        push_record_path(spec),
+        PushRecord(
+            repository="registry.example.edu/lab/analysis",
+            digest="sha256:" + "2" * 64,
+            tags=("1.0.0",),
+            lock_hash=lock.lock_hash,
+            uid=1000,
+            gid=1000,
+        ),
+    )
+
+
+UNWRITABLE = {
+    # where -o points: (exit code, the end of the one line that says why)
+    "/proc/imagesmith-out": (1, "/proc does not take new files (No such file or directory)"),
+    "/sys/imagesmith-out": (1, "Permission denied"),
+    "{tmp}/missing/out": (2, "its folder {tmp}/missing does not exist"),
+    "{tmp}/a-file/out": (2, "{tmp}/a-file is not a folder"),
+    "{tmp}": (2, "it is a folder; name a file"),
+}
+
+
+@pytest.mark.parametrize("command", ["render", "manifest", "sbatch"])
+@pytest.mark.parametrize("where", sorted(UNWRITABLE))
+def test_output_that_cannot_be_written_is_one_line(
+    example_dir: Path, tmp_path: Path, command: str, where: str
+) -> None:
+    spec = example_dir / "env.toml"
+    _pushed(spec)
+    (tmp_path / "a-file").write_text("x")
+    target = where.format(tmp=tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = runner.invoke(app, [command, str(spec), "-o", target])
+    code, why = UNWRITABLE[where]
+    assert result.exit_code == code, result.output
+    assert result.stderr.splitlines() == [
+        f"error: cannot write {target}: {why.format(tmp=tmp_path)}"
+    ]
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing partial left
+
+
+def test_output_into_a_read_only_folder_leaves_nothing(
+    example_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that refuses the write after the temporary file exists (a full or read-only
+    file system at rename time): the temporary file goes, the old file stays."""
+    spec = example_dir / "env.toml"
+    _pushed(spec)
+    out = tmp_path / "out" / "Containerfile"
+    out.parent.mkdir()
+    out.write_text("old\n")
+
+    def refuse(*_: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("os.replace", refuse)
+    result = runner.invoke(app, ["render", str(spec), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [f"error: cannot write {out}: Read-only file system"]
+    assert [p.name for p in out.parent.iterdir()] == ["Containerfile"]
+    assert out.read_text() == "old\n"
+
+
+@pytest.mark.parametrize(
+    ("folder", "code", "why"),
+    [
+        (
+            "/proc/imagesmith-init",
+            1,
+            "cannot create /proc/imagesmith-init: /proc does not take new folders",
+        ),
+        (
+            "/proc/imagesmith-init/deeper",
+            1,
+            "cannot create /proc/imagesmith-init: /proc does not take",
+        ),
+        ("/sys/imagesmith-init", 1, "cannot create /sys/imagesmith-init: "),
+        ("{tmp}/a-file", 2, "{tmp}/a-file is not a folder"),
+        ("{tmp}/a-file/below", 2, "cannot create {tmp}/a-file/below: {tmp}/a-file is not a folder"),
+    ],
+)
+def test_init_where_no_folder_can_be_made_is_one_line(
+    tmp_path: Path, folder: str, code: int, why: str
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    result = runner.invoke(app, ["init", folder.format(tmp=tmp_path)])
+    assert result.exit_code == code, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {why.format(tmp=tmp_path)}"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_init_makes_missing_folders_and_removes_them_when_the_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok = runner.invoke(app, ["init", str(tmp_path / "new" / "lab")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "new" / "lab" / "env.toml").is_file()
+
+    def refuse(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", refuse)
+    failed = runner.invoke(app, ["init", str(tmp_path / "other" / "lab")])
+    assert failed.exit_code == 1, failed.output
+    assert failed.stderr.splitlines() == [
+        f"error: cannot write {tmp_path}/other/lab/env.toml: no space left on the device"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
 
 
 def test_run_time_settings_change_without_a_new_lock(example_dir: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import tomli_w
 import tomllib
 
-from imagesmith.errors import LockError, SpecError, StaleLockError
+from imagesmith.errors import LockError, OperationError, SpecError, StaleLockError
 from imagesmith.lock import content_hash, fresh_lock, parse_lock, read_lock, write_lock
 from imagesmith.spec import load_spec, spec_hash
 from tests.fixtures.make_lock import make_lock
@@ -107,7 +107,7 @@ def test_failed_write_leaves_the_old_lock(
     changed = make_lock(example_dir / "env.toml").__class__(
         **{**vars(lock), "source_date_epoch": 1}
     )
-    with pytest.raises(OSError):
+    with pytest.raises(OperationError, match=r"cannot write .*env\.lock: disk full$"):
         write_lock(changed, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in example_dir.iterdir() if p.name.startswith(".env.lock")) == []

@@ -416,3 +416,69 @@ def test_missing_spec_file_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(tmp_path / "env.toml")
     assert "no such file" in caught.value.problems[0]
+
+
+CREDENTIAL_SPEC = """
+name = "x"
+[base]
+image = "debian:bookworm"
+[python]
+requirements = ["numpy"]
+index_url = "https://alice:s3cr3t-token@pypi.example.edu/simple"
+extra_index_urls = [
+    "https://__token__@pypi.example.edu/simple",
+    "https://ok.example.edu/simple",
+    "https://ok.example.edu/path/@scope/simple",
+]
+[env]
+PIP_INDEX_URL = "https://bob:pw@x.example/simple"
+REPO = "ssh://git@git.example.edu/lab/code"
+[image]
+labels = { "org.opencontainers.image.source" = "https://u:p@git.example.edu/lab" }
+"""
+
+
+def test_credentials_in_the_spec_are_refused_with_how_to_give_them(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imagesmith.cli import app
+
+    spec = tmp_path / "env.toml"
+    spec.write_text(CREDENTIAL_SPEC)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "$.env.PIP_INDEX_URL",
+        '$.image.labels["org.opencontainers.image.source"]',
+        "$.python.extra_index_urls[0]",
+        "$.python.index_url",
+    ]
+    assert "~/.netrc" in lines[3] and "docs/troubleshooting.md#private-package-indexes" in lines[3]
+    assert "[job] secret_env" in lines[0]
+
+
+def test_url_credentials_are_spotted_only_in_the_user_part() -> None:
+    from imagesmith.spec import url_has_credentials
+
+    assert url_has_credentials("https://alice:tok@host/simple")
+    assert url_has_credentials("https://tok@host/simple")
+    assert url_has_credentials("http://:tok@127.0.0.1:8080/")
+    assert not url_has_credentials("https://host/simple")
+    assert not url_has_credentials("https://host/simple/@scope")
+    assert not url_has_credentials("https://host:8443/simple?x=a@b")
+    assert not url_has_credentials("file:///srv/wheels")
+
+
+def test_a_lock_made_before_the_rule_does_not_let_credentials_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec that an intact lock vouches for skips the schema (validation's fast path):
+    credentials are still checked there (a lock made by an older imagesmith let them in)."""
+    from imagesmith.spec import load_spec
+
+    spec = tmp_path / "env.toml"
+    spec.write_text(CREDENTIAL_SPEC)
+    monkeypatch.setattr("imagesmith.spec._validated_when_locked", lambda *_: True)
+    with pytest.raises(SpecError, match=r"\$\.python\.index_url: holds a user name or password"):
+        load_spec(spec)

@@ -16,7 +16,7 @@ import pytest
 from imagesmith.context import python_tree, python_tree_cached
 from imagesmith.errors import OperationError
 from imagesmith.lock import PythonLock, PythonPackage
-from imagesmith.venv import install_wheels
+from imagesmith.venv import _destination, install_wheels
 
 SITE = "opt/venv/lib/python3.11/site-packages"
 
@@ -26,7 +26,9 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def make_wheel(folder: Path, name: str = "demo", version: str = "1.0") -> Path:
+def make_wheel(
+    folder: Path, name: str = "demo", version: str = "1.0", extra: dict[str, bytes] | None = None
+) -> Path:
     """A small but complete wheel: a package, an entry point, a data script, a header."""
     dist_info = f"{name}-{version}.dist-info"
     data = f"{name}-{version}.data"
@@ -50,6 +52,7 @@ def make_wheel(folder: Path, name: str = "demo", version: str = "1.0") -> Path:
             0o644,
         ),
     }
+    files.update({member: (content, 0o644) for member, content in (extra or {}).items()})
     record = [_record_line(path, content) for path, (content, _) in files.items()]
     record.append(f"{dist_info}/RECORD,,")
     path = folder / f"{name}-{version}-py3-none-any.whl"
@@ -194,3 +197,27 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(
     with pytest.raises(OperationError, match=r"^python: cannot write .*venvs.*: Not a directory"):
         python_tree(_fake_lock(), 1_700_000_000)
     assert blocker.read_text() == ""
+
+
+def test_pycache_in_a_wheel_is_skipped_without_a_warning(tmp_path: Path) -> None:
+    """numpy's wheel holds __pycache__ files: installer skips them, and its RuntimeWarning
+    about it (printed on every cold build) is not shown."""
+    import warnings
+
+    from installer import install
+    from installer.sources import WheelFile
+
+    pyc = "demo/__pycache__/tool.cpython-311.pyc"
+    wheel = make_wheel(tmp_path, extra={pyc: b"not bytecode"})
+    with warnings.catch_warnings(record=True) as raw:  # installer on its own warns
+        warnings.simplefilter("always")
+        with WheelFile.open(wheel) as source:
+            install(source, _destination("3.11", tmp_path / "raw", "demo"), {})
+    assert any("__pycache__" in str(w.message) for w in raw)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        root = install_wheels([wheel], tmp_path / "stage", python_version="3.11")
+    assert [str(w.message) for w in seen] == []
+    assert (tmp_path / "stage" / SITE / "demo" / "tool.py").is_file()
+    assert not (tmp_path / "stage" / SITE / "demo" / "__pycache__").exists()
+    assert root == tmp_path / "stage" / "opt" / "venv"
