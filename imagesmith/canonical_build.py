@@ -32,7 +32,7 @@ from imagesmith.canonical import (
 from imagesmith.context import cache_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
-from imagesmith.integrity import LineLog, fsync_dir, link_over, write_bytes_durably
+from imagesmith.integrity import fsync_dir, link_over, write_bytes_durably
 from imagesmith.oci import write_docker_archive
 from imagesmith.overlay import NotReadable
 
@@ -66,10 +66,6 @@ def plain_layers_dir(engine: Engine, workdir: Path) -> Path | None:
     """Where a build keeps uncompressed copies of the layers it rewrites, for an engine
     that loads plain layers (podman): `write_docker_archive` then need not decompress."""
     return None if engine.load_compressed else workdir / "plain-layers"
-
-
-def layer_cache(log: LineLog) -> LayerCache:
-    return LayerCache(cache_dir() / "layers", on_corrupt=log.add)
 
 
 def _rewrite(
@@ -133,8 +129,9 @@ class Prewarm:
     """
 
     def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
-        self.corrupt = LineLog()
-        self.cache = layer_cache(self.corrupt)
+        # Its layouts are thrown away: hits need no hashing (the rewrite after the build
+        # checks every blob it takes from the cache).
+        self._cache = LayerCache(cache_dir() / "layers", check=False)
         self._engine = engine
         self._epoch = epoch
         self._plain_dir = plain_layers_dir(engine, workdir)
@@ -170,7 +167,7 @@ class Prewarm:
                     staging / "layout",
                     epoch=self._epoch,
                     drop_paths=VOLATILE_PATHS,
-                    cache=self.cache,
+                    cache=self._cache,
                     plain_dir=self._plain_dir,
                 )
             except Exception:  # an optimisation only (see the class doc)
@@ -292,14 +289,12 @@ def make_canonical(
     needed and cancelled when not.
     """
     memo = _memo_path(engine, built_id, epoch)
-    log = prewarm.corrupt if prewarm is not None else LineLog()
     try:
         known = json.loads(memo.read_text(encoding="utf-8"))
         layout = layout_dir(known["digest"])
         if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
             if prewarm is not None:
                 prewarm.finish(cancel=True)
-            log.flush(on_line)
             touch(layout)
             return Canonical(
                 image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
@@ -309,15 +304,13 @@ def make_canonical(
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     if prewarm is not None:
         prewarm.finish()
-    log.flush(on_line)
-    cache = prewarm.cache if prewarm is not None else layer_cache(log)
+    cache = LayerCache(cache_dir() / "layers", on_corrupt=on_line)
     staging = _staging() / "layout"
     # Now, on the cache's own clock (a new folder's mtime): every cache entry this rewrite
     # writes or uses is modified from here on, so pruning below keeps exactly those.
     started = staging.parent.stat().st_mtime
     try:
         image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir, cache=cache)
-        log.flush(on_line)
         loaded = _load(engine, staging, image, workdir)
         if loaded != image.config_digest:
             raise EngineError(

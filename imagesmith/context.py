@@ -8,10 +8,11 @@ tree the image's /opt/venv will hold (`imagesmith.venv`), and the build ADDs tha
 unchanged lock gives an unchanged context and the engine's cache holds.
 
 Cache (`~/.cache/imagesmith`): `wheels/KEY` (the downloaded wheels, kept, with
-`SHA256SUMS.json`) and `venvs/KEY-EPOCH/venv.tar.gz` (the installed tree, its times already
-the epoch; the context links to it; its sha256 beside it). Both records are written last,
-so a folder without one is not whole, and both are checked before a file is used. Installed trees are cheap to make again from the wheels (about a second),
-so only the most recently used few are kept.
+`SHA256SUMS.json`) and `venvs/KEY-EPOCH/venv.tar.gz` (the installed tree, its times
+already the epoch; the context links to it; its sha256 beside it). Both records are
+written last, so a folder without one is not whole, and both are checked before a file
+is used. Installed trees are cheap to make again from the wheels (about a second), so
+only the most recently used few are kept.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ from its source". Writers write to a temporary name, fsync and rename, so a kill
 process leaves either nothing or a whole entry under the final name.
 
 `file_sha256` remembers, for this process only, the files it has hashed (or that were
-just written with a known digest) by device, inode, size and ctime: a build that writes
-a blob and reads it back a second later does not hash it twice. Any write to the file
-changes its ctime, so a file changed since is hashed again.
+just written with a known digest) by device, inode, size and mtime: a build that writes
+a blob and reads it back a second later does not hash it twice, hard links included
+(linking changes an inode's ctime, not its mtime). A write to the file changes its
+mtime, so a file changed since is hashed again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _lock = threading.Lock()
 
 
 def _signature(st: os.stat_result) -> _Signature:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def remember(path: Path, digest: str) -> None:

@@ -4,7 +4,7 @@ line and made again from its source; a whole one is used as it is.
 Corruption is one byte changed in place, as a disk or a copy between machines does it.
 `integrity.forget()` stands for the end of the imagesmith process that wrote the entry:
 within one process a file it has hashed is not hashed again while its inode, size and
-ctime are unchanged, and a test may change a file within the same clock tick.
+mtime are unchanged, and a test may change a file within the same clock tick.
 """
 
 from __future__ import annotations
