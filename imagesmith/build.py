@@ -18,6 +18,7 @@ from imagesmith.cachegc import cache_budget
 from imagesmith.canonical_build import Canonical
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, StaleLockError
+from imagesmith.integrity import LineLog
 from imagesmith.lock import (
     Lock,
     check_format,
@@ -197,8 +198,14 @@ def _system_while_fetching(
         f"python: fetching and installing {len(lock.python.packages)} packages on the host "
         "while the system stage builds"
     )
+    reports = LineLog()  # corrupt cache entries found meanwhile, printed from this thread
+
+    def report(text: str) -> None:
+        if text.startswith("cache: "):
+            reports.add(text)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
-        fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch)
+        fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch, on_line=report)
         debs = fetch_debs(lock.apt, on_line=on_line)
         system_context(lock, containerfile, folder, debs=debs)
         system_id = engine.build(
@@ -209,7 +216,10 @@ def _system_while_fetching(
             on_line=on_build_line,
             target="system",
         )
-        fetched.result()
+        try:
+            fetched.result()
+        finally:
+            reports.flush(on_line)
     return system_id
 
 

@@ -125,6 +125,13 @@ from typing import IO, Any, Literal
 
 from imagesmith import __version__
 from imagesmith.errors import InputError, OperationError
+from imagesmith.integrity import (
+    CorruptEntry,
+    check_file,
+    fsync_file,
+    link_over,
+    write_bytes_durably,
+)
 from imagesmith.oci import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER_GZIP,
@@ -699,6 +706,7 @@ def _link_or_copy(src: Path, dest: Path) -> None:
             os.link(src, tmp)
         except OSError:  # another file system, or no hard links there
             shutil.copyfile(src, tmp)
+            fsync_file(tmp)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -716,18 +724,31 @@ class LayerCache:
 
     Entries are JSON files in ``root``, blobs hard links (copies across file systems)
     in ``root/blobs``. Anything missing or unreadable is a miss; a cache that cannot
-    be written costs time, never a build.
+    be written costs time, never a build. A blob is hashed before it is used: one whose
+    bytes do not match its digest is dropped with its entry, reported through
+    `on_corrupt` (one line), and the layer is rewritten from the engine's. With `check`
+    false, hits are not hashed: for a rewrite whose output is thrown away, which only
+    fills the cache (the rewrite that is kept checks what it takes).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        on_corrupt: Callable[[str], None] | None = None,
+        check: bool = True,
+    ) -> None:
         self.root = Path(root)
+        self.on_corrupt = on_corrupt
+        self.check = check
 
     def blob(self, digest: str) -> Path:
         return self.root / "blobs" / digest_hex(digest)
 
     def get(self, key: str) -> CachedLayer | None:
+        entry = self.root / f"{key}.json"
         try:
-            data = json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
+            data = json.loads(entry.read_text(encoding="utf-8"))
             layer = CachedLayer(
                 digest=data["digest"],
                 diff_id=data["diff_id"],
@@ -735,21 +756,36 @@ class LayerCache:
                 removed=tuple(str(x) for x in data["removed"]),
                 lower=dict(data["lower"]),
             )
-            if layer.digest is not None and self.blob(layer.digest).stat().st_size != layer.size:
-                return None
+            if layer.digest is not None:
+                blob = self.blob(layer.digest)
+                if blob.stat().st_size != layer.size:
+                    raise CorruptEntry(blob, layer.digest, f"{blob.stat().st_size} bytes")
+                if self.check:
+                    check_file(blob, layer.digest)
+        except CorruptEntry:
+            assert layer.digest is not None
+            self._drop(entry, layer.digest)
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         with contextlib.suppress(OSError):
-            os.utime(self.root / f"{key}.json")  # used: the last to go when the cache is pruned
+            os.utime(entry)  # used: the last to go when the cache is pruned
         return layer
 
+    def _drop(self, entry: Path, digest: str) -> None:
+        entry.unlink(missing_ok=True)
+        self.blob(digest).unlink(missing_ok=True)
+        if self.on_corrupt is not None:
+            self.on_corrupt(f"cache: layer {digest} was corrupt; rewritten")
+
     def put(self, key: str, layer: CachedLayer, blob: Path | None) -> None:
-        entry = self.root / f"{key}.json"
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        """Keep `layer`, whose `blob` was just written (so known whole): it replaces
+        whatever the cache held under that digest."""
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             if layer.digest is not None:
                 assert blob is not None
-                _link_or_copy(blob, self.blob(layer.digest))
+                link_over(blob, self.blob(layer.digest))
             data = {
                 "digest": layer.digest,
                 "diff_id": layer.diff_id,
@@ -757,10 +793,11 @@ class LayerCache:
                 "removed": list(layer.removed),
                 "lower": layer.lower,
             }
-            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-            tmp.replace(entry)
+            write_bytes_durably(
+                self.root / f"{key}.json", json.dumps(data, separators=(",", ":")).encode()
+            )
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass
 
 
 def layer_keys(

@@ -32,6 +32,7 @@ from imagesmith.canonical import (
 from imagesmith.context import cache_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
+from imagesmith.integrity import fsync_dir, link_over, write_bytes_durably
 from imagesmith.oci import write_docker_archive
 from imagesmith.overlay import NotReadable
 from imagesmith.render import APT_DROP_PATHS
@@ -72,13 +73,18 @@ def plain_layers_dir(engine: Engine, workdir: Path) -> Path | None:
 
 
 def _rewrite(
-    engine: Engine, image_id: str, out: Path, *, epoch: int, workdir: Path
+    engine: Engine,
+    image_id: str,
+    out: Path,
+    *,
+    epoch: int,
+    workdir: Path,
+    cache: LayerCache,
 ) -> CanonicalImage:
-    """The canonical form of the engine's `image_id` in `out`, layers through the cache.
+    """The canonical form of the engine's `image_id` in `out`, layers through `cache`.
 
     Read from the engine's store when it can be (`Engine.local_image`), else saved.
     """
-    cache = LayerCache(cache_dir() / "layers")
     local = engine.local_image(image_id)
     if local is not None:
         try:
@@ -127,6 +133,9 @@ class Prewarm:
     """
 
     def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
+        # Its layouts are thrown away: hits need no hashing (the rewrite after the build
+        # checks every blob it takes from the cache).
+        self._cache = LayerCache(cache_dir() / "layers", check=False)
         self._engine = engine
         self._epoch = epoch
         self._plain_dir = plain_layers_dir(engine, workdir)
@@ -162,7 +171,7 @@ class Prewarm:
                     staging / "layout",
                     epoch=self._epoch,
                     drop_paths=DROP_PATHS,
-                    cache=LayerCache(cache_dir() / "layers"),
+                    cache=self._cache,
                     plain_dir=self._plain_dir,
                 )
             except Exception:  # an optimisation only (see the class doc)
@@ -246,6 +255,29 @@ def _load_archive(engine: Engine, layout: Path, workdir: Path, *, present: int) 
         archive.unlink(missing_ok=True)
 
 
+def _install_layout(staging: Path, layout: Path) -> None:
+    """Move the layout just written into its place in the cache.
+
+    When a layout for the same digest is there already (an earlier build, or one running
+    beside this one), its files are replaced one by one with the ones just written and
+    checked (a rename each, so a push reading it meanwhile sees whole files): a blob of
+    the old one may have been corrupt, and may share its inode with a layer cache blob
+    that this build found corrupt and rewrote.
+    """
+    if not (layout / "index.json").exists():
+        shutil.rmtree(layout, ignore_errors=True)
+        try:
+            staging.rename(layout)
+            fsync_dir(layout.parent)
+            return
+        except OSError:
+            if not (layout / "index.json").exists():
+                raise
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            link_over(path, layout / path.relative_to(staging))
+
+
 def make_canonical(
     engine: Engine,
     built_id: str,
@@ -276,12 +308,13 @@ def make_canonical(
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     if prewarm is not None:
         prewarm.finish()
+    cache = LayerCache(cache_dir() / "layers", on_corrupt=on_line)
     staging = _staging() / "layout"
     # Now, on the cache's own clock (a new folder's mtime): every cache entry this rewrite
     # writes or uses is modified from here on, so pruning below keeps exactly those.
     started = staging.parent.stat().st_mtime
     try:
-        image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir)
+        image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir, cache=cache)
         loaded = _load(engine, staging, image, workdir)
         if loaded != image.config_digest:
             raise EngineError(
@@ -289,14 +322,7 @@ def make_canonical(
                 f"expected {image.config_digest}"
             )
         layout = layout_dir(image.manifest_digest)
-        if not (layout / "index.json").exists():
-            shutil.rmtree(layout, ignore_errors=True)
-            try:
-                staging.rename(layout)
-            except OSError:
-                if not (layout / "index.json").exists():
-                    raise
-                # another build of the same image got there first: the same bytes
+        _install_layout(staging, layout)
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
     touch(layout)
@@ -307,10 +333,11 @@ def make_canonical(
             f"cache: removed the {len(removed)} least recently used images and layers from "
             f"{cache_dir()} to stay within {ENV_VAR}={budget / 2**30:.1f}G"
         )
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(
-        json.dumps({"image_id": loaded, "digest": image.manifest_digest}), encoding="utf-8"
-    )
+    with contextlib.suppress(OSError):  # a memo that cannot be kept costs a rewrite next time
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_durably(
+            memo, json.dumps({"image_id": loaded, "digest": image.manifest_digest}).encode()
+        )
     return Canonical(
         image_id=loaded, digest=image.manifest_digest, layout=layout, built_id=built_id
     )

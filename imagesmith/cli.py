@@ -345,7 +345,9 @@ class Progress:
     def __call__(self, line: str) -> None:
         if self._status is None:
             err(line)
-        elif line.startswith(("STEP", "Step", "lock", "base", "apt", "python", "canonical")):
+        elif line.startswith(
+            ("STEP", "Step", "lock", "base", "apt", "python", "canonical", "cache")
+        ):
             self._status.console.print(line, markup=False, highlight=False)
             self._status.update(line[:100])
         else:

@@ -9,10 +9,12 @@ tree the image's /opt/venv will hold (`imagesmith.venv`), and the build ADDs tha
 (one gzip tar). Every file in the context gets the lock's SOURCE_DATE_EPOCH as its time, so an
 unchanged lock gives an unchanged context and the engine's cache holds.
 
-Cache (`~/.cache/imagesmith`): `wheels/KEY` (the downloaded wheels, kept) and
-`venvs/KEY-EPOCH/venv.tar.gz` (the installed tree, its times already the epoch; the
-context links to it). Installed trees are cheap to make again from the wheels (about a second),
-so only the most recently used few are kept.
+Cache (`~/.cache/imagesmith`): `wheels/KEY` (the downloaded wheels, kept, with
+`SHA256SUMS.json`) and `venvs/KEY-EPOCH/venv.tar.gz` (the installed tree, its times
+already the epoch; the context links to it; its sha256 beside it). Both records are
+written last, so a folder without one is not whole, and both are checked before a file
+is used. Installed trees are cheap to make again from the wheels (about a second), so
+only the most recently used few are kept.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +35,14 @@ from pathlib import Path
 from imagesmith.cachegc import touch
 from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import OperationError, ResolveError
+from imagesmith.integrity import (
+    CorruptEntry,
+    check_file,
+    file_sha256,
+    fsync_dir,
+    fsync_file,
+    write_bytes_durably,
+)
 from imagesmith.lock import Lock, PythonLock
 from imagesmith.render import CONTEXT_APT, CONTEXT_PYTHON, copy_context_path
 
@@ -75,9 +87,17 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
         )
     requirements = python.requirements_txt()
     folder = _wheel_folder(python)
-    if (folder / ".complete").exists():
-        return folder
-    partial = folder.with_name(folder.name + ".partial")
+    if (folder / WHEEL_SUMS).exists():
+        try:
+            _check_wheels(folder, python)
+            return folder
+        except CorruptEntry as exc:
+            if on_line:
+                on_line(f"cache: wheel {exc.path.name} was corrupt; fetched again")
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass  # a damaged record: fetched again
+        shutil.rmtree(folder, ignore_errors=True)
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     (partial / "requirements.txt").write_text(requirements, encoding="utf-8")
@@ -107,14 +127,70 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
                 f"python: no wheel for {python.platform} / Python {python.version}: {detail}"
             )
         raise OperationError(f"python: fetching wheels failed: {detail}")
-    (partial / ".complete").touch()
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    try:
+        _record_wheels(partial, python)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        fsync_dir(folder.parent)
+    except CorruptEntry as exc:
+        raise OperationError(
+            f"python: {exc.path.name} does not match env.lock's hashes ({exc.found})"
+        ) from None
+    except OSError as exc:
+        raise OperationError(f"python: cannot write {folder}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+WHEEL_SUMS = "SHA256SUMS.json"
+"""The sha256 of each wheel in a wheel folder, written once all are there: its presence
+marks the folder whole."""
+
+
+def _lock_hashes(python: PythonLock, wheel: Path) -> set[str]:
+    """The hashes env.lock allows for `wheel` (matched by its distribution name)."""
+    name = re.sub(r"[-_.]+", "_", wheel.name.split("-", 1)[0]).lower()
+    return {
+        h
+        for p in python.packages
+        if re.sub(r"[-_.]+", "_", p.name).lower() == name
+        for h in p.hashes
+    }
+
+
+def _record_wheels(folder: Path, python: PythonLock) -> None:
+    """Hash the wheels just fetched into `folder`, check them against the lock, write the
+    record last (temporary name, fsync, rename): a folder without it is not whole."""
+    sums: dict[str, str] = {}
+    for wheel in sorted((folder / "wheels").glob("*.whl")):
+        digest = file_sha256(wheel)
+        if digest not in _lock_hashes(python, wheel):
+            raise CorruptEntry(wheel, "a hash in env.lock", digest)
+        sums[wheel.name] = digest
+        fsync_file(wheel)
+    fsync_dir(folder / "wheels")
+    write_bytes_durably(folder / WHEEL_SUMS, json.dumps(sums, indent=1).encode())
+
+
+def _check_wheels(folder: Path, python: PythonLock) -> None:
+    """Each cached wheel hashes to its record and to a hash in env.lock (`CorruptEntry`)."""
+    sums = json.loads((folder / WHEEL_SUMS).read_text(encoding="utf-8"))
+    present = {p.name for p in (folder / "wheels").glob("*.whl")}
+    if present != set(sums):
+        missing = sorted(set(sums) ^ present)[0]
+        raise CorruptEntry(folder / "wheels" / missing, "a recorded wheel", "missing or extra")
+    for name, digest in sorted(sums.items()):
+        wheel = folder / "wheels" / name
+        if digest not in _lock_hashes(python, wheel):
+            raise CorruptEntry(wheel, "a hash in env.lock", digest)
+        check_file(wheel, digest)
 
 
 _KEEP_TREES = 4
 VENV_TAR = "venv.tar.gz"
+TREE_SUM = "venv.tar.gz.sha256"
+"""The tar's sha256, written after it: its presence marks a tree folder whole."""
 
 
 def _tree_folder(python: PythonLock, epoch: int) -> Path:
@@ -123,7 +199,8 @@ def _tree_folder(python: PythonLock, epoch: int) -> Path:
 
 def python_tree_cached(python: PythonLock, epoch: int) -> bool:
     """Whether `python_tree` has this tree already (no network, no install)."""
-    return (_tree_folder(python, epoch) / VENV_TAR).is_file()
+    folder = _tree_folder(python, epoch)
+    return (folder / VENV_TAR).is_file() and (folder / TREE_SUM).is_file()
 
 
 def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None = None) -> Path:
@@ -132,29 +209,41 @@ def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None 
     The build extracts it with ``ADD``: one file in the context instead of a thousand,
     and a third of their bytes. Its entries are sorted, owned by 0:0, timed `epoch`.
     The wheels are fetched first when they are not cached (`fetch_wheels`). A cache
-    that cannot be written is an OperationError, one line.
+    that cannot be written is an OperationError, one line. A cached tar is hashed before
+    it is used; one that does not match the sha256 recorded when it was written is
+    dropped, reported, and made again.
     """
     from imagesmith.venv import install_wheels, write_tree_tar
 
     folder = _tree_folder(python, epoch)
-    if (folder / VENV_TAR).is_file():
-        touch(folder)
-        return folder / VENV_TAR
+    if python_tree_cached(python, epoch):
+        try:
+            check_file(folder / VENV_TAR, (folder / TREE_SUM).read_text(encoding="ascii").strip())
+            touch(folder)
+            return folder / VENV_TAR
+        except CorruptEntry as exc:
+            if on_line:
+                on_line(f"cache: python tree {exc.expected} was corrupt; rebuilt")
+        except (OSError, ValueError):
+            pass  # unreadable: made again
+        shutil.rmtree(folder, ignore_errors=True)
     wheels = sorted((fetch_wheels(python, on_line=on_line) / "wheels").glob("*.whl"))
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         root = install_wheels(wheels, partial / "root", python_version=python.version)
-        write_tree_tar(root, partial / VENV_TAR, epoch=epoch)
+        digest = write_tree_tar(root, partial / VENV_TAR, epoch=epoch)
         shutil.rmtree(partial / "root")
-        if folder.exists() and not (folder / VENV_TAR).is_file():
-            shutil.rmtree(folder, ignore_errors=True)  # left by another imagesmith version
+        write_bytes_durably(partial / TREE_SUM, f"{digest}\n".encode())
+        if folder.exists() and not (folder / TREE_SUM).is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # not whole, or another version's
         try:
             partial.rename(folder)
+            fsync_dir(folder.parent)
         except OSError:
             # Fine when another build made the same tree meanwhile: the same bytes.
-            if not (folder / VENV_TAR).is_file():
+            if not (folder / TREE_SUM).is_file():
                 raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:

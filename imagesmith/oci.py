@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, Protocol
 
 from imagesmith.errors import InputError, OperationError
+from imagesmith.integrity import remember, write_bytes_durably
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -579,9 +580,7 @@ class LayoutWriter:
         digest = sha256_bytes(data)
         target = self.blobs / digest_hex(digest)
         if not target.exists():
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            write_bytes_durably(target, data)
         return Descriptor(media_type, digest, len(data))
 
     @contextlib.contextmanager
@@ -594,8 +593,12 @@ class LayoutWriter:
             with os.fdopen(fd, "wb") as f:
                 writer = HashingWriter(f)
                 yield writer, result
+                f.flush()
+                os.fsync(f.fileno())  # whole on disk before it has its name
             digest = writer.digest
-            tmp.replace(self.blobs / digest_hex(digest))
+            target = self.blobs / digest_hex(digest)
+            tmp.replace(target)
+            remember(target, digest)
             result.append(digest)
         finally:
             if tmp.exists():
@@ -613,7 +616,7 @@ class LayoutWriter:
         if not descs:
             descs.append(manifest.to_json())
         index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": descs}
-        (self.root / "index.json").write_bytes(canonical_json(index))
+        write_bytes_durably(self.root / "index.json", canonical_json(index))
 
 
 def tag_of(ref: str) -> str:

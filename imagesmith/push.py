@@ -10,15 +10,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from imagesmith.canonical_build import layout_dir
 from imagesmith.engine.base import Engine
-from imagesmith.errors import InputError, RegistryError
+from imagesmith.errors import InputError, OperationError, RegistryError
+from imagesmith.integrity import CorruptEntry
 from imagesmith.lock import Lock, write_atomically
 from imagesmith.records import (
+    BuildRecord,
     PushRecord,
+    build_record_path,
     push_record_path,
     read_build_record,
     write_record,
@@ -69,7 +73,11 @@ def push(
             f"run `imagesmith build {spec.path.name}` again, then push"
         )
     tags = tags or (spec.version, content_tag(lock))
-    digest = push_layout(layout, ref, tags, on_line=on_line)
+    try:
+        digest = push_layout(layout, ref, tags, on_line=on_line)
+    except CorruptEntry as exc:
+        _remake_layout(spec, lock, built, exc, on_line=on_line or (lambda _: None))
+        digest = push_layout(layout, ref, tags, on_line=on_line)
     if digest != built.digest:
         raise RegistryError(f"the registry holds {digest}, but the build made {built.digest}")
     record = PushRecord(
@@ -82,6 +90,28 @@ def push(
     )
     write_record(push_record_path(spec.path), record)
     return record
+
+
+def _remake_layout(
+    spec: Spec, lock: Lock, built: BuildRecord, corrupt: CorruptEntry, *, on_line: LineCallback
+) -> None:
+    """Make the canonical layout of `built` again from its source, the engine's build,
+    after a blob of it was found corrupt; the same digest or an error."""
+    from imagesmith.build import build_canonical
+    from imagesmith.engine import get_engine
+
+    on_line(
+        f"cache: blob {corrupt.expected} of image {built.digest[:19]} was corrupt; "
+        f"rewriting the image from {built.engine}'s build"
+    )
+    shutil.rmtree(layout_dir(built.digest), ignore_errors=True)
+    canonical = build_canonical(lock, get_engine(built.engine), on_line=on_line)
+    if canonical.digest != built.digest:
+        raise OperationError(
+            f"rebuilding the corrupt canonical image gave {canonical.digest}, not the "
+            f"{built.digest} that {build_record_path(spec.path).name} names; "
+            f"run `imagesmith build {spec.path.name}`, then push"
+        )
 
 
 def pull(engine: Engine, text: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from imagesmith.errors import RegistryError
+from imagesmith.integrity import check_bytes
 from imagesmith.reference import DEFAULT_REGISTRY, ImageReference
 
 T = TypeVar("T")
@@ -325,9 +326,14 @@ class Pusher:
         return status == 200
 
     def push_blob(self, digest: str, path: Path) -> None:
+        """Upload the blob at `path` unless the registry has it. Its bytes are checked
+        against `digest` before an upload starts (`CorruptEntry`: nothing sent)."""
+
         def attempt() -> None:
             if self._blob_exists(digest):
                 return
+            data = path.read_bytes()
+            check_bytes(data, digest, what=path)
             status, headers, body = self._call("POST", f"/v2/{self.path}/blobs/uploads/", data=b"")
             if status != 202 or "location" not in headers:
                 raise RegistryError(
@@ -342,7 +348,7 @@ class Pusher:
                 "PUT",
                 f"{location}{separator}digest={digest}",
                 headers={"Content-Type": "application/octet-stream"},
-                data=path.read_bytes(),
+                data=data,
             )
             if status != 201:
                 raise RegistryError(
@@ -387,12 +393,18 @@ def push_layout(
     credentials: Credentials | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> str:
-    """Push the single image of an OCI layout under each tag; return the registry's digest."""
+    """Push the single image of an OCI layout under each tag; return the registry's digest.
+
+    Raises `CorruptEntry` (before anything of that blob is sent) when a blob of the
+    layout does not match its digest.
+    """
     index = json.loads((layout / "index.json").read_text(encoding="utf-8"))
     descriptor = index["manifests"][0]
     digest: str = descriptor["digest"]
     blobs = layout / "blobs" / "sha256"
-    manifest_bytes = (blobs / digest.removeprefix("sha256:")).read_bytes()
+    manifest_path = blobs / digest.removeprefix("sha256:")
+    manifest_bytes = manifest_path.read_bytes()
+    check_bytes(manifest_bytes, digest, what=manifest_path)
     manifest = json.loads(manifest_bytes)
     media_type = manifest.get("mediaType") or descriptor["mediaType"]
     client = RegistryClient(repository.registry, credentials)

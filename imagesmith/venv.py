@@ -31,7 +31,8 @@ from installer.sources import WheelFile
 from installer.utils import parse_metadata_file
 
 from imagesmith.errors import OperationError
-from imagesmith.oci import GzipPipe
+from imagesmith.integrity import remember
+from imagesmith.oci import GzipPipe, HashingWriter
 from imagesmith.render import VENV
 
 INSTALLER = b"imagesmith\n"
@@ -101,9 +102,10 @@ def _normalize_modes(root: Path) -> None:
                 os.chmod(path, 0o755 if mode & 0o111 else 0o644)
 
 
-def write_tree_tar(root: Path, dest: Path, *, epoch: int) -> None:
+def write_tree_tar(root: Path, dest: Path, *, epoch: int) -> str:
     """`root`'s contents as a gzip tar that ``ADD`` extracts into /opt/venv: entries
     sorted, names relative (``bin/f2py``), owner 0:0 with no names, every time `epoch`.
+    Returns the file's sha256, hashed as it is written; the file is on disk (fsync).
 
     Compressed (level 1, every core): the build context is a third the size, which is
     what Docker sends, stores and hashes on every build, no-op ones included.
@@ -117,7 +119,8 @@ def write_tree_tar(root: Path, dest: Path, *, epoch: int) -> None:
 
     paths = sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix())
     with dest.open("wb") as sink:
-        pipe = GzipPipe(sink, level=1)
+        hashing = HashingWriter(sink)
+        pipe = GzipPipe(hashing, level=1)
         try:
             with tarfile.open(fileobj=pipe, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for path in paths:
@@ -125,3 +128,7 @@ def write_tree_tar(root: Path, dest: Path, *, epoch: int) -> None:
                     tar.add(path, arcname=arcname, recursive=False, filter=normalized)
         finally:
             pipe.close()
+        sink.flush()
+        os.fsync(sink.fileno())
+    remember(dest, hashing.digest)
+    return hashing.digest
