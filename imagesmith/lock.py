@@ -25,6 +25,7 @@ from imagesmith import __version__
 from imagesmith.errors import LockError, SpecError, StaleLockError
 from imagesmith.resources import data_path
 from imagesmith.spec import Spec, canonical_hash, json_path, parse_toml, spec_from_valid_data
+from imagesmith.userpath import as_typed
 
 LOCK_VERSION = 1
 HEADER = (
@@ -272,9 +273,8 @@ def read_lock(path: Path) -> Lock:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LockError(
-            f"{path}: no lock yet; run `imagesmith lock {path.with_suffix('.toml').name}`"
-        ) from None
+        spec = as_typed(path.with_suffix(".toml"))
+        raise LockError(f"{as_typed(path)}: no lock yet; run `imagesmith lock {spec}`") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LockError(
             f"{path}: cannot read it ({exc}); run `imagesmith lock` to regenerate it"
@@ -347,5 +347,5 @@ def fresh_lock(spec: Spec) -> Lock:
     lock = read_lock(spec.lock_path)
     reason = stale_reason(spec, lock)
     if reason:
-        raise StaleLockError(f"{reason}; run `imagesmith lock {spec.path.name}`")
+        raise StaleLockError(f"{reason}; run `imagesmith lock {as_typed(spec.path)}`")
     return lock

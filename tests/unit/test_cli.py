@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from imagesmith import __version__
@@ -40,21 +41,37 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_render_without_lock_says_which_command(example_dir: Path) -> None:
-    result = runner.invoke(app, ["render", str(example_dir / "env.toml")])
+def test_render_without_lock_says_which_command(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(example_dir.parent)
+    result = runner.invoke(app, ["render", "lab/env.toml"])
     assert result.exit_code == 2
-    assert "imagesmith lock env.toml" in result.stderr
+    assert result.stderr.strip() == (
+        "error: lab/env.lock: no lock yet; run `imagesmith lock lab/env.toml`"
+    )
 
 
-def test_render_stale_lock_says_which_command(example_dir: Path) -> None:
+def test_render_stale_lock_says_which_command(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = example_dir / "env.toml"
     write_lock(make_lock(spec), example_dir / "env.lock")
     spec.write_text(spec.read_text().replace('"git", ', ""))
-    result = runner.invoke(app, ["render", str(spec)])
+    monkeypatch.chdir(example_dir.parent)
+    result = runner.invoke(app, ["render", "lab/env.toml"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: env.lock is stale: env.toml changed since it was locked; run `imagesmith lock env.toml`"
+        "error: env.lock is stale: env.toml changed since it was locked; "
+        "run `imagesmith lock lab/env.toml`"
     )
+
+
+def test_hints_name_the_spec_as_given_from_anywhere(example_dir: Path) -> None:
+    # From a folder the spec is not below, the hint gives the whole path: it still works.
+    result = runner.invoke(app, ["render", str(example_dir / "env.toml")])
+    assert result.exit_code == 2
+    assert f"run `imagesmith lock {example_dir / 'env.toml'}`" in result.stderr
 
 
 def test_render_to_file_and_stdout_agree(example_dir: Path) -> None:
@@ -96,14 +113,17 @@ def test_usage_error_exits_2() -> None:
     assert runner.invoke(app, ["validate", "--bogus"]).exit_code == 2
 
 
-def test_manifest_refuses_without_a_digest(example_dir: Path) -> None:
+def test_manifest_refuses_without_a_digest(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = example_dir / "env.toml"
     write_lock(make_lock(spec), example_dir / "env.lock")
-    result = runner.invoke(app, ["manifest", str(spec)])
+    monkeypatch.chdir(example_dir.parent)
+    result = runner.invoke(app, ["manifest", "lab/env.toml"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: no image digest for this lock yet: run `imagesmith build env.toml` "
-        "and `imagesmith push env.toml` first"
+        "error: no image digest for this lock yet: run `imagesmith build lab/env.toml` "
+        "and `imagesmith push lab/env.toml` first"
     )
 
 
