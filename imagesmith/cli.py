@@ -187,28 +187,29 @@ def init(
     recipe: Annotated[
         str, typer.Option("--recipe", "-r", help="The recipe to start from (see --list).")
     ] = "python-minimal",
-    directory: Annotated[Path, typer.Argument(help="Folder to write env.toml into.")] = Path("."),
+    directory: Annotated[
+        Path, typer.Argument(help="Folder to copy the recipe into (env.toml, README.md, ...).")
+    ] = Path("."),
     list_recipes: Annotated[
         bool, typer.Option("--list", help="List the recipes and exit.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing env.toml.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files of the recipe that exist already.")
+    ] = False,
 ) -> None:
-    """Write a starting env.toml from one of the ready recipes."""
-    from imagesmith.recipebook import available_recipes, recipe_text
+    """Copy one of the ready recipes into a folder: its env.toml, README.md and other files."""
+    from imagesmith.recipebook import available_recipes, copy_recipe
 
     if list_recipes:
         for name, summary in available_recipes().items():
             typer.echo(f"{name:16} {summary}")
         return
-    target = directory / "env.toml"
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to overwrite it")
-    text = recipe_text(recipe)
-    directory.mkdir(parents=True, exist_ok=True)
-    from imagesmith.lock import write_atomically
-
-    write_atomically(target, text)
-    typer.echo(f"wrote {target} from recipe {recipe}; next: imagesmith build {target}")
+    written = [as_typed(path.resolve()) for path in copy_recipe(recipe, directory, force=force)]
+    typer.echo(f"wrote {', '.join(written)} from recipe {recipe}")
+    readme = [path for path in written if path.endswith("README.md")]
+    typer.echo(
+        f"  next: {'read ' + readme[0] + ', then ' if readme else ''}imagesmith build {written[0]}"
+    )
 
 
 EngineOpt = Annotated[

@@ -103,6 +103,39 @@ def test_init_writes_a_valid_spec_and_refuses_to_overwrite(tmp_path: Path) -> No
     assert again.exit_code == 2 and "--force" in again.stderr
 
 
+def test_init_copies_the_whole_recipe_and_overwrites_nothing_without_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagesmith.resources import data_path
+
+    recipe = data_path("recipes", "jupyter")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["init", "lab", "--recipe", "jupyter"])
+    assert result.exit_code == 0, result.output
+    for name in ("env.toml", "README.md"):
+        assert (tmp_path / "lab" / name).read_bytes() == (recipe / name).read_bytes()
+    assert result.stdout.splitlines() == [
+        "wrote lab/env.toml, lab/README.md from recipe jupyter",
+        "  next: read lab/README.md, then imagesmith build lab/env.toml",
+    ]
+
+    # One file of the recipe already there: nothing is written, and it is named.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "README.md").write_text("my notes\n")
+    refused = runner.invoke(app, ["init", "other", "--recipe", "jupyter"])
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        "error: other/README.md already exists; pass --force to overwrite"
+    )
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["README.md"]
+    assert (tmp_path / "other" / "README.md").read_text() == "my notes\n"
+
+    forced = runner.invoke(app, ["init", "other", "--recipe", "jupyter", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / "other" / "README.md").read_bytes() == (recipe / "README.md").read_bytes()
+    assert not list((tmp_path / "other").glob(".*.part"))
+
+
 def test_init_unknown_recipe_lists_the_known_ones(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", str(tmp_path), "--recipe", "nope"])
     assert result.exit_code == 2
