@@ -37,9 +37,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_show_locals=False,
-    # "rich" formats --help (argument help included) and colours it on a terminal only;
-    # help texts must therefore write a literal [ as \\[ (e.g. "\\[registry] repository").
-    rich_markup_mode="rich",
+    # Rich help: argument help shown, paragraphs reflowed, colour on a terminal only.
+    # Help texts go through rich markup, so a literal [ is written \\[ ("\\[registry]").
+    rich_markup_mode="markdown",
 )
 
 SpecArg = Annotated[
@@ -418,9 +418,7 @@ def build(
     relock: Annotated[
         bool, typer.Option("--relock", help="Re-lock first when env.toml changed since env.lock.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout at the end.")
-    ] = False,
+    as_json: JsonOpt = False,
     platform: PlatformOpt = "linux/amd64",
     then_push: Annotated[
         bool, typer.Option("--push", help="Push to \\[registry] repository after the build.")

@@ -73,7 +73,7 @@ def pushed(spec: Path) -> Path:
 def test_help_shows_argument_help_and_no_escaped_brackets() -> None:
     for command, wanted in [
         ("validate", "The lab's env.toml."),
-        ("init", "Folder to write env.toml into"),
+        ("init", "Folder to copy the recipe into"),
         ("build", "[registry] repository"),
         ("push", "instead of [registry] repository"),
         ("manifest", "[job] kind"),
