@@ -644,3 +644,41 @@ def test_the_example_lock_in_lock_md_is_read_by_the_current_code() -> None:
     python3 = [p for p in lock.apt.packages if p.name == "python3"]
     assert python3 and python3[0].requested, "lock.md says the python3 it adds is requested"
     assert lock.python is not None and lock.python.packages[0].name == "numpy"
+
+
+# -- the reference recipe shows every key ------------------------------------------------------
+
+
+def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
+    tmp_path: Path,
+) -> None:
+    """README.md and docs/spec.md say recipes/lab-analysis/env.toml shows every key: with
+    its commented-out keys switched on, it names every key of the schema and validates."""
+    import json
+
+    from imagesmith.spec import load_spec
+
+    text = (REPO / "recipes" / "lab-analysis" / "env.toml").read_text()
+    on = re.sub(r"(?m)^# ((?:[a-z_]+|[A-Z_]+) = |\[job\.secret_env\])", r"\1", text)
+    (tmp_path / "env.toml").write_text(on)
+    (tmp_path / "requirements.txt").write_text("idna\n")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "fit.py").write_text("print('fit')\n")
+    spec = load_spec(tmp_path / "env.toml")
+
+    def keys(node: dict[str, Any], data: Any, path: str) -> Iterator[str]:
+        for key, child in node.get("properties", {}).items():
+            if key not in data:
+                yield f"{path}.{key}"
+                continue
+            value = data[key]
+            items = child.get("items")
+            if isinstance(items, dict) and isinstance(value, list) and value:
+                value = value[0]
+                child = items
+            if isinstance(value, dict):
+                yield from keys(child, value, f"{path}.{key}")
+
+    schema = json.loads((REPO / "schemas" / "env.schema.json").read_text())
+    assert list(keys(schema, spec.data, "$")) == []
+    assert spec.data["job"]["secret_env"]["API_TOKEN"] == {"secret": "lab-api", "key": "token"}
