@@ -76,3 +76,50 @@ def test_pull_says_the_engine_once(podman_engine: Engine, tmp_path: Path) -> Non
     assert result.exit_code == 1, result.output
     assert _engine_lines(result.stderr) == ["engine: podman (--engine)"]
     assert check_schema(json.loads(result.stdout))["command"] == "pull"
+
+
+def test_json_of_the_engine_commands_on_a_real_build(
+    docker_engine: Engine,
+    podman_engine: Engine,
+    open_registry: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """build, inspect, verify, push (Docker) and pull (podman) with --json: each object
+    matches its schema, and the digests agree from build to pull."""
+    from imagesmith.cli import app
+    from tests.integration.conftest import _ensure_base
+
+    base = _ensure_base(docker_engine, request)
+    name = f"{TEST_REPOSITORY}-json-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "env.toml"
+    spec.write_text(
+        f'name = "{name}"\nversion = "1.0"\n[base]\nimage = "{base}"\n'
+        '[image]\ncmd = ["/bin/sh", "-c", "id -u"]\n'
+    )
+
+    def json_run(*args: str) -> dict[str, object]:
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        return check_schema(json.loads(result.stdout))
+
+    built = json_run("build", str(spec), "--engine", "docker")
+    pinned = ""
+    try:
+        assert built["engine"] == "docker"
+        tag = f"{name}:1.0"
+        inspected = json_run("inspect", tag, "--engine", "docker")
+        assert inspected["lock_hash"] == built["lock_hash"] and inspected["name"] == name
+        verified = json_run("verify", str(spec), "--engine", "docker")
+        assert verified["identical"] is True and verified["reference"] == built["digest"]
+        pushed = json_run("push", str(spec), "--to", f"{open_registry}/lab/{name}")
+        assert pushed["digest"] == built["digest"]
+        pinned = str(pushed["pinned"])
+        pulled = json_run("pull", pinned, "--engine", "podman")
+        assert pulled["pinned"] == pinned and pulled["engine"] == "podman"
+        assert pulled["lock_hash"] == built["lock_hash"]
+    finally:
+        for ref in [*built["tags"], built["image_id"]]:  # type: ignore[misc]
+            docker_engine.remove_image(str(ref), force=True)
+        if pinned:
+            podman_engine.remove_image(pinned, force=True)

@@ -214,6 +214,15 @@ def test_engine_command_reports_match_their_schemas(example_dir: Path) -> None:
     report = check_schema(reports.build_report(result, pushed=pinned))
     assert report["digest"] == DIGEST and report["pushed"] == pinned
 
+    locked = reports.lock_report(
+        lock,
+        path=example_dir / "env.lock",
+        written=True,
+        changes=["numpy 2.2.6 → 2.3.5"],
+        seconds=7.9,
+    )
+    assert check_schema(locked)["changes"] == ["numpy 2.2.6 → 2.3.5"] and not locked["check"]
+
     same = check_schema(reports.verify_report(Verdict(DIGEST, DIGEST, ())))
     assert same["ok"] and same["identical"] and same["exit_code"] == 0
     other = "sha256:" + "ef" * 32
