@@ -522,7 +522,10 @@ def inspect(
     ] = "summary",
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the spec and lock an image was built from (they travel inside it)."""
+    """Summarise the spec and lock an image was built from (they travel inside it).
+
+    --show spec / --show lock print them in full; --json gives the summary and the spec.
+    """
     import tomli_w
 
     from imagesmith.reports import inspect_report
