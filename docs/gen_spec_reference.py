@@ -230,7 +230,7 @@ def render() -> str:
         f"{schema['description']} This page lists every key `imagesmith validate` accepts, "
         "generated from `schemas/env.schema.json` (the JSON Schema the validator uses); "
         "defaults are what imagesmith uses when the key is left out. "
-        "`recipes/lab-analysis/env.toml` shows all of them in one file.",
+        "`recipes/lab-analysis/env.toml` shows all of them in one file (the optional ones commented out).",
         "",
         "- Only `name` and `[base] image` are required.",
         "- Unknown keys are errors (with a suggestion when one is close: "

@@ -30,6 +30,7 @@ from imagesmith.lock import (
 from imagesmith.records import BuildRecord, build_record_path, write_record
 from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
+from imagesmith.userpath import as_typed
 
 LineCallback = Callable[[str], None]
 
@@ -95,7 +96,7 @@ def ensure_lock(
             return previous, False
         if not relock:
             raise StaleLockError(
-                f"{reason}; run `imagesmith lock {spec.path.name}` or build with --relock"
+                f"{reason}; run `imagesmith lock {as_typed(spec.path)}` or build with --relock"
             )
     on_line(f"lock: {'re-locking' if previous else 'locking'} {spec.path.name}")
     lock = lock_spec(

@@ -11,16 +11,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
+import click
 import typer
+from click.core import ParameterSource
 
 from imagesmith import __version__
-from imagesmith.errors import ImagesmithError, InputError, OperationError
+from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError, OperationError
+from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
-    from imagesmith.engine.base import Engine
+    from imagesmith.engine.base import Engine, ImageInfo
     from imagesmith.lock import Lock
+    from imagesmith.reports import Report
     from imagesmith.spec import Spec
 
 P = ParamSpec("P")
@@ -33,9 +37,11 @@ app = typer.Typer(
         "and into the Kubernetes or Slurm job that runs it."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
+    # Rich help: argument help shown, paragraphs reflowed, colour on a terminal only.
+    # Help texts go through rich markup, so a literal [ is written \\[ ("\\[registry]").
+    rich_markup_mode="markdown",
 )
 
 SpecArg = Annotated[
@@ -44,8 +50,41 @@ SpecArg = Annotated[
 ]
 
 
-def err(line: str) -> None:
-    typer.echo(line, err=True)
+# -- what the user reads: plain lines, colour on a terminal, JSON for CI ----------------------
+
+
+def colour_wanted(stream: IO[str]) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def err(line: str, *, colour: str | None = None) -> None:
+    """One line on standard error, in `colour` when that is wanted there."""
+    use = colour is not None and colour_wanted(click.get_text_stream("stderr"))
+    typer.echo(typer.style(line, fg=colour) if use else line, err=True, color=use)
+
+
+def warn(line: str) -> None:
+    err(f"warning: {line}", colour="yellow")
+
+
+def print_json(report: Report) -> None:
+    typer.echo(json.dumps(report, sort_keys=True, default=str))
+
+
+def report_problems(command: str, exc: ImagesmithError, *, as_json: bool) -> None:
+    """The problems on standard error (red, `error: ` before a single one); JSON if asked."""
+    lines = exc.lines()
+    prefix = "error: " if not isinstance(exc, InputError) or len(lines) == 1 else ""
+    for index, line in enumerate(lines):
+        err(_shortened(f"{prefix if index == 0 else ''}{line}"), colour="red")
+    if as_json:
+        from imagesmith.reports import failure
+
+        print_json(failure(command, exc.exit_code, lines))
 
 
 #: A problem line quotes the input it is about; past this it is cut (a 4 MB line helps no one).
@@ -57,22 +96,37 @@ def _shortened(line: str) -> str:
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Print an expected failure as one line per problem and exit with its code."""
+    """Print an expected failure as one line per problem and exit with its code.
+
+    With `--json` (a keyword `as_json`), the failure is also one JSON object on stdout.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return command(*args, **kwargs)
         except ImagesmithError as exc:
-            prefix = "error: " if not isinstance(exc, InputError) or len(exc.lines()) == 1 else ""
-            for index, line in enumerate(exc.lines()):
-                err(_shortened(f"{prefix if index == 0 else ''}{line}"))
+            if isinstance(exc, NoLocalImageError):
+                from imagesmith.engine import look_in_the_other_engine
+
+                exc = look_in_the_other_engine(exc)
+            report_problems(command.__name__, exc, as_json=as_json)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err("interrupted; nothing was left half-done")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object on stdout (schemas/cli/COMMAND.json); failures too.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -95,11 +149,15 @@ def _main(
 
 @app.command()
 @reports_errors
-def validate(spec_path: SpecArg = Path("env.toml")) -> None:
+def validate(spec_path: SpecArg = Path("env.toml"), as_json: JsonOpt = False) -> None:
     """Check env.toml and list every problem in it, one per line (exit 2 if any)."""
+    from imagesmith.reports import validate_report
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
+    if as_json:
+        print_json(validate_report(spec))
+        return
     python = len(spec.python.requirements) if spec.python else 0
     typer.echo(
         f"{spec_path}: valid ({spec.name}:{spec.version}, {len(spec.apt_packages)} apt packages, "
@@ -120,19 +178,17 @@ def render(
             help="Write the Containerfile here instead of printing it.",
         ),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Print the Containerfile that env.lock pins (needs an up-to-date lock; no engine)."""
-    from imagesmith.lock import fresh_lock, write_atomically
+    from imagesmith.lock import fresh_lock
     from imagesmith.render import render as render_lock
+    from imagesmith.reports import render_report
     from imagesmith.spec import load_spec
 
     lock = fresh_lock(load_spec(spec_path))
     text = render_lock(lock)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        write_atomically(output, text)
-        err(f"wrote {output}")
+    _emit(text, output, report=render_report(lock, output=output, text=text) if as_json else None)
 
 
 @app.command()
@@ -141,34 +197,42 @@ def init(
     recipe: Annotated[
         str, typer.Option("--recipe", "-r", help="The recipe to start from (see --list).")
     ] = "python-minimal",
-    directory: Annotated[Path, typer.Argument(help="Folder to write env.toml into.")] = Path("."),
+    directory: Annotated[
+        Path, typer.Argument(help="Folder to copy the recipe into (env.toml, README.md, ...).")
+    ] = Path("."),
     list_recipes: Annotated[
         bool, typer.Option("--list", help="List the recipes and exit.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing env.toml.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files of the recipe that exist already.")
+    ] = False,
 ) -> None:
-    """Write a starting env.toml from one of the ready recipes."""
-    from imagesmith.recipebook import available_recipes, recipe_text
+    """Copy one of the ready recipes into a folder: its env.toml, README.md and other files."""
+    from imagesmith.recipebook import available_recipes, copy_recipe
 
     if list_recipes:
         for name, summary in available_recipes().items():
             typer.echo(f"{name:16} {summary}")
         return
-    target = directory / "env.toml"
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to overwrite it")
-    text = recipe_text(recipe)
-    from imagesmith.lock import write_atomically
 
     made = _make_folders(directory)
     try:
-        write_atomically(target, text)
-    except BaseException:
+        copied = copy_recipe(recipe, directory, force=force)
+    except BaseException as exc:
         for folder in reversed(made):  # leave nothing behind: only the folders made here
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if isinstance(exc, OSError):
+            from imagesmith.lock import write_error
+
+            raise write_error(Path(exc.filename or directory), exc) from None
         raise
-    typer.echo(f"wrote {target} from recipe {recipe}; next: imagesmith build {target}")
+    written = [as_typed(path.resolve()) for path in copied]
+    typer.echo(f"wrote {', '.join(written)} from recipe {recipe}")
+    readme = [path for path in written if path.endswith("README.md")]
+    typer.echo(
+        f"  next: {'read ' + readme[0] + ', then ' if readme else ''}imagesmith build {written[0]}"
+    )
 
 
 def _make_folders(directory: Path) -> list[Path]:
@@ -216,10 +280,22 @@ PlatformOpt = Annotated[
 ]
 
 
-def _engine_factory(name: str) -> Callable[[], Engine]:
-    from imagesmith.engine import get_engine
+def chosen_engine(name: str) -> Engine:
+    """The engine `name` names, said once on stderr with why: `engine: podman (--engine)`."""
+    from imagesmith.engine import choose_engine
 
-    return lambda: get_engine(name)
+    engine, why = choose_engine(name)
+    if not why:
+        context = click.get_current_context(silent=True)
+        source = context.get_parameter_source("engine") if context is not None else None
+        why = "IMAGESMITH_ENGINE" if source is ParameterSource.ENVIRONMENT else "--engine"
+    err(f"engine: {engine.name} ({why})")
+    return engine
+
+
+def _engine_factory(name: str) -> Callable[[], Engine]:
+    """The engine, chosen only when the command needs one (an unchanged lock does not)."""
+    return functools.cache(lambda: chosen_engine(name))
 
 
 @app.command()
@@ -229,7 +305,11 @@ def lock(
     check: Annotated[
         bool,
         typer.Option(
-            "--check", help="Only check that env.lock matches env.toml: exit 0 or 1 (for CI)."
+            "--check",
+            help=(
+                "Only check that env.lock matches env.toml (for CI): exit 0 if it does, "
+                "1 if it is stale or missing, 2 if it cannot be read."
+            ),
         ),
     ] = False,
     upgrade: Annotated[
@@ -246,33 +326,21 @@ def lock(
     ] = None,
     engine: EngineOpt = "auto",
     platform: PlatformOpt = "linux/amd64",
+    as_json: JsonOpt = False,
 ) -> None:
     """Pin everything the build will read into env.lock: base digest, apt closure, Python hashes.
 
     Re-running on an unchanged spec changes nothing and needs no network.
     """
-    from imagesmith.errors import LockFormatError
-    from imagesmith.lock import check_format, read_lock, stale_reason, write_lock
+    from imagesmith.lock import read_lock, write_lock
+    from imagesmith.reports import lock_report
     from imagesmith.resolve import lock_spec
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
     lock_path = spec.lock_path
     if check:
-        if not lock_path.exists():
-            err(f"{lock_path.name} does not exist; run `imagesmith lock {spec_path.name}`")
-            raise typer.Exit(1)
-        current = read_lock(lock_path)
-        try:
-            check_format(current, spec)
-        except LockFormatError as exc:
-            err(f"error: {exc}")
-            raise typer.Exit(1) from None
-        reason = stale_reason(spec, current)
-        if reason:
-            err(f"{reason}; run `imagesmith lock {spec_path.name}`")
-            raise typer.Exit(1)
-        typer.echo(f"{lock_path.name} matches {spec_path.name}")
+        check_lock(spec, as_json=as_json)
         return
     previous = read_lock(lock_path) if lock_path.exists() else None
     if previous is not None and previous.platform != platform:
@@ -288,19 +356,59 @@ def lock(
         on_line=err,
     )
     changed = write_lock(new, lock_path)
+    changes = lock_diff(previous, new)
     if previous is not None and previous.format != new.format:
-        typer.echo(
+        changes.insert(
+            0,
             f"lock format {previous.format or 'none'} (imagesmith {previous.imagesmith_version})"
-            f" → {new.format} (imagesmith {new.imagesmith_version}): the image gets a new digest"
+            f" → {new.format} (imagesmith {new.imagesmith_version}): the image gets a new digest",
         )
-    for line in lock_diff(previous, new):
+    seconds = time.monotonic() - started
+    if as_json:
+        print_json(
+            lock_report(new, path=lock_path, written=changed, changes=changes, seconds=seconds)
+        )
+        return
+    for line in changes:
         typer.echo(line)
     python = len(new.python.packages) if new.python else 0
     verb = "wrote" if changed else "unchanged:"
     typer.echo(
-        f"{verb} {lock_path} ({len(new.apt.packages)} apt packages, {python} Python "
-        f"distributions, {time.monotonic() - started:.1f} s)"
+        f"{verb} {as_typed(lock_path)} ({len(new.apt.packages)} apt packages, {python} Python "
+        f"distributions, {seconds:.1f} s)"
     )
+
+
+def check_lock(spec: Spec, *, as_json: bool) -> None:
+    """`lock --check`: exit 0 when the lock matches the spec, 1 when stale or missing.
+
+    A lock that cannot be read at all (hand-edited, damaged, another format) is a LockError:
+    exit 2, like every other command that reads it.
+    """
+    from imagesmith.errors import LockFormatError
+    from imagesmith.lock import check_format, read_lock, stale_reason
+    from imagesmith.reports import lock_check_report
+
+    lock_path = spec.lock_path
+    the_lock = read_lock(lock_path) if lock_path.exists() else None
+    fix = f"run `imagesmith lock {as_typed(spec.path)}`"
+    if the_lock is None:
+        problem: str | None = f"{as_typed(lock_path)} does not exist; {fix}"
+    else:
+        try:
+            check_format(the_lock, spec)
+            reason = stale_reason(spec, the_lock)
+            problem = f"{reason}; {fix}" if reason else None
+        except LockFormatError as exc:
+            problem = str(exc)
+    if problem is not None:
+        err(f"error: {problem}", colour="red")
+    if as_json:
+        print_json(lock_check_report(path=lock_path, problem=problem, lock=the_lock))
+    elif problem is None:
+        typer.echo(f"{lock_path.name} matches {spec.path.name}")
+    if problem is not None:
+        raise typer.Exit(1)
 
 
 def lock_diff(old: Lock | None, new: Lock) -> list[str]:
@@ -371,12 +479,10 @@ def build(
     relock: Annotated[
         bool, typer.Option("--relock", help="Re-lock first when env.toml changed since env.lock.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout at the end.")
-    ] = False,
+    as_json: JsonOpt = False,
     platform: PlatformOpt = "linux/amd64",
     then_push: Annotated[
-        bool, typer.Option("--push", help="Push to [registry] repository after the build.")
+        bool, typer.Option("--push", help="Push to \\[registry] repository after the build.")
     ] = False,
 ) -> None:
     """Build the lab's image: lock (if there is no lock yet), render, build, make canonical, tag.
@@ -384,11 +490,11 @@ def build(
     Prints the image's tags and digest; the digest depends on env.lock alone.
     """
     from imagesmith.build import build as run_build
-    from imagesmith.engine import get_engine
+    from imagesmith.reports import build_report
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
-    the_engine = get_engine(engine)
+    the_engine = chosen_engine(engine)
     progress = Progress()
     try:
         result = run_build(
@@ -402,16 +508,15 @@ def build(
         )
     finally:
         progress.stop()
-    summary = result.as_json()
+    pushed = None
     if then_push:
         from imagesmith.lock import read_lock
         from imagesmith.push import push as run_push
 
-        record = run_push(spec, read_lock(spec.lock_path), on_line=err)
-        summary["pushed"] = record.pinned
-        err(f"pushed {record.pinned}")
+        pushed = run_push(spec, read_lock(spec.lock_path), on_line=err).pinned
+        err(f"pushed {pushed}")
     if as_json:
-        typer.echo(json.dumps(summary, sort_keys=True))
+        print_json(build_report(result, pushed=pushed))
         return
     typer.echo(f"built {result.tags[0]} with {result.engine} in {result.seconds:.1f} s")
     typer.echo(f"  digest: {result.digest}")
@@ -454,7 +559,6 @@ def base(
     filesystem with Containerfile.base; specs can then use it as base.image.
     """
     from imagesmith.base import make_base
-    from imagesmith.engine import get_engine
     from imagesmith.spec import url_has_credentials
 
     if mirror is not None and url_has_credentials(mirror):
@@ -462,7 +566,7 @@ def base(
             "--mirror holds a user name or password, which would stay in the image's apt "
             "sources; serve the mirror without them (or on a network that needs none)"
         )
-    the_engine = get_engine(engine)
+    the_engine = chosen_engine(engine)
     progress = Progress()
     try:
         made = make_base(
@@ -483,31 +587,46 @@ def inspect(
     show: Annotated[
         str, typer.Option("--show", help="What to print: spec, lock, or summary.")
     ] = "summary",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Print the spec and lock an image was built from (they travel inside it)."""
+    """Summarise the spec and lock an image was built from (they travel inside it).
+
+    --show spec / --show lock print them in full; --json gives the summary and the spec.
+    """
     import tomli_w
 
-    from imagesmith.engine import get_engine
-    from imagesmith.render import lock_in_image
+    from imagesmith.reports import inspect_report
 
     if show not in {"spec", "lock", "summary"}:
         raise InputError(f"--show must be spec, lock or summary, not {show!r}")
-    info = get_engine(engine).inspect_image(image)
-    lock_text, the_lock = lock_in_image(image, info.labels, path=Path("env.lock"))
-    if show == "lock":
+    info, the_lock, lock_text = read_image(chosen_engine(engine), image)
+    if as_json:
+        print_json(inspect_report(image, info, the_lock))
+    elif show == "lock":
         sys.stdout.write(lock_text)
     elif show == "spec":
         sys.stdout.write(tomli_w.dumps(dict(the_lock.spec_data)))
     else:
-        spec = the_lock.spec
-        typer.echo(f"{image}: {spec.name}:{spec.version}, image {info.id}")
-        typer.echo(f"  lock:  {the_lock.lock_hash}")
-        typer.echo(f"  base:  {the_lock.base.reference} ({the_lock.base.digest})")
-        python = len(the_lock.python.packages) if the_lock.python else 0
-        typer.echo(
-            f"  pins:  {len(the_lock.apt.packages)} apt packages, {python} Python distributions"
-        )
-        typer.echo("  --show spec / --show lock print them in full")
+        print_summary(image, info, the_lock)
+
+
+def read_image(engine: Engine, image: str) -> tuple[ImageInfo, Lock, str]:
+    """The engine's facts about `image`, the lock it carries, and that lock's text."""
+    from imagesmith.render import lock_in_image
+
+    info = engine.inspect_image(image)
+    lock_text, the_lock = lock_in_image(image, info.labels, path=Path("env.lock"))
+    return info, the_lock, lock_text
+
+
+def print_summary(image: str, info: ImageInfo, the_lock: Lock) -> None:
+    spec = the_lock.spec
+    typer.echo(f"{image}: {spec.name}:{spec.version}, image {info.id}")
+    typer.echo(f"  lock:  {the_lock.lock_hash}")
+    typer.echo(f"  base:  {the_lock.base.reference} ({the_lock.base.digest})")
+    python = len(the_lock.python.packages) if the_lock.python else 0
+    typer.echo(f"  pins:  {len(the_lock.apt.packages)} apt packages, {python} Python distributions")
+    typer.echo("  --show spec / --show lock print them in full")
 
 
 def _image_for(spec: Spec, the_lock: Lock) -> tuple[str, int, int]:
@@ -520,25 +639,28 @@ def _image_for(spec: Spec, the_lock: Lock) -> tuple[str, int, int]:
     built = read_build_record(spec.path, the_lock.lock_hash)
     if built is not None:
         repository = spec.registry_repository or spec.name
-        err(
-            f"warning: {spec.path.name}'s image was built here but not pushed; a cluster cannot "
-            f"pull it until `imagesmith push {spec.path.name}` has run"
+        warn(
+            f"{spec.path.name}'s image was built here but not pushed; a cluster cannot "
+            f"pull it until `imagesmith push {as_typed(spec.path)}` has run"
         )
         return f"{repository}@{built.digest}", built.uid, built.gid
     raise InputError(
-        f"no image digest for this lock yet: run `imagesmith build {spec.path.name}` "
-        f"and `imagesmith push {spec.path.name}` first"
+        f"no image digest for this lock yet: run `imagesmith build {as_typed(spec.path)}` "
+        f"and `imagesmith push {as_typed(spec.path)}` first"
     )
 
 
-def _emit(text: str, output: Path | None) -> None:
+def _emit(text: str, output: Path | None, *, report: Report | None = None) -> None:
+    """`text` to `output` (or stdout); with --json, `report` is what goes to stdout."""
     from imagesmith.lock import write_atomically
 
-    if output is None:
-        sys.stdout.write(text)
-    else:
+    if output is not None:
         write_atomically(output, text)
         err(f"wrote {output}")
+    if report is not None:
+        print_json(report)
+    elif output is None:
+        sys.stdout.write(text)
 
 
 OutputOpt = Annotated[
@@ -552,7 +674,7 @@ OutputOpt = Annotated[
 def manifest(
     spec_path: SpecArg = Path("env.toml"),
     kind: Annotated[
-        str | None, typer.Option("--kind", help="pod or job (default: [job] kind, else job).")
+        str | None, typer.Option("--kind", help="pod or job (default: \\[job] kind, else job).")
     ] = None,
     output: OutputOpt = None,
     from_sbatch: Annotated[
@@ -568,6 +690,7 @@ def manifest(
             "--for-podman", help="Leave out long annotations podman kube play < 5 refuses."
         ),
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write the Kubernetes Job (or Pod) that runs the image by digest, sized as the spec says.
 
@@ -576,6 +699,7 @@ def manifest(
     """
     from imagesmith.lock import fresh_lock
     from imagesmith.manifests import render_manifest
+    from imagesmith.reports import manifest_report
     from imagesmith.slurm import parse_sbatch
     from imagesmith.spec import load_spec, read_input_text
 
@@ -591,7 +715,7 @@ def manifest(
             raise InputError(f"{from_sbatch}: cannot read it ({exc})") from None
         overrides = parse_sbatch(script, source=from_sbatch.name)
         for warning in overrides.warnings:
-            err(f"warning: {warning}")
+            warn(warning)
     image, uid, gid = _image_for(spec, the_lock)
     text = render_manifest(
         spec,
@@ -603,7 +727,17 @@ def manifest(
         lock_hash=the_lock.lock_hash,
         for_podman=for_podman,
     )
-    _emit(text, output)
+    report = None
+    if as_json:
+        report = manifest_report(
+            the_lock,
+            kind=(kind or spec.job.kind).lower(),
+            image=image,
+            output=output,
+            text=text,
+            warnings=overrides.warnings if overrides is not None else (),
+        )
+    _emit(text, output, report=report)
 
 
 @app.command()
@@ -614,15 +748,22 @@ def sbatch(
         str, typer.Option("--runtime", help="How the cluster runs containers: podman or apptainer.")
     ] = "podman",
     output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a Slurm batch script with the spec's resources that runs the image by digest."""
     from imagesmith.lock import fresh_lock
     from imagesmith.manifests import render_sbatch
+    from imagesmith.reports import sbatch_report
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
-    image, _, _ = _image_for(spec, fresh_lock(spec))
-    _emit(render_sbatch(spec, image=image, runtime=runtime), output)
+    the_lock = fresh_lock(spec)
+    image, _, _ = _image_for(spec, the_lock)
+    text = render_sbatch(spec, image=image, runtime=runtime)
+    report = None
+    if as_json:
+        report = sbatch_report(the_lock, runtime=runtime, image=image, output=output, text=text)
+    _emit(text, output, report=report)
 
 
 @app.command()
@@ -634,9 +775,10 @@ def push(
         typer.Option(
             "--to",
             metavar="REPO[:TAG]",
-            help="Push here (REGISTRY/PATH[:TAG]) instead of [registry] repository.",
+            help="Push here (REGISTRY/PATH[:TAG]) instead of \\[registry] repository.",
         ),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Publish the built image to the lab's registry and record its digest for `manifest`.
 
@@ -645,10 +787,14 @@ def push(
     """
     from imagesmith.lock import fresh_lock
     from imagesmith.push import push as run_push
+    from imagesmith.reports import push_report
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
     record = run_push(spec, fresh_lock(spec), to=to, on_line=err)
+    if as_json:
+        print_json(push_report(record))
+        return
     typer.echo(f"pushed {record.pinned}")
     typer.echo(f"  tags: {', '.join(record.tags)}")
     typer.echo(f"  next: imagesmith manifest {spec_path}")
@@ -662,12 +808,13 @@ def pull(
         typer.Argument(help="NAME@sha256:..., or an env.toml whose image was pushed."),
     ],
     engine: EngineOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Fetch a lab's image by digest, check the digest, and show the spec it was built from."""
-    from imagesmith.engine import get_engine
+    """Fetch a lab's image by digest, check the digest, and summarise the spec and lock in it."""
     from imagesmith.lock import read_lock
     from imagesmith.push import pull as run_pull
     from imagesmith.records import read_push_record
+    from imagesmith.reports import pull_report
     from imagesmith.spec import load_spec
 
     ref = image
@@ -680,10 +827,14 @@ def pull(
                 f"{spec.path.name}'s image has not been pushed: no {spec.path.stem}.pushed.json"
             )
         ref = record.pinned
-    the_engine = get_engine(engine)
+    the_engine = chosen_engine(engine)
     pinned = run_pull(the_engine, ref)
+    info, the_lock, _ = read_image(the_engine, pinned)
+    if as_json:
+        print_json(pull_report(pinned, engine=the_engine.name, info=info, lock=the_lock))
+        return
     typer.echo(f"pulled {pinned} into {the_engine.name}; digest verified")
-    inspect(pinned, engine=the_engine.name, show="summary")
+    print_summary(pinned, info, the_lock)
 
 
 @app.command()
@@ -714,6 +865,7 @@ def verify(
         str, typer.Argument(help="env.toml, or an image imagesmith built (name:tag or ID).")
     ] = "env.toml",
     engine: EngineOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Rebuild the image from its lock with no cache and check nothing changed.
 
@@ -721,13 +873,13 @@ def verify(
     image: rebuilds from the lock the image carries and compares image IDs. Exit 0 when
     identical; exit 1 with what differs (config fields, layers, files) when not.
     """
-    from imagesmith.engine import get_engine
     from imagesmith.lock import fresh_lock
+    from imagesmith.reports import verify_report
     from imagesmith.spec import load_spec
     from imagesmith.verify import verify as run_verify
     from imagesmith.verify import verify_image
 
-    the_engine = get_engine(engine)
+    the_engine = chosen_engine(engine)
     progress = Progress()
     try:
         if target.endswith(".toml") or Path(target).is_file():
@@ -737,10 +889,16 @@ def verify(
             verdict = verify_image(target, the_engine, on_line=progress)
     finally:
         progress.stop()
-    if verdict.identical:
+    if as_json:
+        print_json(verify_report(verdict))
+    elif verdict.identical:
         typer.echo(f"reproducible: the rebuild is identical ({verdict.reference})")
+    if verdict.identical:
         return
-    err(f"NOT reproducible: expected {verdict.reference}, the rebuild gave {verdict.rebuilt}")
+    err(
+        f"NOT reproducible: expected {verdict.reference}, the rebuild gave {verdict.rebuilt}",
+        colour="red",
+    )
     for line in verdict.differences:
         err(f"  {line}")
     raise typer.Exit(1)

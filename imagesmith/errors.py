@@ -60,6 +60,15 @@ class EngineError(OperationError):
     """The container engine is missing, not running, or refused a request."""
 
 
+class NoLocalImageError(EngineError):
+    """The engine has no image by that name or ID (the other engine may have it)."""
+
+    def __init__(self, engine: str, ref: str, *, note: str = "") -> None:
+        self.engine = engine
+        self.ref = ref
+        super().__init__(f"{engine}: no local image {ref}{'; ' + note if note else ''}")
+
+
 class BuildError(OperationError):
     """A build step failed; carries the step and the tail of its output."""
 

@@ -49,6 +49,7 @@ from imagesmith.spec import (
     read_input_text,
     spec_from_valid_data,
 )
+from imagesmith.userpath import as_typed
 
 LOCK_VERSION = 1
 LOCK_FORMAT = 6
@@ -324,9 +325,8 @@ def read_lock(path: Path) -> Lock:
     try:
         text = read_input_text(path)
     except FileNotFoundError:
-        raise LockError(
-            f"{path}: no lock yet; run `imagesmith lock {path.with_suffix('.toml').name}`"
-        ) from None
+        spec = as_typed(path.with_suffix(".toml"))
+        raise LockError(f"{as_typed(path)}: no lock yet; run `imagesmith lock {spec}`") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LockError(
             f"{path}: cannot read it ({exc}); run `imagesmith lock` to regenerate it"
@@ -355,13 +355,13 @@ def write_atomically(path: Path, text: str) -> None:
             os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     finally:
         if tmp is not None and os.path.lexists(tmp):
             Path(tmp).unlink(missing_ok=True)
 
 
-def _write_error(path: Path, exc: OSError) -> ImagesmithError:
+def write_error(path: Path, exc: OSError) -> ImagesmithError:
     """One line saying why `path` cannot be written, with the exit code that fits."""
     folder = path.parent
     if not folder.exists():
@@ -452,5 +452,5 @@ def fresh_lock(spec: Spec) -> Lock:
     check_format(lock, spec)
     reason = stale_reason(spec, lock)
     if reason:
-        raise StaleLockError(f"{reason}; run `imagesmith lock {spec.path.name}`")
+        raise StaleLockError(f"{reason}; run `imagesmith lock {as_typed(spec.path)}`")
     return lock

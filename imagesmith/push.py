@@ -31,6 +31,7 @@ from imagesmith.reference import ImageReference, is_digest, parse_reference
 from imagesmith.registry import Credentials, RegistryClient, push_layout
 from imagesmith.render import content_tag
 from imagesmith.spec import Spec
+from imagesmith.userpath import as_typed
 
 LineCallback = Callable[[str], None]
 
@@ -64,13 +65,13 @@ def push(
     if built is None:
         raise InputError(
             f"no image built from this {spec.lock_path.name} yet: run `imagesmith build "
-            f"{spec.path.name}` (or `imagesmith build --push`)"
+            f"{as_typed(spec.path)}` (or `imagesmith build {as_typed(spec.path)} --push`)"
         )
     layout = layout_dir(built.digest)
     if not (layout / "index.json").exists():
         raise InputError(
             f"the canonical image {built.digest[:19]} is no longer in imagesmith's cache; "
-            f"run `imagesmith build {spec.path.name}` again, then push"
+            f"run `imagesmith build {as_typed(spec.path)}` again, then push"
         )
     tags = tags or (spec.version, content_tag(lock))
     try:

@@ -1,6 +1,9 @@
-"""The ready specs under recipes/: one folder each, with env.toml and README.md."""
+"""The ready specs under recipes/: one folder each, with env.toml, README.md and what they need."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from imagesmith.errors import InputError
 from imagesmith.resources import data_path
@@ -24,8 +27,46 @@ def available_recipes() -> dict[str, str]:
     return found
 
 
-def recipe_text(name: str) -> str:
+def recipe_files(name: str) -> dict[Path, Path]:
+    """Every file of the recipe (env.toml, README.md, anything beside them): relative -> source."""
     recipes = available_recipes()
     if name not in recipes:
         raise InputError(f"no recipe named {name!r}; available: {', '.join(recipes)}")
-    return (data_path("recipes", name, "env.toml")).read_text(encoding="utf-8")
+    folder = data_path("recipes", name)
+    return {
+        path.relative_to(folder): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def copy_recipe(name: str, directory: Path, *, force: bool) -> list[Path]:
+    """Copy the recipe's files into `directory`; the paths written, env.toml first.
+
+    Without `force`, nothing is written when any of them exists already (all are named).
+    """
+    files = recipe_files(name)
+    targets = {directory / relative: source for relative, source in files.items()}
+    existing = [target for target in targets if target.exists()]
+    if existing and not force:
+        names = ", ".join(str(target) for target in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise InputError(f"{names} already {verb}; pass --force to overwrite")
+    from imagesmith.lock import write_error
+
+    written: list[Path] = []
+    for target, source in sorted(targets.items(), key=lambda item: item[0].name != "env.toml"):
+        part = target.with_name(f".{target.name}.part")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, part)
+            part.chmod(source.stat().st_mode & 0o777 | 0o600)
+            part.replace(target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            for done in written:  # nothing half-done: the files this call added go again
+                if done not in existing:
+                    done.unlink(missing_ok=True)
+            raise write_error(target, exc) from None
+        written.append(target)
+    return written

@@ -18,6 +18,7 @@ from imagesmith.errors import EngineError, InputError, LockFormatError
 from imagesmith.lock import Lock, format_problem
 from imagesmith.records import read_build_record
 from imagesmith.spec import Spec
+from imagesmith.userpath import as_typed
 
 LineCallback = Callable[[str], None]
 
@@ -56,7 +57,7 @@ def verify(
     built = read_build_record(spec.path, lock.lock_hash)
     if built is None:
         raise InputError(
-            f"nothing to compare with: run `imagesmith build {spec.path.name}` first "
+            f"nothing to compare with: run `imagesmith build {as_typed(spec.path)}` first "
             "(verify rebuilds and compares with that build)"
         )
     reference_layout = layout_dir(built.digest)

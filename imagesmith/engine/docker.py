@@ -28,7 +28,7 @@ from imagesmith.engine.base import (
     is_disk_full,
     split_ref,
 )
-from imagesmith.errors import BuildError, EngineError, RegistryError
+from imagesmith.errors import BuildError, EngineError, NoLocalImageError, RegistryError
 from imagesmith.overlay import LocalImage, local_image
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -302,7 +302,7 @@ class DockerEngine(Engine):
             try:
                 data = self._api.inspect_image(ref)
             except docker.errors.NotFound:
-                raise EngineError(f"docker: no local image {ref}") from None
+                raise NoLocalImageError("docker", ref) from None
         config = data.get("Config") or {}
         return ImageInfo(
             id=str(data["Id"]),
@@ -363,7 +363,7 @@ class DockerEngine(Engine):
                     host_config=host_config,
                 )
             except docker.errors.NotFound:
-                raise EngineError(f"docker: no local image {image}") from None
+                raise NoLocalImageError("docker", image) from None
             cid = container["Id"]
             try:
                 try:
@@ -396,7 +396,7 @@ class DockerEngine(Engine):
                         for chunk in chunks:
                             fh.write(chunk)
                 except docker.errors.NotFound:
-                    raise EngineError(f"docker: no local image {ref}") from None
+                    raise NoLocalImageError("docker", ref) from None
                 except OSError as exc:
                     if exc.errno == errno.ENOSPC:
                         raise EngineError(disk_full_message(str(dest.parent))) from None

@@ -29,7 +29,7 @@ from imagesmith.engine.base import (
     is_disk_full,
     is_loopback_registry,
 )
-from imagesmith.errors import BuildError, EngineError, InputError, RegistryError
+from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
 from imagesmith.overlay import LocalImage, local_image
 from imagesmith.reference import parse_reference
 
@@ -270,7 +270,7 @@ class PodmanEngine(Engine):
         proc = self._run(["image", "inspect", ref], what=f"inspect {ref}", ok=(0, 1, 125))
         if proc.returncode != 0:
             if "image not known" in proc.stderr or "no such" in proc.stderr.lower():
-                raise EngineError(f"podman: no local image {ref}")
+                raise NoLocalImageError("podman", ref)
             raise EngineError(_explain(f"inspect {ref}", proc.stderr))
         data = json.loads(proc.stdout)[0]
         config = data.get("Config") or {}
@@ -334,7 +334,7 @@ class PodmanEngine(Engine):
         if returncode == 125 and output.lstrip().startswith("Error:"):
             # podman itself failed (no such image, bad option, runtime trouble).
             if "image not known" in output:
-                raise EngineError(f"podman: no local image {image}")
+                raise NoLocalImageError("podman", image)
             raise EngineError(_explain(f"run {image}", output))
         return RunResult(returncode, output)
 
@@ -384,7 +384,7 @@ class PodmanEngine(Engine):
                 if is_disk_full(output):
                     raise EngineError(disk_full_message(f"{dest.parent} (or /var/tmp)"))
                 if "image not known" in output:
-                    raise EngineError(f"podman: no local image {ref}")
+                    raise NoLocalImageError("podman", ref)
                 raise EngineError(_explain(f"save {ref}", output))
             part.replace(dest)
         finally:

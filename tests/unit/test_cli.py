@@ -41,21 +41,37 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_render_without_lock_says_which_command(example_dir: Path) -> None:
-    result = runner.invoke(app, ["render", str(example_dir / "env.toml")])
+def test_render_without_lock_says_which_command(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(example_dir.parent)
+    result = runner.invoke(app, ["render", "lab/env.toml"])
     assert result.exit_code == 2
-    assert "imagesmith lock env.toml" in result.stderr
+    assert result.stderr.strip() == (
+        "error: lab/env.lock: no lock yet; run `imagesmith lock lab/env.toml`"
+    )
 
 
-def test_render_stale_lock_says_which_command(example_dir: Path) -> None:
+def test_render_stale_lock_says_which_command(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = example_dir / "env.toml"
     write_lock(make_lock(spec), example_dir / "env.lock")
     spec.write_text(spec.read_text().replace('"git", ', ""))
-    result = runner.invoke(app, ["render", str(spec)])
+    monkeypatch.chdir(example_dir.parent)
+    result = runner.invoke(app, ["render", "lab/env.toml"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: env.lock is stale: env.toml changed since it was locked; run `imagesmith lock env.toml`"
+        "error: env.lock is stale: env.toml changed since it was locked; "
+        "run `imagesmith lock lab/env.toml`"
     )
+
+
+def test_hints_name_the_spec_as_given_from_anywhere(example_dir: Path) -> None:
+    # From a folder the spec is not below, the hint gives the whole path: it still works.
+    result = runner.invoke(app, ["render", str(example_dir / "env.toml")])
+    assert result.exit_code == 2
+    assert f"run `imagesmith lock {example_dir / 'env.toml'}`" in result.stderr
 
 
 def test_render_to_file_and_stdout_agree(example_dir: Path) -> None:
@@ -87,6 +103,39 @@ def test_init_writes_a_valid_spec_and_refuses_to_overwrite(tmp_path: Path) -> No
     assert again.exit_code == 2 and "--force" in again.stderr
 
 
+def test_init_copies_the_whole_recipe_and_overwrites_nothing_without_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagesmith.resources import data_path
+
+    recipe = data_path("recipes", "jupyter")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["init", "lab", "--recipe", "jupyter"])
+    assert result.exit_code == 0, result.output
+    for name in ("env.toml", "README.md"):
+        assert (tmp_path / "lab" / name).read_bytes() == (recipe / name).read_bytes()
+    assert result.stdout.splitlines() == [
+        "wrote lab/env.toml, lab/README.md from recipe jupyter",
+        "  next: read lab/README.md, then imagesmith build lab/env.toml",
+    ]
+
+    # One file of the recipe already there: nothing is written, and it is named.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "README.md").write_text("my notes\n")
+    refused = runner.invoke(app, ["init", "other", "--recipe", "jupyter"])
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        "error: other/README.md already exists; pass --force to overwrite"
+    )
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["README.md"]
+    assert (tmp_path / "other" / "README.md").read_text() == "my notes\n"
+
+    forced = runner.invoke(app, ["init", "other", "--recipe", "jupyter", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / "other" / "README.md").read_bytes() == (recipe / "README.md").read_bytes()
+    assert not list((tmp_path / "other").glob(".*.part"))
+
+
 def test_init_unknown_recipe_lists_the_known_ones(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", str(tmp_path), "--recipe", "nope"])
     assert result.exit_code == 2
@@ -97,14 +146,17 @@ def test_usage_error_exits_2() -> None:
     assert runner.invoke(app, ["validate", "--bogus"]).exit_code == 2
 
 
-def test_manifest_refuses_without_a_digest(example_dir: Path) -> None:
+def test_manifest_refuses_without_a_digest(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = example_dir / "env.toml"
     write_lock(make_lock(spec), example_dir / "env.lock")
-    result = runner.invoke(app, ["manifest", str(spec)])
+    monkeypatch.chdir(example_dir.parent)
+    result = runner.invoke(app, ["manifest", "lab/env.toml"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: no image digest for this lock yet: run `imagesmith build env.toml` "
-        "and `imagesmith push env.toml` first"
+        "error: no image digest for this lock yet: run `imagesmith build lab/env.toml` "
+        "and `imagesmith push lab/env.toml` first"
     )
 
 

@@ -10,6 +10,7 @@ same imagesmith commands as examples/ci/pipeline.sh, which tests/integration run
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -339,3 +340,346 @@ def test_ci_examples_take_registry_credentials_from_the_secret_store(name: str) 
         assert "${{ secrets." in text and "actions/upload-artifact@" in text
     else:
         assert "artifacts:" in text
+
+
+# -- the commands the docs show, run ----------------------------------------------------------
+#
+# Every `imagesmith` command in a fenced block of the docs that needs no engine is run here,
+# in a folder set up as the page describes (the spec and scripts the page shows; a lock and
+# a push record stand in for `lock` and `push`, which need an engine and a registry), and its
+# exit code and output are compared with what the page says. RUN_HERE lists them (`run`
+# refuses any other), NEEDS_AN_ENGINE the ones that need an engine; a command the docs
+# show in neither list fails test_every_engine_free_command_in_the_docs_is_run.
+
+from typer.testing import CliRunner  # noqa: E402
+
+from imagesmith.lock import write_lock  # noqa: E402
+from imagesmith.records import PushRecord, push_record_path, write_record  # noqa: E402
+from tests.fixtures.make_lock import make_lock  # noqa: E402
+
+runner = CliRunner()
+PUSHED = "sha256:" + "7e" * 32
+ENGINE_FREE = {"validate", "init", "render", "manifest", "sbatch", ""}
+NEEDS_AN_ENGINE = {
+    "README.md: imagesmith lock lab/env.toml",
+    "docs/lock.md: imagesmith lock env.toml",  # in the lock's own header comment
+    "docs/slurm-to-kubernetes.md: imagesmith lock env.toml --engine docker",
+}
+RUN_HERE = {
+    "README.md: imagesmith init lab/ --recipe lab-analysis",
+    "README.md: imagesmith validate lab/env.toml",
+    "README.md: imagesmith manifest lab/env.toml -o job.yaml",
+    "docs/ci.md: imagesmith lock env.toml --check --json",
+    "docs/reproducibility.md: imagesmith lock env.toml --check",
+    "docs/slurm-to-kubernetes.md: imagesmith validate env.toml",
+    "docs/slurm-to-kubernetes.md: imagesmith manifest env.toml --from-sbatch bad-mem.sh",
+    "docs/slurm-to-kubernetes.md: imagesmith manifest env.toml --from-sbatch fit.sh -o job.yaml",
+    "docs/slurm-to-kubernetes.md: imagesmith manifest env.toml --from-sbatch fit.sh --kind pod "
+    "--for-podman -o pod.yaml 2>/dev/null",
+    "docs/slurm-to-kubernetes.md: imagesmith sbatch env.toml --runtime apptainer",
+    "recipes/jupyter/README.md: imagesmith manifest env.toml -o jupyter.yaml",
+}
+
+
+def fenced_blocks(path: Path) -> list[tuple[str, list[str]]]:
+    """(language, lines) of each fenced block of a page."""
+    blocks: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    language = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            if current is None:
+                language, current = line.strip()[3:], []
+            else:
+                blocks.append((language, current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def engine_free_invocations() -> set[str]:
+    found = set()
+    for path in MARKDOWN:
+        for _, lines in fenced_blocks(path):
+            for line in lines:
+                for inv in invocations_in(line, ""):
+                    engine_free = inv.command in ENGINE_FREE or "--help" in inv.options
+                    if inv.command == "lock" and "--check" in inv.options:
+                        engine_free = True
+                    if engine_free or inv.command == "lock":
+                        found.add(f"{path.relative_to(REPO)}: imagesmith {' '.join(inv.words)}")
+    return found
+
+
+def run(where: str, command: str, *, folder: Path) -> Any:
+    """Run `imagesmith COMMAND` (as the page writes it) in `folder`."""
+    assert f"{where}: imagesmith {command}" in RUN_HERE, "add it to RUN_HERE"
+    words = shlex.split(command.split(" 2>")[0])
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        return runner.invoke(app, words)
+    finally:
+        os.chdir(cwd)
+
+
+def transcript(path: Path, command: str) -> list[str]:
+    """The lines a page shows after `$ imagesmith COMMAND`, up to the next `$ ` line."""
+    for _, lines in fenced_blocks(path):
+        for index, line in enumerate(lines):
+            if line == f"$ imagesmith {command}":
+                rest = lines[index + 1 :]
+                end = next((i for i, x in enumerate(rest) if x.startswith("$ ")), len(rest))
+                return rest[:end]
+    raise AssertionError(f"{path.name} shows no `$ imagesmith {command}`")
+
+
+def block_after(path: Path, marker: str, language: str = "") -> str:
+    """The first fenced block (of `language`) after the line `marker` on a page."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(marker)
+    fence = "```" + language + "\n"
+    begin = text.index(fence, start) + len(fence)
+    return text[begin : text.index("```", begin)]
+
+
+def stand_in_for_lock_and_push(spec: Path, *, uid: int = 10001) -> str:
+    """A lock and a push record for `spec`, as `lock` and `push` would leave them."""
+    import tomllib
+
+    lock = make_lock(spec)
+    write_lock(lock, spec.with_suffix(".lock"))
+    data = tomllib.loads(spec.read_text())
+    repository = data.get("registry", {}).get("repository", "registry.example.edu/lab/x")
+    record = PushRecord(repository, PUSHED, ("1.0.0",), lock.lock_hash, uid, uid)
+    write_record(push_record_path(spec), record)
+    return lock.lock_hash
+
+
+def as_the_page_writes_it(text: str, lock_hash: str) -> str:
+    """Generated text with the values the pages show as placeholders put back."""
+    return (
+        text.replace(lock_hash, "sha256:<lock-hash>")
+        .replace(lock_hash[7:70], "<lock-hash: its first 63 hex digits>")
+        .replace(PUSHED, "sha256:<digest>")
+    )
+
+
+def test_the_readme_tour_runs(tmp_path: Path) -> None:
+    where = "README.md"
+    init = run(where, "init lab/ --recipe lab-analysis", folder=tmp_path)
+    assert init.exit_code == 0, init.output
+    assert (tmp_path / "lab" / "env.toml").is_file() and (tmp_path / "lab" / "README.md").is_file()
+    valid = run(where, "validate lab/env.toml", folder=tmp_path)
+    assert valid.exit_code == 0 and valid.stdout.startswith("lab/env.toml: valid (lab-analysis")
+    stand_in_for_lock_and_push(tmp_path / "lab" / "env.toml")
+    manifest = run(where, "manifest lab/env.toml -o job.yaml", folder=tmp_path)
+    assert manifest.exit_code == 0, manifest.output
+    assert f"@{PUSHED}" in (tmp_path / "job.yaml").read_text()
+
+
+@pytest.fixture
+def fit_model(tmp_path: Path) -> tuple[Path, str]:
+    """The worked example of slurm-to-kubernetes.md: its env.toml, fit.sh and bad-mem.sh."""
+    page = DOCS / "slurm-to-kubernetes.md"
+    (tmp_path / "env.toml").write_text(block_after(page, "`env.toml` (on the local Debian", "toml"))
+    script = block_after(page, "### 2. The script, made container-ready", "bash")
+    (tmp_path / "fit.sh").write_text(script)
+    # bad-mem.sh is not shown; the page quotes the error for its third line
+    (tmp_path / "bad-mem.sh").write_text("#!/bin/bash\n#SBATCH -J bad\n#SBATCH --mem=lots\ntrue\n")
+    return tmp_path, stand_in_for_lock_and_push(tmp_path / "env.toml")
+
+
+def test_slurm_to_kubernetes_commands_print_what_the_page_shows(
+    fit_model: tuple[Path, str],
+) -> None:
+    folder, lock_hash = fit_model
+    page = DOCS / "slurm-to-kubernetes.md"
+    where = "docs/slurm-to-kubernetes.md"
+
+    valid = run(where, "validate env.toml", folder=folder)
+    assert valid.stdout.splitlines() == transcript(page, "validate env.toml")
+
+    bad = run(where, "manifest env.toml --from-sbatch bad-mem.sh", folder=folder)
+    assert bad.exit_code == 2
+    assert bad.stderr.splitlines() == transcript(page, "manifest env.toml --from-sbatch bad-mem.sh")
+
+    command = "manifest env.toml --from-sbatch fit.sh -o job.yaml"
+    job = run(where, command, folder=folder)
+    assert job.exit_code == 0, job.output
+    assert job.stderr.splitlines() == transcript(page, command)
+    shown = block_after(page, "`job.yaml`, as written:", "yaml")
+    assert as_the_page_writes_it((folder / "job.yaml").read_text(), lock_hash) == shown
+
+    pod = "manifest env.toml --from-sbatch fit.sh --kind pod --for-podman -o pod.yaml 2>/dev/null"
+    assert run(where, pod, folder=folder).exit_code == 0
+    assert "kind: Pod" in (folder / "pod.yaml").read_text()
+
+    sbatch = run(where, "sbatch env.toml --runtime apptainer", folder=folder)
+    assert sbatch.exit_code == 0, sbatch.output
+    expected = transcript(page, "sbatch env.toml --runtime apptainer")
+    assert as_the_page_writes_it(sbatch.stdout, lock_hash).splitlines() == expected
+
+
+def test_lock_check_prints_what_the_pages_show(fit_model: tuple[Path, str]) -> None:
+    folder, _ = fit_model
+    check = run("docs/reproducibility.md", "lock env.toml --check", folder=folder)
+    assert check.exit_code == 0, check.output
+    assert check.stdout.splitlines() == transcript(
+        DOCS / "reproducibility.md", "lock env.toml --check"
+    )
+    as_json = run("docs/ci.md", "lock env.toml --check --json", folder=folder)
+    assert as_json.exit_code == 0 and '"fresh": true' in as_json.stdout
+
+
+def test_recipe_readmes_commands_run(tmp_path: Path) -> None:
+    init = run("README.md", "init lab/ --recipe lab-analysis", folder=tmp_path)
+    assert init.exit_code == 0
+    jupyter = tmp_path / "jupyter"
+    assert runner.invoke(app, ["init", str(jupyter), "--recipe", "jupyter"]).exit_code == 0
+    stand_in_for_lock_and_push(jupyter / "env.toml")
+    result = run("recipes/jupyter/README.md", "manifest env.toml -o jupyter.yaml", folder=jupyter)
+    assert result.exit_code == 0, result.output
+    assert "JUPYTER_TOKEN" in (jupyter / "jupyter.yaml").read_text()
+
+
+def test_every_engine_free_command_in_the_docs_is_run() -> None:
+    shown = engine_free_invocations()
+    missing = sorted(shown - RUN_HERE - NEEDS_AN_ENGINE)
+    assert missing == [], f"commands the docs show that no test runs: {missing}"
+    gone = sorted((RUN_HERE | NEEDS_AN_ENGINE) - shown)
+    assert gone == [], f"commands no page shows any more: {gone}"
+
+
+# -- every --flag the docs name ----------------------------------------------------------------
+
+#: Flags the pages name that belong to other programs (sbatch, kubectl, pip, apt...).
+OTHER_PROGRAMS_FLAGS = {
+    "--no-config",
+    "--array",
+    "--cpus-per-task",
+    "--error",
+    "--gpus",
+    "--gpus-per-node",
+    "--gpus-per-task",
+    "--gres",
+    "--job-name",
+    "--mail-type",
+    "--mem",
+    "--mem-per-cpu",
+    "--mem-per-gpu",
+    "--nodes",
+    "--ntasks",
+    "--ntasks-per-node",
+    "--output",
+    "--partition",
+    "--time",
+    "--no-install-recommends",
+    "--strict",
+    "--generate-hashes",
+    "--index-url",
+    "--network",
+    "--privileged",
+    "--timestamp",
+    "--format",
+    "--skip-download",
+    "--framework",
+    "--from-literal",
+    "--for",
+    "--timeout",
+    "--cleanenv",
+    "--pwd",
+    "--python-version",
+    "--python-platform",
+    "--password",
+    "--variant",
+    "--isolation",
+    "--tls-verify",
+    "--storage-driver",
+    "--rm",
+    "--all",
+    "--no-trunc",
+    "--quiet",
+}
+
+
+def flags_named_in_the_docs() -> set[str]:
+    """Every `--flag` that stands alone in inline code (`--relock`, `--kind pod`)."""
+    found = set()
+    for path in MARKDOWN:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            for span in re.findall(r"`([^`]+)`", line):
+                match = re.match(r"^(--[a-z][a-z0-9-]*)(?:[ =]|$)", span)
+                if match:
+                    found.add(match.group(1))
+    return found
+
+
+def test_every_flag_the_docs_name_exists() -> None:
+    ours = set().union(*(known_options(c) for c in commands().values()), global_options())
+    named = flags_named_in_the_docs()
+    assert {"--relock", "--check", "--json", "--for-podman"} <= named, "parser broken?"
+    unknown = sorted(named - ours - OTHER_PROGRAMS_FLAGS)
+    assert unknown == [], f"the docs name flags no imagesmith command has: {unknown}"
+
+
+# -- the example lock in docs/lock.md ----------------------------------------------------------
+
+
+def test_the_example_lock_in_lock_md_is_read_by_the_current_code() -> None:
+    """The page's lock is shortened (its `# ...` lines), so its lock_hash is made anew for the
+    cut content; everything else goes through the schema and the parser as written."""
+    import jsonschema
+    import tomllib
+
+    from imagesmith.lock import content_hash, lock_schema, parse_lock
+
+    text = block_after(DOCS / "lock.md", "A real lock, shortened", "toml")
+    data = tomllib.loads(text)
+    jsonschema.Draft202012Validator(lock_schema()).validate(data)
+    stored = data.pop("lock_hash")
+    text = text.replace(stored, content_hash(data))
+    lock = parse_lock(text, path=Path("env.lock"))
+    assert lock.base.local and lock.spec_data["name"] == "fit-model"
+    python3 = [p for p in lock.apt.packages if p.name == "python3"]
+    assert python3 and python3[0].requested, "lock.md says the python3 it adds is requested"
+    assert lock.python is not None and lock.python.packages[0].name == "numpy"
+
+
+# -- the reference recipe shows every key ------------------------------------------------------
+
+
+def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
+    tmp_path: Path,
+) -> None:
+    """README.md and docs/spec.md say recipes/lab-analysis/env.toml shows every key: with
+    its commented-out keys switched on, it names every key of the schema and validates."""
+    import json
+
+    from imagesmith.spec import load_spec
+
+    text = (REPO / "recipes" / "lab-analysis" / "env.toml").read_text()
+    on = re.sub(r"(?m)^# ((?:[a-z_]+|[A-Z_]+) = |\[job\.secret_env\])", r"\1", text)
+    (tmp_path / "env.toml").write_text(on)
+    (tmp_path / "requirements.txt").write_text("idna\n")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "fit.py").write_text("print('fit')\n")
+    spec = load_spec(tmp_path / "env.toml")
+
+    def keys(node: dict[str, Any], data: Any, path: str) -> Iterator[str]:
+        for key, child in node.get("properties", {}).items():
+            if key not in data:
+                yield f"{path}.{key}"
+                continue
+            value = data[key]
+            items = child.get("items")
+            if isinstance(items, dict) and isinstance(value, list) and value:
+                value = value[0]
+                child = items
+            if isinstance(value, dict):
+                yield from keys(child, value, f"{path}.{key}")
+
+    schema = json.loads((REPO / "schemas" / "env.schema.json").read_text())
+    assert list(keys(schema, spec.data, "$")) == []
+    assert spec.data["job"]["secret_env"]["API_TOKEN"] == {"secret": "lab-api", "key": "token"}

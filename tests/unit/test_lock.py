@@ -66,9 +66,15 @@ def test_damaged_lock_is_a_clear_input_error(example_dir: Path, damage, expected
     assert "imagesmith lock" in str(caught.value)
 
 
-def test_missing_lock_says_which_command_makes_it(example_dir: Path) -> None:
+def test_missing_lock_says_which_command_makes_it(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(example_dir)
     with pytest.raises(LockError, match="run `imagesmith lock env.toml`"):
-        fresh_lock(load_spec(example_dir / "env.toml"))
+        fresh_lock(load_spec("env.toml"))
+    monkeypatch.chdir(example_dir.parent)  # the hint names the spec as typed from here
+    with pytest.raises(LockError, match="^lab/env.lock: .* run `imagesmith lock lab/env.toml`"):
+        fresh_lock(load_spec("lab/env.toml"))
 
 
 def test_editing_the_spec_makes_the_lock_stale(example_dir: Path) -> None:

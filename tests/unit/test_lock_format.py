@@ -160,7 +160,9 @@ class _LabelsOnly:
 def test_inspect_shows_a_0_5_0_image(monkeypatch: pytest.MonkeyPatch) -> None:
     import imagesmith.engine
 
-    monkeypatch.setattr(imagesmith.engine, "get_engine", lambda _: _LabelsOnly(_legacy_labels()))
+    monkeypatch.setattr(
+        imagesmith.engine, "choose_engine", lambda _: (_LabelsOnly(_legacy_labels()), "test")
+    )
     result = runner.invoke(app, ["inspect", "old:1"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("old:1: legacy:1.0, image sha256:111")
