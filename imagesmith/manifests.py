@@ -43,8 +43,8 @@ import yaml
 from imagesmith.errors import InputError
 from imagesmith.quantity import quantity_value
 from imagesmith.reference import parse_reference
-from imagesmith.slurm import SlurmRequest, apply_overrides, memory_megabytes
-from imagesmith.slurmtime import format_slurm_time, parse_slurm_time
+from imagesmith.slurm import ARRAY_VARIABLES, SlurmRequest, apply_overrides, memory_megabytes
+from imagesmith.slurmtime import JobArray, format_slurm_time, parse_slurm_time
 from imagesmith.spec import Spec
 
 DEFAULT_SHM = "1Gi"
@@ -56,6 +56,28 @@ _LABEL_VALUE_MAX = 63
 _DNS_LABEL_MAX = 63
 #: The variables Slurm sets to the GPUs it allocated; the container must see them.
 _GPU_VISIBILITY = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+#: The annotation the Job controller puts on each pod of an Indexed Job.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+#: The runs of an array's indices, FIRST:STEP:COUNT words (JobArray.runs_text).
+ARRAY_RUNS = "IMAGESMITH_ARRAY_RUNS"
+#: An env value over 128 KiB cannot pass execve (MAX_ARG_STRLEN); stay well below it.
+_ARRAY_RUNS_MAX = 100_000
+#: The Slurm index of this pod, from its completion index: the k-th index of the array.
+#: POSIX sh (dash, busybox), no writes, no tools, then exec: the command keeps PID 1.
+ARRAY_LOOKUP = """\
+i=${JOB_COMPLETION_INDEX:?is not set: run this pod as part of its Indexed Job}
+for run in $IMAGESMITH_ARRAY_RUNS; do
+  first=${run%%:*}; rest=${run#*:}; step=${rest%%:*}; count=${rest#*:}
+  if [ "$i" -lt "$count" ]; then
+    SLURM_ARRAY_TASK_ID=$((first + step * i))
+    export SLURM_ARRAY_TASK_ID
+    exec "$@"
+  fi
+  i=$((i - count))
+done
+echo "completion index $JOB_COMPLETION_INDEX is outside the array ($IMAGESMITH_ARRAY_RUNS)" >&2
+exit 2
+"""
 #: Settings an #SBATCH script can override, in the order the header lists them.
 _ORIGIN_ORDER = (
     "name",
@@ -64,6 +86,7 @@ _ORIGIN_ORDER = (
     "resources.gpu",
     "job.time",
     "job.command",
+    "job.array",
     "partition",
     "gpu_type",
 )
@@ -157,7 +180,11 @@ def _container(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
     }
-    if spec.job.command is not None:
+    array = spec.job.array
+    if array is not None:
+        # The lookup runs first and execs the whole command line (entrypoint included).
+        container["command"] = ["/bin/sh", "-c", ARRAY_LOOKUP, "imagesmith-array", *_argv(spec)]
+    elif spec.job.command is not None:
         # With an ENTRYPOINT (e.g. tini), the command goes after it, as `podman run IMAGE CMD`
         # does; without one, it is the whole command line.
         key = "args" if spec.image.entrypoint else "command"
@@ -165,6 +192,8 @@ def _container(
     env: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in spec.env.items()}
     for k, ref in spec.job.secret_env.items():
         env[k] = {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+    if array is not None:
+        env |= _array_env(array)
     if env:
         container["env"] = [env[k] for k in sorted(env)]
     if workdir is not None:
@@ -185,6 +214,40 @@ def _container(
     }
     container["volumeMounts"] = mounts
     return container
+
+
+def _argv(spec: Spec) -> list[str]:
+    """The whole command line the container runs: entrypoint, then command or cmd."""
+    command = spec.job.command if spec.job.command is not None else spec.image.cmd
+    if command is None and not spec.image.entrypoint:
+        raise InputError(
+            "an array job needs its command spelled out: set [job] command (or [image] cmd), "
+            "which the pod runs after looking up SLURM_ARRAY_TASK_ID"
+        )
+    return [*(spec.image.entrypoint or ()), *(command or ())]
+
+
+def _array_env(array: JobArray) -> dict[str, dict[str, Any]]:
+    runs = array.runs_text
+    if len(runs) > _ARRAY_RUNS_MAX:
+        raise InputError(
+            f"array {array.text}: its indices take {len(runs):,} characters to list, over "
+            f"{_ARRAY_RUNS_MAX:,}; use ranges (1-99:2) or several arrays"
+        )
+    values = {
+        ARRAY_RUNS: runs,
+        "SLURM_ARRAY_TASK_COUNT": str(array.count),
+        "SLURM_ARRAY_TASK_MAX": str(array.last),
+        "SLURM_ARRAY_TASK_MIN": str(array.first),
+    }
+    env: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in values.items()}
+    # Kubernetes sets JOB_COMPLETION_INDEX itself since 1.22; from the annotation, the pod
+    # says where it comes from (and older clusters and `podman kube play` get it too).
+    env["JOB_COMPLETION_INDEX"] = {
+        "name": "JOB_COMPLETION_INDEX",
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}},
+    }
+    return env
 
 
 def _pod_spec(
@@ -257,6 +320,8 @@ def _override_lines(spec: Spec, name: str, request: SlurmRequest) -> list[str]:
             f"{format_slurm_time(request.time_seconds)} "
             f"(activeDeadlineSeconds {request.time_seconds})"
         )
+    if request.array is not None:
+        shown["job.array"] = f"{request.array.text} (an Indexed Job of {request.array.count} pods)"
     if request.command is not None:
         shown["job.command"] = shlex.join(
             [*request.command[:-1], f"<script body, {len(request.body.splitlines())} lines>"]
@@ -269,6 +334,27 @@ def _override_lines(spec: Spec, name: str, request: SlurmRequest) -> list[str]:
         lines.append(f"not carried over from {request.source}:")
         lines.extend(f"warning: {w}" for w in request.warnings)
     return lines
+
+
+def _job_spec(array: JobArray | None, backoff_limit: int, *, notes: list[str]) -> dict[str, Any]:
+    """The Job's completion settings: one pod, or an Indexed Job with one pod per index."""
+    if array is None:
+        return {"backoffLimit": backoff_limit}
+    parallelism = min(array.limit or array.count, array.count)
+    notes.append(
+        f"array {array.text}: an Indexed Job of {array.count} pods, {parallelism} at a time, "
+        f"{backoff_limit} retries each; each pod's SLURM_ARRAY_TASK_ID is its Slurm index "
+        f"(looked up by /bin/sh in the image from JOB_COMPLETION_INDEX and {ARRAY_RUNS}), "
+        f"with SLURM_ARRAY_TASK_COUNT {array.count}, _MIN {array.first}, _MAX {array.last}"
+    )
+    # Retries count per index (an index that fails does not stop the others, as on Slurm);
+    # with backoffLimitPerIndex, backoffLimit is left to its default.
+    return {
+        "backoffLimitPerIndex": backoff_limit,
+        "completionMode": "Indexed",
+        "completions": array.count,
+        "parallelism": parallelism,
+    }
 
 
 class _Dumper(yaml.SafeDumper):
@@ -327,6 +413,11 @@ def render_manifest(
     kind_name = (kind or spec.job.kind).lower()
     if kind_name not in KINDS:
         raise InputError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind_name == "pod" and spec.job.array is not None:
+        raise InputError(
+            f"array {spec.job.array.text} needs kind job (an Indexed Job, one pod per index), "
+            "not pod"
+        )
     job_name = overrides.job_name if overrides is not None else None
     name = dns_label(job_name or spec.name)
     namespace = spec.job.namespace
@@ -374,6 +465,7 @@ def render_manifest(
         deadline=deadline if kind_name == "pod" else None,
         notes=notes,
     )
+    header_notes: list[str] = []
     workload: dict[str, Any]
     if kind_name == "pod":
         workload = {
@@ -383,7 +475,7 @@ def render_manifest(
             "spec": pod_spec,
         }
     else:
-        job_spec: dict[str, Any] = {"backoffLimit": spec.job.backoff_limit}
+        job_spec = _job_spec(spec.job.array, spec.job.backoff_limit, notes=header_notes)
         if deadline is not None:
             job_spec["activeDeadlineSeconds"] = deadline
         job_spec["ttlSecondsAfterFinished"] = spec.job.ttl_seconds_after_finished
@@ -417,6 +509,7 @@ def render_manifest(
         "do not edit by hand.",
         f"{workload['kind']} {name}: runs {image} as uid {uid}, gid {gid}.",
         *notes,
+        *header_notes,
         "The NetworkPolicy admits no ingress to the job's pods.",
     ]
     if left_out:
@@ -454,7 +547,14 @@ def sbatch_directives(spec: Spec) -> list[str]:
         lines.append(f"--gpus={spec.resources.gpu}")
     if spec.job.time is not None:
         lines.append(f"--time={format_slurm_time(parse_slurm_time(spec.job.time))}")
+    if spec.job.array is not None:
+        lines.append(f"--array={spec.job.array.text}")
     return [f"#SBATCH {shlex.quote(line)}" for line in lines]
+
+
+def _slurm_passed(spec: Spec) -> tuple[str, ...]:
+    """Variables Slurm sets for the job that the container must see as they are."""
+    return ARRAY_VARIABLES if spec.job.array is not None else ()
 
 
 def _podman_lines(spec: Spec, image: str) -> list[str]:
@@ -468,6 +568,8 @@ def _podman_lines(spec: Spec, image: str) -> list[str]:
         words += ["--device", f"{spec.resources.gpu_resource}=all"]
         for name in _GPU_VISIBILITY:
             words += ["--env", name]
+    for name in _slurm_passed(spec):
+        words += ["--env", name]
     if _needs_shm(spec):
         words += [f"--shm-size={_shm_bytes(spec)}"]
     words.append(image)
@@ -498,6 +600,7 @@ def _apptainer_lines(spec: Spec, image: str) -> list[str]:
         else:
             words.append("--nv")
         lines += [_pass_through(f"APPTAINERENV_{name}", name) for name in _GPU_VISIBILITY]
+    lines += [_pass_through(f"APPTAINERENV_{name}", name) for name in _slurm_passed(spec)]
     if spec.image.workdir is not None:
         words += ["--pwd", spec.image.workdir]
     words.append(f"docker://{image}")

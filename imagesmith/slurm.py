@@ -39,7 +39,7 @@ from pathlib import PurePosixPath
 
 from imagesmith.errors import InputError
 from imagesmith.quantity import quantity_value
-from imagesmith.slurmtime import format_slurm_time, parse_slurm_time
+from imagesmith.slurmtime import JobArray, format_slurm_time, parse_job_array, parse_slurm_time
 from imagesmith.spec import Spec
 
 MAGIC = "#SBATCH"
@@ -77,6 +77,7 @@ _MAPPED: dict[str, str] = {
     "gpus-per-task": REQUIRED,
     "job-name": REQUIRED,
     "partition": REQUIRED,
+    "array": REQUIRED,
 }
 
 _LOGS = "Kubernetes keeps the container's output as its log (kubectl logs)"
@@ -85,7 +86,6 @@ _NODES = "node selection: write a nodeSelector or affinity for your cluster by h
 
 #: Options sbatch knows that have no counterpart here: (argument, why not carried over).
 _UNMAPPED: dict[str, tuple[str, str]] = {
-    "array": (REQUIRED, "a job array is many jobs; it needs an Indexed Job, not generated here"),
     "dependency": (REQUIRED, "Kubernetes Jobs have no dependencies; submit them in order"),
     "account": (REQUIRED, _POLICY),
     "qos": (REQUIRED, _POLICY),
@@ -240,6 +240,8 @@ class SlurmRequest:
     gpu_type: str | None = None
     """The GPU type Slurm names (gpu:a100:2 -> "a100"); a hint, never a nodeSelector."""
     time_seconds: int | None = None
+    array: JobArray | None = None
+    """`--array`: an Indexed Job, one pod per index."""
     partition: str | None = None
     """A hint (annotation); Kubernetes has no partitions."""
     interpreter: tuple[str, ...] = ()
@@ -495,12 +497,25 @@ def _command(
     return (*interpreter, flag, body)
 
 
-def _body_warnings(body: str, first_line: int, source: str) -> Iterator[tuple[int, str]]:
+#: What the Indexed Job's pods see, as Slurm's array tasks do.
+ARRAY_VARIABLES = (
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_MIN",
+)
+
+
+def _body_warnings(
+    body: str, first_line: int, source: str, *, array: bool
+) -> Iterator[tuple[int, str]]:
+    set_here = ARRAY_VARIABLES if array else ()
     for offset, line in enumerate(body.splitlines()):
         code = line.split("#", 1)[0]
         number = first_line + offset
         where = f"{source}:{number}"
-        if re.search(r"\$\{?SLURM_[A-Z_]+", code):
+        used = re.findall(r"\$\{?(SLURM_[A-Z_]+)", code)
+        if any(name not in set_here for name in used):
             yield (
                 number,
                 f"{where}: uses a SLURM_* variable, which Kubernetes does not set: {line.strip()}",
@@ -555,6 +570,15 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
     def origin(*directives: _Directive) -> str:
         return " x ".join(f"{source}:{d.line}: {d.raw}" for d in directives)
 
+    array: JobArray | None = None
+    if "array" in seen:
+        d = seen["array"]
+        try:
+            array = parse_job_array(d.value or "")
+        except ValueError as exc:
+            raise _bad(source, d, str(exc)) from None
+        origins["job.array"] = origin(d)
+
     # Nodes and tasks: one pod, one container.
     if "nodes" in seen:
         d = seen["nodes"]
@@ -562,6 +586,14 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         if match is None or int(match.group(1)) == 0:
             raise _bad(source, d, f"{d.value!r} is not a node count (N or MIN-MAX)")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if (low, high) != (1, 1) and array is not None:
+            raise _bad(
+                source,
+                d,
+                f"a multi-node array (--array on line {seen['array'].line}) cannot run here: "
+                "each index would need a JobSet or an MPIJob (MPI Operator); "
+                "make each task one node",
+            )
         if (low, high) != (1, 1):
             warn(
                 d,
@@ -688,7 +720,7 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         )
 
     body = "".join(lines[body_index:])
-    warnings.extend(_body_warnings(body, body_index + 1, source))
+    warnings.extend(_body_warnings(body, body_index + 1, source, array=array is not None))
     command = _command(interpreter, body, source, warnings)
     if command is not None:
         span = f"{body_index + 1}" + (f"-{len(lines)}" if len(lines) > body_index + 1 else "")
@@ -702,6 +734,7 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         gpu=gpu,
         gpu_type=gpu_type,
         time_seconds=time_seconds,
+        array=array,
         partition=partition,
         interpreter=interpreter,
         body=body,
@@ -728,6 +761,7 @@ def apply_overrides(spec: Spec, request: SlurmRequest) -> Spec:
             else spec.job.time
         ),
         command=request.command if request.command is not None else spec.job.command,
+        array=request.array if request.array is not None else spec.job.array,
     )
     return replace(spec, resources=resources, job=job)
 

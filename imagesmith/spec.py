@@ -23,6 +23,7 @@ from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.quantity import normalize_quantity
 from imagesmith.resources import data_path
+from imagesmith.slurmtime import JobArray, parse_job_array
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,6 +81,10 @@ class Resources:
     gpu: int = 0
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     shm: str | None = None
+    gpu_model: str | None = None
+    """Slurm's name for the GPU model (a100)."""
+    gpu_map: Mapping[str, str] = field(default_factory=dict)
+    """Slurm GPU model -> the value of the cluster's GPU node label."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,11 @@ class JobSettings:
     ttl_seconds_after_finished: int = 86400
     secret_env: Mapping[str, SecretRef] = field(default_factory=dict)
     """Variables the job takes from Kubernetes Secrets (never baked into the image)."""
+    array: JobArray | None = None
+    queue: str | None = None
+    """Kueue LocalQueue on Kubernetes, partition on Slurm."""
+    queue_map: Mapping[str, str] = field(default_factory=dict)
+    """Slurm partition -> Kueue LocalQueue, for scripts read with --from-sbatch."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +355,16 @@ def _semantic_problems(
                 yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
         except ValueError:
             pass  # the schema's pattern reports it
+    if isinstance(job, dict) and isinstance(job.get("array"), str):
+        try:
+            parse_job_array(job["array"])
+        except ValueError as exc:
+            yield json_path(["job", "array"]), f"{_show(job['array'])}: {exc}"
+        if job.get("kind") == "pod":
+            yield (
+                json_path(["job", "array"]),
+                'needs kind "job": an array runs as an Indexed Job, one pod per index',
+            )
 
 
 def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tuple[str, str]]:
@@ -484,6 +504,8 @@ def spec_from_valid_data(
         gpu=res.get("gpu", 0),
         gpu_resource=res.get("gpu_resource", DEFAULT_GPU_RESOURCE),
         shm=normalize_quantity(res["shm"]) if "shm" in res else None,
+        gpu_model=res.get("gpu_model"),
+        gpu_map=dict(sorted(res.get("gpu_map", {}).items())),
     )
     job_data = data.get("job", {})
     job = JobSettings(
@@ -497,6 +519,9 @@ def spec_from_valid_data(
             name: SecretRef(ref["secret"], ref["key"])
             for name, ref in sorted(job_data.get("secret_env", {}).items())
         },
+        array=parse_job_array(job_data["array"]) if "array" in job_data else None,
+        queue=job_data.get("queue"),
+        queue_map=dict(sorted(job_data.get("queue_map", {}).items())),
     )
     apt = data.get("apt", {})
     return Spec(

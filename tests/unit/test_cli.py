@@ -154,9 +154,11 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
     )
     script = example_dir / "job.sh"
     script.write_text(
-        "#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\npython3 train.py\n"
+        "#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\n"
+        "#SBATCH --dependency=afterok:1\npython3 train.py\n"
     )
     result = runner.invoke(app, ["manifest", str(spec), "--from-sbatch", str(script)])
     assert result.exit_code == 0, result.output
-    assert "--array" in result.stderr
+    assert "--dependency" in result.stderr and "--array" not in result.stderr
+    assert "completionMode: Indexed" in result.stdout and "completions: 4" in result.stdout
     assert "cpu: '8'" in result.stdout and "memory: 16Gi" in result.stdout

@@ -22,7 +22,13 @@ import pytest
 import yaml
 
 from imagesmith.errors import InputError
-from imagesmith.manifests import dns_label, label_value, render_manifest, render_sbatch
+from imagesmith.manifests import (
+    ARRAY_LOOKUP,
+    dns_label,
+    label_value,
+    render_manifest,
+    render_sbatch,
+)
 from imagesmith.slurm import parse_sbatch
 from imagesmith.spec import CopyItem, SecretRef, Spec, load_spec
 from tests.conftest import EXAMPLE, REPO
@@ -436,7 +442,7 @@ def test_overrides_from_sbatch_say_where_each_value_came_from(spec: Spec) -> Non
 
 
 def test_every_warning_reaches_the_header(spec: Spec) -> None:
-    request = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+    request = parse_sbatch((SBATCH / "mpi.sh").read_text(), source="mpi.sh")
     lines = header(render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request))
     assert [line for line in lines if line.startswith("# warning: ")] == [
         f"# warning: {w}" for w in request.warnings
@@ -580,7 +586,7 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
         job=dataclasses.replace(spec.job, namespace="lab", time="2:00:00"),
     )
     train = parse_sbatch((SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh")
-    mpi = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+    mpi = parse_sbatch((SBATCH / "mpi.sh").read_text(), source="mpi.sh")
     amd = dataclasses.replace(
         hardened,
         resources=dataclasses.replace(hardened.resources, gpu_resource="amd.com/gpu", shm="4Gi"),
@@ -598,10 +604,16 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
             render_manifest(spec, image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH),
             SPEC_CHOICES,
         )
+        arrays = [
+            (Path(f).stem, hardened, parse_sbatch((SBATCH / f).read_text(), source=f))
+            for f in FIXTURES
+            if f.startswith("array-") and kind == "job"
+        ]
         for label, variant, request in (
             ("hardened", hardened, None),
             ("train", hardened, train),
             ("mpi", hardened, mpi),
+            *arrays,
             ("amd", amd, None),
             ("cpu", cpu_only, None),
             ("podman", cpu_only, None),
@@ -698,3 +710,175 @@ def test_secret_env_in_sbatch_comes_from_the_submitting_environment(spec: Spec) 
     for script in (podman, apptainer):
         assert "# API_TOKEN, DB_PASSWORD: from Kubernetes Secrets on a cluster" in script
     assert "API_TOKEN" not in render_sbatch(spec, image=IMAGE, runtime="podman")
+
+
+# -- job arrays: Indexed Jobs -----------------------------------------------------------------
+
+GOLDEN = REPO / "tests" / "golden" / "manifests"
+FIXTURES = sorted(p.name for p in SBATCH.glob("*.sh") if not p.name.startswith("bad-"))
+
+
+def _hardened(spec: Spec) -> Spec:
+    return dataclasses.replace(
+        spec,
+        image=dataclasses.replace(spec.image, uid=10001),
+        job=dataclasses.replace(spec.job, namespace="lab", time="2:00:00"),
+    )
+
+
+def _from_fixture(spec: Spec, fixture: str, **options: Any) -> str:
+    request = parse_sbatch((SBATCH / fixture).read_text(), source=fixture)
+    return render_manifest(
+        _hardened(spec),
+        image=IMAGE,
+        uid=10001,
+        gid=10001,
+        overrides=request,
+        lock_hash=LOCK_HASH,
+        **options,
+    )
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_from_sbatch_fixture_matches_its_golden_manifest(spec: Spec, fixture: str) -> None:
+    text = _from_fixture(spec, fixture)
+    path = GOLDEN / f"{Path(fixture).stem}.yaml"
+    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"missing golden file {path}; rerun with IMAGESMITH_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8")
+
+
+def _array_spec(spec: Spec, array: str, **job: Any) -> Spec:
+    from imagesmith.slurmtime import parse_job_array
+
+    settings = dataclasses.replace(spec.job, array=parse_job_array(array), **job)
+    return dataclasses.replace(spec, job=settings)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+@pytest.mark.parametrize(
+    ("array", "completions", "parallelism"),
+    [("0-99", 100, 100), ("1-7:2%2", 4, 2), ("1,5,9%10", 3, 3)],
+)
+def test_array_is_an_indexed_job(
+    spec: Spec, array: str, completions: int, parallelism: int
+) -> None:
+    swept = _array_spec(spec, array, backoff_limit=3)
+    text = render_manifest(swept, image=IMAGE, uid=1000, gid=1000)
+    job = documents(text)[0]
+    assert job["spec"] == {
+        "backoffLimitPerIndex": 3,
+        "completionMode": "Indexed",
+        "completions": completions,
+        "parallelism": parallelism,
+        "ttlSecondsAfterFinished": 86400,
+        "template": job["spec"]["template"],
+    }
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == [
+        "/bin/sh",
+        "-c",
+        ARRAY_LOOKUP,
+        "imagesmith-array",
+        "python3",
+        "train.py",
+    ]
+    assert "args" not in container
+    env = _env(container)
+    assert env["JOB_COMPLETION_INDEX"] == {
+        "fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        }
+    }
+    assert swept.job.array is not None
+    assert env["IMAGESMITH_ARRAY_RUNS"] == swept.job.array.runs_text
+    assert env["SLURM_ARRAY_TASK_COUNT"] == str(completions)
+    assert [e["name"] for e in container["env"]] == sorted(env)
+    assert f"# array {array}: an Indexed Job of {completions} pods, {parallelism} at a time" in (
+        text
+    )
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
+@pytest.mark.parametrize("array", ["1-7:2%2", "1,5,9,20-30:5", "0-3", "3,1,2,10-40:10"])
+def test_the_lookup_gives_each_completion_index_its_slurm_index(
+    spec: Spec, shell: str, array: str
+) -> None:
+    """Run the pod's command line as Kubernetes would, once per completion index."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    swept = _array_spec(spec, array, command=("sh", "-c", 'echo "$SLURM_ARRAY_TASK_ID $0 $1"'))
+    job = documents(render_manifest(swept, image=IMAGE, uid=1000, gid=1000))[0]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    fixed = {k: v for k, v in _env(container).items() if isinstance(v, str)}
+    argv = container["command"]
+    prefix = [shell, "sh"] if shell == "busybox" else [shell]
+    assert argv[0] == "/bin/sh"
+    assert swept.job.array is not None
+    seen = []
+    for index in range(job["spec"]["completions"]):
+        done = subprocess.run(
+            [*prefix, *argv[1:]],
+            env={"PATH": "/usr/bin:/bin", **fixed, "JOB_COMPLETION_INDEX": str(index)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen.append(done.stdout)
+    assert seen == [f"{i} sh -c\n".replace(" sh -c", " sh ") for i in swept.job.array.indices()]
+    # outside the array, or without the index: a clear failure, not index 0
+    beyond = subprocess.run(
+        [*prefix, *argv[1:]],
+        env={"PATH": "/usr/bin:/bin", **fixed, "JOB_COMPLETION_INDEX": "999"},
+        capture_output=True,
+        text=True,
+    )
+    assert beyond.returncode == 2 and "outside the array" in beyond.stderr
+    unset = subprocess.run([*prefix, *argv[1:]], env=fixed, capture_output=True, text=True)
+    assert unset.returncode != 0 and "JOB_COMPLETION_INDEX" in unset.stderr
+
+
+def test_array_keeps_the_entrypoint_and_falls_back_to_cmd(spec: Spec) -> None:
+    tini = dataclasses.replace(
+        _array_spec(spec, "0-3", command=None),
+        image=dataclasses.replace(spec.image, entrypoint=("tini", "--"), cmd=("run.sh",)),
+    )
+    container = documents(render_manifest(tini, image=IMAGE, uid=1000, gid=1000))[0]["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert container["command"][3:] == ["imagesmith-array", "tini", "--", "run.sh"]
+    bare = dataclasses.replace(
+        _array_spec(spec, "0-3", command=None),
+        image=dataclasses.replace(spec.image, entrypoint=None, cmd=None),
+    )
+    with pytest.raises(InputError, match=r"array job needs its command spelled out"):
+        render_manifest(bare, image=IMAGE, uid=1000, gid=1000)
+
+
+def test_array_needs_kind_job(spec: Spec) -> None:
+    with pytest.raises(InputError, match=r"^array 0-3 needs kind job"):
+        render_manifest(_array_spec(spec, "0-3"), image=IMAGE, uid=1000, gid=1000, kind="pod")
+
+
+def test_sbatch_writes_the_array_and_passes_its_variables(spec: Spec, tmp_path: Path) -> None:
+    swept = _array_spec(spec, "1-7:2%2")
+    text = render_sbatch(swept, image=IMAGE)
+    assert "#SBATCH --array=1-7:2%2\n" in text
+    assert (
+        "--env SLURM_ARRAY_TASK_COUNT --env SLURM_ARRAY_TASK_ID --env SLURM_ARRAY_TASK_MAX "
+        "--env SLURM_ARRAY_TASK_MIN"
+    ) in text
+    _stub(tmp_path, "apptainer")
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(swept, image=IMAGE, runtime="apptainer"))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "5"}
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
+    )
+    assert json.loads(done.stdout)["env"]["APPTAINERENV_SLURM_ARRAY_TASK_ID"] == "5"
+    assert "SLURM_ARRAY" not in render_sbatch(spec, image=IMAGE)
