@@ -490,6 +490,27 @@ def _emit(text: str, output: Path | None) -> None:
         err(f"wrote {output}")
 
 
+def _mapping(
+    pairs: list[str] | None, option: str, what: str, problems: list[str]
+) -> dict[str, str]:
+    """NAME=VALUE options as a mapping (a later NAME wins); each malformed one, a problem."""
+    import re
+
+    name_ok = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    value_ok = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+    found: dict[str, str] = {}
+    for pair in pairs or []:
+        name, equals, value = pair.partition("=")
+        if not equals or not name_ok.match(name) or not value_ok.match(value):
+            problems.append(
+                f"{option} {pair!r}: expected NAME={what.upper()} (letters, digits, '-', '_' "
+                f"and '.'; the {what} at most 63 characters)"
+            )
+            continue
+        found[name] = value
+    return found
+
+
 OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of printing."),
@@ -517,30 +538,73 @@ def manifest(
             "--for-podman", help="Leave out long annotations podman kube play < 5 refuses."
         ),
     ] = False,
+    queue_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue-map",
+            metavar="PARTITION=QUEUE",
+            help="With --from-sbatch: the Kueue LocalQueue for a Slurm partition (-p); "
+            "repeat for more; adds to [job.queue_map].",
+        ),
+    ] = None,
+    gpu_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gpu-map",
+            metavar="MODEL=VALUE",
+            help="The GPU node label value for a Slurm GPU model (a100=NVIDIA-A100-SXM4-80GB); "
+            "repeat for more; adds to [resources.gpu_map].",
+        ),
+    ] = None,
+    gpu_label: Annotated[
+        str,
+        typer.Option("--gpu-label", help="The node label a mapped GPU model selects nodes by."),
+    ] = "nvidia.com/gpu.product",
 ) -> None:
     """Write the Kubernetes Job (or Pod) that runs the image by digest, sized as the spec says.
 
     Requests equal limits (Guaranteed QoS), and the Pod passes the "restricted" Pod
     Security Standard. The digest comes from `imagesmith push` (or a local build).
     """
+    import dataclasses
+
     from imagesmith.lock import fresh_lock
-    from imagesmith.manifests import render_manifest
+    from imagesmith.manifests import label_key_problem, manifest_warnings, render_manifest
     from imagesmith.slurm import parse_sbatch
     from imagesmith.spec import load_spec
 
     if kind is not None and kind not in {"pod", "job"}:
         raise InputError(f"--kind must be pod or job, not {kind!r}")
+    problems: list[str] = []
+    queues = _mapping(queue_map, "--queue-map", "queue", problems)
+    gpus = _mapping(gpu_map, "--gpu-map", "value", problems)
+    label_problem = label_key_problem(gpu_label)
+    if label_problem:
+        problems.append(f"--gpu-label {gpu_label!r}: {label_problem}")
+    if problems:
+        raise InputError("\n".join(problems))
     spec = load_spec(spec_path)
     the_lock = fresh_lock(spec)
+    if gpus:
+        resources = dataclasses.replace(
+            spec.resources, gpu_map=dict(sorted({**spec.resources.gpu_map, **gpus}.items()))
+        )
+        spec = dataclasses.replace(spec, resources=resources)
     overrides = None
     if from_sbatch is not None:
         try:
             script = from_sbatch.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{from_sbatch}: cannot read it ({exc})") from None
-        overrides = parse_sbatch(script, source=from_sbatch.name)
+        overrides = parse_sbatch(
+            script, source=from_sbatch.name, queue_map={**spec.job.queue_map, **queues}
+        )
         for warning in overrides.warnings:
             err(f"warning: {warning}")
+    elif queues:
+        raise InputError("--queue-map maps the partitions of a script: use it with --from-sbatch")
+    for warning in manifest_warnings(spec, overrides=overrides, gpu_label=gpu_label):
+        err(f"warning: {warning}")
     image, uid, gid = _image_for(spec, the_lock)
     text = render_manifest(
         spec,
@@ -551,6 +615,7 @@ def manifest(
         overrides=overrides,
         lock_hash=the_lock.lock_hash,
         for_podman=for_podman,
+        gpu_label=gpu_label,
     )
     _emit(text, output)
 

@@ -56,6 +56,10 @@ _LABEL_VALUE_MAX = 63
 _DNS_LABEL_MAX = 63
 #: The variables Slurm sets to the GPUs it allocated; the container must see them.
 _GPU_VISIBILITY = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+#: The node label GPU feature discovery sets to the GPU's product name.
+DEFAULT_GPU_LABEL = "nvidia.com/gpu.product"
+#: The label Kueue reads to queue a workload (a LocalQueue in the workload's namespace).
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: The annotation the Job controller puts on each pod of an Indexed Job.
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 #: The runs of an array's indices, FIRST:STEP:COUNT words (JobArray.runs_text).
@@ -87,6 +91,7 @@ _ORIGIN_ORDER = (
     "job.time",
     "job.command",
     "job.array",
+    "job.queue",
     "partition",
     "gpu_type",
 )
@@ -106,6 +111,16 @@ def label_value(text: str) -> str:
     """`text` as a label value: [A-Za-z0-9._-], at most 63, alphanumeric at both ends."""
     value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:_LABEL_VALUE_MAX]
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why `key` is not a Kubernetes label key ([prefix/]name), or None when it is one."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", prefix):
+        return "the prefix is not a DNS subdomain (e.g. nvidia.com)"
+    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", name):
+        return "not a label key ([prefix/]name; name: letters, digits, '-', '_', '.', at most 63)"
+    return None
 
 
 def digest_reference(image: str) -> str:
@@ -260,6 +275,7 @@ def _pod_spec(
     workdir: str | None,
     deadline: int | None,
     notes: list[str],
+    gpu_label: str,
 ) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
@@ -282,6 +298,9 @@ def _pod_spec(
     if deadline is not None:
         pod["activeDeadlineSeconds"] = deadline
     pod["automountServiceAccountToken"] = False
+    gpu_node = _gpu_node_label(spec)
+    if gpu_node is not None:
+        pod["nodeSelector"] = {gpu_label: gpu_node}
     pod["securityContext"] = {
         "fsGroup": gid,
         "runAsGroup": gid,
@@ -306,14 +325,53 @@ def _metadata(
     return meta
 
 
-def _override_lines(spec: Spec, name: str, request: SlurmRequest) -> list[str]:
+def _gpu_node_label(spec: Spec) -> str | None:
+    """The node label value the spec's GPU model maps to, if it names one that does."""
+    model = spec.resources.gpu_model
+    if model is None or spec.resources.gpu == 0:
+        return None
+    return spec.resources.gpu_map.get(model)
+
+
+def _gpu_shown(spec: Spec, gpu_label: str) -> str:
+    value = _gpu_node_label(spec)
+    if value is not None:
+        return f"{spec.resources.gpu_model} (nodeSelector {gpu_label}={value})"
+    return f"{spec.resources.gpu_model} (annotation {LABEL_PREFIX}/gpu-type only)"
+
+
+def manifest_warnings(
+    spec: Spec, *, overrides: SlurmRequest | None = None, gpu_label: str = DEFAULT_GPU_LABEL
+) -> list[str]:
+    """What the manifest for `spec` (with `overrides`) cannot carry out as asked, one line
+    each; render_manifest writes them into its header too."""
+    if overrides is not None:
+        spec = apply_overrides(spec, overrides)
+    warnings: list[str] = []
+    model = spec.resources.gpu_model
+    if model is not None and spec.resources.gpu > 0 and _gpu_node_label(spec) is None:
+        where = ""
+        if overrides is not None and "gpu_type" in overrides.origins:
+            where = f"{overrides.origins['gpu_type']}: "
+        warnings.append(
+            f"{where}GPU model {model!r} has no {gpu_label} value to select nodes by; kept "
+            f"as the annotation {LABEL_PREFIX}/gpu-type only, so any GPU node may run it "
+            f"(map it with --gpu-map {model}=VALUE or [resources.gpu_map])"
+        )
+    return warnings
+
+
+def _override_lines(
+    spec: Spec, name: str, request: SlurmRequest, *, gpu_label: str, warnings: list[str]
+) -> list[str]:
     shown: dict[str, str] = {
         "name": name,
         "resources.cpu": str(spec.resources.cpu),
         "resources.memory": str(spec.resources.memory),
         "resources.gpu": f"{spec.resources.gpu} ({spec.resources.gpu_resource})",
         "partition": f"{request.partition} (annotation {LABEL_PREFIX}/slurm-partition only)",
-        "gpu_type": f"{request.gpu_type} (annotation {LABEL_PREFIX}/gpu-type only)",
+        "job.queue": f"{request.queue} (label {QUEUE_LABEL}, from partition {request.partition})",
+        "gpu_type": _gpu_shown(spec, gpu_label),
     }
     if request.time_seconds is not None:
         shown["job.time"] = (
@@ -328,11 +386,13 @@ def _override_lines(spec: Spec, name: str, request: SlurmRequest) -> list[str]:
         )
     lines = [f"values from {request.source} (#SBATCH directives) replace the spec's:"]
     for key in _ORIGIN_ORDER:
+        if key == "partition" and request.queue is not None:
+            continue
         if key in request.origins and key in shown:
             lines.append(f"{key}: {shown[key]} (from {request.origins[key]})")
-    if request.warnings:
+    if request.warnings or warnings:
         lines.append(f"not carried over from {request.source}:")
-        lines.extend(f"warning: {w}" for w in request.warnings)
+        lines.extend(f"warning: {w}" for w in [*request.warnings, *warnings])
     return lines
 
 
@@ -392,15 +452,17 @@ def render_manifest(
     workdir: str | None = None,
     lock_hash: str | None = None,
     for_podman: bool = False,
+    gpu_label: str = DEFAULT_GPU_LABEL,
 ) -> str:
     """The Job (or Pod) that runs `image` (by digest) as the spec says, and its NetworkPolicy.
 
     `uid`/`gid` are the image's user (from the build record); `kind` overrides [job] kind;
     `overrides` (from parse_sbatch) replace [resources] and [job] values; `workdir` overrides
     [image] workdir; `lock_hash` (the lock the image was built from) becomes a label and an
-    annotation. `for_podman` leaves out annotations whose values are longer than 63
-    characters (the image, the hashes), which `podman kube play` before podman 5.0 refuses
-    (containers/podman#21663; Debian 12 has 4.3); the header keeps their values.
+    annotation. `gpu_label` is the node label a mapped GPU model selects on ([resources]
+    gpu_model and gpu_map). `for_podman` leaves out annotations whose values are longer than
+    63 characters (the image, the hashes), which `podman kube play` before podman 5.0
+    refuses (containers/podman#21663; Debian 12 has 4.3); the header keeps their values.
     """
     image = digest_reference(image)
     if uid == 0:
@@ -408,6 +470,7 @@ def render_manifest(
             "the image's user is root (uid 0); the pod runs as non-root, so build the image "
             "with a non-root [image] user"
         )
+    warnings = manifest_warnings(spec, overrides=overrides, gpu_label=gpu_label)
     if overrides is not None:
         spec = apply_overrides(spec, overrides)
     kind_name = (kind or spec.job.kind).lower()
@@ -445,8 +508,8 @@ def render_manifest(
         annotations[f"{LABEL_PREFIX}/sbatch"] = overrides.source
         if overrides.partition is not None:
             annotations[f"{LABEL_PREFIX}/slurm-partition"] = overrides.partition
-        if overrides.gpu_type is not None:
-            annotations[f"{LABEL_PREFIX}/gpu-type"] = overrides.gpu_type
+    if spec.resources.gpu_model is not None and spec.resources.gpu > 0:
+        annotations[f"{LABEL_PREFIX}/gpu-type"] = spec.resources.gpu_model
     labels = dict(sorted(labels.items()))
     annotations = dict(sorted(annotations.items()))
     left_out: dict[str, str] = {}
@@ -454,6 +517,9 @@ def render_manifest(
         left_out = {k: v for k, v in annotations.items() if len(v) > _LABEL_VALUE_MAX}
         annotations = {k: v for k, v in annotations.items() if k not in left_out}
 
+    workload_labels = dict(labels)
+    if spec.job.queue is not None:
+        workload_labels = dict(sorted({**labels, QUEUE_LABEL: spec.job.queue}.items()))
     notes: list[str] = []
     pod_spec = _pod_spec(
         spec,
@@ -464,20 +530,36 @@ def render_manifest(
         workdir=workdir,
         deadline=deadline if kind_name == "pod" else None,
         notes=notes,
+        gpu_label=gpu_label,
     )
     header_notes: list[str] = []
+    if spec.job.queue is not None:
+        waits = "created suspended; Kueue starts it" if kind_name == "job" else "Kueue gates it"
+        clock = (
+            "; activeDeadlineSeconds counts from the start, not from creation"
+            if deadline is not None and kind_name == "job"
+            else ""
+        )
+        header_notes.append(
+            f"queue {spec.job.queue}: label {QUEUE_LABEL} (a Kueue LocalQueue in the job's "
+            f"namespace); {waits} when admitted{clock}"
+        )
     workload: dict[str, Any]
     if kind_name == "pod":
         workload = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": _metadata(name, namespace, labels, annotations),
+            "metadata": _metadata(name, namespace, workload_labels, annotations),
             "spec": pod_spec,
         }
     else:
         job_spec = _job_spec(spec.job.array, spec.job.backoff_limit, notes=header_notes)
         if deadline is not None:
             job_spec["activeDeadlineSeconds"] = deadline
+        if spec.job.queue is not None:
+            # Kueue admits a suspended Job and unsuspends it; created running, it would start
+            # before Kueue saw it.
+            job_spec["suspend"] = True
         job_spec["ttlSecondsAfterFinished"] = spec.job.ttl_seconds_after_finished
         template_meta: dict[str, Any] = {"labels": dict(labels)}
         if annotations:
@@ -486,7 +568,7 @@ def render_manifest(
         workload = {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": _metadata(name, namespace, labels, annotations),
+            "metadata": _metadata(name, namespace, workload_labels, annotations),
             "spec": job_spec,
         }
     policy = {
@@ -510,6 +592,7 @@ def render_manifest(
         f"{workload['kind']} {name}: runs {image} as uid {uid}, gid {gid}.",
         *notes,
         *header_notes,
+        *(f"warning: {w}" for w in warnings if overrides is None),
         "The NetworkPolicy admits no ingress to the job's pods.",
     ]
     if left_out:
@@ -519,7 +602,9 @@ def render_manifest(
         )
         header.extend(f"{key}: {value}" for key, value in left_out.items())
     if overrides is not None:
-        header.extend(_override_lines(spec, name, overrides))
+        header.extend(
+            _override_lines(spec, name, overrides, gpu_label=gpu_label, warnings=warnings)
+        )
     comments = "".join(f"# {_one_line(line)}\n" for line in header)
     return comments + _dump([workload, policy])
 
@@ -544,11 +629,16 @@ def sbatch_directives(spec: Spec) -> list[str]:
         # Never --mem=0: Slurm reads it as "all of the node's memory".
         lines.append(f"--mem={memory_megabytes(spec.resources.memory)}M")
     if spec.resources.gpu > 0:
-        lines.append(f"--gpus={spec.resources.gpu}")
+        model = spec.resources.gpu_model
+        lines.append(
+            f"--gpus={model}:{spec.resources.gpu}" if model else f"--gpus={spec.resources.gpu}"
+        )
     if spec.job.time is not None:
         lines.append(f"--time={format_slurm_time(parse_slurm_time(spec.job.time))}")
     if spec.job.array is not None:
         lines.append(f"--array={spec.job.array.text}")
+    if spec.job.queue is not None:
+        lines.append(f"--partition={spec.job.queue}")
     return [f"#SBATCH {shlex.quote(line)}" for line in lines]
 
 

@@ -17,14 +17,16 @@ What maps onto a Kubernetes Job (all of it exact, never rounded):
 - job name = `-J`; the script body (everything after the directives) with the shebang's
   interpreter = the Job's command (`["/bin/bash", "-c", body]`).
 
-Partition (`-p`) and GPU type (`gpu:a100:2`) become annotations only: a Slurm partition or
-GPU type name has no counterpart among a cluster's node labels (GPU feature discovery
-labels a node `nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB`, not `a100`), so a nodeSelector
-made from them would leave the pod Pending forever. The annotation keeps the intent visible
-for whoever writes the nodeSelector.
+- array = `--array` (`0-99`, `1-99:2`, `1,5,9`, `%N`): an Indexed Job;
+- queue = `-p`, through a mapping the user gives (partition -> Kueue LocalQueue); without
+  one, an annotation and a warning; with one, a partition it does not name is an error;
+- GPU model = the type in `gpu:a100:2`, which the manifest turns into a nodeSelector through
+  the user's mapping (`a100` -> `NVIDIA-A100-SXM4-80GB`) or else keeps as an annotation: a
+  Slurm name is not a node label value, and a nodeSelector made from it unmapped would
+  leave the pod Pending forever.
 
 Everything else is reported in `warnings`, one line per directive with its file and line,
-never dropped silently: multi-node jobs, MPI task counts, arrays, dependencies, mail, output
+never dropped silently: multi-node jobs, MPI task counts, dependencies, mail, output
 files, accounts, constraints, unknown options. A value that cannot be read (`--mem=lots`)
 raises InputError naming the file, line and directive.
 """
@@ -32,7 +34,7 @@ raises InputError naming the file, line and directive.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import PurePosixPath
@@ -243,7 +245,9 @@ class SlurmRequest:
     array: JobArray | None = None
     """`--array`: an Indexed Job, one pod per index."""
     partition: str | None = None
-    """A hint (annotation); Kubernetes has no partitions."""
+    """As the script names it; kept as an annotation."""
+    queue: str | None = None
+    """The Kueue LocalQueue the partition maps to (queue_map), if it does."""
     interpreter: tuple[str, ...] = ()
     """The shebang's program and its optional argument (`/usr/bin/env`, `python3`)."""
     body: str = ""
@@ -527,8 +531,14 @@ def _body_warnings(
 # -- parse_sbatch -----------------------------------------------------------------------------
 
 
-def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
-    """Read a batch script's #SBATCH directives; InputError for a value that cannot be read."""
+def parse_sbatch(
+    text: str, *, source: str = "job.sh", queue_map: Mapping[str, str] | None = None
+) -> SlurmRequest:
+    """Read a batch script's #SBATCH directives; InputError for a value that cannot be read.
+
+    `queue_map` (Slurm partition -> Kueue LocalQueue) turns `-p NAME` into a queue; when it
+    is given, a partition it does not name is an error.
+    """
     words, body_index, lines = _split_script(text, source)
     interpreter = _shebang(lines, source)
     warnings: list[tuple[int, str]] = []
@@ -654,12 +664,6 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
             origins["resources.gpu"] = origin(d, *with_tasks)
         if gpu_type is not None:
             origins["gpu_type"] = origin(d)
-            warn(
-                d,
-                f"GPU type {gpu_type!r} is kept as an annotation "
-                "only; select the GPU model with a nodeSelector for your cluster's labels "
-                "(e.g. nvidia.com/gpu.product)",
-            )
 
     # Memory, exact.
     memory: str | None = None
@@ -709,15 +713,14 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         origins["name"] = origin(d)
 
     partition: str | None = None
+    queue: str | None = None
     if "partition" in seen:
         d = seen["partition"]
-        partition = d.value
+        partition = d.value or ""
         origins["partition"] = origin(d)
-        warn(
-            d,
-            "Kubernetes has no partitions; kept as an "
-            "annotation only (write a nodeSelector for your cluster by hand)",
-        )
+        queue = _queue(source, d, partition, queue_map or {}, warn)
+        if queue is not None:
+            origins["job.queue"] = origin(d)
 
     body = "".join(lines[body_index:])
     warnings.extend(_body_warnings(body, body_index + 1, source, array=array is not None))
@@ -736,11 +739,42 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         time_seconds=time_seconds,
         array=array,
         partition=partition,
+        queue=queue,
         interpreter=interpreter,
         body=body,
         command=command,
         warnings=[text for _, text in sorted(warnings, key=lambda w: w[0])],
         origins=origins,
+    )
+
+
+def _queue(
+    source: str,
+    d: _Directive,
+    partition: str,
+    queue_map: Mapping[str, str],
+    warn: Callable[[_Directive, str], None],
+) -> str | None:
+    """The Kueue LocalQueue for `-p PARTITION[,PARTITION...]`: the first one mapped."""
+    if not queue_map:
+        warn(
+            d,
+            "no queue for this partition; kept as an annotation only (map it to a Kueue "
+            "LocalQueue with --queue-map PARTITION=QUEUE or [job.queue_map])",
+        )
+        return None
+    names = [name for name in partition.split(",") if name]
+    for name in names:
+        if name in queue_map:
+            if len(names) > 1:
+                warn(d, f"a Job waits in one queue; {name}'s ({queue_map[name]}) is used")
+            return queue_map[name]
+    known = ", ".join(sorted(queue_map))
+    raise _bad(
+        source,
+        d,
+        f"partition {partition!r} has no queue in the queue map (it maps {known}); "
+        f"add --queue-map {names[0] if names else partition}=QUEUE or a [job.queue_map] entry",
     )
 
 
@@ -752,6 +786,8 @@ def apply_overrides(spec: Spec, request: SlurmRequest) -> Spec:
         cpu=request.cpu if request.cpu is not None else res.cpu,
         memory=request.memory if request.memory is not None else res.memory,
         gpu=request.gpu if request.gpu is not None else res.gpu,
+        # A script that asks for GPUs says which model, or that any will do.
+        gpu_model=request.gpu_type if request.gpu is not None else res.gpu_model,
     )
     job = replace(
         spec.job,
@@ -762,6 +798,7 @@ def apply_overrides(spec: Spec, request: SlurmRequest) -> Spec:
         ),
         command=request.command if request.command is not None else spec.job.command,
         array=request.array if request.array is not None else spec.job.array,
+        queue=request.queue if request.queue is not None else spec.job.queue,
     )
     return replace(spec, resources=resources, job=job)
 

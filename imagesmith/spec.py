@@ -355,6 +355,12 @@ def _semantic_problems(
                 yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
         except ValueError:
             pass  # the schema's pattern reports it
+    resources = data.get("resources")
+    if isinstance(resources, dict) and "gpu_model" in resources and not resources.get("gpu"):
+        yield (
+            json_path(["resources", "gpu_model"]),
+            "names a GPU model, but [resources] gpu asks for none; set gpu = 1 or more",
+        )
     if isinstance(job, dict) and isinstance(job.get("array"), str):
         try:
             parse_job_array(job["array"])

@@ -162,3 +162,65 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
     assert "--dependency" in result.stderr and "--array" not in result.stderr
     assert "completionMode: Indexed" in result.stdout and "completions: 4" in result.stdout
     assert "cpu: '8'" in result.stdout and "memory: 16Gi" in result.stdout
+
+
+def _pushed(example_dir: Path) -> Path:
+    from imagesmith.records import PushRecord, push_record_path, write_record
+
+    spec = example_dir / "env.toml"
+    lock = make_lock(spec)
+    write_lock(lock, example_dir / "env.lock")
+    record = PushRecord(
+        repository="r.example.edu/x",
+        digest="sha256:" + "cd" * 32,
+        tags=(),
+        lock_hash=lock.lock_hash,
+        uid=1000,
+        gid=1000,
+    )
+    write_record(push_record_path(spec), record)
+    return spec
+
+
+def test_manifest_queue_and_gpu_maps(example_dir: Path) -> None:
+    spec = _pushed(example_dir)
+    script = example_dir / "job.sh"
+    script.write_text("#!/bin/bash\n#SBATCH -p gpu\n#SBATCH --gres=gpu:a100:2\npython3 x.py\n")
+    base = ["manifest", str(spec), "--from-sbatch", str(script)]
+    plain = runner.invoke(app, base)
+    assert plain.exit_code == 0, plain.output
+    assert "job.sh:2: -p gpu: no queue for this partition" in plain.stderr
+    assert "GPU model 'a100' has no nvidia.com/gpu.product value" in plain.stderr
+    assert "nodeSelector" not in plain.stdout and "suspend" not in plain.stdout
+    mapped = runner.invoke(
+        app,
+        [
+            *base,
+            "--queue-map",
+            "gpu=lab-gpu",
+            "--queue-map",
+            "cpu=lab-cpu",
+            "--gpu-map",
+            "a100=NVIDIA-A100-SXM4-80GB",
+            "--gpu-label",
+            "example.com/gpu",
+        ],
+    )
+    assert mapped.exit_code == 0, mapped.output
+    assert "warning" not in mapped.stderr
+    assert "kueue.x-k8s.io/queue-name: lab-gpu" in mapped.stdout
+    assert "suspend: true" in mapped.stdout
+    assert "example.com/gpu: NVIDIA-A100-SXM4-80GB" in mapped.stdout
+    unknown = runner.invoke(app, [*base, "--queue-map", "cpu=lab-cpu"])
+    assert unknown.exit_code == 2
+    assert unknown.stderr == (
+        "error: job.sh:2: -p gpu: partition 'gpu' has no queue in the queue map (it maps cpu); "
+        "add --queue-map gpu=QUEUE or a [job.queue_map] entry\n"
+    )
+    bad = runner.invoke(app, [*base, "--queue-map", "gpu", "--gpu-map", "a100=no spaces"])
+    assert bad.exit_code == 2
+    assert len(bad.stderr.splitlines()) == 2 and "Traceback" not in bad.output
+    label = runner.invoke(app, [*base, "--gpu-label", "Bad_Prefix/x"])
+    assert label.exit_code == 2 and "--gpu-label 'Bad_Prefix/x'" in label.stderr
+    alone = runner.invoke(app, ["manifest", str(spec), "--queue-map", "gpu=q"])
+    assert alone.exit_code == 2 and "use it with --from-sbatch" in alone.stderr

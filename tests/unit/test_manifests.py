@@ -29,7 +29,7 @@ from imagesmith.manifests import (
     render_manifest,
     render_sbatch,
 )
-from imagesmith.slurm import parse_sbatch
+from imagesmith.slurm import apply_overrides, parse_sbatch
 from imagesmith.spec import CopyItem, SecretRef, Spec, load_spec
 from tests.conftest import EXAMPLE, REPO
 
@@ -426,6 +426,10 @@ def test_overrides_from_sbatch_say_where_each_value_came_from(spec: Spec) -> Non
         "# gpu_type: a100 (annotation imagesmith.dev/gpu-type only) (from gpu-train.sh:4: --gres=gpu:a100:2)",
         "# not carried over from gpu-train.sh:",
         *(f"# warning: {w}" for w in request.warnings),
+        "# warning: gpu-train.sh:4: --gres=gpu:a100:2: GPU model 'a100' has no "
+        "nvidia.com/gpu.product value to select nodes by; kept as the annotation "
+        "imagesmith.dev/gpu-type only, so any GPU node may run it (map it with --gpu-map "
+        "a100=VALUE or [resources.gpu_map])",
     ]
     job = documents(text)[0]
     assert job["metadata"]["name"] == "train-resnet"
@@ -604,6 +608,9 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
             render_manifest(spec, image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH),
             SPEC_CHOICES,
         )
+        mapped_request = parse_sbatch(
+            (SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh", queue_map=QUEUES
+        )
         arrays = [
             (Path(f).stem, hardened, parse_sbatch((SBATCH / f).read_text(), source=f))
             for f in FIXTURES
@@ -614,6 +621,7 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
             ("train", hardened, train),
             ("mpi", hardened, mpi),
             *arrays,
+            *([("mapped", _mapped(spec), mapped_request)] if kind == "job" else []),
             ("amd", amd, None),
             ("cpu", cpu_only, None),
             ("podman", cpu_only, None),
@@ -882,3 +890,122 @@ def test_sbatch_writes_the_array_and_passes_its_variables(spec: Spec, tmp_path: 
     )
     assert json.loads(done.stdout)["env"]["APPTAINERENV_SLURM_ARRAY_TASK_ID"] == "5"
     assert "SLURM_ARRAY" not in render_sbatch(spec, image=IMAGE)
+
+
+# -- queues (Kueue) and GPU models --------------------------------------------------------------
+
+QUEUES = {"gpu": "lab-gpu-queue", "cpu": "lab-cpu-queue"}
+GPUS = {"a100": "NVIDIA-A100-SXM4-80GB"}
+
+
+def _mapped(spec: Spec) -> Spec:
+    return dataclasses.replace(
+        _hardened(spec),
+        resources=dataclasses.replace(spec.resources, gpu_map=GPUS),
+        job=dataclasses.replace(_hardened(spec).job, queue_map=QUEUES),
+    )
+
+
+def _mapped_manifest(spec: Spec, fixture: str = "gpu-train.sh", **options: Any) -> str:
+    mapped = _mapped(spec)
+    request = parse_sbatch(
+        (SBATCH / fixture).read_text(), source=fixture, queue_map=mapped.job.queue_map
+    )
+    return render_manifest(
+        mapped, image=IMAGE, uid=10001, gid=10001, overrides=request, lock_hash=LOCK_HASH, **options
+    )
+
+
+def test_mapped_partition_and_gpu_model_match_the_golden_manifest(spec: Spec) -> None:
+    text = _mapped_manifest(spec)
+    path = GOLDEN / "gpu-train-mapped.yaml"
+    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+    job = documents(text)[0]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-gpu-queue"
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["spec"]["suspend"] is True
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert "# job.queue: lab-gpu-queue (label kueue.x-k8s.io/queue-name, from partition gpu) " in (
+        text
+    )
+    assert "warning" not in "".join(header(text)).lower()
+    other = documents(_mapped_manifest(spec, gpu_label="example.com/gpu-model"))[0]
+    assert other["spec"]["template"]["spec"]["nodeSelector"] == {
+        "example.com/gpu-model": "NVIDIA-A100-SXM4-80GB"
+    }
+
+
+def test_unknown_partition_with_a_queue_map_names_the_line(spec: Spec) -> None:
+    text = "#!/bin/bash\n#SBATCH -c 2\n#SBATCH --partition=debug\necho hi\n"
+    with pytest.raises(InputError) as caught:
+        parse_sbatch(text, queue_map=QUEUES)
+    assert str(caught.value) == (
+        "job.sh:3: --partition=debug: partition 'debug' has no queue in the queue map (it maps "
+        "cpu, gpu); add --queue-map debug=QUEUE or a [job.queue_map] entry"
+    )
+    several = parse_sbatch(text.replace("=debug", "=debug,cpu"), queue_map=QUEUES)
+    assert several.queue == "lab-cpu-queue"
+    assert several.warnings == [
+        "job.sh:3: --partition=debug,cpu: a Job waits in one queue; cpu's (lab-cpu-queue) is used"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["job", "pod"])
+def test_queue_from_the_spec(spec: Spec, kind: str) -> None:
+    queued = dataclasses.replace(
+        spec, job=dataclasses.replace(spec.job, queue="lab-queue", time="1:00:00")
+    )
+    text = render_manifest(queued, image=IMAGE, uid=1000, gid=1000, kind=kind)
+    workload, policy = documents(text)
+    assert workload["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-queue"
+    assert "kueue.x-k8s.io/queue-name" not in policy["metadata"]["labels"]
+    if kind == "job":
+        assert workload["spec"]["suspend"] is True
+        assert (
+            "# queue lab-queue: label kueue.x-k8s.io/queue-name (a Kueue LocalQueue in the job's "
+            "namespace); created suspended; Kueue starts it when admitted; activeDeadlineSeconds "
+            "counts from the start, not from creation"
+        ) in header(text)
+    else:
+        assert "suspend" not in workload["spec"]
+    assert "#SBATCH --partition=lab-queue\n" in render_sbatch(queued, image=IMAGE)
+    plain = documents(render_manifest(spec, image=IMAGE, uid=1000, gid=1000))[0]
+    assert "suspend" not in plain["spec"]
+
+
+def test_gpu_model_from_the_spec(spec: Spec) -> None:
+    from imagesmith.manifests import manifest_warnings
+
+    model = dataclasses.replace(
+        spec, resources=dataclasses.replace(spec.resources, gpu_model="a100")
+    )
+    assert "#SBATCH --gpus=a100:1\n" in render_sbatch(model, image=IMAGE)
+    text = render_manifest(model, image=IMAGE, uid=1000, gid=1000)
+    job = documents(text)[0]
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
+    assert job["metadata"]["annotations"]["imagesmith.dev/gpu-type"] == "a100"
+    (warning,) = manifest_warnings(model)
+    assert warning.startswith("GPU model 'a100' has no nvidia.com/gpu.product value")
+    assert f"# warning: {warning}" in header(text)
+    mapped = dataclasses.replace(
+        model, resources=dataclasses.replace(model.resources, gpu_map=GPUS)
+    )
+    assert manifest_warnings(mapped) == []
+    pod = documents(render_manifest(mapped, image=IMAGE, uid=1000, gid=1000))[0]["spec"]
+    assert pod["template"]["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"
+    }
+    # a script that asks for any GPU drops the spec's model; one without GPUs keeps it
+    assert (
+        apply_overrides(
+            mapped, parse_sbatch("#!/bin/bash\n#SBATCH --gpus=2\nx\n")
+        ).resources.gpu_model
+        is None
+    )
+    assert (
+        apply_overrides(mapped, parse_sbatch("#!/bin/bash\n#SBATCH -c 2\nx\n")).resources.gpu_model
+        == "a100"
+    )

@@ -281,6 +281,26 @@ BAD_SPECS += [
             "the image or from a Secret, not both"
         ],
     ),
+    (
+        "job arrays, queues and GPU models",
+        OK
+        + '[resources]\ngpu_model = "a100"\n[resources.gpu_map]\na100 = "has space"\n'
+        + '[job]\nkind = "pod"\narray = "1-200000:0"\nqueue = "-bad"\n'
+        + '[job.queue_map]\ngpu = "ok"\n"bad key" = "q"\n',
+        [
+            "env.toml: $.job.array: \"1-200000:0\": '1-200000:0' has a step of 0; a step is 1 "
+            "or more",
+            'env.toml: $.job.array: needs kind "job": an array runs as an Indexed Job, one pod '
+            "per index",
+            "env.toml: $.job.queue: \"-bad\" is not a queue name (letters, digits, '-', '_' "
+            "and '.', at most 63)",
+            'env.toml: $.job.queue_map: "bad key" is not a Slurm partition name',
+            'env.toml: $.resources.gpu_map.a100: "has space" is not a label value (letters, '
+            "digits, '-', '_' and '.', at most 63)",
+            "env.toml: $.resources.gpu_model: names a GPU model, but [resources] gpu asks for "
+            "none; set gpu = 1 or more",
+        ],
+    ),
 ]
 BAD_SPECS[2] = (
     "unknown top-level key",
