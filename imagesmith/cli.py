@@ -625,8 +625,22 @@ def manifest(
 def sbatch(
     spec_path: SpecArg = Path("env.toml"),
     runtime: Annotated[
-        str, typer.Option("--runtime", help="How the cluster runs containers: podman or apptainer.")
+        str,
+        typer.Option(
+            "--runtime",
+            help="How the cluster runs containers: podman, apptainer (singularity: its older "
+            "name) or pyxis (srun --container-image).",
+        ),
     ] = "podman",
+    sif_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--sif-dir",
+            metavar="DIR",
+            help="apptainer/singularity: the shared folder the image is pulled into once per "
+            "digest (default $HOME/.cache/imagesmith/sif, expanded on the node).",
+        ),
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
     """Write a Slurm batch script with the spec's resources that runs the image by digest."""
@@ -636,7 +650,7 @@ def sbatch(
 
     spec = load_spec(spec_path)
     image, _, _ = _image_for(spec, fresh_lock(spec))
-    _emit(render_sbatch(spec, image=image, runtime=runtime), output)
+    _emit(render_sbatch(spec, image=image, runtime=runtime, sif_dir=sif_dir), output)
 
 
 @app.command()

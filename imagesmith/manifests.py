@@ -50,7 +50,7 @@ from imagesmith.spec import Spec
 DEFAULT_SHM = "1Gi"
 LABEL_PREFIX = "imagesmith.dev"
 KINDS = ("job", "pod")
-RUNTIMES = ("podman", "apptainer")
+RUNTIMES = ("podman", "apptainer", "singularity", "pyxis")
 
 _LABEL_VALUE_MAX = 63
 _DNS_LABEL_MAX = 63
@@ -667,48 +667,125 @@ def _podman_lines(spec: Spec, image: str) -> list[str]:
     return ["exec " + shlex.join(words)]
 
 
+def _export(name: str, value: str) -> list[str]:
+    """Shell: export `name` with `value`, literally."""
+    line = "export " + shlex.quote(f"{name}={value}")
+    if "$" in value or "`" in value:
+        # The value is meant literally; shellcheck would suspect a forgotten expansion.
+        return ["# shellcheck disable=SC2016", line]
+    return [line]
+
+
 def _pass_through(target: str, name: str) -> str:
     """Shell: export `target` with the value of `name`, when `name` is set."""
     return f'if [ -n "${{{name}+set}}" ]; then export {target}="${name}"; fi'
 
 
-def _apptainer_lines(spec: Spec, image: str) -> list[str]:
-    # --env splits its value at commas, so values go through APPTAINERENV_*, which apptainer
-    # passes into the container as they are; --cleanenv keeps the host's environment out.
-    lines = [
-        "export " + shlex.quote(f"APPTAINERENV_{key}={spec.env[key]}") for key in sorted(spec.env)
+#: Where apptainer keeps the SIF files without --sif-dir (expanded by the job's shell).
+DEFAULT_SIF_DIR = "$HOME/.cache/imagesmith/sif"
+
+
+def _sif_lines(tool: str, image: str, sif_dir: str | None) -> list[str]:
+    """Shell: pull `image` into a SIF named by its digest, once, whatever runs at once.
+
+    An array's tasks start together; `flock` lets one pull while the others wait, and the
+    pull lands under a temporary name first, so a task never runs a half-written file.
+    """
+    digest = image.rpartition("@sha256:")[2]
+    folder = shlex.quote(sif_dir) if sif_dir is not None else f'"{DEFAULT_SIF_DIR}"'
+    pull = f'{tool} pull --disable-cache "$sif.part.$$" {shlex.quote(f"docker://{image}")}'
+    return [
+        f"sif_dir={folder}",
+        f'sif="$sif_dir/sha256-{digest}.sif"',
+        'mkdir -p "$sif_dir"',
+        'if [ ! -s "$sif" ]; then',
+        "  (",
+        "    flock 9",
+        '    if [ ! -s "$sif" ]; then',
+        f'      {pull} || {{ rm -f "$sif.part.$$"; exit 1; }}',
+        '      mv -f "$sif.part.$$" "$sif"',
+        "    fi",
+        '  ) 9>"$sif.lock"',
+        "fi",
     ]
-    lines += [_pass_through(f"APPTAINERENV_{key}", key) for key in sorted(spec.job.secret_env)]
-    words = ["apptainer"]
+
+
+def _apptainer_lines(spec: Spec, image: str, *, tool: str, sif_dir: str | None) -> list[str]:
+    # --env splits its value at commas, so values go through APPTAINERENV_* (SINGULARITYENV_*
+    # for singularity), which pass into the container as they are; --cleanenv keeps the
+    # host's environment out and --containall its files ($HOME, /tmp, the submit folder).
+    prefix = "SINGULARITYENV_" if tool == "singularity" else "APPTAINERENV_"
+    lines = [line for key in sorted(spec.env) for line in _export(f"{prefix}{key}", spec.env[key])]
+    lines += [_pass_through(f"{prefix}{key}", key) for key in sorted(spec.job.secret_env)]
+    words = [tool]
     # `exec` runs the command as given; `run` runs the image's ENTRYPOINT (+ CMD, or the
     # command as its arguments), which is what `podman run IMAGE CMD` does.
     runs = spec.job.command is None or bool(spec.image.entrypoint)
-    words += ["run" if runs else "exec", "--cleanenv"]
+    words += ["run" if runs else "exec", "--cleanenv", "--containall"]
     if spec.resources.gpu > 0:
         if spec.resources.gpu_resource.startswith("amd.com/"):
             words.append("--rocm")
         else:
             words.append("--nv")
-        lines += [_pass_through(f"APPTAINERENV_{name}", name) for name in _GPU_VISIBILITY]
-    lines += [_pass_through(f"APPTAINERENV_{name}", name) for name in _slurm_passed(spec)]
+        lines += [_pass_through(f"{prefix}{name}", name) for name in _GPU_VISIBILITY]
+    lines += [_pass_through(f"{prefix}{name}", name) for name in _slurm_passed(spec)]
     if spec.image.workdir is not None:
         words += ["--pwd", spec.image.workdir]
-    words.append(f"docker://{image}")
-    words += list(spec.job.command or ())
-    return [*lines, "exec " + shlex.join(words)]
+    run = " ".join([shlex.join(words), '"$sif"', *map(shlex.quote, spec.job.command or ())])
+    return [*_sif_lines(tool, image, sif_dir), *lines, "exec " + run]
 
 
-def render_sbatch(spec: Spec, *, image: str, runtime: str = "podman") -> str:
+def enroot_image(image: str) -> str:
+    """`image` as enroot and pyxis name it: REGISTRY#PATH@DIGEST (no registry: Docker Hub)."""
+    ref = parse_reference(image)
+    if ref.registry == "docker.io":
+        return f"{ref.path}@{ref.digest}"
+    return f"{ref.registry}#{ref.path}@{ref.digest}"
+
+
+def _pyxis_lines(spec: Spec, image: str) -> list[str]:
+    # srun passes the job's environment into the container; --container-env makes these
+    # values win over the image's own ENV for the same names.
+    lines = [line for key in sorted(spec.env) for line in _export(key, spec.env[key])]
+    names = sorted({*spec.env, *spec.job.secret_env, *_slurm_passed(spec)})
+    if spec.resources.gpu > 0:
+        names = sorted({*names, *_GPU_VISIBILITY})
+    words = ["srun", f"--container-image={enroot_image(image)}"]
+    if names:
+        words.append(f"--container-env={','.join(names)}")
+    if spec.image.workdir is not None:
+        words.append(f"--container-workdir={spec.image.workdir}")
+    # Without a command, pyxis runs none: the image's ENTRYPOINT and CMD have to be named.
+    command = spec.job.command if spec.job.command is not None else spec.image.cmd
+    argv = [*(spec.image.entrypoint or ()), *(command or ())]
+    if not argv:
+        raise InputError(
+            "runtime pyxis runs the command it is given: set [job] command (or [image] cmd)"
+        )
+    return [*lines, "exec " + shlex.join([*words, *argv])]
+
+
+def render_sbatch(
+    spec: Spec, *, image: str, runtime: str = "podman", sif_dir: str | None = None
+) -> str:
     """A batch script that asks Slurm for the spec's resources and runs `image` by digest.
 
-    `runtime` is "podman" (`podman run --rm ... IMAGE CMD`) or "apptainer"
-    (`apptainer exec --cleanenv docker://IMAGE CMD`). [env] reaches the container byte for
-    byte; every word is shell-quoted.
+    `runtime` is "podman" (`podman run --rm ... IMAGE CMD`), "apptainer" or its older name
+    "singularity" (pulled once per digest into `sif_dir`, then `apptainer run --cleanenv
+    --containall SIF CMD`), or "pyxis" (`srun --container-image=REGISTRY#PATH@DIGEST CMD`).
+    [env] reaches the container byte for byte; every word is shell-quoted.
     """
     image = digest_reference(image)
     if runtime not in RUNTIMES:
         raise InputError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
-    run = _podman_lines(spec, image) if runtime == "podman" else _apptainer_lines(spec, image)
+    if sif_dir is not None and runtime not in ("apptainer", "singularity"):
+        raise InputError(f"--sif-dir is for apptainer or singularity, not {runtime}")
+    if runtime == "podman":
+        run = _podman_lines(spec, image)
+    elif runtime == "pyxis":
+        run = _pyxis_lines(spec, image)
+    else:
+        run = _apptainer_lines(spec, image, tool=runtime, sif_dir=sif_dir)
     header = [
         "#!/bin/bash",
         f"# Generated by imagesmith from {spec.path.name} ({spec.name} {spec.version}): "

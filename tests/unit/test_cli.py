@@ -224,3 +224,24 @@ def test_manifest_queue_and_gpu_maps(example_dir: Path) -> None:
     assert label.exit_code == 2 and "--gpu-label 'Bad_Prefix/x'" in label.stderr
     alone = runner.invoke(app, ["manifest", str(spec), "--queue-map", "gpu=q"])
     assert alone.exit_code == 2 and "use it with --from-sbatch" in alone.stderr
+
+
+def test_sbatch_runtimes(example_dir: Path) -> None:
+    spec = _pushed(example_dir)
+    for runtime, fragment in (
+        ("singularity", "exec singularity exec --cleanenv --containall"),
+        ("apptainer", "exec apptainer exec --cleanenv --containall"),
+        ("pyxis", "exec srun '--container-image=r.example.edu#x@sha256:"),
+    ):
+        result = runner.invoke(app, ["sbatch", str(spec), "--runtime", runtime])
+        assert result.exit_code == 0, result.output
+        assert fragment in result.stdout
+    sifs = runner.invoke(app, ["sbatch", str(spec), "--runtime", "apptainer", "--sif-dir", "/s"])
+    assert sifs.exit_code == 0, sifs.output
+    assert "sif_dir=/s\n" in sifs.stdout
+    wrong = runner.invoke(app, ["sbatch", str(spec), "--runtime", "pyxis", "--sif-dir", "/s"])
+    assert wrong.exit_code == 2
+    assert wrong.stderr == "error: --sif-dir is for apptainer or singularity, not pyxis\n"
+    unknown = runner.invoke(app, ["sbatch", str(spec), "--runtime", "docker"])
+    assert unknown.exit_code == 2
+    assert "runtime 'docker' is not one of podman, apptainer, singularity, pyxis" in unknown.stderr

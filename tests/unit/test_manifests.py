@@ -500,11 +500,20 @@ def test_sbatch_rounds_cpu_and_memory_up(
 
 
 def _stub(directory: Path, name: str) -> None:
-    """A fake `podman`/`apptainer` that records its argv and environment as JSON."""
+    """A fake `podman`/`apptainer`/`srun` that records its argv and environment as JSON.
+
+    `apptainer pull ... FILE docker://...` writes FILE (slowly, so that concurrent pulls
+    would overlap) and appends a line to `pulls` beside the stub instead."""
     path = directory / name
     path.write_text(
         f"#!{sys.executable}\n"
-        "import json, os, sys\n"
+        "import json, os, sys, time\n"
+        "if sys.argv[1:2] == ['pull']:\n"
+        f"    with open({str(directory / 'pulls')!r}, 'a') as log:\n"
+        "        log.write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "    time.sleep(0.5)\n"
+        "    open(sys.argv[-2], 'w').write('SIF')\n"
+        "    sys.exit(0)\n"
         "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, sys.stdout)\n"
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -520,7 +529,11 @@ def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_pa
     _stub(tmp_path, runtime)
     script = tmp_path / "job.sh"
     script.write_text(render_sbatch(weird, image=IMAGE, runtime=runtime))
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1,3"}
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "CUDA_VISIBLE_DEVICES": "1,3",
+        "HOME": str(tmp_path),
+    }
     done = subprocess.run(
         ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
     )
@@ -535,15 +548,23 @@ def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_pa
         expected += ["--env", "GPU_DEVICE_ORDINAL", "--shm-size=1073741824", IMAGE, *command]
         assert seen["argv"] == expected
     else:
+        sif = f"{tmp_path}/.cache/imagesmith/sif/sha256-{'ab' * 32}.sif"
         assert seen["argv"] == [
             "exec",
             "--cleanenv",
+            "--containall",
             "--nv",
             "--pwd",
             "/work",
-            f"docker://{IMAGE}",
+            sif,
             *command,
         ]
+        assert Path(sif).read_text() == "SIF"
+        (pull,) = (tmp_path / "pulls").read_text().splitlines()
+        words = pull.split()
+        assert words[:2] == ["pull", "--disable-cache"] and words[3:] == [f"docker://{IMAGE}"]
+        assert words[2].startswith(f"{sif}.part.")
+        assert not Path(words[2]).exists()  # moved into place
         passed = {
             k.removeprefix("APPTAINERENV_"): v
             for k, v in seen["env"].items()
@@ -554,10 +575,11 @@ def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_pa
 
 def test_apptainer_runs_the_entrypoint_when_there_is_one(spec: Spec) -> None:
     tini = dataclasses.replace(spec, image=dataclasses.replace(spec.image, entrypoint=("tini",)))
-    assert "exec apptainer run --cleanenv" in render_sbatch(tini, image=IMAGE, runtime="apptainer")
+    text = render_sbatch(tini, image=IMAGE, runtime="apptainer")
+    assert "exec apptainer run --cleanenv --containall" in text
     no_command = dataclasses.replace(spec, job=dataclasses.replace(spec.job, command=None))
     text = render_sbatch(no_command, image=IMAGE, runtime="apptainer")
-    assert text.endswith(f"exec apptainer run --cleanenv --nv --pwd /work docker://{IMAGE}\n")
+    assert text.endswith('exec apptainer run --cleanenv --containall --nv --pwd /work "$sif"\n')
 
 
 # -- the validators: kubernetes-validate --strict and checkov ----------------------------------
@@ -884,7 +906,7 @@ def test_sbatch_writes_the_array_and_passes_its_variables(spec: Spec, tmp_path: 
     _stub(tmp_path, "apptainer")
     script = tmp_path / "job.sh"
     script.write_text(render_sbatch(swept, image=IMAGE, runtime="apptainer"))
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "5"}
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "5", "HOME": str(tmp_path)}
     done = subprocess.run(
         ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
     )
@@ -1009,3 +1031,157 @@ def test_gpu_model_from_the_spec(spec: Spec) -> None:
         apply_overrides(mapped, parse_sbatch("#!/bin/bash\n#SBATCH -c 2\nx\n")).resources.gpu_model
         == "a100"
     )
+
+
+# -- runtimes: apptainer (and singularity), pyxis; every script passes bash -n and shellcheck ---
+
+
+def _runtime_variants(spec: Spec) -> Iterator[tuple[str, Spec]]:
+    yield "example", spec
+    yield "array", _array_spec(_with_secrets(spec), "1-7:2%2")
+    yield (
+        "cpu-no-workdir",
+        dataclasses.replace(
+            spec,
+            resources=dataclasses.replace(spec.resources, gpu=0, gpu_model=None),
+            image=dataclasses.replace(spec.image, workdir=None, entrypoint=("tini", "--")),
+            job=dataclasses.replace(spec.job, queue="batch"),
+        ),
+    )
+    yield (
+        "amd",
+        dataclasses.replace(
+            spec,
+            resources=dataclasses.replace(spec.resources, gpu=2, gpu_resource="amd.com/gpu"),
+        ),
+    )
+
+
+@pytest.mark.parametrize("runtime", ["podman", "apptainer", "singularity", "pyxis"])
+def test_every_runtime_script_passes_bash_n_and_shellcheck(
+    spec: Spec, runtime: str, tmp_path: Path
+) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: scripts/install-host.sh installs it")
+    for label, variant in _runtime_variants(spec):
+        for sif_dir in (
+            (None, "/scratch/lab sifs") if runtime in ("apptainer", "singularity") else (None,)
+        ):
+            path = tmp_path / f"{label}-{runtime}-{sif_dir is None}.sh"
+            path.write_text(render_sbatch(variant, image=IMAGE, runtime=runtime, sif_dir=sif_dir))
+            syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+            assert syntax.returncode == 0, f"{path.name}: {syntax.stderr}"
+            lint = subprocess.run(
+                [shellcheck, "--severity=style", str(path)], capture_output=True, text=True
+            )
+            assert lint.returncode == 0, f"{path.name}:\n{lint.stdout}"
+
+
+def test_array_tasks_pull_the_sif_once(spec: Spec, tmp_path: Path) -> None:
+    """Four array tasks start at once: one pulls (under flock), all run the same file."""
+    _stub(tmp_path, "apptainer")
+    sifs = tmp_path / "shared sifs"
+    script = tmp_path / "job.sh"
+    swept = _array_spec(spec, "0-3")
+    script.write_text(render_sbatch(swept, image=IMAGE, runtime="apptainer", sif_dir=str(sifs)))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    tasks = [
+        subprocess.Popen(
+            ["bash", str(script)],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [json.loads(task.communicate(timeout=60)[0]) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0, 0, 0]
+    assert len((tmp_path / "pulls").read_text().splitlines()) == 1
+    sif = f"{sifs}/sha256-{'ab' * 32}.sif"
+    assert {out["argv"][-3] for out in outputs} == {sif}
+    ids = sorted(out["env"]["APPTAINERENV_SLURM_ARRAY_TASK_ID"] for out in outputs)
+    assert ids == ["0", "1", "2", "3"]
+    assert sorted(p.name for p in sifs.iterdir()) == [
+        f"sha256-{'ab' * 32}.sif" + s for s in ("", ".lock")
+    ]
+    # a pull that fails leaves no partial file, and the task fails
+    (tmp_path / "apptainer").write_text("#!/bin/sh\nexit 7\n")
+    (sifs / f"sha256-{'ab' * 32}.sif").unlink()
+    failed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert sorted(p.name for p in sifs.iterdir()) == [f"sha256-{'ab' * 32}.sif.lock"]
+
+
+def test_gpu_flags_only_with_gpus(spec: Spec) -> None:
+    cpu = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, gpu=0))
+    for runtime in ("apptainer", "singularity"):
+        assert " --nv " in render_sbatch(spec, image=IMAGE, runtime=runtime)
+        text = render_sbatch(cpu, image=IMAGE, runtime=runtime)
+        assert " --nv " not in text and "--rocm" not in text and "CUDA_VISIBLE" not in text
+
+
+def test_singularity_is_the_older_name_of_apptainer(spec: Spec) -> None:
+    text = render_sbatch(spec, image=IMAGE, runtime="singularity")
+    assert "exec singularity exec --cleanenv --containall --nv" in text
+    assert "singularity pull --disable-cache" in text
+    assert "export SINGULARITYENV_OMP_NUM_THREADS=1" in text and "APPTAINER" not in text
+
+
+@pytest.mark.parametrize(
+    ("image", "enroot"),
+    [
+        (IMAGE, f"registry.example.edu#lab/analysis@sha256:{'ab' * 32}"),
+        (f"127.0.0.1:5000/lab/x@sha256:{'cd' * 32}", f"127.0.0.1:5000#lab/x@sha256:{'cd' * 32}"),
+        (f"debian@sha256:{'ef' * 32}", f"library/debian@sha256:{'ef' * 32}"),
+        (f"lab/x@sha256:{'ef' * 32}", f"lab/x@sha256:{'ef' * 32}"),
+    ],
+)
+def test_enroot_names_the_registry_with_a_hash(image: str, enroot: str) -> None:
+    from imagesmith.manifests import enroot_image
+
+    assert enroot_image(image) == enroot
+
+
+def test_pyxis_passes_env_and_workdir(spec: Spec, tmp_path: Path) -> None:
+    nasty = dict(spec.env) | {"COMMAS": "a,b=c", "SPACES": "  two  spaces "}
+    variant = _with_secrets(dataclasses.replace(spec, env=nasty))
+    _stub(tmp_path, "srun")
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(variant, image=IMAGE, runtime="pyxis"))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "API_TOKEN": "t0k", "CUDA_VISIBLE_DEVICES": "0"}
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, check=True
+    )
+    seen = json.loads(done.stdout)
+    names = sorted(
+        {
+            *nasty,
+            "API_TOKEN",
+            "DB_PASSWORD",
+            "CUDA_VISIBLE_DEVICES",
+            "ROCR_VISIBLE_DEVICES",
+            "GPU_DEVICE_ORDINAL",
+        }
+    )
+    assert seen["argv"] == [
+        f"--container-image=registry.example.edu#lab/analysis@sha256:{'ab' * 32}",
+        f"--container-env={','.join(names)}",
+        "--container-workdir=/work",
+        "python3",
+        "train.py",
+    ]
+    assert {k: seen["env"][k] for k in nasty} == nasty
+    assert seen["env"]["API_TOKEN"] == "t0k"
+    bare = dataclasses.replace(
+        spec,
+        job=dataclasses.replace(spec.job, command=None),
+        image=dataclasses.replace(spec.image, cmd=None, entrypoint=None),
+    )
+    with pytest.raises(InputError, match="runtime pyxis runs the command it is given"):
+        render_sbatch(bare, image=IMAGE, runtime="pyxis")
+
+
+def test_sif_dir_is_only_for_apptainer(spec: Spec) -> None:
+    with pytest.raises(InputError, match="--sif-dir is for apptainer or singularity, not pyxis"):
+        render_sbatch(spec, image=IMAGE, runtime="pyxis", sif_dir="/x")
