@@ -560,6 +560,13 @@ def manifest(
         str,
         typer.Option("--gpu-label", help="The node label a mapped GPU model selects nodes by."),
     ] = "nvidia.com/gpu.product",
+    spec_gpu: Annotated[
+        bool,
+        typer.Option(
+            "--spec-gpu",
+            help="With --from-sbatch: keep the spec's GPUs for a script that asks for none.",
+        ),
+    ] = False,
 ) -> None:
     """Write the Kubernetes Job (or Pod) that runs the image by digest, sized as the spec says.
 
@@ -603,7 +610,9 @@ def manifest(
             err(f"warning: {warning}")
     elif queues:
         raise InputError("--queue-map maps the partitions of a script: use it with --from-sbatch")
-    for warning in manifest_warnings(spec, overrides=overrides, gpu_label=gpu_label):
+    for warning in manifest_warnings(
+        spec, overrides=overrides, gpu_label=gpu_label, spec_gpu=spec_gpu
+    ):
         err(f"warning: {warning}")
     image, uid, gid = _image_for(spec, the_lock)
     text = render_manifest(
@@ -616,6 +625,7 @@ def manifest(
         lock_hash=the_lock.lock_hash,
         for_podman=for_podman,
         gpu_label=gpu_label,
+        spec_gpu=spec_gpu,
     )
     _emit(text, output)
 

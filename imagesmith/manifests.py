@@ -341,12 +341,16 @@ def _gpu_shown(spec: Spec, gpu_label: str) -> str:
 
 
 def manifest_warnings(
-    spec: Spec, *, overrides: SlurmRequest | None = None, gpu_label: str = DEFAULT_GPU_LABEL
+    spec: Spec,
+    *,
+    overrides: SlurmRequest | None = None,
+    gpu_label: str = DEFAULT_GPU_LABEL,
+    spec_gpu: bool = False,
 ) -> list[str]:
     """What the manifest for `spec` (with `overrides`) cannot carry out as asked, one line
     each; render_manifest writes them into its header too."""
     if overrides is not None:
-        spec = apply_overrides(spec, overrides)
+        spec = apply_overrides(spec, overrides, spec_gpu=spec_gpu)
     warnings: list[str] = []
     model = spec.resources.gpu_model
     if model is not None and spec.resources.gpu > 0 and _gpu_node_label(spec) is None:
@@ -361,8 +365,46 @@ def manifest_warnings(
     return warnings
 
 
+def _spec_lines(original: Spec, spec: Spec, request: SlurmRequest, spec_gpu: bool) -> list[str]:
+    """The values the script does not set, each with where it comes from instead."""
+    kept: list[str] = []
+    res, job = spec.resources, spec.job
+    if "resources.cpu" not in request.origins and res.cpu is not None:
+        kept.append(f"resources.cpu: {res.cpu}")
+    if "resources.memory" not in request.origins and res.memory is not None:
+        kept.append(f"resources.memory: {res.memory}")
+    if "resources.gpu" not in request.origins and original.resources.gpu > 0:
+        if spec_gpu:
+            kept.append(f"resources.gpu: {res.gpu} ({res.gpu_resource})")
+        else:
+            kept.append(
+                f"resources.gpu: 0: the script asks for none, so the spec's "
+                f"{original.resources.gpu} is not inherited (--spec-gpu keeps it)"
+            )
+    if res.shm is not None:
+        kept.append(f"resources.shm: {res.shm}")
+    if "job.time" not in request.origins and job.time is not None:
+        kept.append(f"job.time: {job.time}")
+    if "job.command" not in request.origins and job.command is not None:
+        kept.append(f"job.command: {shlex.join(job.command)}")
+    if "job.array" not in request.origins and job.array is not None:
+        kept.append(f"job.array: {job.array.text}")
+    if "job.queue" not in request.origins and job.queue is not None:
+        kept.append(f"job.queue: {job.queue}")
+    if not kept:
+        return []
+    return [f"values from {original.path.name} (the script does not set them):", *kept]
+
+
 def _override_lines(
-    spec: Spec, name: str, request: SlurmRequest, *, gpu_label: str, warnings: list[str]
+    original: Spec,
+    spec: Spec,
+    name: str,
+    request: SlurmRequest,
+    *,
+    gpu_label: str,
+    warnings: list[str],
+    spec_gpu: bool,
 ) -> list[str]:
     shown: dict[str, str] = {
         "name": name,
@@ -390,6 +432,7 @@ def _override_lines(
             continue
         if key in request.origins and key in shown:
             lines.append(f"{key}: {shown[key]} (from {request.origins[key]})")
+    lines += _spec_lines(original, spec, request, spec_gpu)
     if request.warnings or warnings:
         lines.append(f"not carried over from {request.source}:")
         lines.extend(f"warning: {w}" for w in [*request.warnings, *warnings])
@@ -453,11 +496,14 @@ def render_manifest(
     lock_hash: str | None = None,
     for_podman: bool = False,
     gpu_label: str = DEFAULT_GPU_LABEL,
+    spec_gpu: bool = False,
 ) -> str:
     """The Job (or Pod) that runs `image` (by digest) as the spec says, and its NetworkPolicy.
 
     `uid`/`gid` are the image's user (from the build record); `kind` overrides [job] kind;
-    `overrides` (from parse_sbatch) replace [resources] and [job] values; `workdir` overrides
+    `overrides` (from parse_sbatch) replace [resources] and [job] values (a script that asks
+    for no GPU gets none unless `spec_gpu`), and the header says where each value came from;
+    `workdir` overrides
     [image] workdir; `lock_hash` (the lock the image was built from) becomes a label and an
     annotation. `gpu_label` is the node label a mapped GPU model selects on ([resources]
     gpu_model and gpu_map). `for_podman` leaves out annotations whose values are longer than
@@ -470,9 +516,10 @@ def render_manifest(
             "the image's user is root (uid 0); the pod runs as non-root, so build the image "
             "with a non-root [image] user"
         )
-    warnings = manifest_warnings(spec, overrides=overrides, gpu_label=gpu_label)
+    warnings = manifest_warnings(spec, overrides=overrides, gpu_label=gpu_label, spec_gpu=spec_gpu)
+    original = spec
     if overrides is not None:
-        spec = apply_overrides(spec, overrides)
+        spec = apply_overrides(spec, overrides, spec_gpu=spec_gpu)
     kind_name = (kind or spec.job.kind).lower()
     if kind_name not in KINDS:
         raise InputError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -603,7 +650,15 @@ def render_manifest(
         header.extend(f"{key}: {value}" for key, value in left_out.items())
     if overrides is not None:
         header.extend(
-            _override_lines(spec, name, overrides, gpu_label=gpu_label, warnings=warnings)
+            _override_lines(
+                original,
+                spec,
+                name,
+                overrides,
+                gpu_label=gpu_label,
+                warnings=warnings,
+                spec_gpu=spec_gpu,
+            )
         )
     comments = "".join(f"# {_one_line(line)}\n" for line in header)
     return comments + _dump([workload, policy])
@@ -639,6 +694,10 @@ def sbatch_directives(spec: Spec) -> list[str]:
         lines.append(f"--array={spec.job.array.text}")
     if spec.job.queue is not None:
         lines.append(f"--partition={spec.job.queue}")
+    if spec.job.account is not None:
+        lines.append(f"--account={spec.job.account}")
+    if spec.job.qos is not None:
+        lines.append(f"--qos={spec.job.qos}")
     return [f"#SBATCH {shlex.quote(line)}" for line in lines]
 
 

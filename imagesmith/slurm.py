@@ -526,6 +526,34 @@ def _body_warnings(
             )
         if re.search(r"(?:^|[;&|(\s])srun\s", code):
             yield number, f"{where}: srun is not available in the container: {line.strip()}"
+        for pattern, why in _SETUP:
+            if re.search(pattern, code):
+                yield number, f"{where}: {why}: {line.strip()}"
+                break
+
+
+#: Set-up lines a Slurm script starts with that the image (or [job] mounts) replaces.
+_SETUP = (
+    (
+        r"(?:^|[;&|(])\s*(?:module|ml)\s+(?:load|add|purge|use|restore)\b",
+        "environment modules do not exist in the container; the image holds the software "
+        "(add it to [apt] packages or [python] requirements)",
+    ),
+    (
+        r"(?:^|[;&|(])\s*(?:conda|mamba|micromamba)\s+activate\b",
+        "conda environments are not in the container; the image's Python environment is "
+        "already active ([python] requirements)",
+    ),
+    (
+        r"(?:^|[;&|(])\s*(?:source|\.)\s+\S*/bin/activate\b",
+        "a host virtualenv is not in the container; the image's Python environment is "
+        "already active ([python] requirements)",
+    ),
+    (
+        r"(?:^|[\s=:\"'])/scratch\b",
+        "/scratch is not in the container; name it in [job] mounts",
+    ),
+)
 
 
 # -- parse_sbatch -----------------------------------------------------------------------------
@@ -778,14 +806,19 @@ def _queue(
     )
 
 
-def apply_overrides(spec: Spec, request: SlurmRequest) -> Spec:
-    """The spec with what the script asked for in place of [resources] and [job]."""
+def apply_overrides(spec: Spec, request: SlurmRequest, *, spec_gpu: bool = False) -> Spec:
+    """The spec with what the script asked for in place of [resources] and [job].
+
+    A script that asks for no GPU gets none, unless `spec_gpu` keeps the spec's: a CPU-only
+    script is not given a GPU (and a 1Gi /dev/shm) it never asked for.
+    """
     res = spec.resources
+    gpu = request.gpu if request.gpu is not None else (res.gpu if spec_gpu else 0)
     resources = replace(
         res,
         cpu=request.cpu if request.cpu is not None else res.cpu,
         memory=request.memory if request.memory is not None else res.memory,
-        gpu=request.gpu if request.gpu is not None else res.gpu,
+        gpu=gpu,
         # A script that asks for GPUs says which model, or that any will do.
         gpu_model=request.gpu_type if request.gpu is not None else res.gpu_model,
     )

@@ -108,6 +108,8 @@ class JobSettings:
     """Kueue LocalQueue on Kubernetes, partition on Slurm."""
     queue_map: Mapping[str, str] = field(default_factory=dict)
     """Slurm partition -> Kueue LocalQueue, for scripts read with --from-sbatch."""
+    account: str | None = None
+    qos: str | None = None
 
 
 @dataclass(frozen=True)
@@ -528,6 +530,8 @@ def spec_from_valid_data(
         array=parse_job_array(job_data["array"]) if "array" in job_data else None,
         queue=job_data.get("queue"),
         queue_map=dict(sorted(job_data.get("queue_map", {}).items())),
+        account=job_data.get("account"),
+        qos=job_data.get("qos"),
     )
     apt = data.get("apt", {})
     return Spec(

@@ -953,7 +953,12 @@ def test_mapped_partition_and_gpu_model_match_the_golden_manifest(spec: Spec) ->
     assert "# job.queue: lab-gpu-queue (label kueue.x-k8s.io/queue-name, from partition gpu) " in (
         text
     )
-    assert "warning" not in "".join(header(text)).lower()
+    warned = [line for line in header(text) if line.startswith("# warning: ")]
+    assert warned == [
+        "# warning: gpu-train.sh:8: environment modules do not exist in the container; the "
+        "image holds the software (add it to [apt] packages or [python] requirements): "
+        "module load cuda"
+    ]
     other = documents(_mapped_manifest(spec, gpu_label="example.com/gpu-model"))[0]
     assert other["spec"]["template"]["spec"]["nodeSelector"] == {
         "example.com/gpu-model": "NVIDIA-A100-SXM4-80GB"
@@ -1185,3 +1190,20 @@ def test_pyxis_passes_env_and_workdir(spec: Spec, tmp_path: Path) -> None:
 def test_sif_dir_is_only_for_apptainer(spec: Spec) -> None:
     with pytest.raises(InputError, match="--sif-dir is for apptainer or singularity, not pyxis"):
         render_sbatch(spec, image=IMAGE, runtime="pyxis", sif_dir="/x")
+
+
+def test_a_cpu_only_script_gets_no_gpu_unless_asked(spec: Spec) -> None:
+    request = parse_sbatch((SBATCH / "array-range.sh").read_text(), source="array-range.sh")
+    text = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request)
+    pod = documents(text)[0]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "dshm" not in [v["name"] for v in pod["volumes"]]
+    assert (
+        "# resources.gpu: 0: the script asks for none, so the spec's 1 is not inherited "
+        "(--spec-gpu keeps it)"
+    ) in header(text)
+    kept = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request, spec_gpu=True)
+    pod = documents(kept)[0]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "# resources.gpu: 1 (nvidia.com/gpu)" in header(kept)
+    assert "# values from env.toml (the script does not set them):" in header(kept)

@@ -410,9 +410,25 @@ def test_apply_overrides_replaces_resources_and_job() -> None:
     # what the script does not say stays as the spec says it
     unchanged = apply_overrides(spec, parse("--mem=1G"))
     assert unchanged.resources.cpu == spec.resources.cpu
-    assert unchanged.resources.gpu == spec.resources.gpu
     assert unchanged.job.command == ("/bin/bash", "-c", "echo hi\n")
     assert unchanged.job.time == spec.job.time
+    # ...but a script that asks for no GPU gets none, unless the spec's are asked for
+    assert spec.resources.gpu == 1
+    assert unchanged.resources.gpu == 0
+    assert apply_overrides(spec, parse("--mem=1G"), spec_gpu=True).resources.gpu == 1
+
+
+def test_setup_lines_get_warnings_that_say_what_replaces_them() -> None:
+    body = (
+        "module load cuda/12\nml purge\nsource ~/venvs/x/bin/activate\nconda activate torch\n"
+        ". /opt/env/bin/activate\npython x.py --data /scratch/$USER/d\necho module load\n"
+    )
+    warnings = parse(body=body).warnings
+    assert [w.split(": ", 1)[0] for w in warnings] == [f"job.sh:{n}" for n in range(2, 8)]
+    assert "the image holds the software" in warnings[0] and "ml purge" in warnings[1]
+    assert "already active ([python] requirements)" in warnings[2]
+    assert "conda environments" in warnings[3] and "host virtualenv" in warnings[4]
+    assert "/scratch is not in the container; name it in [job] mounts" in warnings[5]
 
 
 @pytest.mark.parametrize(
