@@ -45,7 +45,7 @@ from imagesmith.quantity import quantity_value
 from imagesmith.reference import parse_reference
 from imagesmith.slurm import ARRAY_VARIABLES, SlurmRequest, apply_overrides, memory_megabytes
 from imagesmith.slurmtime import JobArray, format_slurm_time, parse_slurm_time
-from imagesmith.spec import Spec
+from imagesmith.spec import Mount, Spec
 
 DEFAULT_SHM = "1Gi"
 LABEL_PREFIX = "imagesmith.dev"
@@ -265,6 +265,34 @@ def _array_env(array: JobArray) -> dict[str, dict[str, Any]]:
     return env
 
 
+def _volume(mount: Mount) -> dict[str, Any]:
+    if mount.claim is not None:
+        claim: dict[str, Any] = {"claimName": mount.claim}
+        if mount.read_only:
+            claim["readOnly"] = True
+        return {"persistentVolumeClaim": claim}
+    if mount.host_path:
+        return {"hostPath": {"path": mount.source, "type": "Directory"}}
+    return {"emptyDir": {}}
+
+
+def _mount_note(mount: Mount) -> str:
+    mode = "read-only" if mount.read_only else "read-write"
+    where = f"mount {mount.target} ({mode}): "
+    if mount.claim is not None:
+        return where + f"PersistentVolumeClaim {mount.claim} (on Slurm: {mount.source})"
+    if mount.host_path:
+        return where + (
+            f"hostPath {mount.source}, which the restricted and baseline Pod Security "
+            "Standards refuse: the namespace must allow privileged pods"
+        )
+    what = "the submit folder" if mount.in_submit_folder else mount.source
+    return where + (
+        f"an empty emptyDir stands in for {what}, which has no counterpart here "
+        "(set claim = NAME for a PersistentVolumeClaim)"
+    )
+
+
 def _pod_spec(
     spec: Spec,
     *,
@@ -284,6 +312,8 @@ def _pod_spec(
         why_not = _writable_workdir(spec, workdir)
         if why_not is not None:
             notes.append(f"{workdir} is read-only: {why_not}; write to /tmp")
+        elif workdir in {m.target for m in spec.job.mounts}:
+            pass  # a [job] mount is the working directory
         elif not _inside(workdir, "/tmp"):
             mounts.append({"name": "workdir", "mountPath": workdir})
             volumes.append({"name": "workdir", "emptyDir": {}})
@@ -293,6 +323,17 @@ def _pod_spec(
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size}})
         writable.append(f"/dev/shm ({size}, counted as memory)")
+    for index, mount in enumerate(spec.job.mounts):
+        volume_name = f"mount-{index}"
+        volume_mount: dict[str, Any] = {"name": volume_name, "mountPath": mount.target}
+        if mount.read_only:
+            volume_mount["readOnly"] = True
+        else:
+            writable.append(mount.target)
+        mounts.append(volume_mount)
+        volumes.append({"name": volume_name, **_volume(mount)})
+        if mount.claim is not None:  # the others are warnings (manifest_warnings)
+            notes.append(_mount_note(mount))
     notes.insert(0, f"read-only root filesystem; writable: {', '.join(writable)}")
     pod: dict[str, Any] = {"restartPolicy": "Never"}
     if deadline is not None:
@@ -351,7 +392,9 @@ def manifest_warnings(
     each; render_manifest writes them into its header too."""
     if overrides is not None:
         spec = apply_overrides(spec, overrides, spec_gpu=spec_gpu)
-    warnings: list[str] = []
+    warnings: list[str] = [
+        _mount_note(m) for m in spec.job.mounts if m.host_path or m.claim is None
+    ]
     model = spec.resources.gpu_model
     if model is not None and spec.resources.gpu > 0 and _gpu_node_label(spec) is None:
         where = ""
@@ -706,6 +749,33 @@ def _slurm_passed(spec: Spec) -> tuple[str, ...]:
     return ARRAY_VARIABLES if spec.job.array is not None else ()
 
 
+_BIND_SOURCE = re.compile(
+    r"^(?:\.|\./|/|\$HOME/?|\$\{HOME\}/?)(?:(?:[A-Za-z0-9._-]+|\$USER|\$\{USER\})/?)*$"
+)
+_BIND_TARGET = re.compile(r"^/[A-Za-z0-9._/-]+$")
+
+
+def _bind(mount: Mount, suffix: str = ":ro") -> str:
+    """`SOURCE:TARGET[:ro]` as text for inside double quotes: the submit folder is
+    $SLURM_SUBMIT_DIR, and $USER/$HOME expand on the node. Re-checked here: nothing else in
+    it may reach the shell."""
+    if not _BIND_SOURCE.match(mount.source) or not _BIND_TARGET.match(mount.target):
+        raise InputError(f"mount {mount.source} -> {mount.target}: not a path imagesmith binds")
+    return f"{_host_path(mount)}:{mount.target}{suffix if mount.read_only else ''}"
+
+
+def _host_path(mount: Mount) -> str:
+    if mount.in_submit_folder:
+        return "$SLURM_SUBMIT_DIR" + mount.source[1:]
+    return mount.source
+
+
+def _mkdir_lines(spec: Spec) -> list[str]:
+    """Shell: create the folders a job writes to (a bind of a missing folder fails)."""
+    folders = [_host_path(m) for m in spec.job.mounts if not m.read_only]
+    return [f'mkdir -p "{folder}"' for folder in folders]
+
+
 def _podman_lines(spec: Spec, image: str) -> list[str]:
     words = ["podman", "run", "--rm"]
     for key in sorted(spec.env):
@@ -721,9 +791,9 @@ def _podman_lines(spec: Spec, image: str) -> list[str]:
         words += ["--env", name]
     if _needs_shm(spec):
         words += [f"--shm-size={_shm_bytes(spec)}"]
-    words.append(image)
-    words += list(spec.job.command or ())
-    return ["exec " + shlex.join(words)]
+    binds = [f'--volume "{_bind(m)}"' for m in spec.job.mounts]
+    tail = shlex.join([image, *(spec.job.command or ())])
+    return [*_mkdir_lines(spec), "exec " + " ".join([shlex.join(words), *binds, tail])]
 
 
 def _export(name: str, value: str) -> list[str]:
@@ -790,8 +860,10 @@ def _apptainer_lines(spec: Spec, image: str, *, tool: str, sif_dir: str | None) 
     lines += [_pass_through(f"{prefix}{name}", name) for name in _slurm_passed(spec)]
     if spec.image.workdir is not None:
         words += ["--pwd", spec.image.workdir]
-    run = " ".join([shlex.join(words), '"$sif"', *map(shlex.quote, spec.job.command or ())])
-    return [*_sif_lines(tool, image, sif_dir), *lines, "exec " + run]
+    binds = [f'--bind "{_bind(m)}"' for m in spec.job.mounts]
+    command = map(shlex.quote, spec.job.command or ())
+    run = " ".join([shlex.join(words), *binds, '"$sif"', *command])
+    return [*_sif_lines(tool, image, sif_dir), *_mkdir_lines(spec), *lines, "exec " + run]
 
 
 def enroot_image(image: str) -> str:
@@ -821,7 +893,10 @@ def _pyxis_lines(spec: Spec, image: str) -> list[str]:
         raise InputError(
             "runtime pyxis runs the command it is given: set [job] command (or [image] cmd)"
         )
-    return [*lines, "exec " + shlex.join([*words, *argv])]
+    run = shlex.join(words)
+    if spec.job.mounts:
+        run += ' --container-mounts="' + ",".join(_bind(m) for m in spec.job.mounts) + '"'
+    return [*_mkdir_lines(spec), *lines, f"exec {run} {shlex.join(argv)}"]
 
 
 def render_sbatch(

@@ -94,6 +94,46 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A folder the job reads or writes ([[job.mounts]])."""
+
+    source: str
+    """"." or "./PATH" (the submit folder), "/PATH" or "$HOME/PATH" ($USER, $HOME allowed)."""
+    target: str
+    read_only: bool = False
+    claim: str | None = None
+    """Kubernetes: the PersistentVolumeClaim holding it."""
+    host_path: bool = False
+    """Kubernetes: a hostPath volume of `source`."""
+
+    @property
+    def in_submit_folder(self) -> bool:
+        return self.source == "." or self.source.startswith("./")
+
+
+def mount_problems(source: str, target: str, host_path: bool, claim: bool) -> list[str]:
+    """What is wrong with one mount beyond its schema: '..', a hidden /tmp, hostPath forms."""
+    problems: list[str] = []
+    parts = source.split("/")
+    first_ok = source == "." or source.startswith(("./", "/", "$HOME", "${HOME}"))
+    if not first_ok or any(p in (".", "..") for p in parts[1:]) or parts[0] == "..":
+        problems.append(
+            f"source {_show(source)} must be ., ./PATH, /PATH or $HOME/PATH, without . or .. parts"
+        )
+    target_parts = target.split("/")[1:]
+    if any(p in ("", ".", "..") for p in target_parts):
+        problems.append(f"target {_show(target)}: no empty, . or .. parts")
+    if target in ("/tmp", "/dev/shm") or target.startswith(("/dev/", "/proc/", "/sys/")):
+        problems.append(f"target {_show(target)}: imagesmith mounts /tmp and /dev/shm itself")
+    if host_path and (claim or "$" in source or not source.startswith("/")):
+        problems.append(
+            "host_path needs a literal absolute source (no $USER or $HOME, not the submit "
+            "folder) and no claim"
+        )
+    return problems
+
+
+@dataclass(frozen=True)
 class JobSettings:
     command: tuple[str, ...] | None = None
     kind: str = "job"
@@ -110,6 +150,7 @@ class JobSettings:
     """Slurm partition -> Kueue LocalQueue, for scripts read with --from-sbatch."""
     account: str | None = None
     qos: str | None = None
+    mounts: tuple[Mount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -357,6 +398,22 @@ def _semantic_problems(
                 yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
         except ValueError:
             pass  # the schema's pattern reports it
+    mounts = job.get("mounts") if isinstance(job, dict) else None
+    targets: set[str] = set()
+    for index, item in enumerate(mounts if isinstance(mounts, list) else []):
+        if not isinstance(item, dict):
+            continue
+        source, target = item.get("source"), item.get("target")
+        if not isinstance(source, str) or not isinstance(target, str):
+            continue
+        where = json_path(["job", "mounts", index])
+        for problem in mount_problems(
+            source, target, item.get("host_path") is True, "claim" in item
+        ):
+            yield where, problem
+        if target in targets:
+            yield where, f"target {_show(target)} is mounted twice"
+        targets.add(target)
     resources = data.get("resources")
     if isinstance(resources, dict) and "gpu_model" in resources and not resources.get("gpu"):
         yield (
@@ -532,6 +589,16 @@ def spec_from_valid_data(
         queue_map=dict(sorted(job_data.get("queue_map", {}).items())),
         account=job_data.get("account"),
         qos=job_data.get("qos"),
+        mounts=tuple(
+            Mount(
+                source=m["source"],
+                target=m["target"],
+                read_only=m.get("read_only", False),
+                claim=m.get("claim"),
+                host_path=m.get("host_path", False),
+            )
+            for m in job_data.get("mounts", [])
+        ),
     )
     apt = data.get("apt", {})
     return Spec(

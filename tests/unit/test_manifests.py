@@ -30,7 +30,7 @@ from imagesmith.manifests import (
     render_sbatch,
 )
 from imagesmith.slurm import apply_overrides, parse_sbatch
-from imagesmith.spec import CopyItem, SecretRef, Spec, load_spec
+from imagesmith.spec import CopyItem, Mount, SecretRef, Spec, load_spec
 from tests.conftest import EXAMPLE, REPO
 
 IMAGE = "registry.example.edu/lab/analysis@sha256:" + "ab" * 32
@@ -644,6 +644,7 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
             ("mpi", hardened, mpi),
             *arrays,
             *([("mapped", _mapped(spec), mapped_request)] if kind == "job" else []),
+            ("mounts", _with_mounts(hardened, host_path=False), None),
             ("amd", amd, None),
             ("cpu", cpu_only, None),
             ("podman", cpu_only, None),
@@ -1053,6 +1054,7 @@ def _runtime_variants(spec: Spec) -> Iterator[tuple[str, Spec]]:
             job=dataclasses.replace(spec.job, queue="batch"),
         ),
     )
+    yield "mounts", _with_mounts(spec, host_path=True)
     yield (
         "amd",
         dataclasses.replace(
@@ -1207,3 +1209,106 @@ def test_a_cpu_only_script_gets_no_gpu_unless_asked(spec: Spec) -> None:
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "# resources.gpu: 1 (nvidia.com/gpu)" in header(kept)
     assert "# values from env.toml (the script does not set them):" in header(kept)
+
+
+# -- [job] mounts ---------------------------------------------------------------------------------
+
+
+def _with_mounts(spec: Spec, *, host_path: bool) -> Spec:
+    mounts = [
+        Mount("./out", "/out"),
+        Mount("/scratch/$USER", "/scratch", read_only=True, claim="lab-scratch"),
+        Mount("$HOME/ref", "/ref", read_only=True),
+        Mount(".", "/work"),
+    ]
+    if host_path:
+        mounts.append(Mount("/data/shared", "/shared", host_path=True))
+    return dataclasses.replace(spec, job=dataclasses.replace(spec.job, mounts=tuple(mounts)))
+
+
+def test_mounts_become_volumes(spec: Spec) -> None:
+    from imagesmith.manifests import manifest_warnings
+
+    mounted = _with_mounts(spec, host_path=True)
+    text = render_manifest(mounted, image=IMAGE, uid=1000, gid=1000)
+    pod = documents(text)[0]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "mount-0", "mountPath": "/out"},
+        {"name": "mount-1", "mountPath": "/scratch", "readOnly": True},
+        {"name": "mount-2", "mountPath": "/ref", "readOnly": True},
+        {"name": "mount-3", "mountPath": "/work"},  # the workdir: no emptyDir of its own
+        {"name": "mount-4", "mountPath": "/shared"},
+    ]
+    assert pod["volumes"][2:] == [
+        {"name": "mount-0", "emptyDir": {}},
+        {
+            "name": "mount-1",
+            "persistentVolumeClaim": {"claimName": "lab-scratch", "readOnly": True},
+        },
+        {"name": "mount-2", "emptyDir": {}},
+        {"name": "mount-3", "emptyDir": {}},
+        {"name": "mount-4", "hostPath": {"path": "/data/shared", "type": "Directory"}},
+    ]
+    lines = header(text)
+    assert (
+        "# mount /scratch (read-only): PersistentVolumeClaim lab-scratch (on Slurm: /scratch/$USER)"
+        in lines
+    )
+    warnings = manifest_warnings(mounted)
+    assert [f"# warning: {w}" for w in warnings] == [line for line in lines if "warning" in line]
+    assert warnings[0] == (
+        "mount /out (read-write): an empty emptyDir stands in for the submit folder, which has "
+        "no counterpart here (set claim = NAME for a PersistentVolumeClaim)"
+    )
+    assert "Pod Security Standards refuse" in warnings[-1]
+    assert lines[2] == (
+        "# read-only root filesystem; writable: /tmp, /dev/shm (1Gi, counted as memory), "
+        "/out, /work, /shared"
+    )
+
+
+@pytest.mark.parametrize("runtime", ["podman", "apptainer", "pyxis"])
+def test_mounts_bind_the_same_folders_with_every_runtime(
+    spec: Spec, runtime: str, tmp_path: Path
+) -> None:
+    mounted = _with_mounts(spec, host_path=False)
+    tool = {"podman": "podman", "apptainer": "apptainer", "pyxis": "srun"}[runtime]
+    _stub(tmp_path, tool)
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(mounted, image=IMAGE, runtime=runtime))
+    submit = tmp_path / "submit dir"
+    submit.mkdir()
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "USER": "ada",
+        "SLURM_SUBMIT_DIR": str(submit),
+    }
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    argv = json.loads(done.stdout)["argv"]
+    binds = [
+        f"{submit}/out:/out",
+        "/scratch/ada:/scratch:ro",
+        f"{tmp_path}/home/ref:/ref:ro",
+        f"{submit}:/work",
+    ]
+    if runtime == "pyxis":
+        assert f"--container-mounts={','.join(binds)}" in argv
+    else:
+        flag = "--volume" if runtime == "podman" else "--bind"
+        found = [argv[i + 1] for i, word in enumerate(argv) if word == flag]
+        assert found == binds
+    assert (submit / "out").is_dir()  # a folder the job writes to is made first
+
+
+def test_a_mount_that_escapes_is_refused_before_the_shell(spec: Spec) -> None:
+    bad = dataclasses.replace(
+        spec, job=dataclasses.replace(spec.job, mounts=(Mount('/x"; rm -rf /; "', "/x"),))
+    )
+    with pytest.raises(InputError, match="not a path imagesmith binds"):
+        render_sbatch(bad, image=IMAGE)

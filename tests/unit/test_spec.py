@@ -301,6 +301,33 @@ BAD_SPECS += [
             "none; set gpu = 1 or more",
         ],
     ),
+    (
+        "job mounts",
+        OK
+        + '[[job.mounts]]\nsource = "."\ntarget = "/data"\n'
+        + '[[job.mounts]]\nsource = ".x"\ntarget = "/tmp"\n'
+        + '[[job.mounts]]\nsource = "/a/../b"\ntarget = "/data"\n'
+        + '[[job.mounts]]\nsource = "$HOME/x"\ntarget = "/h"\nhost_path = true\n'
+        + '[[job.mounts]]\nsource = "rel"\ntarget = "x"\nclaim = "Bad"\n',
+        [
+            'env.toml: $.job.mounts[1]: source ".x" must be ., ./PATH, /PATH or $HOME/PATH, '
+            "without . or .. parts",
+            'env.toml: $.job.mounts[1]: target "/tmp": imagesmith mounts /tmp and /dev/shm itself',
+            'env.toml: $.job.mounts[2]: source "/a/../b" must be ., ./PATH, /PATH or $HOME/PATH, '
+            "without . or .. parts",
+            'env.toml: $.job.mounts[2]: target "/data" is mounted twice',
+            "env.toml: $.job.mounts[3]: host_path needs a literal absolute source (no $USER or "
+            "$HOME, not the submit folder) and no claim",
+            'env.toml: $.job.mounts[4]: source "rel" must be ., ./PATH, /PATH or $HOME/PATH, '
+            "without . or .. parts",
+            'env.toml: $.job.mounts[4].claim: "Bad" is not a claim name (lowercase letters, '
+            "digits, '-' and '.')",
+            'env.toml: $.job.mounts[4].source: "rel" is not a mount source (., ./PATH, /PATH or '
+            "$HOME/PATH; parts: letters, digits, '-', '_', '.', $USER)",
+            'env.toml: $.job.mounts[4].target: "x" is not an absolute container path (letters, '
+            "digits, '-', '_', '.' and '/')",
+        ],
+    ),
 ]
 BAD_SPECS[2] = (
     "unknown top-level key",
