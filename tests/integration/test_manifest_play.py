@@ -130,15 +130,20 @@ def test_indexed_job_pods_see_their_slurm_index(
 ) -> None:
     """The Indexed Job for [job] array = "1-7:2%2", played pod by pod: each pod gets the
     `batch.kubernetes.io/job-completion-index` annotation the Job controller gives it (0-3),
-    and its command sees SLURM_ARRAY_TASK_ID 1, 3, 5, 7, on a read-only root filesystem."""
+    and its command sees SLURM_ARRAY_TASK_ID 1, 3, 5, 7, on a read-only root filesystem, and
+    writes it into a [job] mounts folder (a hostPath here) that appears on the host."""
     import yaml
 
     image, marker = marked_podman_image
     name = f"imagesmith-idx-{uuid.uuid4().hex[:8]}"
     report = (
         'echo "$SLURM_ARRAY_TASK_ID $SLURM_ARRAY_TASK_COUNT $SLURM_ARRAY_TASK_MIN '
-        '$SLURM_ARRAY_TASK_MAX $(cat /etc/imagesmith-marker)"'
+        '$SLURM_ARRAY_TASK_MAX $(cat /etc/imagesmith-marker)"; '
+        'echo "$SLURM_ARRAY_TASK_ID" > "/shared/id-$SLURM_ARRAY_TASK_ID"'
     )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # the pod runs as uid 1000
     spec_path = tmp_path / "env.toml"
     spec_path.write_text(
         tomli_w.dumps(
@@ -147,7 +152,11 @@ def test_indexed_job_pods_see_their_slurm_index(
                 "version": "0.0.1",
                 "base": {"image": "debian:bookworm"},
                 "image": {"workdir": "/work", "user": "lab"},
-                "job": {"command": ["sh", "-c", report], "array": "1-7:2%2"},
+                "job": {
+                    "command": ["sh", "-c", report],
+                    "array": "1-7:2%2",
+                    "mounts": [{"source": str(shared), "target": "/shared", "host_path": True}],
+                },
             }
         )
     )
@@ -183,3 +192,5 @@ def test_indexed_job_pods_see_their_slurm_index(
             podman("kube", "down", str(manifest), check=False)
             podman("pod", "rm", "--force", "--ignore", pod_name, check=False)
     assert seen == [f"{i} 4 1 7 {marker}\n" for i in (1, 3, 5, 7)]
+    written = {p.name: p.read_text() for p in sorted(shared.iterdir())}
+    assert written == {f"id-{i}": f"{i}\n" for i in (1, 3, 5, 7)}

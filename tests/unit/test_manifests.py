@@ -645,6 +645,8 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
             *arrays,
             *([("mapped", _mapped(spec), mapped_request)] if kind == "job" else []),
             ("mounts", _with_mounts(hardened, host_path=False), None),
+            # checkov has no check against hostPath; the header warns about Pod Security
+            ("hostpath", _with_mounts(hardened, host_path=True), None),
             ("amd", amd, None),
             ("cpu", cpu_only, None),
             ("podman", cpu_only, None),
