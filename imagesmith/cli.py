@@ -663,6 +663,27 @@ def _emit(text: str, output: Path | None, *, report: Report | None = None) -> No
         sys.stdout.write(text)
 
 
+def _mapping(
+    pairs: list[str] | None, option: str, what: str, problems: list[str]
+) -> dict[str, str]:
+    """NAME=VALUE options as a mapping (a later NAME wins); each malformed one, a problem."""
+    import re
+
+    name_ok = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    value_ok = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+    found: dict[str, str] = {}
+    for pair in pairs or []:
+        name, equals, value = pair.partition("=")
+        if not equals or not name_ok.match(name) or not value_ok.match(value):
+            problems.append(
+                f"{option} {pair!r}: expected NAME={what.upper()} (letters, digits, '-', '_' "
+                f"and '.'; the {what} at most 63 characters)"
+            )
+            continue
+        found[name] = value
+    return found
+
+
 OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of printing."),
@@ -691,31 +712,83 @@ def manifest(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    queue_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue-map",
+            metavar="PARTITION=QUEUE",
+            help="With --from-sbatch: the Kueue LocalQueue for a Slurm partition (-p); "
+            "repeat for more; adds to [job.queue_map].",
+        ),
+    ] = None,
+    gpu_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gpu-map",
+            metavar="MODEL=VALUE",
+            help="The GPU node label value for a Slurm GPU model (a100=NVIDIA-A100-SXM4-80GB); "
+            "repeat for more; adds to [resources.gpu_map].",
+        ),
+    ] = None,
+    gpu_label: Annotated[
+        str,
+        typer.Option("--gpu-label", help="The node label a mapped GPU model selects nodes by."),
+    ] = "nvidia.com/gpu.product",
+    spec_gpu: Annotated[
+        bool,
+        typer.Option(
+            "--spec-gpu",
+            help="With --from-sbatch: keep the spec's GPUs for a script that asks for none.",
+        ),
+    ] = False,
 ) -> None:
     """Write the Kubernetes Job (or Pod) that runs the image by digest, sized as the spec says.
 
     Requests equal limits (Guaranteed QoS), and the Pod passes the "restricted" Pod
     Security Standard. The digest comes from `imagesmith push` (or a local build).
     """
+    import dataclasses
+
     from imagesmith.lock import fresh_lock
-    from imagesmith.manifests import render_manifest
+    from imagesmith.manifests import label_key_problem, manifest_warnings, render_manifest
     from imagesmith.reports import manifest_report
     from imagesmith.slurm import parse_sbatch
     from imagesmith.spec import load_spec, read_input_text
 
     if kind is not None and kind not in {"pod", "job"}:
         raise InputError(f"--kind must be pod or job, not {kind!r}")
+    problems: list[str] = []
+    queues = _mapping(queue_map, "--queue-map", "queue", problems)
+    gpus = _mapping(gpu_map, "--gpu-map", "value", problems)
+    label_problem = label_key_problem(gpu_label)
+    if label_problem:
+        problems.append(f"--gpu-label {gpu_label!r}: {label_problem}")
+    if problems:
+        raise InputError("\n".join(problems))
     spec = load_spec(spec_path)
     the_lock = fresh_lock(spec)
+    if gpus:
+        resources = dataclasses.replace(
+            spec.resources, gpu_map=dict(sorted({**spec.resources.gpu_map, **gpus}.items()))
+        )
+        spec = dataclasses.replace(spec, resources=resources)
     overrides = None
     if from_sbatch is not None:
         try:
             script = read_input_text(from_sbatch)
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{from_sbatch}: cannot read it ({exc})") from None
-        overrides = parse_sbatch(script, source=from_sbatch.name)
+        overrides = parse_sbatch(
+            script, source=from_sbatch.name, queue_map={**spec.job.queue_map, **queues}
+        )
         for warning in overrides.warnings:
             warn(warning)
+    elif queues:
+        raise InputError("--queue-map maps the partitions of a script: use it with --from-sbatch")
+    for warning in manifest_warnings(
+        spec, overrides=overrides, gpu_label=gpu_label, spec_gpu=spec_gpu
+    ):
+        warn(warning)
     image, uid, gid = _image_for(spec, the_lock)
     text = render_manifest(
         spec,
@@ -726,6 +799,8 @@ def manifest(
         overrides=overrides,
         lock_hash=the_lock.lock_hash,
         for_podman=for_podman,
+        gpu_label=gpu_label,
+        spec_gpu=spec_gpu,
     )
     report = None
     if as_json:
@@ -745,8 +820,22 @@ def manifest(
 def sbatch(
     spec_path: SpecArg = Path("env.toml"),
     runtime: Annotated[
-        str, typer.Option("--runtime", help="How the cluster runs containers: podman or apptainer.")
+        str,
+        typer.Option(
+            "--runtime",
+            help="How the cluster runs containers: podman, apptainer (singularity: its older "
+            "name) or pyxis (srun --container-image).",
+        ),
     ] = "podman",
+    sif_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--sif-dir",
+            metavar="DIR",
+            help="apptainer/singularity: the shared folder the image is pulled into once per "
+            "digest (default $HOME/.cache/imagesmith/sif, expanded on the node).",
+        ),
+    ] = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -759,7 +848,7 @@ def sbatch(
     spec = load_spec(spec_path)
     the_lock = fresh_lock(spec)
     image, _, _ = _image_for(spec, the_lock)
-    text = render_sbatch(spec, image=image, runtime=runtime)
+    text = render_sbatch(spec, image=image, runtime=runtime, sif_dir=sif_dir)
     report = None
     if as_json:
         report = sbatch_report(the_lock, runtime=runtime, image=image, output=output, text=text)

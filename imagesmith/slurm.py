@@ -17,14 +17,16 @@ What maps onto a Kubernetes Job (all of it exact, never rounded):
 - job name = `-J`; the script body (everything after the directives) with the shebang's
   interpreter = the Job's command (`["/bin/bash", "-c", body]`).
 
-Partition (`-p`) and GPU type (`gpu:a100:2`) become annotations only: a Slurm partition or
-GPU type name has no counterpart among a cluster's node labels (GPU feature discovery
-labels a node `nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB`, not `a100`), so a nodeSelector
-made from them would leave the pod Pending forever. The annotation keeps the intent visible
-for whoever writes the nodeSelector.
+- array = `--array` (`0-99`, `1-99:2`, `1,5,9`, `%N`): an Indexed Job;
+- queue = `-p`, through a mapping the user gives (partition -> Kueue LocalQueue); without
+  one, an annotation and a warning; with one, a partition it does not name is an error;
+- GPU model = the type in `gpu:a100:2`, which the manifest turns into a nodeSelector through
+  the user's mapping (`a100` -> `NVIDIA-A100-SXM4-80GB`) or else keeps as an annotation: a
+  Slurm name is not a node label value, and a nodeSelector made from it unmapped would
+  leave the pod Pending forever.
 
 Everything else is reported in `warnings`, one line per directive with its file and line,
-never dropped silently: multi-node jobs, MPI task counts, arrays, dependencies, mail, output
+never dropped silently: multi-node jobs, MPI task counts, dependencies, mail, output
 files, accounts, constraints, unknown options. A value that cannot be read (`--mem=lots`)
 raises InputError naming the file, line and directive.
 """
@@ -32,14 +34,14 @@ raises InputError naming the file, line and directive.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import PurePosixPath
 
 from imagesmith.errors import InputError
 from imagesmith.quantity import quantity_value
-from imagesmith.slurmtime import format_slurm_time, parse_slurm_time
+from imagesmith.slurmtime import JobArray, format_slurm_time, parse_job_array, parse_slurm_time
 from imagesmith.spec import Spec
 
 MAGIC = "#SBATCH"
@@ -77,6 +79,7 @@ _MAPPED: dict[str, str] = {
     "gpus-per-task": REQUIRED,
     "job-name": REQUIRED,
     "partition": REQUIRED,
+    "array": REQUIRED,
 }
 
 _LOGS = "Kubernetes keeps the container's output as its log (kubectl logs)"
@@ -85,7 +88,6 @@ _NODES = "node selection: write a nodeSelector or affinity for your cluster by h
 
 #: Options sbatch knows that have no counterpart here: (argument, why not carried over).
 _UNMAPPED: dict[str, tuple[str, str]] = {
-    "array": (REQUIRED, "a job array is many jobs; it needs an Indexed Job, not generated here"),
     "dependency": (REQUIRED, "Kubernetes Jobs have no dependencies; submit them in order"),
     "account": (REQUIRED, _POLICY),
     "qos": (REQUIRED, _POLICY),
@@ -240,8 +242,12 @@ class SlurmRequest:
     gpu_type: str | None = None
     """The GPU type Slurm names (gpu:a100:2 -> "a100"); a hint, never a nodeSelector."""
     time_seconds: int | None = None
+    array: JobArray | None = None
+    """`--array`: an Indexed Job, one pod per index."""
     partition: str | None = None
-    """A hint (annotation); Kubernetes has no partitions."""
+    """As the script names it; kept as an annotation."""
+    queue: str | None = None
+    """The Kueue LocalQueue the partition maps to (queue_map), if it does."""
     interpreter: tuple[str, ...] = ()
     """The shebang's program and its optional argument (`/usr/bin/env`, `python3`)."""
     body: str = ""
@@ -495,25 +501,72 @@ def _command(
     return (*interpreter, flag, body)
 
 
-def _body_warnings(body: str, first_line: int, source: str) -> Iterator[tuple[int, str]]:
+#: What the Indexed Job's pods see, as Slurm's array tasks do.
+ARRAY_VARIABLES = (
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_MIN",
+)
+
+
+def _body_warnings(
+    body: str, first_line: int, source: str, *, array: bool
+) -> Iterator[tuple[int, str]]:
+    set_here = ARRAY_VARIABLES if array else ()
     for offset, line in enumerate(body.splitlines()):
         code = line.split("#", 1)[0]
         number = first_line + offset
         where = f"{source}:{number}"
-        if re.search(r"\$\{?SLURM_[A-Z_]+", code):
+        used = re.findall(r"\$\{?(SLURM_[A-Z_]+)", code)
+        if any(name not in set_here for name in used):
             yield (
                 number,
                 f"{where}: uses a SLURM_* variable, which Kubernetes does not set: {line.strip()}",
             )
         if re.search(r"(?:^|[;&|(\s])srun\s", code):
             yield number, f"{where}: srun is not available in the container: {line.strip()}"
+        for pattern, why in _SETUP:
+            if re.search(pattern, code):
+                yield number, f"{where}: {why}: {line.strip()}"
+                break
+
+
+#: Set-up lines a Slurm script starts with that the image (or [job] mounts) replaces.
+_SETUP = (
+    (
+        r"(?:^|[;&|(])\s*(?:module|ml)\s+(?:load|add|purge|use|restore)\b",
+        "environment modules do not exist in the container; the image holds the software "
+        "(add it to [apt] packages or [python] requirements)",
+    ),
+    (
+        r"(?:^|[;&|(])\s*(?:conda|mamba|micromamba)\s+activate\b",
+        "conda environments are not in the container; the image's Python environment is "
+        "already active ([python] requirements)",
+    ),
+    (
+        r"(?:^|[;&|(])\s*(?:source|\.)\s+\S*/bin/activate\b",
+        "a host virtualenv is not in the container; the image's Python environment is "
+        "already active ([python] requirements)",
+    ),
+    (
+        r"(?:^|[\s=:\"'])/scratch\b",
+        "/scratch is not in the container; name it in [job] mounts",
+    ),
+)
 
 
 # -- parse_sbatch -----------------------------------------------------------------------------
 
 
-def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
-    """Read a batch script's #SBATCH directives; InputError for a value that cannot be read."""
+def parse_sbatch(
+    text: str, *, source: str = "job.sh", queue_map: Mapping[str, str] | None = None
+) -> SlurmRequest:
+    """Read a batch script's #SBATCH directives; InputError for a value that cannot be read.
+
+    `queue_map` (Slurm partition -> Kueue LocalQueue) turns `-p NAME` into a queue; when it
+    is given, a partition it does not name is an error.
+    """
     words, body_index, lines = _split_script(text, source)
     interpreter = _shebang(lines, source)
     warnings: list[tuple[int, str]] = []
@@ -555,6 +608,15 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
     def origin(*directives: _Directive) -> str:
         return " x ".join(f"{source}:{d.line}: {d.raw}" for d in directives)
 
+    array: JobArray | None = None
+    if "array" in seen:
+        d = seen["array"]
+        try:
+            array = parse_job_array(d.value or "")
+        except ValueError as exc:
+            raise _bad(source, d, str(exc)) from None
+        origins["job.array"] = origin(d)
+
     # Nodes and tasks: one pod, one container.
     if "nodes" in seen:
         d = seen["nodes"]
@@ -562,6 +624,14 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         if match is None or int(match.group(1)) == 0:
             raise _bad(source, d, f"{d.value!r} is not a node count (N or MIN-MAX)")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if (low, high) != (1, 1) and array is not None:
+            raise _bad(
+                source,
+                d,
+                f"a multi-node array (--array on line {seen['array'].line}) cannot run here: "
+                "each index would need a JobSet or an MPIJob (MPI Operator); "
+                "make each task one node",
+            )
         if (low, high) != (1, 1):
             warn(
                 d,
@@ -622,12 +692,6 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
             origins["resources.gpu"] = origin(d, *with_tasks)
         if gpu_type is not None:
             origins["gpu_type"] = origin(d)
-            warn(
-                d,
-                f"GPU type {gpu_type!r} is kept as an annotation "
-                "only; select the GPU model with a nodeSelector for your cluster's labels "
-                "(e.g. nvidia.com/gpu.product)",
-            )
 
     # Memory, exact.
     memory: str | None = None
@@ -677,18 +741,17 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         origins["name"] = origin(d)
 
     partition: str | None = None
+    queue: str | None = None
     if "partition" in seen:
         d = seen["partition"]
-        partition = d.value
+        partition = d.value or ""
         origins["partition"] = origin(d)
-        warn(
-            d,
-            "Kubernetes has no partitions; kept as an "
-            "annotation only (write a nodeSelector for your cluster by hand)",
-        )
+        queue = _queue(source, d, partition, queue_map or {}, warn)
+        if queue is not None:
+            origins["job.queue"] = origin(d)
 
     body = "".join(lines[body_index:])
-    warnings.extend(_body_warnings(body, body_index + 1, source))
+    warnings.extend(_body_warnings(body, body_index + 1, source, array=array is not None))
     command = _command(interpreter, body, source, warnings)
     if command is not None:
         span = f"{body_index + 1}" + (f"-{len(lines)}" if len(lines) > body_index + 1 else "")
@@ -702,7 +765,9 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
         gpu=gpu,
         gpu_type=gpu_type,
         time_seconds=time_seconds,
+        array=array,
         partition=partition,
+        queue=queue,
         interpreter=interpreter,
         body=body,
         command=command,
@@ -711,14 +776,51 @@ def parse_sbatch(text: str, *, source: str = "job.sh") -> SlurmRequest:
     )
 
 
-def apply_overrides(spec: Spec, request: SlurmRequest) -> Spec:
-    """The spec with what the script asked for in place of [resources] and [job]."""
+def _queue(
+    source: str,
+    d: _Directive,
+    partition: str,
+    queue_map: Mapping[str, str],
+    warn: Callable[[_Directive, str], None],
+) -> str | None:
+    """The Kueue LocalQueue for `-p PARTITION[,PARTITION...]`: the first one mapped."""
+    if not queue_map:
+        warn(
+            d,
+            "no queue for this partition; kept as an annotation only (map it to a Kueue "
+            "LocalQueue with --queue-map PARTITION=QUEUE or [job.queue_map])",
+        )
+        return None
+    names = [name for name in partition.split(",") if name]
+    for name in names:
+        if name in queue_map:
+            if len(names) > 1:
+                warn(d, f"a Job waits in one queue; {name}'s ({queue_map[name]}) is used")
+            return queue_map[name]
+    known = ", ".join(sorted(queue_map))
+    raise _bad(
+        source,
+        d,
+        f"partition {partition!r} has no queue in the queue map (it maps {known}); "
+        f"add --queue-map {names[0] if names else partition}=QUEUE or a [job.queue_map] entry",
+    )
+
+
+def apply_overrides(spec: Spec, request: SlurmRequest, *, spec_gpu: bool = False) -> Spec:
+    """The spec with what the script asked for in place of [resources] and [job].
+
+    A script that asks for no GPU gets none, unless `spec_gpu` keeps the spec's: a CPU-only
+    script is not given a GPU (and a 1Gi /dev/shm) it never asked for.
+    """
     res = spec.resources
+    gpu = request.gpu if request.gpu is not None else (res.gpu if spec_gpu else 0)
     resources = replace(
         res,
         cpu=request.cpu if request.cpu is not None else res.cpu,
         memory=request.memory if request.memory is not None else res.memory,
-        gpu=request.gpu if request.gpu is not None else res.gpu,
+        gpu=gpu,
+        # A script that asks for GPUs says which model, or that any will do.
+        gpu_model=request.gpu_type if request.gpu is not None else res.gpu_model,
     )
     job = replace(
         spec.job,
@@ -728,6 +830,8 @@ def apply_overrides(spec: Spec, request: SlurmRequest) -> Spec:
             else spec.job.time
         ),
         command=request.command if request.command is not None else spec.job.command,
+        array=request.array if request.array is not None else spec.job.array,
+        queue=request.queue if request.queue is not None else spec.job.queue,
     )
     return replace(spec, resources=resources, job=job)
 

@@ -25,6 +25,7 @@ from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.quantity import normalize_quantity
 from imagesmith.resources import data_path
+from imagesmith.slurmtime import JobArray, parse_job_array
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,12 +95,56 @@ class Resources:
     gpu: int = 0
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     shm: str | None = None
+    gpu_model: str | None = None
+    """Slurm's name for the GPU model (a100)."""
+    gpu_map: Mapping[str, str] = field(default_factory=dict)
+    """Slurm GPU model -> the value of the cluster's GPU node label."""
 
 
 @dataclass(frozen=True)
 class SecretRef:
     secret: str
     key: str
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A folder the job reads or writes ([[job.mounts]])."""
+
+    source: str
+    """"." or "./PATH" (the submit folder), "/PATH" or "$HOME/PATH" ($USER, $HOME allowed)."""
+    target: str
+    read_only: bool = False
+    claim: str | None = None
+    """Kubernetes: the PersistentVolumeClaim holding it."""
+    host_path: bool = False
+    """Kubernetes: a hostPath volume of `source`."""
+
+    @property
+    def in_submit_folder(self) -> bool:
+        return self.source == "." or self.source.startswith("./")
+
+
+def mount_problems(source: str, target: str, host_path: bool, claim: bool) -> list[str]:
+    """What is wrong with one mount beyond its schema: '..', a hidden /tmp, hostPath forms."""
+    problems: list[str] = []
+    parts = source.split("/")
+    first_ok = source == "." or source.startswith(("./", "/", "$HOME", "${HOME}"))
+    if not first_ok or any(p in (".", "..") for p in parts[1:]) or parts[0] == "..":
+        problems.append(
+            f"source {_show(source)} must be ., ./PATH, /PATH or $HOME/PATH, without . or .. parts"
+        )
+    target_parts = target.split("/")[1:]
+    if any(p in ("", ".", "..") for p in target_parts):
+        problems.append(f"target {_show(target)}: no empty, . or .. parts")
+    if target in ("/tmp", "/dev/shm") or target.startswith(("/dev/", "/proc/", "/sys/")):
+        problems.append(f"target {_show(target)}: imagesmith mounts /tmp and /dev/shm itself")
+    if host_path and (claim or "$" in source or not source.startswith("/")):
+        problems.append(
+            "host_path needs a literal absolute source (no $USER or $HOME, not the submit "
+            "folder) and no claim"
+        )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -112,6 +157,14 @@ class JobSettings:
     ttl_seconds_after_finished: int = 86400
     secret_env: Mapping[str, SecretRef] = field(default_factory=dict)
     """Variables the job takes from Kubernetes Secrets (never baked into the image)."""
+    array: JobArray | None = None
+    queue: str | None = None
+    """Kueue LocalQueue on Kubernetes, partition on Slurm."""
+    queue_map: Mapping[str, str] = field(default_factory=dict)
+    """Slurm partition -> Kueue LocalQueue, for scripts read with --from-sbatch."""
+    account: str | None = None
+    qos: str | None = None
+    mounts: tuple[Mount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -373,6 +426,38 @@ def _semantic_problems(
                 yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
         except ValueError:
             pass  # the schema's pattern reports it
+    mounts = job.get("mounts") if isinstance(job, dict) else None
+    targets: set[str] = set()
+    for index, item in enumerate(mounts if isinstance(mounts, list) else []):
+        if not isinstance(item, dict):
+            continue
+        source, target = item.get("source"), item.get("target")
+        if not isinstance(source, str) or not isinstance(target, str):
+            continue
+        where = json_path(["job", "mounts", index])
+        for problem in mount_problems(
+            source, target, item.get("host_path") is True, "claim" in item
+        ):
+            yield where, problem
+        if target in targets:
+            yield where, f"target {_show(target)} is mounted twice"
+        targets.add(target)
+    resources = data.get("resources")
+    if isinstance(resources, dict) and "gpu_model" in resources and not resources.get("gpu"):
+        yield (
+            json_path(["resources", "gpu_model"]),
+            "names a GPU model, but [resources] gpu asks for none; set gpu = 1 or more",
+        )
+    if isinstance(job, dict) and isinstance(job.get("array"), str):
+        try:
+            parse_job_array(job["array"])
+        except ValueError as exc:
+            yield json_path(["job", "array"]), f"{_show(job['array'])}: {exc}"
+        if job.get("kind") == "pod":
+            yield (
+                json_path(["job", "array"]),
+                'needs kind "job": an array runs as an Indexed Job, one pod per index',
+            )
 
 
 #: A URL's user information: `scheme://user@`, `scheme://user:password@`.
@@ -663,6 +748,8 @@ def spec_from_valid_data(
         gpu=res.get("gpu", 0),
         gpu_resource=res.get("gpu_resource", DEFAULT_GPU_RESOURCE),
         shm=normalize_quantity(res["shm"]) if "shm" in res else None,
+        gpu_model=res.get("gpu_model"),
+        gpu_map=dict(sorted(res.get("gpu_map", {}).items())),
     )
     job_data = data.get("job", {})
     job = JobSettings(
@@ -676,6 +763,21 @@ def spec_from_valid_data(
             name: SecretRef(ref["secret"], ref["key"])
             for name, ref in sorted(job_data.get("secret_env", {}).items())
         },
+        array=parse_job_array(job_data["array"]) if "array" in job_data else None,
+        queue=job_data.get("queue"),
+        queue_map=dict(sorted(job_data.get("queue_map", {}).items())),
+        account=job_data.get("account"),
+        qos=job_data.get("qos"),
+        mounts=tuple(
+            Mount(
+                source=m["source"],
+                target=m["target"],
+                read_only=m.get("read_only", False),
+                claim=m.get("claim"),
+                host_path=m.get("host_path", False),
+            )
+            for m in job_data.get("mounts", [])
+        ),
     )
     apt = data.get("apt", {})
     return Spec(

@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   docker.io podman catatonit buildah skopeo umoci mmdebstrap
-  docker-registry apache2-utils uidmap slirp4netns fuse-overlayfs
+  docker-registry apache2-utils uidmap slirp4netns fuse-overlayfs busybox shellcheck
 )
 CONTAINERS_CONF=${CONTAINERS_CONF:-/etc/containers/containers.conf}
 

@@ -8,7 +8,7 @@
 # Both set up .venv (imagesmith and its test tools) and .venv-tools (checkov,
 # kubernetes-validate) when missing, then run ruff, mypy and pytest. The full run's tests
 # start their own registries, Slurm cluster and base image (kept between runs); --fast
-# runs tests/unit and tests/test_canonical.py only, with `-m "not integration"`.
+# runs tests/unit only (the tier is the folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,7 @@ export PATH="$PWD/.venv/bin:$PWD/.venv-tools/bin:$PATH"
 .venv/bin/ruff format --check imagesmith tests
 .venv/bin/mypy
 if [ "$fast" = 1 ]; then
-    exec .venv/bin/pytest -p no:cacheprovider -m "not integration" tests/unit tests/test_canonical.py "$@"
+    exec .venv/bin/pytest -p no:cacheprovider tests/unit "$@"
 fi
 bash scripts/start-dockerd.sh
 # Here every engine is installed and started: a test that cannot find one fails, not skips.

@@ -123,3 +123,74 @@ def test_pod_runs_with_podman_kube_play(
     expected = f"1000\n1000\n{GREETING}|\n{TOKEN}|\n{marker}\n/work\nwritable\nroot-ro\n"
     assert logs.stdout == expected.encode("utf-8")
     assert podman("pod", "exists", name, check=False).returncode != 0  # cleaned up
+
+
+def test_indexed_job_pods_see_their_slurm_index(
+    marked_podman_image: tuple[str, str], tmp_path: Path
+) -> None:
+    """The Indexed Job for [job] array = "1-7:2%2", played pod by pod: each pod gets the
+    `batch.kubernetes.io/job-completion-index` annotation the Job controller gives it (0-3),
+    and its command sees SLURM_ARRAY_TASK_ID 1, 3, 5, 7, on a read-only root filesystem, and
+    writes it into a [job] mounts folder (a hostPath here) that appears on the host."""
+    import yaml
+
+    image, marker = marked_podman_image
+    name = f"imagesmith-idx-{uuid.uuid4().hex[:8]}"
+    report = (
+        'echo "$SLURM_ARRAY_TASK_ID $SLURM_ARRAY_TASK_COUNT $SLURM_ARRAY_TASK_MIN '
+        '$SLURM_ARRAY_TASK_MAX $(cat /etc/imagesmith-marker)"; '
+        'echo "$SLURM_ARRAY_TASK_ID" > "/shared/id-$SLURM_ARRAY_TASK_ID"'
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # the pod runs as uid 1000
+    spec_path = tmp_path / "env.toml"
+    spec_path.write_text(
+        tomli_w.dumps(
+            {
+                "name": name,
+                "version": "0.0.1",
+                "base": {"image": "debian:bookworm"},
+                "image": {"workdir": "/work", "user": "lab"},
+                "job": {
+                    "command": ["sh", "-c", report],
+                    "array": "1-7:2%2",
+                    "mounts": [{"source": str(shared), "target": "/shared", "host_path": True}],
+                },
+            }
+        )
+    )
+    text = render_manifest(load_spec(spec_path), image=image, uid=1000, gid=1000, for_podman=True)
+    job = next(yaml.safe_load_all(text))
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (4, 2)
+    template = job["spec"]["template"]
+    seen = []
+    for index in range(job["spec"]["completions"]):
+        pod_name = f"{name}-{index}"
+        annotations = dict(template["metadata"].get("annotations", {}))
+        annotations["batch.kubernetes.io/job-completion-index"] = str(index)
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod_name,
+                "labels": template["metadata"]["labels"],
+                "annotations": annotations,
+            },
+            "spec": template["spec"],
+        }
+        manifest = tmp_path / f"pod-{index}.yaml"
+        manifest.write_text(yaml.safe_dump(pod))
+        container = f"{pod_name}-{template['spec']['containers'][0]['name']}"
+        try:
+            played = podman("kube", "play", str(manifest), check=False)
+            assert played.returncode == 0, played.stderr
+            assert podman("wait", container, timeout=120).stdout.strip() == "0"
+            seen.append(podman("logs", container).stdout)
+        finally:
+            podman("kube", "down", str(manifest), check=False)
+            podman("pod", "rm", "--force", "--ignore", pod_name, check=False)
+    assert seen == [f"{i} 4 1 7 {marker}\n" for i in (1, 3, 5, 7)]
+    written = {p.name: p.read_text() for p in sorted(shared.iterdir())}
+    assert written == {f"id-{i}": f"{i}\n" for i in (1, 3, 5, 7)}

@@ -32,8 +32,12 @@ GREETING = 'it\'s "quoted" $HOME, a,b=c; `no` $(expansion) and ünïcode  '
 JOB_TIMEOUT = 180
 
 
-def run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check)
+def run(
+    *args: str, timeout: float = 120, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, check=check, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,72 @@ def test_sbatch_script_runs_the_image_on_slurm(
     assert "NumCPUs=1" in shown and "TimeLimit=00:05:00" in shown, shown
     assert re.search(r"\bmem=200M\b", shown), shown
     assert _job_ids(name) == []  # nothing left in the queue
+
+
+def test_array_runs_each_index_with_its_slurm_id(
+    slurm: None, marked_podman_image: tuple[str, str], tmp_path: Path
+) -> None:
+    """[job] array = "1-7:2%2": four tasks, each sees its own SLURM_ARRAY_TASK_ID (1, 3, 5,
+    7, not 0-3), and the count/min/max; Slurm runs at most two at a time. Each writes its id
+    into the submit folder's shared/, bound by [job] mounts ("./shared"), and the file
+    appears on the host."""
+    image, marker = marked_podman_image
+    name = f"imagesmith-array-{uuid.uuid4().hex[:8]}"
+    spec_path = tmp_path / "env.toml"
+    report = (
+        'echo "$SLURM_ARRAY_TASK_ID $SLURM_ARRAY_TASK_COUNT $SLURM_ARRAY_TASK_MIN '
+        '$SLURM_ARRAY_TASK_MAX $(cat /etc/imagesmith-marker)"; '
+        'echo "$SLURM_ARRAY_TASK_ID" > "/shared/id-$SLURM_ARRAY_TASK_ID"'
+    )
+    spec_path.write_text(
+        tomli_w.dumps(
+            {
+                "name": name,
+                "version": "0.0.1",
+                "base": {"image": "debian:bookworm"},
+                "image": {"workdir": "/work", "user": "lab"},
+                "resources": {"cpu": "500m", "memory": "100Mi"},
+                "job": {
+                    "command": ["sh", "-c", report],
+                    "time": "5",
+                    "array": "1-7:2%2",
+                    "mounts": [{"source": "./shared", "target": "/shared"}],
+                },
+            }
+        )
+    )
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(load_spec(spec_path), image=image, runtime="podman"))
+    assert "#SBATCH --array=1-7:2%2\n" in script.read_text()
+    logs_dir = tmp_path / "logs"  # each task's output file lands here, named by its index
+    logs_dir.mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # rootful podman: the container writes as the image's uid 1000
+    job_id = ""
+    started = time.monotonic()
+    try:
+        done = run(
+            "sbatch",
+            "--wait",
+            "--parsable",
+            f"--output={logs_dir}/task-%a.out",
+            str(script),
+            timeout=JOB_TIMEOUT * 2,
+            check=False,
+            cwd=tmp_path,  # the submit folder
+        )
+        job_id = done.stdout.strip().split(";")[0]
+        logs = {p.name: p.read_text() for p in sorted(logs_dir.iterdir())}
+        assert done.returncode == 0, f"sbatch: {done.stdout}{done.stderr}\n{logs}"
+        shown = run("scontrol", "show", "job", job_id, check=False).stdout
+    finally:
+        for leftover in {job_id, *_job_ids(name)} - {""}:
+            run("scancel", leftover, check=False)
+    print(f"sbatch --wait (4 array tasks): {time.monotonic() - started:.1f}s")
+    assert logs == {f"task-{i}.out": f"{i} 4 1 7 {marker}\n" for i in (1, 3, 5, 7)}
+    written = {p.name: p.read_text() for p in sorted(shared.iterdir())}
+    assert written == {f"id-{i}": f"{i}\n" for i in (1, 3, 5, 7)}
+    if "ArrayTaskThrottle" in shown:  # the records may already be gone (MinJobAge)
+        assert "ArrayTaskThrottle=2" in shown, shown
+    assert _job_ids(name) == []

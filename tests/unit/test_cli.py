@@ -207,11 +207,13 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
     )
     script = example_dir / "job.sh"
     script.write_text(
-        "#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\npython3 train.py\n"
+        "#!/bin/bash\n#SBATCH -c 8\n#SBATCH --mem=16G\n#SBATCH --array=1-4\n"
+        "#SBATCH --dependency=afterok:1\npython3 train.py\n"
     )
     result = runner.invoke(app, ["manifest", str(spec), "--from-sbatch", str(script)])
     assert result.exit_code == 0, result.output
-    assert "--array" in result.stderr
+    assert "--dependency" in result.stderr and "--array" not in result.stderr
+    assert "completionMode: Indexed" in result.stdout and "completions: 4" in result.stdout
     assert "cpu: '8'" in result.stdout and "memory: 16Gi" in result.stdout
 
 
@@ -378,3 +380,86 @@ def test_run_time_settings_change_without_a_new_lock(example_dir: Path) -> None:
     rendered = runner.invoke(app, ["render", str(spec)])
     assert rendered.exit_code == 0 and "48Gi" not in rendered.stdout
     assert (example_dir / "env.lock").read_bytes() == locked
+
+
+def _pushed_example(example_dir: Path) -> Path:
+    from imagesmith.records import PushRecord, push_record_path, write_record
+
+    spec = example_dir / "env.toml"
+    lock = make_lock(spec)
+    write_lock(lock, example_dir / "env.lock")
+    record = PushRecord(
+        repository="r.example.edu/x",
+        digest="sha256:" + "cd" * 32,
+        tags=(),
+        lock_hash=lock.lock_hash,
+        uid=1000,
+        gid=1000,
+    )
+    write_record(push_record_path(spec), record)
+    return spec
+
+
+def test_manifest_queue_and_gpu_maps(example_dir: Path) -> None:
+    spec = _pushed_example(example_dir)
+    script = example_dir / "job.sh"
+    script.write_text("#!/bin/bash\n#SBATCH -p gpu\n#SBATCH --gres=gpu:a100:2\npython3 x.py\n")
+    base = ["manifest", str(spec), "--from-sbatch", str(script)]
+    plain = runner.invoke(app, base)
+    assert plain.exit_code == 0, plain.output
+    assert "job.sh:2: -p gpu: no queue for this partition" in plain.stderr
+    assert "GPU model 'a100' has no nvidia.com/gpu.product value" in plain.stderr
+    assert "nodeSelector" not in plain.stdout and "suspend" not in plain.stdout
+    mapped = runner.invoke(
+        app,
+        [
+            *base,
+            "--queue-map",
+            "gpu=lab-gpu",
+            "--queue-map",
+            "cpu=lab-cpu",
+            "--gpu-map",
+            "a100=NVIDIA-A100-SXM4-80GB",
+            "--gpu-label",
+            "example.com/gpu",
+        ],
+    )
+    assert mapped.exit_code == 0, mapped.output
+    assert "warning" not in mapped.stderr
+    assert "kueue.x-k8s.io/queue-name: lab-gpu" in mapped.stdout
+    assert "suspend: true" in mapped.stdout
+    assert "example.com/gpu: NVIDIA-A100-SXM4-80GB" in mapped.stdout
+    unknown = runner.invoke(app, [*base, "--queue-map", "cpu=lab-cpu"])
+    assert unknown.exit_code == 2
+    assert unknown.stderr == (
+        "error: job.sh:2: -p gpu: partition 'gpu' has no queue in the queue map (it maps cpu); "
+        "add --queue-map gpu=QUEUE or a [job.queue_map] entry\n"
+    )
+    bad = runner.invoke(app, [*base, "--queue-map", "gpu", "--gpu-map", "a100=no spaces"])
+    assert bad.exit_code == 2
+    assert len(bad.stderr.splitlines()) == 2 and "Traceback" not in bad.output
+    label = runner.invoke(app, [*base, "--gpu-label", "Bad_Prefix/x"])
+    assert label.exit_code == 2 and "--gpu-label 'Bad_Prefix/x'" in label.stderr
+    alone = runner.invoke(app, ["manifest", str(spec), "--queue-map", "gpu=q"])
+    assert alone.exit_code == 2 and "use it with --from-sbatch" in alone.stderr
+
+
+def test_sbatch_runtimes(example_dir: Path) -> None:
+    spec = _pushed_example(example_dir)
+    for runtime, fragment in (
+        ("singularity", "exec singularity exec --cleanenv --containall"),
+        ("apptainer", "exec apptainer exec --cleanenv --containall"),
+        ("pyxis", "exec srun '--container-image=r.example.edu#x@sha256:"),
+    ):
+        result = runner.invoke(app, ["sbatch", str(spec), "--runtime", runtime])
+        assert result.exit_code == 0, result.output
+        assert fragment in result.stdout
+    sifs = runner.invoke(app, ["sbatch", str(spec), "--runtime", "apptainer", "--sif-dir", "/s"])
+    assert sifs.exit_code == 0, sifs.output
+    assert "sif_dir=/s\n" in sifs.stdout
+    wrong = runner.invoke(app, ["sbatch", str(spec), "--runtime", "pyxis", "--sif-dir", "/s"])
+    assert wrong.exit_code == 2
+    assert wrong.stderr == "error: --sif-dir is for apptainer or singularity, not pyxis\n"
+    unknown = runner.invoke(app, ["sbatch", str(spec), "--runtime", "docker"])
+    assert unknown.exit_code == 2
+    assert "runtime 'docker' is not one of podman, apptainer, singularity, pyxis" in unknown.stderr

@@ -463,6 +463,7 @@ def as_the_page_writes_it(text: str, lock_hash: str) -> str:
         text.replace(lock_hash, "sha256:<lock-hash>")
         .replace(lock_hash[7:70], "<lock-hash: its first 63 hex digits>")
         .replace(PUSHED, "sha256:<digest>")
+        .replace(PUSHED.replace(":", "-"), "sha256-<digest>")
     )
 
 
@@ -556,6 +557,12 @@ def test_every_engine_free_command_in_the_docs_is_run() -> None:
 
 #: Flags the pages name that belong to other programs (sbatch, kubectl, pip, apt...).
 OTHER_PROGRAMS_FLAGS = {
+    "--containall",
+    "--container-env",
+    "--container-workdir",
+    "--env",
+    "--nv",
+    "--rocm",
     "--no-config",
     "--array",
     "--cpus-per-task",
@@ -660,7 +667,7 @@ def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
     from imagesmith.spec import load_spec
 
     text = (REPO / "recipes" / "lab-analysis" / "env.toml").read_text()
-    on = re.sub(r"(?m)^# ((?:[a-z_]+|[A-Z_]+) = |\[job\.secret_env\])", r"\1", text)
+    on = re.sub(r"(?m)^# ((?:[a-z0-9_]+|[A-Z_]+) = |\[\[?[a-z_.]+\]\]?)", r"\1", text)
     (tmp_path / "env.toml").write_text(on)
     (tmp_path / "requirements.txt").write_text("idna\n")
     (tmp_path / "scripts").mkdir()
@@ -675,7 +682,8 @@ def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
             value = data[key]
             items = child.get("items")
             if isinstance(items, dict) and isinstance(value, list) and value:
-                value = value[0]
+                # A list of tables shows each key in one of its items.
+                value = {k: v for item in value if isinstance(item, dict) for k, v in item.items()}
                 child = items
             if isinstance(value, dict):
                 yield from keys(child, value, f"{path}.{key}")

@@ -22,9 +22,15 @@ import pytest
 import yaml
 
 from imagesmith.errors import InputError
-from imagesmith.manifests import dns_label, label_value, render_manifest, render_sbatch
-from imagesmith.slurm import parse_sbatch
-from imagesmith.spec import CopyItem, SecretRef, Spec, load_spec
+from imagesmith.manifests import (
+    ARRAY_LOOKUP,
+    dns_label,
+    label_value,
+    render_manifest,
+    render_sbatch,
+)
+from imagesmith.slurm import apply_overrides, parse_sbatch
+from imagesmith.spec import CopyItem, Mount, SecretRef, Spec, load_spec
 from tests.conftest import EXAMPLE, REPO
 
 IMAGE = "registry.example.edu/lab/analysis@sha256:" + "ab" * 32
@@ -420,6 +426,10 @@ def test_overrides_from_sbatch_say_where_each_value_came_from(spec: Spec) -> Non
         "# gpu_type: a100 (annotation imagesmith.dev/gpu-type only) (from gpu-train.sh:4: --gres=gpu:a100:2)",
         "# not carried over from gpu-train.sh:",
         *(f"# warning: {w}" for w in request.warnings),
+        "# warning: gpu-train.sh:4: --gres=gpu:a100:2: GPU model 'a100' has no "
+        "nvidia.com/gpu.product value to select nodes by; kept as the annotation "
+        "imagesmith.dev/gpu-type only, so any GPU node may run it (map it with --gpu-map "
+        "a100=VALUE or [resources.gpu_map])",
     ]
     job = documents(text)[0]
     assert job["metadata"]["name"] == "train-resnet"
@@ -436,7 +446,7 @@ def test_overrides_from_sbatch_say_where_each_value_came_from(spec: Spec) -> Non
 
 
 def test_every_warning_reaches_the_header(spec: Spec) -> None:
-    request = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+    request = parse_sbatch((SBATCH / "mpi.sh").read_text(), source="mpi.sh")
     lines = header(render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request))
     assert [line for line in lines if line.startswith("# warning: ")] == [
         f"# warning: {w}" for w in request.warnings
@@ -490,11 +500,20 @@ def test_sbatch_rounds_cpu_and_memory_up(
 
 
 def _stub(directory: Path, name: str) -> None:
-    """A fake `podman`/`apptainer` that records its argv and environment as JSON."""
+    """A fake `podman`/`apptainer`/`srun` that records its argv and environment as JSON.
+
+    `apptainer pull ... FILE docker://...` writes FILE (slowly, so that concurrent pulls
+    would overlap) and appends a line to `pulls` beside the stub instead."""
     path = directory / name
     path.write_text(
         f"#!{sys.executable}\n"
-        "import json, os, sys\n"
+        "import json, os, sys, time\n"
+        "if sys.argv[1:2] == ['pull']:\n"
+        f"    with open({str(directory / 'pulls')!r}, 'a') as log:\n"
+        "        log.write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "    time.sleep(0.5)\n"
+        "    open(sys.argv[-2], 'w').write('SIF')\n"
+        "    sys.exit(0)\n"
         "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, sys.stdout)\n"
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -510,7 +529,11 @@ def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_pa
     _stub(tmp_path, runtime)
     script = tmp_path / "job.sh"
     script.write_text(render_sbatch(weird, image=IMAGE, runtime=runtime))
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1,3"}
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "CUDA_VISIBLE_DEVICES": "1,3",
+        "HOME": str(tmp_path),
+    }
     done = subprocess.run(
         ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
     )
@@ -525,15 +548,23 @@ def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_pa
         expected += ["--env", "GPU_DEVICE_ORDINAL", "--shm-size=1073741824", IMAGE, *command]
         assert seen["argv"] == expected
     else:
+        sif = f"{tmp_path}/.cache/imagesmith/sif/sha256-{'ab' * 32}.sif"
         assert seen["argv"] == [
             "exec",
             "--cleanenv",
+            "--containall",
             "--nv",
             "--pwd",
             "/work",
-            f"docker://{IMAGE}",
+            sif,
             *command,
         ]
+        assert Path(sif).read_text() == "SIF"
+        (pull,) = (tmp_path / "pulls").read_text().splitlines()
+        words = pull.split()
+        assert words[:2] == ["pull", "--disable-cache"] and words[3:] == [f"docker://{IMAGE}"]
+        assert words[2].startswith(f"{sif}.part.")
+        assert not Path(words[2]).exists()  # moved into place
         passed = {
             k.removeprefix("APPTAINERENV_"): v
             for k, v in seen["env"].items()
@@ -544,10 +575,11 @@ def test_sbatch_script_passes_every_word_intact(spec: Spec, runtime: str, tmp_pa
 
 def test_apptainer_runs_the_entrypoint_when_there_is_one(spec: Spec) -> None:
     tini = dataclasses.replace(spec, image=dataclasses.replace(spec.image, entrypoint=("tini",)))
-    assert "exec apptainer run --cleanenv" in render_sbatch(tini, image=IMAGE, runtime="apptainer")
+    text = render_sbatch(tini, image=IMAGE, runtime="apptainer")
+    assert "exec apptainer run --cleanenv --containall" in text
     no_command = dataclasses.replace(spec, job=dataclasses.replace(spec.job, command=None))
     text = render_sbatch(no_command, image=IMAGE, runtime="apptainer")
-    assert text.endswith(f"exec apptainer run --cleanenv --nv --pwd /work docker://{IMAGE}\n")
+    assert text.endswith('exec apptainer run --cleanenv --containall --nv --pwd /work "$sif"\n')
 
 
 # -- the validators: kubernetes-validate --strict and checkov ----------------------------------
@@ -581,7 +613,7 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
         job=dataclasses.replace(spec.job, namespace="lab", time="2:00:00"),
     )
     train = parse_sbatch((SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh")
-    mpi = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+    mpi = parse_sbatch((SBATCH / "mpi.sh").read_text(), source="mpi.sh")
     amd = dataclasses.replace(
         hardened,
         resources=dataclasses.replace(hardened.resources, gpu_resource="amd.com/gpu", shm="4Gi"),
@@ -605,10 +637,23 @@ def _variants(spec: Spec) -> Iterator[tuple[str, str, set[str]]]:
             render_manifest(spec, image=IMAGE, uid=1000, gid=1000, kind=kind, lock_hash=LOCK_HASH),
             SPEC_CHOICES | {"CKV_K8S_40"},
         )
+        mapped_request = parse_sbatch(
+            (SBATCH / "gpu-train.sh").read_text(), source="gpu-train.sh", queue_map=QUEUES
+        )
+        arrays = [
+            (Path(f).stem, hardened, parse_sbatch((SBATCH / f).read_text(), source=f))
+            for f in FIXTURES
+            if f.startswith("array-") and kind == "job"
+        ]
         for label, variant, request in (
             ("hardened", hardened, None),
             ("train", hardened, train),
             ("mpi", hardened, mpi),
+            *arrays,
+            *([("mapped", _mapped(spec), mapped_request)] if kind == "job" else []),
+            ("mounts", _with_mounts(hardened, host_path=False), None),
+            # checkov has no check against hostPath; the header warns about Pod Security
+            ("hostpath", _with_mounts(hardened, host_path=True), None),
             ("amd", amd, None),
             ("cpu", cpu_only, None),
             ("podman", cpu_only, None),
@@ -705,3 +750,574 @@ def test_secret_env_in_sbatch_comes_from_the_submitting_environment(spec: Spec) 
     for script in (podman, apptainer):
         assert "# API_TOKEN, DB_PASSWORD: from Kubernetes Secrets on a cluster" in script
     assert "API_TOKEN" not in render_sbatch(spec, image=IMAGE, runtime="podman")
+
+
+# -- job arrays: Indexed Jobs -----------------------------------------------------------------
+
+GOLDEN = REPO / "tests" / "golden" / "manifests"
+FIXTURES = sorted(p.name for p in SBATCH.glob("*.sh") if not p.name.startswith("bad-"))
+
+
+def _hardened(spec: Spec) -> Spec:
+    return dataclasses.replace(
+        spec,
+        image=dataclasses.replace(spec.image, uid=10001),
+        job=dataclasses.replace(spec.job, namespace="lab", time="2:00:00"),
+    )
+
+
+def _from_fixture(spec: Spec, fixture: str, **options: Any) -> str:
+    request = parse_sbatch((SBATCH / fixture).read_text(), source=fixture)
+    return render_manifest(
+        _hardened(spec),
+        image=IMAGE,
+        uid=10001,
+        gid=10001,
+        overrides=request,
+        lock_hash=LOCK_HASH,
+        **options,
+    )
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_from_sbatch_fixture_matches_its_golden_manifest(spec: Spec, fixture: str) -> None:
+    text = _from_fixture(spec, fixture)
+    path = GOLDEN / f"{Path(fixture).stem}.yaml"
+    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"missing golden file {path}; rerun with IMAGESMITH_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8")
+
+
+def _array_spec(spec: Spec, array: str, **job: Any) -> Spec:
+    from imagesmith.slurmtime import parse_job_array
+
+    settings = dataclasses.replace(spec.job, array=parse_job_array(array), **job)
+    return dataclasses.replace(spec, job=settings)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+@pytest.mark.parametrize(
+    ("array", "completions", "parallelism"),
+    [("0-99", 100, 100), ("1-7:2%2", 4, 2), ("1,5,9%10", 3, 3)],
+)
+def test_array_is_an_indexed_job(
+    spec: Spec, array: str, completions: int, parallelism: int
+) -> None:
+    swept = _array_spec(spec, array, backoff_limit=3)
+    text = render_manifest(swept, image=IMAGE, uid=1000, gid=1000)
+    job = documents(text)[0]
+    assert job["spec"] == {
+        "backoffLimitPerIndex": 3,
+        "completionMode": "Indexed",
+        "completions": completions,
+        "parallelism": parallelism,
+        "ttlSecondsAfterFinished": 86400,
+        "template": job["spec"]["template"],
+    }
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == [
+        "/bin/sh",
+        "-c",
+        ARRAY_LOOKUP,
+        "imagesmith-array",
+        "python3",
+        "train.py",
+    ]
+    assert "args" not in container
+    env = _env(container)
+    assert env["JOB_COMPLETION_INDEX"] == {
+        "fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        }
+    }
+    assert swept.job.array is not None
+    assert env["IMAGESMITH_ARRAY_RUNS"] == swept.job.array.runs_text
+    assert env["SLURM_ARRAY_TASK_COUNT"] == str(completions)
+    assert [e["name"] for e in container["env"]] == sorted(env)
+    assert f"# array {array}: an Indexed Job of {completions} pods, {parallelism} at a time" in (
+        text
+    )
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
+@pytest.mark.parametrize("array", ["1-7:2%2", "1,5,9,20-30:5", "0-3", "3,1,2,10-40:10"])
+def test_the_lookup_gives_each_completion_index_its_slurm_index(
+    spec: Spec, shell: str, array: str
+) -> None:
+    """Run the pod's command line as Kubernetes would, once per completion index."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    swept = _array_spec(spec, array, command=("sh", "-c", 'echo "$SLURM_ARRAY_TASK_ID $0 $1"'))
+    job = documents(render_manifest(swept, image=IMAGE, uid=1000, gid=1000))[0]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    fixed = {k: v for k, v in _env(container).items() if isinstance(v, str)}
+    argv = container["command"]
+    prefix = [shell, "sh"] if shell == "busybox" else [shell]
+    assert argv[0] == "/bin/sh"
+    assert swept.job.array is not None
+    seen = []
+    for index in range(job["spec"]["completions"]):
+        done = subprocess.run(
+            [*prefix, *argv[1:]],
+            env={"PATH": "/usr/bin:/bin", **fixed, "JOB_COMPLETION_INDEX": str(index)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen.append(done.stdout)
+    assert seen == [f"{i} sh -c\n".replace(" sh -c", " sh ") for i in swept.job.array.indices()]
+    # outside the array, or without the index: a clear failure, not index 0
+    beyond = subprocess.run(
+        [*prefix, *argv[1:]],
+        env={"PATH": "/usr/bin:/bin", **fixed, "JOB_COMPLETION_INDEX": "999"},
+        capture_output=True,
+        text=True,
+    )
+    assert beyond.returncode == 2 and "outside the array" in beyond.stderr
+    unset = subprocess.run([*prefix, *argv[1:]], env=fixed, capture_output=True, text=True)
+    assert unset.returncode != 0 and "JOB_COMPLETION_INDEX" in unset.stderr
+
+
+def test_array_keeps_the_entrypoint_and_falls_back_to_cmd(spec: Spec) -> None:
+    tini = dataclasses.replace(
+        _array_spec(spec, "0-3", command=None),
+        image=dataclasses.replace(spec.image, entrypoint=("tini", "--"), cmd=("run.sh",)),
+    )
+    container = documents(render_manifest(tini, image=IMAGE, uid=1000, gid=1000))[0]["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert container["command"][3:] == ["imagesmith-array", "tini", "--", "run.sh"]
+    bare = dataclasses.replace(
+        _array_spec(spec, "0-3", command=None),
+        image=dataclasses.replace(spec.image, entrypoint=None, cmd=None),
+    )
+    with pytest.raises(InputError, match=r"array job needs its command spelled out"):
+        render_manifest(bare, image=IMAGE, uid=1000, gid=1000)
+
+
+def test_array_needs_kind_job(spec: Spec) -> None:
+    with pytest.raises(InputError, match=r"^array 0-3 needs kind job"):
+        render_manifest(_array_spec(spec, "0-3"), image=IMAGE, uid=1000, gid=1000, kind="pod")
+
+
+def test_sbatch_writes_the_array_and_passes_its_variables(spec: Spec, tmp_path: Path) -> None:
+    swept = _array_spec(spec, "1-7:2%2")
+    text = render_sbatch(swept, image=IMAGE)
+    assert "#SBATCH --array=1-7:2%2\n" in text
+    assert (
+        "--env SLURM_ARRAY_TASK_COUNT --env SLURM_ARRAY_TASK_ID --env SLURM_ARRAY_TASK_MAX "
+        "--env SLURM_ARRAY_TASK_MIN"
+    ) in text
+    _stub(tmp_path, "apptainer")
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(swept, image=IMAGE, runtime="apptainer"))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "5", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
+    )
+    assert json.loads(done.stdout)["env"]["APPTAINERENV_SLURM_ARRAY_TASK_ID"] == "5"
+    assert "SLURM_ARRAY" not in render_sbatch(spec, image=IMAGE)
+
+
+# -- queues (Kueue) and GPU models --------------------------------------------------------------
+
+QUEUES = {"gpu": "lab-gpu-queue", "cpu": "lab-cpu-queue"}
+GPUS = {"a100": "NVIDIA-A100-SXM4-80GB"}
+
+
+def _mapped(spec: Spec) -> Spec:
+    return dataclasses.replace(
+        _hardened(spec),
+        resources=dataclasses.replace(spec.resources, gpu_map=GPUS),
+        job=dataclasses.replace(_hardened(spec).job, queue_map=QUEUES),
+    )
+
+
+def _mapped_manifest(spec: Spec, fixture: str = "gpu-train.sh", **options: Any) -> str:
+    mapped = _mapped(spec)
+    request = parse_sbatch(
+        (SBATCH / fixture).read_text(), source=fixture, queue_map=mapped.job.queue_map
+    )
+    return render_manifest(
+        mapped, image=IMAGE, uid=10001, gid=10001, overrides=request, lock_hash=LOCK_HASH, **options
+    )
+
+
+def test_mapped_partition_and_gpu_model_match_the_golden_manifest(spec: Spec) -> None:
+    text = _mapped_manifest(spec)
+    path = GOLDEN / "gpu-train-mapped.yaml"
+    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+    job = documents(text)[0]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-gpu-queue"
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["spec"]["suspend"] is True
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert "# job.queue: lab-gpu-queue (label kueue.x-k8s.io/queue-name, from partition gpu) " in (
+        text
+    )
+    warned = [line for line in header(text) if line.startswith("# warning: ")]
+    assert warned == [
+        "# warning: gpu-train.sh:8: environment modules do not exist in the container; the "
+        "image holds the software (add it to [apt] packages or [python] requirements): "
+        "module load cuda"
+    ]
+    other = documents(_mapped_manifest(spec, gpu_label="example.com/gpu-model"))[0]
+    assert other["spec"]["template"]["spec"]["nodeSelector"] == {
+        "example.com/gpu-model": "NVIDIA-A100-SXM4-80GB"
+    }
+
+
+def test_unknown_partition_with_a_queue_map_names_the_line(spec: Spec) -> None:
+    text = "#!/bin/bash\n#SBATCH -c 2\n#SBATCH --partition=debug\necho hi\n"
+    with pytest.raises(InputError) as caught:
+        parse_sbatch(text, queue_map=QUEUES)
+    assert str(caught.value) == (
+        "job.sh:3: --partition=debug: partition 'debug' has no queue in the queue map (it maps "
+        "cpu, gpu); add --queue-map debug=QUEUE or a [job.queue_map] entry"
+    )
+    several = parse_sbatch(text.replace("=debug", "=debug,cpu"), queue_map=QUEUES)
+    assert several.queue == "lab-cpu-queue"
+    assert several.warnings == [
+        "job.sh:3: --partition=debug,cpu: a Job waits in one queue; cpu's (lab-cpu-queue) is used"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["job", "pod"])
+def test_queue_from_the_spec(spec: Spec, kind: str) -> None:
+    queued = dataclasses.replace(
+        spec, job=dataclasses.replace(spec.job, queue="lab-queue", time="1:00:00")
+    )
+    text = render_manifest(queued, image=IMAGE, uid=1000, gid=1000, kind=kind)
+    workload, policy = documents(text)
+    assert workload["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-queue"
+    assert "kueue.x-k8s.io/queue-name" not in policy["metadata"]["labels"]
+    if kind == "job":
+        assert workload["spec"]["suspend"] is True
+        assert (
+            "# queue lab-queue: label kueue.x-k8s.io/queue-name (a Kueue LocalQueue in the job's "
+            "namespace); created suspended; Kueue starts it when admitted; activeDeadlineSeconds "
+            "counts from the start, not from creation"
+        ) in header(text)
+    else:
+        assert "suspend" not in workload["spec"]
+    assert "#SBATCH --partition=lab-queue\n" in render_sbatch(queued, image=IMAGE)
+    plain = documents(render_manifest(spec, image=IMAGE, uid=1000, gid=1000))[0]
+    assert "suspend" not in plain["spec"]
+
+
+def test_gpu_model_from_the_spec(spec: Spec) -> None:
+    from imagesmith.manifests import manifest_warnings
+
+    model = dataclasses.replace(
+        spec, resources=dataclasses.replace(spec.resources, gpu_model="a100")
+    )
+    assert "#SBATCH --gpus=a100:1\n" in render_sbatch(model, image=IMAGE)
+    text = render_manifest(model, image=IMAGE, uid=1000, gid=1000)
+    job = documents(text)[0]
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
+    assert job["metadata"]["annotations"]["imagesmith.dev/gpu-type"] == "a100"
+    (warning,) = manifest_warnings(model)
+    assert warning.startswith("GPU model 'a100' has no nvidia.com/gpu.product value")
+    assert f"# warning: {warning}" in header(text)
+    mapped = dataclasses.replace(
+        model, resources=dataclasses.replace(model.resources, gpu_map=GPUS)
+    )
+    assert manifest_warnings(mapped) == []
+    pod = documents(render_manifest(mapped, image=IMAGE, uid=1000, gid=1000))[0]["spec"]
+    assert pod["template"]["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"
+    }
+    # a script that asks for any GPU drops the spec's model; one without GPUs keeps it
+    assert (
+        apply_overrides(
+            mapped, parse_sbatch("#!/bin/bash\n#SBATCH --gpus=2\nx\n")
+        ).resources.gpu_model
+        is None
+    )
+    assert (
+        apply_overrides(mapped, parse_sbatch("#!/bin/bash\n#SBATCH -c 2\nx\n")).resources.gpu_model
+        == "a100"
+    )
+
+
+# -- runtimes: apptainer (and singularity), pyxis; every script passes bash -n and shellcheck ---
+
+
+def _runtime_variants(spec: Spec) -> Iterator[tuple[str, Spec]]:
+    yield "example", spec
+    yield "array", _array_spec(_with_secrets(spec), "1-7:2%2")
+    yield (
+        "cpu-no-workdir",
+        dataclasses.replace(
+            spec,
+            resources=dataclasses.replace(spec.resources, gpu=0, gpu_model=None),
+            image=dataclasses.replace(spec.image, workdir=None, entrypoint=("tini", "--")),
+            job=dataclasses.replace(spec.job, queue="batch"),
+        ),
+    )
+    yield "mounts", _with_mounts(spec, host_path=True)
+    yield (
+        "amd",
+        dataclasses.replace(
+            spec,
+            resources=dataclasses.replace(spec.resources, gpu=2, gpu_resource="amd.com/gpu"),
+        ),
+    )
+
+
+@pytest.mark.parametrize("runtime", ["podman", "apptainer", "singularity", "pyxis"])
+def test_every_runtime_script_passes_bash_n_and_shellcheck(
+    spec: Spec, runtime: str, tmp_path: Path
+) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: scripts/install-host.sh installs it")
+    for label, variant in _runtime_variants(spec):
+        for sif_dir in (
+            (None, "/scratch/lab sifs") if runtime in ("apptainer", "singularity") else (None,)
+        ):
+            path = tmp_path / f"{label}-{runtime}-{sif_dir is None}.sh"
+            path.write_text(render_sbatch(variant, image=IMAGE, runtime=runtime, sif_dir=sif_dir))
+            syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+            assert syntax.returncode == 0, f"{path.name}: {syntax.stderr}"
+            lint = subprocess.run(
+                [shellcheck, "--severity=style", str(path)], capture_output=True, text=True
+            )
+            assert lint.returncode == 0, f"{path.name}:\n{lint.stdout}"
+
+
+def test_array_tasks_pull_the_sif_once(spec: Spec, tmp_path: Path) -> None:
+    """Four array tasks start at once: one pulls (under flock), all run the same file."""
+    _stub(tmp_path, "apptainer")
+    sifs = tmp_path / "shared sifs"
+    script = tmp_path / "job.sh"
+    swept = _array_spec(spec, "0-3")
+    script.write_text(render_sbatch(swept, image=IMAGE, runtime="apptainer", sif_dir=str(sifs)))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    tasks = [
+        subprocess.Popen(
+            ["bash", str(script)],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [json.loads(task.communicate(timeout=60)[0]) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0, 0, 0]
+    assert len((tmp_path / "pulls").read_text().splitlines()) == 1
+    sif = f"{sifs}/sha256-{'ab' * 32}.sif"
+    assert {out["argv"][-3] for out in outputs} == {sif}
+    ids = sorted(out["env"]["APPTAINERENV_SLURM_ARRAY_TASK_ID"] for out in outputs)
+    assert ids == ["0", "1", "2", "3"]
+    assert sorted(p.name for p in sifs.iterdir()) == [
+        f"sha256-{'ab' * 32}.sif" + s for s in ("", ".lock")
+    ]
+    # a pull that fails leaves no partial file, and the task fails
+    (tmp_path / "apptainer").write_text("#!/bin/sh\nexit 7\n")
+    (sifs / f"sha256-{'ab' * 32}.sif").unlink()
+    failed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert sorted(p.name for p in sifs.iterdir()) == [f"sha256-{'ab' * 32}.sif.lock"]
+
+
+def test_gpu_flags_only_with_gpus(spec: Spec) -> None:
+    cpu = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, gpu=0))
+    for runtime in ("apptainer", "singularity"):
+        assert " --nv " in render_sbatch(spec, image=IMAGE, runtime=runtime)
+        text = render_sbatch(cpu, image=IMAGE, runtime=runtime)
+        assert " --nv " not in text and "--rocm" not in text and "CUDA_VISIBLE" not in text
+
+
+def test_singularity_is_the_older_name_of_apptainer(spec: Spec) -> None:
+    text = render_sbatch(spec, image=IMAGE, runtime="singularity")
+    assert "exec singularity exec --cleanenv --containall --nv" in text
+    assert "singularity pull --disable-cache" in text
+    assert "export SINGULARITYENV_OMP_NUM_THREADS=1" in text and "APPTAINER" not in text
+
+
+@pytest.mark.parametrize(
+    ("image", "enroot"),
+    [
+        (IMAGE, f"registry.example.edu#lab/analysis@sha256:{'ab' * 32}"),
+        (f"127.0.0.1:5000/lab/x@sha256:{'cd' * 32}", f"127.0.0.1:5000#lab/x@sha256:{'cd' * 32}"),
+        (f"debian@sha256:{'ef' * 32}", f"library/debian@sha256:{'ef' * 32}"),
+        (f"lab/x@sha256:{'ef' * 32}", f"lab/x@sha256:{'ef' * 32}"),
+    ],
+)
+def test_enroot_names_the_registry_with_a_hash(image: str, enroot: str) -> None:
+    from imagesmith.manifests import enroot_image
+
+    assert enroot_image(image) == enroot
+
+
+def test_pyxis_passes_env_and_workdir(spec: Spec, tmp_path: Path) -> None:
+    nasty = dict(spec.env) | {"COMMAS": "a,b=c", "SPACES": "  two  spaces "}
+    variant = _with_secrets(dataclasses.replace(spec, env=nasty))
+    _stub(tmp_path, "srun")
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(variant, image=IMAGE, runtime="pyxis"))
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "API_TOKEN": "t0k", "CUDA_VISIBLE_DEVICES": "0"}
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, check=True
+    )
+    seen = json.loads(done.stdout)
+    names = sorted(
+        {
+            *nasty,
+            "API_TOKEN",
+            "DB_PASSWORD",
+            "CUDA_VISIBLE_DEVICES",
+            "ROCR_VISIBLE_DEVICES",
+            "GPU_DEVICE_ORDINAL",
+        }
+    )
+    assert seen["argv"] == [
+        f"--container-image=registry.example.edu#lab/analysis@sha256:{'ab' * 32}",
+        f"--container-env={','.join(names)}",
+        "--container-workdir=/work",
+        "python3",
+        "train.py",
+    ]
+    assert {k: seen["env"][k] for k in nasty} == nasty
+    assert seen["env"]["API_TOKEN"] == "t0k"
+    bare = dataclasses.replace(
+        spec,
+        job=dataclasses.replace(spec.job, command=None),
+        image=dataclasses.replace(spec.image, cmd=None, entrypoint=None),
+    )
+    with pytest.raises(InputError, match="runtime pyxis runs the command it is given"):
+        render_sbatch(bare, image=IMAGE, runtime="pyxis")
+
+
+def test_sif_dir_is_only_for_apptainer(spec: Spec) -> None:
+    with pytest.raises(InputError, match="--sif-dir is for apptainer or singularity, not pyxis"):
+        render_sbatch(spec, image=IMAGE, runtime="pyxis", sif_dir="/x")
+
+
+def test_a_cpu_only_script_gets_no_gpu_unless_asked(spec: Spec) -> None:
+    request = parse_sbatch((SBATCH / "array-range.sh").read_text(), source="array-range.sh")
+    text = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request)
+    pod = documents(text)[0]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "dshm" not in [v["name"] for v in pod["volumes"]]
+    assert (
+        "# resources.gpu: 0: the script asks for none, so the spec's 1 is not inherited "
+        "(--spec-gpu keeps it)"
+    ) in header(text)
+    kept = render_manifest(spec, image=IMAGE, uid=1000, gid=1000, overrides=request, spec_gpu=True)
+    pod = documents(kept)[0]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "# resources.gpu: 1 (nvidia.com/gpu)" in header(kept)
+    assert "# values from env.toml (the script does not set them):" in header(kept)
+
+
+# -- [job] mounts ---------------------------------------------------------------------------------
+
+
+def _with_mounts(spec: Spec, *, host_path: bool) -> Spec:
+    mounts = [
+        Mount("./out", "/out"),
+        Mount("/scratch/$USER", "/scratch", read_only=True, claim="lab-scratch"),
+        Mount("$HOME/ref", "/ref", read_only=True),
+        Mount(".", "/work"),
+    ]
+    if host_path:
+        mounts.append(Mount("/data/shared", "/shared", host_path=True))
+    return dataclasses.replace(spec, job=dataclasses.replace(spec.job, mounts=tuple(mounts)))
+
+
+def test_mounts_become_volumes(spec: Spec) -> None:
+    from imagesmith.manifests import manifest_warnings
+
+    mounted = _with_mounts(spec, host_path=True)
+    text = render_manifest(mounted, image=IMAGE, uid=1000, gid=1000)
+    pod = documents(text)[0]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "mount-0", "mountPath": "/out"},
+        {"name": "mount-1", "mountPath": "/scratch", "readOnly": True},
+        {"name": "mount-2", "mountPath": "/ref", "readOnly": True},
+        {"name": "mount-3", "mountPath": "/work"},  # the workdir: no emptyDir of its own
+        {"name": "mount-4", "mountPath": "/shared"},
+    ]
+    assert pod["volumes"][2:] == [
+        {"name": "mount-0", "emptyDir": {}},
+        {
+            "name": "mount-1",
+            "persistentVolumeClaim": {"claimName": "lab-scratch", "readOnly": True},
+        },
+        {"name": "mount-2", "emptyDir": {}},
+        {"name": "mount-3", "emptyDir": {}},
+        {"name": "mount-4", "hostPath": {"path": "/data/shared", "type": "Directory"}},
+    ]
+    lines = header(text)
+    assert (
+        "# mount /scratch (read-only): PersistentVolumeClaim lab-scratch (on Slurm: /scratch/$USER)"
+        in lines
+    )
+    warnings = manifest_warnings(mounted)
+    assert [f"# warning: {w}" for w in warnings] == [line for line in lines if "warning" in line]
+    assert warnings[0] == (
+        "mount /out (read-write): an empty emptyDir stands in for the submit folder, which has "
+        "no counterpart here (set claim = NAME for a PersistentVolumeClaim)"
+    )
+    assert "Pod Security Standards refuse" in warnings[-1]
+    assert lines[2] == (
+        "# read-only root filesystem; writable: /tmp, /dev/shm (1Gi, counted as memory), "
+        "/out, /work, /shared"
+    )
+
+
+@pytest.mark.parametrize("runtime", ["podman", "apptainer", "pyxis"])
+def test_mounts_bind_the_same_folders_with_every_runtime(
+    spec: Spec, runtime: str, tmp_path: Path
+) -> None:
+    mounted = _with_mounts(spec, host_path=False)
+    tool = {"podman": "podman", "apptainer": "apptainer", "pyxis": "srun"}[runtime]
+    _stub(tmp_path, tool)
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(mounted, image=IMAGE, runtime=runtime))
+    submit = tmp_path / "submit dir"
+    submit.mkdir()
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "USER": "ada",
+        "SLURM_SUBMIT_DIR": str(submit),
+    }
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    argv = json.loads(done.stdout)["argv"]
+    binds = [
+        f"{submit}/out:/out",
+        "/scratch/ada:/scratch:ro",
+        f"{tmp_path}/home/ref:/ref:ro",
+        f"{submit}:/work",
+    ]
+    if runtime == "pyxis":
+        assert f"--container-mounts={','.join(binds)}" in argv
+    else:
+        flag = "--volume" if runtime == "podman" else "--bind"
+        found = [argv[i + 1] for i, word in enumerate(argv) if word == flag]
+        assert found == binds
+    assert (submit / "out").is_dir()  # a folder the job writes to is made first
+
+
+def test_a_mount_that_escapes_is_refused_before_the_shell(spec: Spec) -> None:
+    bad = dataclasses.replace(
+        spec, job=dataclasses.replace(spec.job, mounts=(Mount('/x"; rm -rf /; "', "/x"),))
+    )
+    with pytest.raises(InputError, match="not a path imagesmith binds"):
+        render_sbatch(bad, image=IMAGE)

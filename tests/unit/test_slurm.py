@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
@@ -10,6 +11,7 @@ from imagesmith.errors import InputError
 from imagesmith.manifests import render_sbatch
 from imagesmith.quantity import quantity_value
 from imagesmith.slurm import SlurmRequest, apply_overrides, memory_megabytes, parse_sbatch
+from imagesmith.slurmtime import parse_job_array
 from imagesmith.spec import load_spec
 from tests.conftest import EXAMPLE, REPO
 
@@ -209,8 +211,9 @@ def test_gpu_forms(directive: str, count: int, kind: str | None) -> None:
     request = parse(directive)
     assert request.gpu == count
     assert request.gpu_type == kind
-    gpu_warnings = [w for w in request.warnings if "GPU type" in w]
-    assert len(gpu_warnings) == (1 if kind else 0)
+    assert not any("GPU" in w for w in request.warnings)  # the manifest decides the model
+    if kind is not None:
+        assert request.origins["gpu_type"] == f"job.sh:2: {directive}"
 
 
 def test_other_gres_is_a_warning() -> None:
@@ -231,30 +234,29 @@ def test_bad_gpus(directive: str) -> None:
 # -- what does not map is reported, never dropped -------------------------------------------
 
 
-def test_mpi_array_fixture_reports_everything() -> None:
-    request = parse_sbatch((SBATCH / "mpi-array.sh").read_text(), source="mpi-array.sh")
+def test_mpi_fixture_reports_everything() -> None:
+    request = parse_sbatch((SBATCH / "mpi.sh").read_text(), source="mpi.sh")
     assert request.job_name == "sweep"
     assert request.cpu == "128"
     assert request.memory == "256000Mi"
     assert request.time_seconds == 1800
     assert request.warnings == [
-        "mpi-array.sh:3: -N 2: a multi-node job needs an MPI operator or a JobSet; this "
+        "mpi.sh:3: -N 2: a multi-node job needs an MPI operator or a JobSet; this "
         "manifest runs one pod on one node; not carried over",
-        "mpi-array.sh:3: --ntasks=64: 64 tasks (MPI ranks) become one container with 64 x "
+        "mpi.sh:3: --ntasks=64: 64 tasks (MPI ranks) become one container with 64 x "
         "cpus-per-task CPUs; nothing launches the tasks",
-        "mpi-array.sh:6: --array=1-10%2: a job array is many jobs; it needs an Indexed Job, "
-        "not generated here; not carried over",
-        "mpi-array.sh:7: --dependency=afterok:1234: Kubernetes Jobs have no dependencies; "
+        "mpi.sh:6: --exclusive: node selection: write a nodeSelector or affinity for your "
+        "cluster by hand; not carried over",
+        "mpi.sh:7: --dependency=afterok:1234: Kubernetes Jobs have no dependencies; "
         "submit them in order; not carried over",
-        "mpi-array.sh:8: --mail-type=END,FAIL: Kubernetes sends no mail; not carried over",
-        "mpi-array.sh:8: --mail-user=someone@example.edu: Kubernetes sends no mail; not "
-        "carried over",
-        "mpi-array.sh:9: -o logs/%x-%A_%a.out: Kubernetes keeps the container's output as "
+        "mpi.sh:8: --mail-type=END,FAIL: Kubernetes sends no mail; not carried over",
+        "mpi.sh:8: --mail-user=someone@example.edu: Kubernetes sends no mail; not carried over",
+        "mpi.sh:9: -o logs/%x-%A_%a.out: Kubernetes keeps the container's output as "
         "its log (kubectl logs); not carried over",
-        "mpi-array.sh:10: --frobnicate=7: unknown sbatch option; not carried over",
-        "mpi-array.sh:12: uses a SLURM_* variable, which Kubernetes does not set: srun "
+        "mpi.sh:10: --frobnicate=7: unknown sbatch option; not carried over",
+        "mpi.sh:12: uses a SLURM_* variable, which Kubernetes does not set: srun "
         './simulate --case "$SLURM_ARRAY_TASK_ID"',
-        "mpi-array.sh:12: srun is not available in the container: srun ./simulate --case "
+        "mpi.sh:12: srun is not available in the container: srun ./simulate --case "
         '"$SLURM_ARRAY_TASK_ID"',
     ]
 
@@ -264,8 +266,6 @@ def test_mpi_array_fixture_reports_everything() -> None:
     [
         ("-N 2", "multi-node"),
         ("--nodes=1-4", "multi-node"),
-        ("-a 1-5", "job array"),
-        ("--array 0-9", "job array"),
         ("-d afterany:1", "no dependencies"),
         ("--exclusive", "node selection"),
         ("-C haswell", "node selection"),
@@ -410,14 +410,30 @@ def test_apply_overrides_replaces_resources_and_job() -> None:
     # what the script does not say stays as the spec says it
     unchanged = apply_overrides(spec, parse("--mem=1G"))
     assert unchanged.resources.cpu == spec.resources.cpu
-    assert unchanged.resources.gpu == spec.resources.gpu
     assert unchanged.job.command == ("/bin/bash", "-c", "echo hi\n")
     assert unchanged.job.time == spec.job.time
+    # ...but a script that asks for no GPU gets none, unless the spec's are asked for
+    assert spec.resources.gpu == 1
+    assert unchanged.resources.gpu == 0
+    assert apply_overrides(spec, parse("--mem=1G"), spec_gpu=True).resources.gpu == 1
+
+
+def test_setup_lines_get_warnings_that_say_what_replaces_them() -> None:
+    body = (
+        "module load cuda/12\nml purge\nsource ~/venvs/x/bin/activate\nconda activate torch\n"
+        ". /opt/env/bin/activate\npython x.py --data /scratch/$USER/d\necho module load\n"
+    )
+    warnings = parse(body=body).warnings
+    assert [w.split(": ", 1)[0] for w in warnings] == [f"job.sh:{n}" for n in range(2, 8)]
+    assert "the image holds the software" in warnings[0] and "ml purge" in warnings[1]
+    assert "already active ([python] requirements)" in warnings[2]
+    assert "conda environments" in warnings[3] and "host virtualenv" in warnings[4]
+    assert "/scratch is not in the container; name it in [job] mounts" in warnings[5]
 
 
 @pytest.mark.parametrize(
     "fixture",
-    sorted(p.name for p in SBATCH.glob("*.sh") if p.name != "bad-mem.sh"),
+    sorted(p.name for p in SBATCH.glob("*.sh") if not p.name.startswith("bad-")),
 )
 @pytest.mark.parametrize("runtime", ["podman", "apptainer"])
 def test_round_trip_sbatch_spec_sbatch(fixture: str, runtime: str) -> None:
@@ -442,3 +458,101 @@ def test_round_trip_sbatch_spec_sbatch(fixture: str, runtime: str) -> None:
     assert regenerated.memory is not None
     assert quantity_value(regenerated.memory) == quantity_value(merged.resources.memory)
     assert (regenerated.cpu, regenerated.gpu) == (merged.resources.cpu, merged.resources.gpu)
+
+
+# -- job arrays ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "indices", "limit"),
+    [
+        ("0-99", list(range(100)), None),
+        ("1-99:2", list(range(1, 100, 2)), None),
+        ("1,5,9", [1, 5, 9], None),
+        ("1-7:2%2", [1, 3, 5, 7], 2),
+        ("1,5,9,20-30:5%3", [1, 5, 9, 20, 25, 30], 3),
+        ("5,1,3-4,4", [1, 3, 4, 5], None),  # Slurm's bitmap: sorted, each index once
+        ("7", [7], None),
+    ],
+)
+def test_array_forms(text: str, indices: list[int], limit: int | None) -> None:
+    request = parse(f"--array={text}")
+    assert request.array is not None
+    assert list(request.array.indices()) == indices
+    assert (request.array.count, request.array.first, request.array.last) == (
+        len(indices),
+        indices[0],
+        indices[-1],
+    )
+    assert request.array.limit == limit
+    assert request.array.text == text
+    assert request.origins["job.array"] == f"job.sh:2: --array={text}"
+    assert request.warnings == []
+
+
+def test_array_runs_are_as_few_as_the_indices_allow() -> None:
+    assert parse_job_array("0-99").runs == ((0, 1, 100),)
+    assert parse_job_array("1,5,9").runs == ((1, 4, 3),)
+    assert parse_job_array("1,3,5,10").runs == ((1, 2, 3), (10, 1, 1))
+    assert parse_job_array("1,3,5,10").runs_text == "1:2:3 10:1:1"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1-100001", "over 100,000 indices; split the sweep into several arrays"),
+        ("0-99999,200000-200001", "over 100,000 indices"),
+        ("1-9:0", "'1-9:0' has a step of 0; a step is 1 or more"),
+        ("1,,5", "'' is not an index, a range or a stepped range (e.g. 5, 0-99 or 1-99:2)"),
+        ("1-5:2:3", "'1-5:2:3' is not an index, a range or a stepped range"),
+        ("x", "'x' is not an index"),
+        ("9-1", "'9-1' runs backwards; write it as 1-9"),
+        ("1-5%0", "%0 is not a task limit (a whole number, 1 or more)"),
+        ("1-5%", "% is not a task limit"),
+        ("%4", "names no indices"),
+        ("4000001", "index 4000001 is over 4,000,000, Slurm's largest"),
+    ],
+)
+def test_bad_array_names_the_line(value: str, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse("-c 2", f"--array={value}")
+    assert str(caught.value).startswith(f"job.sh:3: --array={value}: {message}")
+
+
+def test_array_with_several_nodes_is_refused_with_both_lines() -> None:
+    text = fixture_text("bad-array-multinode.sh")
+    with pytest.raises(InputError) as caught:
+        parse_sbatch(text, source="bad-array-multinode.sh")
+    assert str(caught.value) == (
+        "bad-array-multinode.sh:4: -N 2: a multi-node array (--array on line 3) cannot run "
+        "here: each index would need a JobSet or an MPIJob (MPI Operator); make each task one "
+        "node"
+    )
+    # one node per task is fine
+    assert parse("--array=0-3", "-N 1").array is not None
+
+
+def test_array_variables_in_the_body_are_not_warned_about() -> None:
+    body = 'echo "$SLURM_ARRAY_TASK_ID of ${SLURM_ARRAY_TASK_COUNT}"\necho "$SLURM_JOB_ID"\n'
+    request = parse("--array=1-3", body=body)
+    assert request.warnings == [
+        'job.sh:4: uses a SLURM_* variable, which Kubernetes does not set: echo "$SLURM_JOB_ID"'
+    ]
+    without = parse(body=body)
+    assert len(without.warnings) == 2
+
+
+def test_array_overrides_the_spec_and_round_trips_through_sbatch() -> None:
+    spec = load_spec(EXAMPLE / "env.toml")
+    request = parse_sbatch(fixture_text("array-step.sh"), source="array-step.sh")
+    merged = apply_overrides(spec, request)
+    assert merged.job.array == request.array
+    text = render_sbatch(merged, image=IMAGE)
+    assert "#SBATCH --array=1-99:2%10\n" in text
+    again = parse_sbatch(text)
+    assert again.array is not None and request.array is not None
+    assert list(again.array.indices()) == list(request.array.indices())
+    assert again.array.limit == 10
+    # a script without --array keeps the spec's array
+    spec_array = dataclasses.replace(spec, job=dataclasses.replace(spec.job, array=request.array))
+    assert apply_overrides(spec_array, parse("-c 2")).job.array == request.array

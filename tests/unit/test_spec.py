@@ -281,6 +281,53 @@ BAD_SPECS += [
             "the image or from a Secret, not both"
         ],
     ),
+    (
+        "job arrays, queues and GPU models",
+        OK
+        + '[resources]\ngpu_model = "a100"\n[resources.gpu_map]\na100 = "has space"\n'
+        + '[job]\nkind = "pod"\narray = "1-200000:0"\nqueue = "-bad"\n'
+        + '[job.queue_map]\ngpu = "ok"\n"bad key" = "q"\n',
+        [
+            "env.toml: $.job.array: \"1-200000:0\": '1-200000:0' has a step of 0; a step is 1 "
+            "or more",
+            'env.toml: $.job.array: needs kind "job": an array runs as an Indexed Job, one pod '
+            "per index",
+            "env.toml: $.job.queue: \"-bad\" is not a queue name (letters, digits, '-', '_' "
+            "and '.', at most 63)",
+            'env.toml: $.job.queue_map: "bad key" is not a Slurm partition name',
+            'env.toml: $.resources.gpu_map.a100: "has space" is not a label value (letters, '
+            "digits, '-', '_' and '.', at most 63)",
+            "env.toml: $.resources.gpu_model: names a GPU model, but [resources] gpu asks for "
+            "none; set gpu = 1 or more",
+        ],
+    ),
+    (
+        "job mounts",
+        OK
+        + '[[job.mounts]]\nsource = "."\ntarget = "/data"\n'
+        + '[[job.mounts]]\nsource = ".x"\ntarget = "/tmp"\n'
+        + '[[job.mounts]]\nsource = "/a/../b"\ntarget = "/data"\n'
+        + '[[job.mounts]]\nsource = "$HOME/x"\ntarget = "/h"\nhost_path = true\n'
+        + '[[job.mounts]]\nsource = "rel"\ntarget = "x"\nclaim = "Bad"\n',
+        [
+            'env.toml: $.job.mounts[1]: source ".x" must be ., ./PATH, /PATH or $HOME/PATH, '
+            "without . or .. parts",
+            'env.toml: $.job.mounts[1]: target "/tmp": imagesmith mounts /tmp and /dev/shm itself',
+            'env.toml: $.job.mounts[2]: source "/a/../b" must be ., ./PATH, /PATH or $HOME/PATH, '
+            "without . or .. parts",
+            'env.toml: $.job.mounts[2]: target "/data" is mounted twice',
+            "env.toml: $.job.mounts[3]: host_path needs a literal absolute source (no $USER or "
+            "$HOME, not the submit folder) and no claim",
+            'env.toml: $.job.mounts[4]: source "rel" must be ., ./PATH, /PATH or $HOME/PATH, '
+            "without . or .. parts",
+            'env.toml: $.job.mounts[4].claim: "Bad" is not a claim name (lowercase letters, '
+            "digits, '-' and '.')",
+            'env.toml: $.job.mounts[4].source: "rel" is not a mount source (., ./PATH, /PATH or '
+            "$HOME/PATH; parts: letters, digits, '-', '_', '.', $USER)",
+            'env.toml: $.job.mounts[4].target: "x" is not an absolute container path (letters, '
+            "digits, '-', '_', '.' and '/')",
+        ],
+    ),
 ]
 BAD_SPECS[2] = (
     "unknown top-level key",
