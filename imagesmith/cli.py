@@ -695,5 +695,41 @@ def verify(
     raise typer.Exit(1)
 
 
+@app.command()
+@reports_errors
+def sbom(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="env.toml (or env.lock), or an image imagesmith built (name:tag or ID)."
+        ),
+    ] = "env.toml",
+    sbom_format: Annotated[
+        str,
+        typer.Option("--format", "-f", help="spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.6)."),
+    ] = "spdx",
+    output: OutputOpt = None,
+    engine: EngineOpt = "auto",
+) -> None:
+    """Write the image's software bill of materials, made from its lock (no scanner, no network).
+
+    Lists the base image by digest, every apt package with its .deb sha256 and every Python
+    distribution with its hashes. The same lock gives the same bytes.
+    """
+    from imagesmith.attest.inventory import inventory
+    from imagesmith.attest.sbom import FORMATS, render_sbom
+    from imagesmith.attest.target import is_spec_target, lock_for_spec, lock_from_labels
+
+    if sbom_format not in FORMATS:
+        raise InputError(f"--format must be spdx or cyclonedx, not {sbom_format!r}")
+    if is_spec_target(target):
+        the_lock = lock_for_spec(target)
+    else:
+        from imagesmith.engine import get_engine
+
+        the_lock = lock_from_labels(target, get_engine(engine).inspect_image(target).labels)
+    _emit(render_sbom(inventory(the_lock), sbom_format), output)
+
+
 def main() -> None:
     app()

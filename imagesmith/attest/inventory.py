@@ -1,0 +1,122 @@
+"""The packages a lock pins, as one list both SBOM formats and the provenance read."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from imagesmith.attest.purl import deb_purl, oci_purl, pypi_name, pypi_purl
+from imagesmith.canonical import rfc3339
+from imagesmith.lock import Lock
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    """"base", "deb" or "pypi"."""
+    name: str
+    version: str
+    purl: str
+    sha256: tuple[str, ...]
+    """Hex sha256s the lock holds: one for a .deb or the base, every wheel the lock admits
+    for a Python distribution (the build installs the one that fits the platform)."""
+    direct: bool
+    """Named in the spec (an apt package or Python requirement), not pulled in."""
+    arch: str = ""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    name: str
+    version: str
+    lock_hash: str
+    spec_hash: str
+    created: str
+    """RFC 3339 time of the lock's SOURCE_DATE_EPOCH."""
+    components: tuple[Component, ...]
+
+    @property
+    def base(self) -> Component:
+        return self.components[0]
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1] if ":" in digest else digest
+
+
+def _requested_python(spec_data: object) -> set[str]:
+    """Normalised names of the spec's own Python requirements (not a requirements_file's)."""
+    python = spec_data.get("python") if isinstance(spec_data, Mapping) else None
+    lines = python.get("requirements", []) if isinstance(python, dict) else []
+    names = set()
+    for line in lines if isinstance(lines, list) else []:
+        try:
+            names.add(pypi_name(Requirement(str(line)).name))
+        except InvalidRequirement:
+            continue
+    return names
+
+
+def inventory(lock: Lock) -> Inventory:
+    spec = lock.spec_data
+    base = lock.base
+    components = [
+        Component(
+            kind="base",
+            name=base.repository,
+            version=base.digest,
+            purl=oci_purl(base),
+            sha256=(_hex(base.digest),),
+            direct=True,
+        )
+    ]
+    for deb in sorted(lock.apt.packages, key=lambda p: (p.name, p.arch, p.version)):
+        components.append(
+            Component(
+                kind="deb",
+                name=deb.name,
+                version=deb.version,
+                purl=deb_purl(deb, lock.apt.suite),
+                sha256=(_hex(deb.sha256),) if deb.sha256 else (),
+                direct=deb.requested,
+                arch=deb.arch,
+            )
+        )
+    if lock.python is not None:
+        requested = _requested_python(spec)
+        for dist in sorted(lock.python.packages, key=lambda p: pypi_name(p.name)):
+            components.append(
+                Component(
+                    kind="pypi",
+                    name=pypi_name(dist.name),
+                    version=dist.version,
+                    purl=pypi_purl(dist),
+                    sha256=tuple(sorted(_hex(h) for h in dist.hashes)),
+                    direct=pypi_name(dist.name) in requested,
+                )
+            )
+    return Inventory(
+        name=str(spec.get("name", "image")),
+        version=str(spec.get("version", "")),
+        lock_hash=lock.lock_hash,
+        spec_hash=lock.spec_hash,
+        created=rfc3339(lock.source_date_epoch),
+        components=tuple(components),
+    )
+
+
+def unique_ids(prefix: str, keys: Iterable[str]) -> list[str]:
+    """Identifiers made of [A-Za-z0-9.-] only (what SPDX allows), one per key, all distinct."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for key in keys:
+        candidate = prefix + re.sub(r"[^A-Za-z0-9.-]+", "-", key).strip("-")
+        if candidate in seen:  # two keys that differ only in characters SPDX forbids
+            candidate += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+        seen.add(candidate)
+        out.append(candidate)
+    return out

@@ -1,0 +1,48 @@
+"""Which lock an SBOM or provenance is made from: a spec's env.lock, or an image's label."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from imagesmith.errors import InputError
+from imagesmith.lock import Lock, parse_lock
+
+# The label that carries the lock; the older prefix is still read so older images work.
+LOCK_LABELS = ("dev.imagesmith.lock", "io.imagesmith.lock")
+
+
+def is_spec_target(target: str) -> bool:
+    """env.toml / env.lock (or any existing file) rather than an image reference."""
+    return target.endswith((".toml", ".lock")) or Path(target).is_file()
+
+
+def lock_from_labels(image: str, labels: Mapping[str, str]) -> Lock:
+    """The lock an image carries in its labels; InputError naming the label when it has none."""
+    from imagesmith.render import decode_embedded_lock
+
+    for label in LOCK_LABELS:
+        embedded = labels.get(label)
+        if embedded:
+            break
+    else:
+        raise InputError(
+            f"{image} was not built by imagesmith: it has no {' or '.join(LOCK_LABELS)} label"
+        )
+    try:
+        text = decode_embedded_lock(embedded)
+    except (ValueError, UnicodeDecodeError, zlib.error):
+        raise InputError(f"{image}: its {label} label is damaged") from None
+    return parse_lock(text, path=Path("env.lock"))
+
+
+def lock_for_spec(target: str) -> Lock:
+    """The up-to-date lock of env.toml (or the lock file itself when given env.lock)."""
+    from imagesmith.lock import fresh_lock, read_lock
+    from imagesmith.spec import load_spec
+
+    path = Path(target)
+    if path.suffix == ".lock":
+        return read_lock(path)
+    return fresh_lock(load_spec(path))
