@@ -731,5 +731,115 @@ def sbom(
     _emit(render_sbom(inventory(the_lock), sbom_format), output)
 
 
+@app.command()
+@reports_errors
+def provenance(
+    spec_path: SpecArg = Path("env.toml"),
+    output: OutputOpt = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key",
+            metavar="KEY",
+            help="Sign with this ed25519 private key (PEM) and write a DSSE envelope. "
+            "IMAGESMITH_SIGNING_KEY may hold the PEM text instead.",
+        ),
+    ] = None,
+    builder_id: Annotated[
+        str | None,
+        typer.Option(
+            "--builder-id",
+            metavar="URI",
+            envvar="IMAGESMITH_BUILDER_ID",
+            help="Who built it (default urn:imagesmith:builder:HOSTNAME).",
+        ),
+    ] = None,
+) -> None:
+    """Write the SLSA v1 provenance (an in-toto Statement) of the image built from env.lock.
+
+    The subject is the digest the last `imagesmith build` of this lock printed; with a key,
+    the statement is signed into a DSSE envelope (`imagesmith verify-provenance` checks it).
+    """
+    import socket
+
+    from imagesmith.attest.inventory import inventory
+    from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
+    from imagesmith.lock import fresh_lock
+    from imagesmith.records import read_build_record, read_push_record
+    from imagesmith.spec import load_spec
+
+    signer = None
+    pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None
+    if sign_key is not None or pem is not None:
+        from imagesmith.attest.signing import load_signer
+
+        if sign_key is not None:
+            signer = load_signer(str(sign_key))
+        else:
+            signer = load_signer("IMAGESMITH_SIGNING_KEY", pem=pem)
+    spec = load_spec(spec_path)
+    the_lock = fresh_lock(spec)
+    built = read_build_record(spec.path, the_lock.lock_hash)
+    if built is None:
+        raise InputError(
+            f"no build of this lock here: run `imagesmith build {spec.path.name}` first "
+            "(the provenance names the digest it made)"
+        )
+    pushed = read_push_record(spec.path, the_lock.lock_hash)
+    run = BuildRun(
+        repository=pushed.repository if pushed else (spec.registry_repository or spec.name),
+        digest=built.digest,
+        engine=built.engine,
+        builder_id=builder_id or f"urn:imagesmith:builder:{socket.gethostname()}",
+        started=built.started,
+        finished=built.finished,
+    )
+    text = dump_statement(provenance_statement(the_lock, inventory(the_lock), run))
+    if signer is not None:
+        from imagesmith.attest.signing import sign_statement
+
+        text = sign_statement(text, signer)
+    _emit(text, output)
+
+
+@app.command("verify-provenance")
+@reports_errors
+def verify_provenance(
+    envelope: Annotated[
+        Path, typer.Argument(help="A DSSE envelope `provenance --sign-key` wrote.")
+    ],
+    key: Annotated[
+        Path, typer.Option("--key", metavar="KEY", help="The ed25519 public key (PEM) to trust.")
+    ],
+    digest: Annotated[
+        str | None,
+        typer.Option("--digest", metavar="sha256:…", help="Also require this subject digest."),
+    ] = None,
+) -> None:
+    """Check a signed provenance: the signature with KEY, then (with --digest) its subject.
+
+    Exit 0 when it verifies, 1 when it does not, 2 when a file is not what it should be.
+    """
+    from imagesmith.attest.signing import VerificationFailed, load_public_key, verify_envelope
+
+    public = load_public_key(str(key))
+    try:
+        text = envelope.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{envelope}: cannot read it ({exc})") from None
+    statement = verify_envelope(text, public, what=str(envelope))
+    subjects = statement.get("subject") if isinstance(statement, dict) else None
+    found = [
+        f"{s.get('name')}@sha256:{s.get('digest', {}).get('sha256')}"
+        for s in subjects or []
+        if isinstance(s, dict)
+    ]
+    if digest is not None and not any(f.endswith("@" + digest) for f in found):
+        raise VerificationFailed(
+            f"{envelope}: signed, but its subject is {', '.join(found) or 'missing'}, not {digest}"
+        )
+    typer.echo(f"verified: {', '.join(found)} (key {public.keyid[:16]})")
+
+
 def main() -> None:
     app()
