@@ -714,7 +714,8 @@ def sbom(
     """Write the image's software bill of materials, made from its lock (no scanner, no network).
 
     Lists the base image by digest, every apt package with its .deb sha256 and every Python
-    distribution with its hashes. The same lock gives the same bytes.
+    distribution with its hashes. The same lock gives the same bytes. From an image, the
+    Debian packages its base brought are listed too (read with dpkg-query in a container).
     """
     from imagesmith.attest.inventory import inventory
     from imagesmith.attest.sbom import FORMATS, render_sbom
@@ -723,12 +724,15 @@ def sbom(
     if sbom_format not in FORMATS:
         raise InputError(f"--format must be spdx or cyclonedx, not {sbom_format!r}")
     if is_spec_target(target):
-        the_lock = lock_for_spec(target)
+        contents = inventory(lock_for_spec(target))
     else:
+        from imagesmith.attest.target import installed_debs
         from imagesmith.engine import get_engine
 
-        the_lock = lock_from_labels(target, get_engine(engine).inspect_image(target).labels)
-    _emit(render_sbom(inventory(the_lock), sbom_format), output)
+        the_engine = get_engine(engine)
+        the_lock = lock_from_labels(target, the_engine.inspect_image(target).labels)
+        contents = inventory(the_lock, installed_debs(the_engine, target))
+    _emit(render_sbom(contents, sbom_format), output)
 
 
 @app.command()

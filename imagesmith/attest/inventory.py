@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from imagesmith.attest.purl import deb_purl, oci_purl, pypi_name, pypi_purl
 from imagesmith.canonical import rfc3339
-from imagesmith.lock import Lock
+from imagesmith.lock import AptPackage, Lock
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,17 @@ class Component:
     direct: bool
     """Named in the spec (an apt package or Python requirement), not pulled in."""
     arch: str = ""
+    in_base: bool = False
+    """A Debian package the base image brought (read from the image, not pinned by the lock)."""
+
+
+@dataclass(frozen=True)
+class InstalledDeb:
+    """One line of an image's dpkg database."""
+
+    name: str
+    version: str
+    arch: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,9 @@ def _requested_python(spec_data: object) -> set[str]:
     return names
 
 
-def inventory(lock: Lock) -> Inventory:
+def inventory(lock: Lock, installed: Sequence[InstalledDeb] = ()) -> Inventory:
+    """Everything `lock` pins; plus, given the image's dpkg database (`installed`), the
+    Debian packages the base brought, which the lock pins only through the base's digest."""
     spec = lock.spec_data
     base = lock.base
     components = [
@@ -86,6 +99,25 @@ def inventory(lock: Lock) -> Inventory:
                 arch=deb.arch,
             )
         )
+    pinned = {(deb.name, deb.arch) for deb in lock.apt.packages}
+    for found in sorted(set(installed), key=lambda p: (p.name, p.arch, p.version)):
+        if (found.name, found.arch) not in pinned:
+            components.append(
+                Component(
+                    kind="deb",
+                    name=found.name,
+                    version=found.version,
+                    purl=deb_purl(
+                        AptPackage(name=found.name, version=found.version, arch=found.arch),
+                        lock.apt.suite,
+                    ),
+                    sha256=(),
+                    direct=False,
+                    arch=found.arch,
+                    in_base=True,
+                )
+            )
+    components[1:] = sorted(components[1:], key=lambda c: (c.name, c.arch, c.version))
     if lock.python is not None:
         requested = _requested_python(spec)
         for dist in sorted(lock.python.packages, key=lambda p: pypi_name(p.name)):
@@ -120,3 +152,21 @@ def unique_ids(prefix: str, keys: Iterable[str]) -> list[str]:
         seen.add(candidate)
         out.append(candidate)
     return out
+
+
+# One line per package; only those dpkg has fully installed ("ii") count.
+DPKG_QUERY = [
+    "dpkg-query",
+    "-W",
+    "-f",
+    "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+]
+
+
+def parse_dpkg_query(output: str) -> tuple[InstalledDeb, ...]:
+    found = []
+    for line in output.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[0].strip() == "ii":
+            found.append(InstalledDeb(name=fields[1], version=fields[2], arch=fields[3]))
+    return tuple(found)

@@ -49,6 +49,8 @@ def resolved_dependencies(inv: Inventory) -> list[dict[str, Any]]:
             if "@" not in c.purl:  # never pushed: the digest is its image ID
                 base["annotations"] = {"digestOf": "image config (a local base's image ID)"}
             out.append(base)
+        elif c.in_base:  # resolved through the base's digest, not on its own
+            continue
         elif not c.sha256:
             out.append({"uri": c.purl, "name": c.name})
         else:

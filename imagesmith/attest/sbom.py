@@ -83,7 +83,12 @@ def _spdx_package(c: Component, spdx_id: str) -> dict[str, Any]:
             }
         ],
     }
-    if c.kind == "pypi" and len(c.sha256) > 1:
+    if c.in_base:
+        package["comment"] = (
+            "Came with the base image (read from the image's dpkg database); the lock pins it "
+            "through the base image's digest."
+        )
+    elif c.kind == "pypi" and len(c.sha256) > 1:
         # A checksum says what the package file *is*; the lock only says which files may be.
         package["comment"] = (
             "The lock admits a wheel with any of these sha256 (the build installs the one "
@@ -140,6 +145,10 @@ def spdx_document(inv: Inventory) -> dict[str, Any]:
             {"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": i}
         )
     for c, i in zip(inv.components[1:], ids[1:], strict=True):
+        if c.in_base:
+            relationships.append(
+                {"spdxElementId": base_id, "relationshipType": "CONTAINS", "relatedSpdxElement": i}
+            )
         if c.direct:
             relationships.append(
                 {
@@ -186,6 +195,8 @@ def _cdx_component(c: Component) -> dict[str, Any]:
         properties = [{"name": "imagesmith:local-image-id", "value": c.version}]
     if c.direct:
         properties.append({"name": "imagesmith:requested", "value": "true"})
+    if c.in_base:
+        properties.append({"name": "imagesmith:from-base-image", "value": "true"})
     if properties:
         component["properties"] = properties
     return component

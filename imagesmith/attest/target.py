@@ -6,7 +6,9 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from imagesmith.errors import InputError
+from imagesmith.attest.inventory import DPKG_QUERY, InstalledDeb, parse_dpkg_query
+from imagesmith.engine.base import Engine
+from imagesmith.errors import InputError, OperationError
 from imagesmith.lock import Lock, parse_lock
 
 # The label that carries the lock; the older prefix is still read so older images work.
@@ -46,3 +48,16 @@ def lock_for_spec(target: str) -> Lock:
     if path.suffix == ".lock":
         return read_lock(path)
     return fresh_lock(load_spec(path))
+
+
+def installed_debs(engine: Engine, image: str) -> tuple[InstalledDeb, ...]:
+    """The Debian packages installed in `image`, read with dpkg-query in a throwaway container."""
+    run = engine.run(image, DPKG_QUERY, user="0", network=False)
+    found = parse_dpkg_query(run.output)
+    if run.exit_code != 0 or not found:
+        last = run.output.strip().splitlines()[-1:] or ["no output"]
+        raise OperationError(
+            f"{image}: cannot list its Debian packages with dpkg-query "
+            f"(exit {run.exit_code}: {last[0][:200]})"
+        )
+    return found

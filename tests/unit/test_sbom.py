@@ -14,7 +14,7 @@ import pytest
 from packageurl import PackageURL
 from typer.testing import CliRunner
 
-from imagesmith.attest.inventory import inventory, unique_ids
+from imagesmith.attest.inventory import inventory, parse_dpkg_query, unique_ids
 from imagesmith.attest.purl import debian_distro, oci_purl
 from imagesmith.attest.sbom import cyclonedx_document, render_sbom, spdx_document
 from imagesmith.attest.target import lock_from_labels
@@ -244,3 +244,45 @@ def test_cli_without_a_lock_says_how_to_make_one(example_dir: Path) -> None:
     assert result.exit_code == 2
     assert "run `imagesmith lock env.toml`" in result.stderr
     assert "Traceback" not in result.output
+
+
+# -- the base image's own packages, read from an image's dpkg database --------------------
+
+
+DPKG_OUTPUT = (
+    "ii \tbase-files\t12.4+deb12u10\tamd64\n"
+    "ii \tcurl\t7.88.1-10+deb12u5\tamd64\n"  # older than the lock's: the lock's pin wins
+    "rc \tgone\t1.0\tamd64\n"  # removed, config files left: not installed
+    "ii \tlibc6\t2.36-9+deb12u10\tamd64\n"
+    "dpkg-query: warning: something on stderr\n"
+)
+
+
+def test_parse_dpkg_query_keeps_installed_packages_only() -> None:
+    assert [p.name for p in parse_dpkg_query(DPKG_OUTPUT)] == ["base-files", "curl", "libc6"]
+
+
+def test_base_packages_join_the_lock_pins(lock: Lock, tmp_path: Path) -> None:
+    inv = inventory(lock, parse_dpkg_query(DPKG_OUTPUT))
+    debs = [c for c in inv.components if c.kind == "deb"]
+    assert [c.name for c in debs] == sorted(c.name for c in debs)
+    from_base = {c.name for c in debs if c.in_base}
+    assert from_base == {"base-files", "libc6"}
+    curl = next(c for c in debs if c.name == "curl")
+    assert curl.version == "7.88.1-10+deb12u12" and curl.sha256  # the lock's, with its hash
+    spdx = spdx_document(inv)
+    rels = {
+        (r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"])
+        for r in spdx["relationships"]
+    }
+    assert ("SPDXRef-base-debian", "CONTAINS", "SPDXRef-deb-libc6-amd64") in rels
+    assert ("SPDXRef-image", "CONTAINS", "SPDXRef-deb-libc6-amd64") in rels
+    out = tmp_path / "s.spdx.json"
+    out.write_text(render_sbom(inv, "spdx"))
+    assert _pyspdxtools(out).returncode == 0
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert (
+        JsonStrictValidator(SchemaVersion.V1_6).validate_str(render_sbom(inv, "cyclonedx")) is None
+    )
