@@ -586,18 +586,41 @@ def push(
             help="Push here (REGISTRY/PATH[:TAG]) instead of [registry] repository.",
         ),
     ] = None,
+    no_attestations: Annotated[
+        bool,
+        typer.Option(
+            "--no-attestations",
+            help="Do not attach the SBOMs and provenance (OCI referrers) to the image.",
+        ),
+    ] = False,
 ) -> None:
     """Publish the built image to the lab's registry and record its digest for `manifest`.
 
-    Credentials: docker login / podman login, or IMAGESMITH_REGISTRY_USER and
-    IMAGESMITH_REGISTRY_PASSWORD (never on the command line).
+    Also attaches its SPDX and CycloneDX SBOMs and its SLSA provenance as OCI referrers
+    (signed when IMAGESMITH_SIGNING_KEY holds an ed25519 key). Credentials: docker login /
+    podman login, or IMAGESMITH_REGISTRY_USER and IMAGESMITH_REGISTRY_PASSWORD (never on
+    the command line).
     """
     from imagesmith.lock import fresh_lock
     from imagesmith.push import push as run_push
     from imagesmith.spec import load_spec
 
+    signer = None
+    pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None
+    if pem is not None and not no_attestations:
+        from imagesmith.attest.signing import load_signer
+
+        signer = load_signer("IMAGESMITH_SIGNING_KEY", pem=pem)
     spec = load_spec(spec_path)
-    record = run_push(spec, fresh_lock(spec), to=to, on_line=err)
+    record = run_push(
+        spec,
+        fresh_lock(spec),
+        to=to,
+        on_line=err,
+        attestations=not no_attestations,
+        signer=signer,
+        builder_id=os.environ.get("IMAGESMITH_BUILDER_ID") or None,
+    )
     typer.echo(f"pushed {record.pinned}")
     typer.echo(f"  tags: {', '.join(record.tags)}")
     typer.echo(f"  next: imagesmith manifest {spec_path}")
