@@ -456,6 +456,13 @@ def inspect(
         typer.echo(
             f"  pins:  {len(the_lock.apt.packages)} apt packages, {python} Python distributions"
         )
+        from imagesmith.attest.inventory import inventory as sbom_inventory
+
+        listed = len(sbom_inventory(the_lock).components)
+        typer.echo(
+            f"  sbom:  {listed} packages, {listed} licenses unknown "
+            "(`imagesmith sbom` also lists the base's own packages)"
+        )
         typer.echo("  --show spec / --show lock print them in full")
 
 
@@ -746,6 +753,11 @@ def sbom(
 
     if sbom_format not in FORMATS:
         raise InputError(f"--format must be spdx or cyclonedx, not {sbom_format!r}")
+    if "@sha256:" in target and not is_spec_target(target):
+        from imagesmith.attest.referrers import attached_document
+
+        _emit(attached_document(target, sbom_format).decode("utf-8"), output)
+        return
     if is_spec_target(target):
         contents = inventory(lock_for_spec(target))
     else:

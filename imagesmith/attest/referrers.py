@@ -213,3 +213,26 @@ class Referrers:
                     referrers_tag(self.subject_digest), _json(index), MEDIA_INDEX
                 )
         return [d["digest"] for d in descriptors]
+
+
+def attached_document(text: str, fmt: str) -> bytes:
+    """The SBOM of format `fmt` attached to the image `REGISTRY/PATH@sha256:…`."""
+    from imagesmith.attest.sbom import MEDIA_TYPES
+    from imagesmith.errors import InputError
+    from imagesmith.reference import is_digest, parse_reference
+
+    try:
+        ref = parse_reference(text)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not ref.digest or not is_digest(ref.digest):
+        raise InputError(f"{text}: name the image by digest (REGISTRY/PATH@sha256:…)")
+    referrers = Referrers(ref, ref.digest)
+    wanted = MEDIA_TYPES[fmt]
+    found = [e for e in referrers.entries() if e.get("artifactType") == wanted]
+    if not found:
+        raise RegistryError(
+            f"{ref.familiar_repository}@{ref.digest} has no {wanted} attached "
+            "(was it pushed with `imagesmith push`, without --no-attestations?)"
+        )
+    return referrers.fetch(found[-1])

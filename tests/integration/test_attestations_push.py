@@ -136,6 +136,10 @@ def test_push_attaches_sboms_and_provenance_as_referrers(
     assert RegistryClient(open_registry).manifest(path, "1.0")[0] == digest
 
     lock = read_lock(built_spec.lock_path)
+    shown = runner.invoke(app, ["inspect", f"{built_spec.name}:1.0", "--engine", "docker"])
+    assert shown.exit_code == 0, shown.output
+    listed = 1 + len(lock.apt.packages)  # the base, then what apt installed (none here)
+    assert f"  sbom:  {listed} packages, {listed} licenses unknown" in shown.stdout
     by_type = {e["artifactType"]: e for e in entries}
     spdx = referrers.fetch(by_type["application/spdx+json"])
     assert spdx.decode() == render_sbom(inventory(lock), "spdx")
@@ -143,6 +147,13 @@ def test_push_attaches_sboms_and_provenance_as_referrers(
     assert _pyspdxtools(tmp_path / "pulled.spdx.json").returncode == 0
     cdx = referrers.fetch(by_type["application/vnd.cyclonedx+json"])
     assert cdx.decode() == render_sbom(inventory(lock), "cyclonedx")
+    for fmt in ("spdx", "cyclonedx"):  # `imagesmith sbom REF@sha256:…` fetches them
+        fetched = runner.invoke(app, ["sbom", f"{to}@{digest}", "--format", fmt])
+        assert fetched.exit_code == 0, fetched.output
+        assert fetched.stdout == render_sbom(inventory(lock), fmt)
+    bare = runner.invoke(app, ["sbom", f"{to}@{others}"])  # another tool's artifact: no SBOM
+    assert bare.exit_code == 1
+    assert bare.stderr.startswith(f"error: {to}@{others} has no application/spdx+json attached")
     statement = json.loads(referrers.fetch(by_type["application/vnd.in-toto+json"]))
     _check_slsa(statement)
     assert statement["subject"][0]["digest"] == {"sha256": digest[7:]}
