@@ -6,11 +6,9 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-from packaging.requirements import InvalidRequirement, Requirement
+from datetime import datetime, timezone
 
 from imagesmith.attest.purl import deb_purl, oci_purl, pypi_name, pypi_purl
-from imagesmith.canonical import rfc3339
 from imagesmith.lock import AptPackage, Lock
 
 
@@ -65,11 +63,18 @@ def _requested_python(spec_data: object) -> set[str]:
     lines = python.get("requirements", []) if isinstance(python, dict) else []
     names = set()
     for line in lines if isinstance(lines, list) else []:
-        try:
-            names.add(pypi_name(Requirement(str(line)).name))
-        except InvalidRequirement:
-            continue
+        # The spec validated these as PEP 508 requirements: the name leads each one.
+        match = _REQUIREMENT_NAME.match(str(line))
+        if match:
+            names.add(pypi_name(match.group(1)))
     return names
+
+
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
+
+
+def rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def inventory(lock: Lock, installed: Sequence[InstalledDeb] = ()) -> Inventory:
