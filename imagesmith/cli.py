@@ -458,10 +458,11 @@ def inspect(
         )
         from imagesmith.attest.inventory import inventory as sbom_inventory
 
-        listed = len(sbom_inventory(the_lock).components)
+        listed = sbom_inventory(the_lock).components
+        unknown = sum(1 for c in listed if c.license is None)
         typer.echo(
-            f"  sbom:  {listed} packages, {listed} licenses unknown "
-            "(`imagesmith sbom` also lists the base's own packages)"
+            f"  sbom:  {len(listed)} packages, {unknown} licenses unknown "
+            "(from the lock; `imagesmith sbom IMAGE` also reads the image)"
         )
         typer.echo("  --show spec / --show lock print them in full")
 
@@ -745,7 +746,8 @@ def sbom(
 
     Lists the base image by digest, every apt package with its .deb sha256 and every Python
     distribution with its hashes. The same lock gives the same bytes. From an image, the
-    Debian packages its base brought are listed too (read with dpkg-query in a container).
+    Debian packages its base brought are listed too (read with dpkg-query in a container),
+    and the license expressions its Python distributions declare.
     """
     from imagesmith.attest.inventory import inventory
     from imagesmith.attest.sbom import FORMATS, render_sbom
@@ -761,12 +763,13 @@ def sbom(
     if is_spec_target(target):
         contents = inventory(lock_for_spec(target))
     else:
-        from imagesmith.attest.target import installed_debs
+        from imagesmith.attest.target import installed_debs, venv_licenses
         from imagesmith.engine import get_engine
 
         the_engine = get_engine(engine)
         the_lock = lock_from_labels(target, the_engine.inspect_image(target).labels)
-        contents = inventory(the_lock, installed_debs(the_engine, target))
+        licenses = venv_licenses(the_engine, target) if the_lock.python else {}
+        contents = inventory(the_lock, installed_debs(the_engine, target), licenses)
     _emit(render_sbom(contents, sbom_format), output)
 
 

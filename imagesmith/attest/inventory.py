@@ -27,6 +27,9 @@ class Component:
     arch: str = ""
     in_base: bool = False
     """A Debian package the base image brought (read from the image, not pinned by the lock)."""
+    license: str | None = None
+    """The SPDX license expression the distribution itself declares (PEP 639
+    `License-Expression`, read from the image); None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,14 @@ def rfc3339(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def inventory(lock: Lock, installed: Sequence[InstalledDeb] = ()) -> Inventory:
+def inventory(
+    lock: Lock,
+    installed: Sequence[InstalledDeb] = (),
+    licenses: Mapping[str, str] | None = None,
+) -> Inventory:
     """Everything `lock` pins; plus, given the image's dpkg database (`installed`), the
-    Debian packages the base brought, which the lock pins only through the base's digest."""
+    Debian packages the base brought, which the lock pins only through the base's digest;
+    `licenses`: SPDX expressions of Python distributions by normalised name."""
     spec = lock.spec_data
     base = lock.base
     components = [
@@ -134,6 +142,7 @@ def inventory(lock: Lock, installed: Sequence[InstalledDeb] = ()) -> Inventory:
                     purl=pypi_purl(dist),
                     sha256=tuple(sorted(_hex(h) for h in dist.hashes)),
                     direct=pypi_name(dist.name) in requested,
+                    license=(licenses or {}).get(pypi_name(dist.name)),
                 )
             )
     return Inventory(
@@ -175,3 +184,36 @@ def parse_dpkg_query(output: str) -> tuple[InstalledDeb, ...]:
         if len(fields) == 4 and fields[0].strip() == "ii":
             found.append(InstalledDeb(name=fields[1], version=fields[2], arch=fields[3]))
     return tuple(found)
+
+
+# Prints {name: License-Expression} of every distribution in the venv that declares one.
+_VENV_LICENSES = (
+    "import importlib.metadata as m, json\n"
+    "found = {d.metadata['Name']: d.metadata.get('License-Expression')\n"
+    "         for d in m.distributions()}\n"
+    "print(json.dumps({k: v for k, v in found.items() if k and v}, sort_keys=True))"
+)
+VENV_LICENSES = ["/opt/venv/bin/python", "-I", "-c", _VENV_LICENSES]
+
+
+def parse_venv_licenses(output: str) -> dict[str, str]:
+    """Normalised name → canonical SPDX expression, for the expressions that are valid SPDX
+    and name only licenses on the SPDX list (a LicenseRef- would need its text too)."""
+    import json
+
+    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    try:
+        declared = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        declared = {}
+    found: dict[str, str] = {}
+    for name, expression in declared.items() if isinstance(declared, dict) else ():
+        try:
+            canonical = str(canonicalize_license_expression(str(expression)))
+        except InvalidLicenseExpression:
+            continue
+        if "LicenseRef-" not in canonical and "DocumentRef-" not in canonical:
+            found[pypi_name(str(name))] = canonical
+    return found

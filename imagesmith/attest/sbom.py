@@ -4,7 +4,9 @@ The same lock gives the same bytes: the time is the lock's SOURCE_DATE_EPOCH, th
 namespace and the CycloneDX serial number are derived from the lock hash. The image is
 named by `name:version` and its content tag (`lock-<hash>`); its digest is bound to the
 SBOM by the provenance and by the registry (the SBOM's `subject`), not written into it.
-Licenses are NOASSERTION (SPDX) or left out (CycloneDX): imagesmith does not guess them.
+Licenses: only what a Python distribution declares as an SPDX expression (PEP 639
+`License-Expression`, read from an image); otherwise NOASSERTION (SPDX) or left out
+(CycloneDX). imagesmith does not guess them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _spdx_package(c: Component, spdx_id: str) -> dict[str, Any]:
         "downloadLocation": NOASSERTION,
         "filesAnalyzed": False,
         "licenseConcluded": NOASSERTION,
-        "licenseDeclared": NOASSERTION,
+        "licenseDeclared": c.license or NOASSERTION,
         "copyrightText": NOASSERTION,
         "primaryPackagePurpose": _SPDX_PURPOSE[c.kind],
         "externalRefs": [
@@ -186,6 +188,8 @@ def _cdx_component(c: Component) -> dict[str, Any]:
         "version": c.version,
         "purl": c.purl,
     }
+    if c.license:
+        component["licenses"] = [{"expression": c.license, "acknowledgement": "declared"}]
     if len(c.sha256) == 1 and not (c.kind == "base" and "@" not in c.purl):
         component["hashes"] = [{"alg": "SHA-256", "content": c.sha256[0]}]
     properties = []

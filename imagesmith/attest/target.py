@@ -6,7 +6,13 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from imagesmith.attest.inventory import DPKG_QUERY, InstalledDeb, parse_dpkg_query
+from imagesmith.attest.inventory import (
+    DPKG_QUERY,
+    VENV_LICENSES,
+    InstalledDeb,
+    parse_dpkg_query,
+    parse_venv_licenses,
+)
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, OperationError
 from imagesmith.lock import Lock, parse_lock
@@ -61,3 +67,15 @@ def installed_debs(engine: Engine, image: str) -> tuple[InstalledDeb, ...]:
             f"(exit {run.exit_code}: {last[0][:200]})"
         )
     return found
+
+
+def venv_licenses(engine: Engine, image: str) -> dict[str, str]:
+    """License expressions the Python distributions in the image's /opt/venv declare."""
+    run = engine.run(image, VENV_LICENSES, user="0", network=False)
+    if run.exit_code != 0:
+        last = run.output.strip().splitlines()[-1:] or ["no output"]
+        raise OperationError(
+            f"{image}: cannot read its Python distributions' metadata "
+            f"(exit {run.exit_code}: {last[0][:200]})"
+        )
+    return parse_venv_licenses(run.output)

@@ -48,7 +48,7 @@ def test_sbom_of_the_same_lock_is_byte_identical_on_both_engines_and_complete(
         path = tmp_path / "env.toml"
         path.write_text(
             f'name = "it-sbom-{uuid.uuid4().hex[:8]}"\nversion = "1.0"\n[base]\nimage = "{base}"\n'
-            '[apt]\npackages = ["tzdata"]\n[python]\nrequirements = ["six"]\n'
+            '[apt]\npackages = ["tzdata"]\n[python]\nrequirements = ["idna"]\n'
         )
         spec = load_spec(path)
         write_lock(lock_spec(spec, engine=lambda: docker_engine), spec.lock_path)
@@ -87,7 +87,20 @@ def test_sbom_of_the_same_lock_is_byte_identical_on_both_engines_and_complete(
             if c["type"] == "library"
         }
         assert in_sbom == in_image
-        assert any(line.startswith("pypi six ") for line in in_sbom)
+        assert any(line.startswith("pypi idna ") for line in in_sbom)
+
+        # idna declares its license (PEP 639): the SBOM carries what the image's metadata says.
+        metadata = podman_engine.run(
+            ref, ["/bin/sh", "-c", "cat /opt/venv/lib/python3*/site-packages/idna-*/METADATA"]
+        )
+        declared = [
+            line.split(":", 1)[1].strip()
+            for line in metadata.output.splitlines()
+            if line.startswith("License-Expression:")
+        ]
+        assert declared, metadata.output[:500]
+        idna = next(c for c in cdx_doc["components"] if c["name"] == "idna")
+        assert idna["licenses"] == [{"expression": declared[0], "acknowledgement": "declared"}]
 
         # The provenance names the digest the build made.
         prov = runner.invoke(app, ["provenance", str(path)])

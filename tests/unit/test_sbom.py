@@ -14,7 +14,12 @@ import pytest
 from packageurl import PackageURL
 from typer.testing import CliRunner
 
-from imagesmith.attest.inventory import inventory, parse_dpkg_query, unique_ids
+from imagesmith.attest.inventory import (
+    inventory,
+    parse_dpkg_query,
+    parse_venv_licenses,
+    unique_ids,
+)
 from imagesmith.attest.purl import debian_distro, oci_purl
 from imagesmith.attest.sbom import cyclonedx_document, render_sbom, spdx_document
 from imagesmith.attest.target import lock_from_labels
@@ -280,6 +285,55 @@ def test_base_packages_join_the_lock_pins(lock: Lock, tmp_path: Path) -> None:
     out = tmp_path / "s.spdx.json"
     out.write_text(render_sbom(inv, "spdx"))
     assert _pyspdxtools(out).returncode == 0
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert (
+        JsonStrictValidator(SchemaVersion.V1_6).validate_str(render_sbom(inv, "cyclonedx")) is None
+    )
+
+
+# -- licenses Python distributions declare (PEP 639 License-Expression) -------------------
+
+
+def test_parse_venv_licenses_keeps_valid_spdx_expressions_only() -> None:
+    output = (
+        "some warning\n"
+        + json.dumps(
+            {
+                "NumPy": "bsd-3-clause AND 0BSD",
+                "requests": "Apache-2.0",
+                "Weird_Pkg": "Apache-2",  # not on the SPDX list: unknown, not guessed
+                "inhouse": "LicenseRef-Lab-Internal",  # would need the license text too
+            }
+        )
+        + "\n"
+    )
+    assert parse_venv_licenses(output) == {
+        "numpy": "BSD-3-Clause AND 0BSD",
+        "requests": "Apache-2.0",
+    }
+    assert parse_venv_licenses("Traceback (most recent call last):\n") == {}
+    assert parse_venv_licenses("{not json\n") == {}
+
+
+def test_declared_licenses_reach_both_formats_and_validate(lock: Lock, tmp_path: Path) -> None:
+    inv = inventory(lock, licenses={"requests": "Apache-2.0", "numpy": "BSD-3-Clause AND 0BSD"})
+    spdx = spdx_document(inv)
+    declared = {p["name"]: p["licenseDeclared"] for p in spdx["packages"]}
+    assert declared["requests"] == "Apache-2.0"
+    assert declared["numpy"] == "BSD-3-Clause AND 0BSD"
+    assert declared["idna"] == "NOASSERTION"
+    assert all(p["licenseConcluded"] == "NOASSERTION" for p in spdx["packages"])
+    out = tmp_path / "s.spdx.json"
+    out.write_text(render_sbom(inv, "spdx"))
+    assert _pyspdxtools(out).returncode == 0
+    cdx = cyclonedx_document(inv)
+    by_name = {c["name"]: c for c in cdx["components"]}
+    assert by_name["requests"]["licenses"] == [
+        {"expression": "Apache-2.0", "acknowledgement": "declared"}
+    ]
+    assert "licenses" not in by_name["idna"]
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
