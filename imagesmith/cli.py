@@ -642,8 +642,20 @@ def pull(
         typer.Argument(help="NAME@sha256:..., or an env.toml whose image was pushed."),
     ],
     engine: EngineOpt = "auto",
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--verify-key",
+            metavar="KEY",
+            help="Require a provenance attached to the image and signed with this ed25519 "
+            "public key (PEM); checked before pulling.",
+        ),
+    ] = None,
 ) -> None:
-    """Fetch a lab's image by digest, check the digest, and show the spec it was built from."""
+    """Fetch a lab's image by digest, check the digest, and show the spec it was built from.
+
+    Also lists the SBOMs and provenance attached to it in the registry.
+    """
     from imagesmith.engine import get_engine
     from imagesmith.lock import read_lock
     from imagesmith.push import pull as run_pull
@@ -660,9 +672,24 @@ def pull(
                 f"{spec.path.name}'s image has not been pushed: no {spec.path.stem}.pushed.json"
             )
         ref = record.pinned
+    if verify_key is not None:
+        from imagesmith.attest.publish import verify_attached_provenance
+        from imagesmith.attest.signing import load_public_key
+
+        verify_attached_provenance(ref, load_public_key(str(verify_key)))
     the_engine = get_engine(engine)
     pinned = run_pull(the_engine, ref)
     typer.echo(f"pulled {pinned} into {the_engine.name}; digest verified")
+    if verify_key is not None:
+        typer.echo(f"  provenance: signed with {verify_key}, verified")
+    from imagesmith.attest.publish import attached_summary
+    from imagesmith.errors import RegistryError
+
+    try:
+        for line in attached_summary(ref):
+            typer.echo(f"  attached: {line}")
+    except RegistryError as exc:
+        err(f"warning: cannot list what is attached to it: {exc}")
     inspect(pinned, engine=the_engine.name, show="summary")
 
 

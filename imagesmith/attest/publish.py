@@ -62,3 +62,36 @@ def attach_attestations(
     attestations = lock_attestations(lock, run, signer=signer)
     referrers = Referrers(repository, built.digest, on_line=on_line)
     return referrers.attach(attestations, created=rfc3339(lock.source_date_epoch))
+
+
+def attached_summary(pinned: str) -> list[str]:
+    """One line per referrer of `REGISTRY/PATH@sha256:…`: its artifact type and digest."""
+    from imagesmith.reference import parse_reference
+
+    ref = parse_reference(pinned)
+    assert ref.digest is not None
+    return [
+        f"{entry.get('artifactType', 'unknown type')} {entry.get('digest', '')}"
+        for entry in Referrers(ref, ref.digest).entries()
+    ]
+
+
+def verify_attached_provenance(pinned: str, key: Any) -> dict[str, Any]:
+    """The provenance attached to `REGISTRY/PATH@sha256:…`, once `key` verified its
+    signature and its subject is that digest; VerificationFailed otherwise."""
+    from imagesmith.attest.signing import VerificationFailed, verify_envelope
+    from imagesmith.reference import parse_reference
+
+    ref = parse_reference(pinned)
+    assert ref.digest is not None
+    referrers = Referrers(ref, ref.digest)
+    found = [e for e in referrers.entries() if e.get("artifactType") == MEDIA_IN_TOTO]
+    if not found:
+        raise VerificationFailed(f"{pinned} has no provenance attached to verify")
+    statement = verify_envelope(
+        referrers.fetch(found[-1]).decode("utf-8"), key, what=f"{pinned}'s provenance"
+    )
+    subjects = [s.get("digest", {}).get("sha256") for s in statement.get("subject", [])]
+    if ref.digest.removeprefix("sha256:") not in subjects:
+        raise VerificationFailed(f"{pinned}'s signed provenance is about another image")
+    return statement

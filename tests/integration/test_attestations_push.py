@@ -107,7 +107,11 @@ def _other_tools_referrer(host: str, path: str, subject: str) -> str:
 
 
 def test_push_attaches_sboms_and_provenance_as_referrers(
-    built_spec: Spec, open_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built_spec: Spec,
+    open_registry: str,
+    docker_engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = f"lab/{built_spec.name}"
     to = f"{open_registry}/{path}"
@@ -174,3 +178,29 @@ def test_push_attaches_sboms_and_provenance_as_referrers(
     assert len(provenance) == 1 and len(entries) == 4
     envelope = referrers.fetch(provenance[0]).decode()
     assert verify_envelope(envelope, load_public_key(str(key)))["subject"] == statement["subject"]
+
+    # pull lists what is attached, and --verify-key checks the signed provenance first
+    public, other = tmp_path / "lab.pub", tmp_path / "other.pub"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(public)], check=True)
+    other_key = tmp_path / "other.key"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(other_key)], check=True
+    )
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(other_key), "-pubout", "-out", str(other)], check=True
+    )
+    pinned = f"{to}@{digest}"
+    try:
+        refused = runner.invoke(app, ["pull", pinned, "-e", "docker", "--verify-key", str(other)])
+        assert refused.exit_code == 1
+        assert "does not verify" in refused.stderr
+        assert not docker_engine.image_exists(pinned)  # checked before pulling
+        pulled = runner.invoke(app, ["pull", pinned, "-e", "docker", "--verify-key", str(public)])
+        assert pulled.exit_code == 0, pulled.output
+        assert "  provenance: signed with" in pulled.stdout
+        attached = [line for line in pulled.stdout.splitlines() if line.startswith("  attached: ")]
+        assert sorted(line.split()[1] for line in attached) == sorted(
+            e["artifactType"] for e in entries
+        )
+    finally:
+        docker_engine.remove_image(pinned, force=True)
