@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +55,28 @@ def lock(example_dir: Path) -> Lock:
 
 
 def _keypair(folder: Path, name: str, algorithm: str = "ed25519") -> tuple[Path, Path]:
-    private, public = folder / f"{name}.key", folder / f"{name}.pub"
-    subprocess.run(
-        ["openssl", "genpkey", "-algorithm", algorithm, "-out", str(private)],
-        check=True,
-        capture_output=True,
+    """PEM files as `openssl genpkey` / `openssl pkey -pubout` write them (PKCS#8, SPKI);
+    the integration test signs with keys openssl made."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = (
+        ed25519.Ed25519PrivateKey.generate()
+        if algorithm == "ed25519"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
-    subprocess.run(
-        ["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)],
-        check=True,
-        capture_output=True,
+    private, public = folder / f"{name}.key", folder / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return private, public
 
@@ -269,3 +280,19 @@ def test_cli_bad_key_file_and_no_build(lock: Lock, example_dir: Path, tmp_path: 
     assert result.exit_code == 2
     assert "run `imagesmith build env.toml` first" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_an_encrypted_key_is_refused_with_a_clear_line(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = tmp_path / "locked.key"
+    key.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(InputError, match="not an unencrypted PEM private key"):
+        load_signer(str(key))
