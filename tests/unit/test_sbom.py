@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import zlib
@@ -27,6 +28,7 @@ from imagesmith.cli import app
 from imagesmith.errors import InputError
 from imagesmith.lock import AptPackage, BaseImageLock, Lock, write_lock
 from imagesmith.render import embedded_lock
+from tests.conftest import RECIPES
 from tests.fixtures.make_lock import make_lock
 
 runner = CliRunner()
@@ -42,6 +44,14 @@ def _pyspdxtools(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(PYSPDXTOOLS), "-i", str(path)], capture_output=True, text=True, check=False
     )
+
+
+def _spdx_problems(path: Path) -> list[str]:
+    """What `pyspdxtools -i` checks, in-process (its parser and full validator)."""
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    return [m.validation_message for m in validate_full_spdx_document(parse_file(str(path)))]
 
 
 def test_spdx_validates_with_pyspdxtools(lock: Lock, tmp_path: Path) -> None:
@@ -284,7 +294,7 @@ def test_base_packages_join_the_lock_pins(lock: Lock, tmp_path: Path) -> None:
     assert ("SPDXRef-image", "CONTAINS", "SPDXRef-deb-libc6-amd64") in rels
     out = tmp_path / "s.spdx.json"
     out.write_text(render_sbom(inv, "spdx"))
-    assert _pyspdxtools(out).returncode == 0
+    assert _spdx_problems(out) == []
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
@@ -327,7 +337,7 @@ def test_declared_licenses_reach_both_formats_and_validate(lock: Lock, tmp_path:
     assert all(p["licenseConcluded"] == "NOASSERTION" for p in spdx["packages"])
     out = tmp_path / "s.spdx.json"
     out.write_text(render_sbom(inv, "spdx"))
-    assert _pyspdxtools(out).returncode == 0
+    assert _spdx_problems(out) == []
     cdx = cyclonedx_document(inv)
     by_name = {c["name"]: c for c in cdx["components"]}
     assert by_name["requests"]["licenses"] == [
@@ -337,6 +347,21 @@ def test_declared_licenses_reach_both_formats_and_validate(lock: Lock, tmp_path:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
+    assert (
+        JsonStrictValidator(SchemaVersion.V1_6).validate_str(render_sbom(inv, "cyclonedx")) is None
+    )
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.iterdir() if p.is_dir()))
+def test_every_recipes_sbom_validates(recipe: str, tmp_path: Path) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    shutil.copytree(RECIPES / recipe, tmp_path / recipe)
+    inv = inventory(make_lock(tmp_path / recipe / "env.toml"))
+    out = tmp_path / "sbom.spdx.json"
+    out.write_text(render_sbom(inv, "spdx"))
+    assert _spdx_problems(out) == []
     assert (
         JsonStrictValidator(SchemaVersion.V1_6).validate_str(render_sbom(inv, "cyclonedx")) is None
     )
