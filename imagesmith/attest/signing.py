@@ -27,9 +27,13 @@ class VerificationFailed(ImagesmithError):
 
 def _sslib() -> Any:
     try:
+        import cryptography.hazmat.primitives.serialization  # noqa: F401
         import securesystemslib.signer
     except ImportError:
-        raise InputError("signing needs securesystemslib: pip install 'imagesmith[sign]'") from None
+        raise InputError(
+            "signing and verifying need securesystemslib and cryptography: "
+            "pip install 'imagesmith[sign]'"
+        ) from None
     return securesystemslib.signer
 
 
@@ -53,6 +57,7 @@ def _public_key(public: Any, source: str) -> SSlibKey:
 
 def load_signer(source: str, *, pem: str | None = None) -> Any:
     """A securesystemslib signer for an unencrypted PEM ed25519 private key (file or text)."""
+    _sslib()  # and with it pyca's cryptography: a clear line when they are not installed
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -71,6 +76,7 @@ def load_signer(source: str, *, pem: str | None = None) -> Any:
 
 def load_public_key(source: str) -> SSlibKey:
     """The public half for verification: a PEM public key, or the private key it belongs to."""
+    _sslib()
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     data = _read_pem(source, None)
