@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,17 @@ def test_an_encrypted_key_is_refused_with_a_clear_line(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match="not an unencrypted PEM private key"):
         load_signer(str(key))
+
+
+def test_without_securesystemslib_signing_is_one_clear_line(
+    lock: Lock, example_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _built(lock, example_dir)
+    private, _ = _keypair(tmp_path, "lab")
+    monkeypatch.setitem(sys.modules, "securesystemslib.signer", None)  # import fails
+    result = runner.invoke(app, ["provenance", spec, "--sign-key", str(private)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: signing and verifying need securesystemslib and cryptography: "
+        "pip install 'imagesmith[sign]'\n"
+    )
