@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagesmith.cachegc import cache_budget
+from imagesmith.canonical import rfc3339
 from imagesmith.canonical_build import Canonical
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, StaleLockError
@@ -235,6 +236,7 @@ def build(
     on_line: LineCallback = lambda _: None,
 ) -> BuildResult:
     started = time.monotonic()
+    started_at = time.time()
     lock, locked = ensure_lock(spec, engine, relock=relock, platform=platform, on_line=on_line)
     tags = image_tags(lock, extra_tags)
     canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line)
@@ -259,6 +261,8 @@ def build(
             lock_hash=lock.lock_hash,
             uid=uid,
             gid=gid,
+            started=rfc3339(int(started_at)),
+            finished=rfc3339(int(time.time())),
         ),
     )
     return BuildResult(

@@ -626,6 +626,14 @@ def print_summary(image: str, info: ImageInfo, the_lock: Lock) -> None:
     typer.echo(f"  base:  {the_lock.base.reference} ({the_lock.base.digest})")
     python = len(the_lock.python.packages) if the_lock.python else 0
     typer.echo(f"  pins:  {len(the_lock.apt.packages)} apt packages, {python} Python distributions")
+    from imagesmith.attest.inventory import inventory as sbom_inventory
+
+    listed = sbom_inventory(the_lock).components
+    unknown = sum(1 for c in listed if c.license is None)
+    typer.echo(
+        f"  sbom:  {len(listed)} packages, {unknown} licenses unknown "
+        "(from the lock; `imagesmith sbom IMAGE` also reads the image)"
+    )
     typer.echo("  --show spec / --show lock print them in full")
 
 
@@ -868,19 +876,42 @@ def push(
         ),
     ] = None,
     as_json: JsonOpt = False,
+    no_attestations: Annotated[
+        bool,
+        typer.Option(
+            "--no-attestations",
+            help="Do not attach the SBOMs and provenance (OCI referrers) to the image.",
+        ),
+    ] = False,
 ) -> None:
     """Publish the built image to the lab's registry and record its digest for `manifest`.
 
-    Credentials: docker login / podman login, or IMAGESMITH_REGISTRY_USER and
-    IMAGESMITH_REGISTRY_PASSWORD (never on the command line).
+    Also attaches its SPDX and CycloneDX SBOMs and its SLSA provenance as OCI referrers
+    (signed when IMAGESMITH_SIGNING_KEY holds an ed25519 key). Credentials: docker login /
+    podman login, or IMAGESMITH_REGISTRY_USER and IMAGESMITH_REGISTRY_PASSWORD (never on
+    the command line).
     """
     from imagesmith.lock import fresh_lock
     from imagesmith.push import push as run_push
     from imagesmith.reports import push_report
     from imagesmith.spec import load_spec
 
+    signer = None
+    pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None
+    if pem is not None and not no_attestations:
+        from imagesmith.attest.signing import load_signer
+
+        signer = load_signer("IMAGESMITH_SIGNING_KEY", pem=pem)
     spec = load_spec(spec_path)
-    record = run_push(spec, fresh_lock(spec), to=to, on_line=err)
+    record = run_push(
+        spec,
+        fresh_lock(spec),
+        to=to,
+        on_line=err,
+        attestations=not no_attestations,
+        signer=signer,
+        builder_id=os.environ.get("IMAGESMITH_BUILDER_ID") or None,
+    )
     if as_json:
         print_json(push_report(record))
         return
@@ -897,9 +928,21 @@ def pull(
         typer.Argument(help="NAME@sha256:..., or an env.toml whose image was pushed."),
     ],
     engine: EngineOpt = "auto",
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--verify-key",
+            metavar="KEY",
+            help="Require a provenance attached to the image and signed with this ed25519 "
+            "public key (PEM); checked before pulling.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fetch a lab's image by digest, check the digest, and summarise the spec and lock in it."""
+    """Fetch a lab's image by digest, check the digest, and show the spec it was built from.
+
+    Also lists the SBOMs and provenance attached to it in the registry.
+    """
     from imagesmith.lock import read_lock
     from imagesmith.push import pull as run_pull
     from imagesmith.records import read_push_record
@@ -916,6 +959,11 @@ def pull(
                 f"{spec.path.name}'s image has not been pushed: no {spec.path.stem}.pushed.json"
             )
         ref = record.pinned
+    if verify_key is not None:
+        from imagesmith.attest.publish import verify_attached_provenance
+        from imagesmith.attest.signing import load_public_key
+
+        verify_attached_provenance(ref, load_public_key(str(verify_key)))
     the_engine = chosen_engine(engine)
     pinned = run_pull(the_engine, ref)
     info, the_lock, _ = read_image(the_engine, pinned)
@@ -924,6 +972,16 @@ def pull(
         return
     typer.echo(f"pulled {pinned} into {the_engine.name}; digest verified")
     print_summary(pinned, info, the_lock)
+    if verify_key is not None:
+        typer.echo(f"  provenance: signed with {verify_key}, verified")
+    from imagesmith.attest.publish import attached_summary
+    from imagesmith.errors import RegistryError
+
+    try:
+        for line in attached_summary(ref):
+            typer.echo(f"  attached: {line}")
+    except RegistryError as exc:
+        warn(f"cannot list what is attached to it: {exc}")
 
 
 @app.command()
@@ -991,6 +1049,163 @@ def verify(
     for line in verdict.differences:
         err(f"  {line}")
     raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def sbom(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="env.toml (or env.lock), or an image imagesmith built (name:tag or ID)."
+        ),
+    ] = "env.toml",
+    sbom_format: Annotated[
+        str,
+        typer.Option("--format", "-f", help="spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.6)."),
+    ] = "spdx",
+    output: OutputOpt = None,
+    engine: EngineOpt = "auto",
+) -> None:
+    """Write the image's software bill of materials, made from its lock (no scanner, no network).
+
+    Lists the base image by digest, every apt package with its .deb sha256 and every Python
+    distribution with its hashes. The same lock gives the same bytes. From an image, the
+    Debian packages its base brought are listed too (read with dpkg-query in a container),
+    and the license expressions its Python distributions declare.
+    """
+    from imagesmith.attest.inventory import inventory
+    from imagesmith.attest.sbom import FORMATS, render_sbom
+    from imagesmith.attest.target import is_spec_target, lock_for_spec, lock_from_labels
+
+    if sbom_format not in FORMATS:
+        raise InputError(f"--format must be spdx or cyclonedx, not {sbom_format!r}")
+    if "@sha256:" in target and not is_spec_target(target):
+        from imagesmith.attest.referrers import attached_document
+
+        _emit(attached_document(target, sbom_format).decode("utf-8"), output)
+        return
+    if is_spec_target(target):
+        contents = inventory(lock_for_spec(target))
+    else:
+        from imagesmith.attest.target import installed_debs, venv_licenses
+        from imagesmith.engine import get_engine
+
+        the_engine = get_engine(engine)
+        the_lock = lock_from_labels(target, the_engine.inspect_image(target).labels)
+        licenses = venv_licenses(the_engine, target) if the_lock.python else {}
+        contents = inventory(the_lock, installed_debs(the_engine, target), licenses)
+    _emit(render_sbom(contents, sbom_format), output)
+
+
+@app.command()
+@reports_errors
+def provenance(
+    spec_path: SpecArg = Path("env.toml"),
+    output: OutputOpt = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key",
+            metavar="KEY",
+            help="Sign with this ed25519 private key (PEM) and write a DSSE envelope. "
+            "IMAGESMITH_SIGNING_KEY may hold the PEM text instead.",
+        ),
+    ] = None,
+    builder_id: Annotated[
+        str | None,
+        typer.Option(
+            "--builder-id",
+            metavar="URI",
+            envvar="IMAGESMITH_BUILDER_ID",
+            help="Who built it (default urn:imagesmith:builder:HOSTNAME).",
+        ),
+    ] = None,
+) -> None:
+    """Write the SLSA v1 provenance (an in-toto Statement) of the image built from env.lock.
+
+    The subject is the digest the last `imagesmith build` of this lock printed; with a key,
+    the statement is signed into a DSSE envelope (`imagesmith verify-provenance` checks it).
+    """
+    import socket
+
+    from imagesmith.attest.inventory import inventory
+    from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
+    from imagesmith.lock import fresh_lock
+    from imagesmith.records import read_build_record, read_push_record
+    from imagesmith.spec import load_spec
+
+    signer = None
+    pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None
+    if sign_key is not None or pem is not None:
+        from imagesmith.attest.signing import load_signer
+
+        if sign_key is not None:
+            signer = load_signer(str(sign_key))
+        else:
+            signer = load_signer("IMAGESMITH_SIGNING_KEY", pem=pem)
+    spec = load_spec(spec_path)
+    the_lock = fresh_lock(spec)
+    built = read_build_record(spec.path, the_lock.lock_hash)
+    if built is None:
+        raise InputError(
+            f"no build of this lock here: run `imagesmith build {spec.path.name}` first "
+            "(the provenance names the digest it made)"
+        )
+    pushed = read_push_record(spec.path, the_lock.lock_hash)
+    run = BuildRun(
+        repository=pushed.repository if pushed else (spec.registry_repository or spec.name),
+        digest=built.digest,
+        engine=built.engine,
+        builder_id=builder_id or f"urn:imagesmith:builder:{socket.gethostname()}",
+        started=built.started,
+        finished=built.finished,
+    )
+    text = dump_statement(provenance_statement(the_lock, inventory(the_lock), run))
+    if signer is not None:
+        from imagesmith.attest.signing import sign_statement
+
+        text = sign_statement(text, signer)
+    _emit(text, output)
+
+
+@app.command("verify-provenance")
+@reports_errors
+def verify_provenance(
+    envelope: Annotated[
+        Path, typer.Argument(help="A DSSE envelope `provenance --sign-key` wrote.")
+    ],
+    key: Annotated[
+        Path, typer.Option("--key", metavar="KEY", help="The ed25519 public key (PEM) to trust.")
+    ],
+    digest: Annotated[
+        str | None,
+        typer.Option("--digest", metavar="sha256:…", help="Also require this subject digest."),
+    ] = None,
+) -> None:
+    """Check a signed provenance: the signature with KEY, then (with --digest) its subject.
+
+    Exit 0 when it verifies, 1 when it does not, 2 when a file is not what it should be.
+    """
+    from imagesmith.attest.signing import VerificationFailed, load_public_key, verify_envelope
+
+    public = load_public_key(str(key))
+    try:
+        text = envelope.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{envelope}: cannot read it ({exc})") from None
+    statement = verify_envelope(text, public, what=str(envelope))
+    subjects = statement.get("subject") if isinstance(statement, dict) else None
+    found = [
+        f"{s.get('name')}@sha256:{s.get('digest', {}).get('sha256')}"
+        for s in subjects or []
+        if isinstance(s, dict)
+    ]
+    if digest is not None and not any(f.endswith("@" + digest) for f in found):
+        raise VerificationFailed(
+            f"{envelope}: signed, but its subject is {', '.join(found) or 'missing'}, not {digest}"
+        )
+    typer.echo(f"verified: {', '.join(found)} (key {public.keyid[:16]})")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from imagesmith.canonical_build import layout_dir
 from imagesmith.engine.base import Engine
@@ -59,7 +60,12 @@ def push(
     *,
     to: str | None = None,
     on_line: LineCallback | None = None,
+    attestations: bool = True,
+    signer: Any = None,
+    builder_id: str | None = None,
 ) -> PushRecord:
+    """Push the lock's image; then, unless `attestations` is False, attach its SBOMs and
+    provenance as OCI referrers (`signer`: sign the provenance into a DSSE envelope)."""
     ref, tags = push_target(spec, to)
     built = read_build_record(spec.path, lock.lock_hash)
     if built is None:
@@ -90,6 +96,20 @@ def push(
         gid=built.gid,
     )
     write_record(push_record_path(spec.path), record)
+    if attestations:
+        from imagesmith.attest.publish import attach_attestations
+
+        try:
+            attached = attach_attestations(
+                lock, built, ref, signer=signer, builder_id=builder_id, on_line=on_line
+            )
+        except RegistryError as exc:
+            raise RegistryError(
+                f"pushed {record.pinned}, but attaching its SBOMs and provenance failed: {exc} "
+                "(push again, or pass --no-attestations)"
+            ) from None
+        if on_line:
+            on_line(f"push: attached {len(attached)} attestations (SPDX, CycloneDX, provenance)")
     return record
 
 

@@ -26,6 +26,9 @@ class BuildRecord:
     lock_hash: str
     uid: int
     gid: int
+    started: str | None = None
+    """RFC 3339 UTC time the build began (for provenance); None in older records."""
+    finished: str | None = None
 
 
 @dataclass(frozen=True)

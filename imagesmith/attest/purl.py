@@ -1,0 +1,87 @@
+"""Package URLs (purl, github.com/package-url/purl-spec) for what a lock pins."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import quote
+
+from imagesmith.lock import AptPackage, BaseImageLock, PythonPackage
+from imagesmith.reference import parse_reference
+
+# Debian suites by code name; an unknown one is passed through as the distro as it is.
+DEBIAN_RELEASES = {
+    "buster": "10",
+    "bullseye": "11",
+    "bookworm": "12",
+    "trixie": "13",
+    "forky": "14",
+}
+
+
+def _encode(text: str, *, slash: bool = False) -> str:
+    # Unreserved characters and ':' stay bare (and '/' in qualifier values), as in
+    # packageurl-python's canonical form, so purls compare equal as plain strings.
+    return quote(text, safe="-._~:/" if slash else "-._~:")
+
+
+def purl(
+    kind: str,
+    name: str,
+    *,
+    namespace: str | None = None,
+    version: str | None = None,
+    qualifiers: Mapping[str, str] | None = None,
+) -> str:
+    text = f"pkg:{kind}/"
+    if namespace:
+        text += "/".join(_encode(part) for part in namespace.split("/")) + "/"
+    text += _encode(name)
+    if version:
+        text += "@" + _encode(version)
+    if qualifiers:
+        pairs = sorted((k, v) for k, v in qualifiers.items() if v)
+        if pairs:
+            text += "?" + "&".join(f"{k}={_encode(v, slash=True)}" for k, v in pairs)
+    return text
+
+
+def debian_distro(suite: str) -> str:
+    """The purl `distro` qualifier of a Debian suite: bookworm → debian-12."""
+    release = DEBIAN_RELEASES.get(suite)
+    return f"debian-{release}" if release else f"debian-{suite}"
+
+
+def deb_purl(package: AptPackage, suite: str) -> str:
+    return purl(
+        "deb",
+        package.name,
+        namespace="debian",
+        version=package.version,
+        qualifiers={"arch": package.arch, "distro": debian_distro(suite)},
+    )
+
+
+def pypi_name(name: str) -> str:
+    """PEP 503 normalised, as the purl spec wants for pypi."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pypi_purl(package: PythonPackage) -> str:
+    return purl("pypi", pypi_name(package.name), version=package.version)
+
+
+def oci_purl(base: BaseImageLock) -> str:
+    """pkg:oci/NAME@DIGEST?repository_url=...; a local-only base has no manifest digest, so
+    its purl names the repository and tag alone."""
+    try:
+        asked = parse_reference(base.reference)
+        repository = base.repository if base.local else parse_reference(base.repository).repository
+    except ValueError:  # a lock imagesmith wrote holds references it parsed already
+        asked, repository = None, base.repository
+    tag = asked.tag if asked is not None and asked.digest is None else None
+    qualifiers = {"repository_url": repository, "tag": tag or ""}
+    name = repository.rsplit("/", 1)[-1]
+    if base.local:
+        return purl("oci", name, qualifiers=qualifiers)
+    return purl("oci", name, version=base.digest, qualifiers=qualifiers)
