@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesmith.cachegc import cache_budget
 from imagesmith.canonical_build import Canonical
@@ -22,6 +23,9 @@ from imagesmith.lock import Lock, read_lock, stale_reason, write_lock
 from imagesmith.records import BuildRecord, build_record_path, write_record
 from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
+
+if TYPE_CHECKING:
+    from imagesmith.input_archive import Archive
 
 LineCallback = Callable[[str], None]
 
@@ -101,12 +105,14 @@ def build_canonical(
     *,
     no_cache: bool = False,
     on_line: LineCallback = lambda _: None,
+    archive: Archive | None = None,
 ) -> Canonical:
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
     When the Python packages have to be downloaded or installed on the host, the engine
     builds the system stage (apt) meanwhile, and the full build then starts from that
-    stage's image.
+    stage's image. `archive`: the lock's input archive in the lab's registry, where
+    inputs are looked for before their original sources.
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context, python_tree_cached
@@ -140,10 +146,13 @@ def build_canonical(
                     no_cache=no_cache,
                     on_line=on_line,
                     on_build_line=line,
+                    archive=archive,
                 )
                 prewarm.add(system_id)
                 containerfile = render(lock, system_image=system_id, epoch=epoch)
-            context = assemble_context(lock, containerfile, work / "context", on_line=on_line)
+            context = assemble_context(
+                lock, containerfile, work / "context", on_line=on_line, archive=archive
+            )
             built_id = engine.build(
                 context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
             )
@@ -164,6 +173,7 @@ def _system_while_fetching(
     no_cache: bool,
     on_line: LineCallback,
     on_build_line: LineCallback,
+    archive: Archive | None,
 ) -> str:
     """Build the system stage while the host fetches and installs the wheels; its image ID.
 
@@ -181,7 +191,7 @@ def _system_while_fetching(
         "while the system stage builds"
     )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
-        fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch)
+        fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch, archive=archive)
         system_id = engine.build(
             context=folder,
             tags=(),
@@ -207,7 +217,10 @@ def build(
     started = time.monotonic()
     lock, locked = ensure_lock(spec, engine, relock=relock, platform=platform, on_line=on_line)
     tags = image_tags(lock, extra_tags)
-    canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line)
+    from imagesmith.input_archive import Archive
+
+    archive = Archive.for_lock(spec.registry_repository, lock)
+    canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line, archive=archive)
     applied: list[str] = []
     try:
         for tag in tags:

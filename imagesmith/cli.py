@@ -275,6 +275,15 @@ def lock_diff(old: Lock | None, new: Lock) -> list[str]:
     return lines
 
 
+NoInputsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-inputs",
+        help="Push the image only, without the input archive (lock-HASH.inputs) it builds from.",
+    ),
+]
+
+
 class Progress:
     """Build progress: a live status line on a terminal, plain lines in CI or a pipe."""
 
@@ -323,6 +332,7 @@ def build(
     then_push: Annotated[
         bool, typer.Option("--push", help="Push to [registry] repository after the build.")
     ] = False,
+    no_inputs: NoInputsOpt = False,
 ) -> None:
     """Build the lab's image: lock (if there is no lock yet), render, build, make canonical, tag.
 
@@ -352,7 +362,7 @@ def build(
         from imagesmith.lock import read_lock
         from imagesmith.push import push as run_push
 
-        record = run_push(spec, read_lock(spec.lock_path), on_line=err)
+        record = run_push(spec, read_lock(spec.lock_path), inputs=not no_inputs, on_line=err)
         summary["pushed"] = record.pinned
         err(f"pushed {record.pinned}")
     if as_json:
@@ -586,9 +596,12 @@ def push(
             help="Push here (REGISTRY/PATH[:TAG]) instead of [registry] repository.",
         ),
     ] = None,
+    no_inputs: NoInputsOpt = False,
 ) -> None:
     """Publish the built image to the lab's registry and record its digest for `manifest`.
 
+    Also stores the lock's input archive beside it (every wheel the lock pins, tagged
+    lock-HASH.inputs), so the image can be rebuilt after the sources drop those files.
     Credentials: docker login / podman login, or IMAGESMITH_REGISTRY_USER and
     IMAGESMITH_REGISTRY_PASSWORD (never on the command line).
     """
@@ -597,7 +610,7 @@ def push(
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
-    record = run_push(spec, fresh_lock(spec), to=to, on_line=err)
+    record = run_push(spec, fresh_lock(spec), to=to, inputs=not no_inputs, on_line=err)
     typer.echo(f"pushed {record.pinned}")
     typer.echo(f"  tags: {', '.join(record.tags)}")
     typer.echo(f"  next: imagesmith manifest {spec_path}")

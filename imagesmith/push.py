@@ -53,8 +53,11 @@ def push(
     lock: Lock,
     *,
     to: str | None = None,
+    inputs: bool = True,
     on_line: LineCallback | None = None,
 ) -> PushRecord:
+    """Push the canonical image `build` made for `lock`, then (unless `inputs` is False)
+    its input archive: every file the lock builds from, linked to the image."""
     ref, tags = push_target(spec, to)
     built = read_build_record(spec.path, lock.lock_hash)
     if built is None:
@@ -72,6 +75,24 @@ def push(
     digest = push_layout(layout, ref, tags, on_line=on_line)
     if digest != built.digest:
         raise RegistryError(f"the registry holds {digest}, but the build made {built.digest}")
+    if inputs:
+        from imagesmith.input_archive import collect_inputs, push_inputs
+
+        manifest = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        archived = push_inputs(
+            collect_inputs(lock, on_line=on_line),
+            ref,
+            lock=lock,
+            subject_digest=digest,
+            subject_size=manifest.stat().st_size,
+            on_line=on_line,
+        )
+        if on_line:
+            on_line(
+                f"push: input archive {ref.familiar_repository}:{archived.tag} "
+                f"({archived.files} files, {archived.new_files} new, "
+                f"{archived.new_bytes / 1e6:.1f} MB sent)"
+            )
     record = PushRecord(
         repository=ref.familiar_repository,
         digest=digest,
