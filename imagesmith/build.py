@@ -116,9 +116,11 @@ def build_canonical(
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context, python_tree_cached
+    from imagesmith.input_archive import ensure_base
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
+    ensure_base(engine, lock, archive)
     args = build_args(lock)
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
         work = Path(tmp)

@@ -14,15 +14,18 @@ comes back is checked against that digest as it streams.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesmith.errors import RegistryError
+from imagesmith.engine.base import Engine
+from imagesmith.errors import EngineError, RegistryError
 from imagesmith.lock import Lock
 from imagesmith.reference import ImageReference
 from imagesmith.registry import Pusher, RegistryClient
@@ -250,3 +253,104 @@ class Archive:
 
 def _safe_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\0" not in name and name not in {".", ".."}
+
+
+# -- a base image that exists only where it was made -----------------------------------
+
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+
+
+def base_tag(lock: Lock) -> str:
+    """The tag a local-only base goes under in the lab's repository: `base-<image ID>`."""
+    return "base-" + lock.base.digest.removeprefix("sha256:")[:32]
+
+
+def push_local_base(
+    engine: Engine,
+    lock: Lock,
+    repository: ImageReference,
+    *,
+    on_line: LineCallback | None = None,
+) -> str | None:
+    """Push the lock's base when it exists only locally (made by `imagesmith base`), so
+    that another machine can build the lock; its tag, or None when the base is public.
+
+    The config is pushed byte for byte, so an engine that pulls it gets the very image
+    ID the lock pins."""
+    if not lock.base.local:
+        return None
+    from imagesmith.oci import LayoutWriter, canonical_json, open_image
+    from imagesmith.registry import push_layout
+
+    tag = base_tag(lock)
+    client = RegistryClient(repository.registry)
+    try:
+        client.manifest(repository.path, tag)
+        return tag  # already there: the tag names the image ID
+    except RegistryError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    if on_line:
+        on_line(f"push: the local base {lock.base.digest[:19]} as {repository.path}:{tag}")
+    with tempfile.TemporaryDirectory(prefix="imagesmith-base-") as tmp:
+        saved = Path(tmp) / "base.tar"
+        engine.save(lock.base.digest, saved)
+        layout = LayoutWriter(Path(tmp) / "layout")
+        with open_image(saved) as image:
+            config = layout.add_bytes(CONFIG_TYPE, image.config)
+            layers = []
+            for index in range(len(image.layer_names)):
+                with (
+                    layout.blob_writer() as (writer, result),
+                    gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=1, mtime=0) as gz,
+                ):
+                    shutil.copyfileobj(image.open_layer(index), gz, 1 << 20)
+                layers.append({"mediaType": LAYER_TYPE, "digest": result[0], "size": writer.size})
+        manifest = layout.add_bytes(
+            MANIFEST_TYPE,
+            canonical_json(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": MANIFEST_TYPE,
+                    "config": config.to_json(),
+                    "layers": layers,
+                }
+            ),
+        )
+        layout.write_index(manifest, [])
+        push_layout(Path(tmp) / "layout", repository, [tag], on_line=on_line)
+    return tag
+
+
+def ensure_base(engine: Engine, lock: Lock, archive: Archive | None) -> None:
+    """Make sure the engine holds the lock's local-only base: pulled from the lab's
+    registry when it is not in the engine's store, or an error saying where it looked."""
+    if not lock.base.local or engine.image_exists(lock.base.digest):
+        return
+    looked = [f"{engine.name}'s image store"]
+    if archive is not None:
+        from imagesmith.registry import find_credentials
+
+        pinned = f"{archive.repository.familiar_repository}:{base_tag(lock)}"
+        credentials = find_credentials(archive.repository.registry)
+        auth = (
+            {"username": credentials.username, "password": credentials.password}
+            if credentials
+            else None
+        )
+        try:
+            pulled = engine.pull(pinned, auth=auth)
+        except EngineError as exc:
+            looked.append(f"{pinned} ({exc})")
+        else:
+            if pulled == lock.base.digest:
+                return
+            engine.remove_image(pinned, force=True)
+            looked.append(f"{pinned} (holds {pulled[:19]}, not the pinned image)")
+    raise EngineError(
+        f"the base {lock.base.reference} ({lock.base.digest[:19]}) exists only on the "
+        f"machine that made it; looked in: {'; '.join(looked)}. Push from there with "
+        "`imagesmith push` (it stores the base with the input archive), or make it again "
+        "with `imagesmith base` and the same --epoch"
+    )

@@ -76,8 +76,12 @@ def push(
     if digest != built.digest:
         raise RegistryError(f"the registry holds {digest}, but the build made {built.digest}")
     if inputs:
-        from imagesmith.input_archive import collect_inputs, push_inputs
+        from imagesmith.input_archive import collect_inputs, push_inputs, push_local_base
 
+        if lock.base.local:
+            from imagesmith.engine import get_engine
+
+            push_local_base(get_engine(built.engine), lock, ref, on_line=on_line)
         manifest = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
         archived = push_inputs(
             collect_inputs(lock, on_line=on_line),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -11,12 +13,14 @@ import pytest
 
 from imagesmith.build import build
 from imagesmith.engine.base import Engine
+from imagesmith.engine.podman import PodmanEngine
 from imagesmith.errors import ImagesmithError
 from imagesmith.input_archive import (
     ARTIFACT_TYPE,
     DEB_TYPE,
     WHEEL_TYPE,
     archived_names,
+    base_tag,
     fetch_input,
     input_file,
     inputs_tag,
@@ -28,7 +32,7 @@ from imagesmith.reference import parse_reference
 from imagesmith.registry import RegistryClient
 from imagesmith.spec import load_spec
 from tests.fixtures.make_lock import make_lock
-from tests.integration.conftest import Registry
+from tests.integration.conftest import ImageTracker, Registry
 
 pytestmark = pytest.mark.registry
 
@@ -159,3 +163,65 @@ def test_rebuild_takes_what_the_index_no_longer_serves_from_the_archive(
     finally:
         for tag in first.tags:
             engine.remove_image(tag, force=True)
+
+
+@pytest.mark.integration
+def test_a_second_machine_builds_the_lock_from_the_registry_alone(
+    engine: Engine,
+    base_image: str,
+    podman_engine: Engine,
+    logged_in: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    images: ImageTracker,
+) -> None:
+    """A lock whose base was made on this machine and never pushed, built, pushed with its
+    inputs; then a podman with a storage of its own and an empty imagesmith cache (a
+    second machine) builds it with nothing but env.toml, env.lock and the registry."""
+    marker = uuid.uuid4().hex
+    context = tmp_path / "base-context"
+    context.mkdir()
+    (context / "Containerfile").write_text(
+        f"FROM {base_image}\nRUN echo {marker} > /etc/lab-base-marker\n"
+    )
+    local_base = images.tag("local-base")
+    engine.build(context=context, tags=[local_base])
+    name = f"it-base-{marker[:8]}"
+    repo = f"{logged_in.host}/lab/{name}"
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\n[base]\nimage = "{local_base}"\n'
+        f'[image]\ncmd = ["cat", "/etc/lab-base-marker"]\n[registry]\nrepository = "{repo}"\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    first = build(spec, engine)
+    for tag in first.tags:
+        images.add(tag)
+    lock = read_lock(spec.lock_path)
+    assert lock.base.local
+    push(spec, lock)
+    _, _, body = RegistryClient(logged_in.host).manifest(f"lab/{name}", base_tag(lock))
+    assert json.loads(body)["config"]["digest"] == lock.base.digest  # the very image ID
+
+    storage = tmp_path / "second-machine"
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage / "root"}"\n'
+        f'runroot = "{storage / "run"}"\n'
+    )
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(storage / "cache"))
+    second = PodmanEngine()
+    try:
+        assert not second.image_exists(lock.base.digest)
+        again = build(spec, second)
+        assert again.digest == first.digest
+        run = second.run(again.tags[0], [])
+        assert run.output.strip() == marker
+    finally:
+        # Named explicitly, so that this clean-up can only ever touch the second store.
+        second_store = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
+        subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
+        subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
+        shutil.rmtree(storage, ignore_errors=True)
