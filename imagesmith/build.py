@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesmith.cachegc import cache_budget
 from imagesmith.canonical import rfc3339
@@ -32,6 +33,9 @@ from imagesmith.records import BuildRecord, build_record_path, write_record
 from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
 from imagesmith.userpath import as_typed
+
+if TYPE_CHECKING:
+    from imagesmith.input_archive import Archive
 
 LineCallback = Callable[[str], None]
 
@@ -113,20 +117,24 @@ def build_canonical(
     *,
     no_cache: bool = False,
     on_line: LineCallback = lambda _: None,
+    archive: Archive | None = None,
 ) -> Canonical:
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
     The .debs the lock pins are fetched and checked on the host first (`fetch_debs`).
     When the Python packages have to be downloaded or installed on the host, the engine
     builds the system stage (apt) meanwhile, and the full build then starts from that
-    stage's image.
+    stage's image. `archive`: the lock's input archive in the lab's registry, where
+    inputs are looked for before their original sources.
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context, python_tree_cached
     from imagesmith.debs import fetch_debs
+    from imagesmith.input_archive import ensure_base
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
+    ensure_base(engine, lock, archive)
     args = build_args(lock)
     with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
         work = Path(tmp)
@@ -155,14 +163,15 @@ def build_canonical(
                     no_cache=no_cache,
                     on_line=on_line,
                     on_build_line=line,
+                    archive=archive,
                 )
                 prewarm.add(system_id)
                 containerfile = render(lock, system_image=system_id, epoch=epoch)
                 debs = None  # the system stage is built: the .debs are in it already
             else:
-                debs = fetch_debs(lock.apt, on_line=on_line)
+                debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
             context = assemble_context(
-                lock, containerfile, work / "context", debs=debs, on_line=on_line
+                lock, containerfile, work / "context", debs=debs, on_line=on_line, archive=archive
             )
             built_id = engine.build(
                 context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
@@ -184,6 +193,7 @@ def _system_while_fetching(
     no_cache: bool,
     on_line: LineCallback,
     on_build_line: LineCallback,
+    archive: Archive | None,
 ) -> str:
     """Build the system stage while the host fetches and installs the wheels; its image ID.
 
@@ -207,8 +217,10 @@ def _system_while_fetching(
             reports.add(text)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
-        fetched = pool.submit(python_tree, lock.python, lock.source_date_epoch, on_line=report)
-        debs = fetch_debs(lock.apt, on_line=on_line)
+        fetched = pool.submit(
+            python_tree, lock.python, lock.source_date_epoch, on_line=report, archive=archive
+        )
+        debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
         system_context(lock, containerfile, folder, debs=debs)
         system_id = engine.build(
             context=folder,
@@ -239,7 +251,10 @@ def build(
     started_at = time.time()
     lock, locked = ensure_lock(spec, engine, relock=relock, platform=platform, on_line=on_line)
     tags = image_tags(lock, extra_tags)
-    canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line)
+    from imagesmith.input_archive import Archive
+
+    archive = Archive.for_lock(spec.registry_repository, lock)
+    canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line, archive=archive)
     applied: list[str] = []
     try:
         for tag in tags:

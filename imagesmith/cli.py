@@ -436,6 +436,15 @@ def lock_diff(old: Lock | None, new: Lock) -> list[str]:
     return lines
 
 
+NoInputsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-inputs",
+        help="Push the image only, without the input archive (lock-HASH.inputs) it builds from.",
+    ),
+]
+
+
 class Progress:
     """Build progress: a live status line on a terminal, plain lines in CI or a pipe."""
 
@@ -484,6 +493,7 @@ def build(
     then_push: Annotated[
         bool, typer.Option("--push", help="Push to \\[registry] repository after the build.")
     ] = False,
+    no_inputs: NoInputsOpt = False,
 ) -> None:
     """Build the lab's image: lock (if there is no lock yet), render, build, make canonical, tag.
 
@@ -513,7 +523,8 @@ def build(
         from imagesmith.lock import read_lock
         from imagesmith.push import push as run_push
 
-        pushed = run_push(spec, read_lock(spec.lock_path), on_line=err).pinned
+        built_lock = read_lock(spec.lock_path)
+        pushed = run_push(spec, built_lock, inputs=not no_inputs, on_line=err).pinned
         err(f"pushed {pushed}")
     if as_json:
         print_json(build_report(result, pushed=pushed))
@@ -883,13 +894,16 @@ def push(
             help="Do not attach the SBOMs and provenance (OCI referrers) to the image.",
         ),
     ] = False,
+    no_inputs: NoInputsOpt = False,
 ) -> None:
     """Publish the built image to the lab's registry and record its digest for `manifest`.
 
-    Also attaches its SPDX and CycloneDX SBOMs and its SLSA provenance as OCI referrers
-    (signed when IMAGESMITH_SIGNING_KEY holds an ed25519 key). Credentials: docker login /
-    podman login, or IMAGESMITH_REGISTRY_USER and IMAGESMITH_REGISTRY_PASSWORD (never on
-    the command line).
+    Also stores the lock's input archive beside it (every .deb and wheel the lock pins, and
+    a base that exists only here; tagged lock-HASH.inputs), so the image can be rebuilt
+    after its sources drop those files, and attaches its SPDX and CycloneDX SBOMs and its
+    SLSA provenance as OCI referrers (signed when IMAGESMITH_SIGNING_KEY holds an ed25519
+    key). Credentials: docker login / podman login, or IMAGESMITH_REGISTRY_USER and
+    IMAGESMITH_REGISTRY_PASSWORD (never on the command line).
     """
     from imagesmith.lock import fresh_lock
     from imagesmith.push import push as run_push
@@ -907,6 +921,7 @@ def push(
         spec,
         fresh_lock(spec),
         to=to,
+        inputs=not no_inputs,
         on_line=err,
         attestations=not no_attestations,
         signer=signer,

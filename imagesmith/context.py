@@ -30,7 +30,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesmith.cachegc import touch
 from imagesmith.engine.base import disk_full_message
@@ -45,6 +47,9 @@ from imagesmith.integrity import (
 )
 from imagesmith.lock import Lock, PythonLock
 from imagesmith.render import CONTEXT_APT, CONTEXT_PYTHON, copy_context_path
+
+if TYPE_CHECKING:
+    from imagesmith.input_archive import Archive
 
 LineCallback = Callable[[str], None]
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -76,8 +81,14 @@ def _wheel_folder(python: PythonLock) -> Path:
     return cache_dir() / "wheels" / key
 
 
-def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> Path:
-    """A folder holding one hash-checked wheel per locked distribution (cached by content)."""
+def fetch_wheels(
+    python: PythonLock, *, on_line: LineCallback | None = None, archive: Archive | None = None
+) -> Path:
+    """A folder holding one hash-checked wheel per locked distribution (cached by content).
+
+    Wheels come from the lock's input archive in the lab's registry when it has them (a
+    blob per wheel, checked against its digest), the rest from the package index.
+    """
     sdists = [f"{p.name}=={p.version}" for p in python.packages if p.sdist_only]
     if sdists:
         raise ResolveError(
@@ -100,6 +111,14 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    from_archive = _wheels_from_archive(python, archive, partial / "wheels", on_line)
+    if len(from_archive) == len(python.packages):
+        return _complete(partial, folder, python)
+    if from_archive:
+        rest = replace(
+            python, packages=tuple(p for p in python.packages if p.name not in from_archive)
+        )
+        requirements = rest.requirements_txt()
     (partial / "requirements.txt").write_text(requirements, encoding="utf-8")
     version = python.version.replace(".", "")
     command = [
@@ -127,6 +146,11 @@ def fetch_wheels(python: PythonLock, *, on_line: LineCallback | None = None) -> 
                 f"python: no wheel for {python.platform} / Python {python.version}: {detail}"
             )
         raise OperationError(f"python: fetching wheels failed: {detail}")
+    return _complete(partial, folder, python)
+
+
+def _complete(partial: Path, folder: Path, python: PythonLock) -> Path:
+    """Check and record the wheels in `partial`, then move it into place as `folder`."""
     try:
         _record_wheels(partial, python)
         shutil.rmtree(folder, ignore_errors=True)
@@ -187,6 +211,23 @@ def _check_wheels(folder: Path, python: PythonLock) -> None:
         check_file(wheel, digest)
 
 
+def _wheels_from_archive(
+    python: PythonLock, archive: Archive | None, folder: Path, on_line: LineCallback | None
+) -> set[str]:
+    """Fetch into `folder` the locked wheels the input archive holds; their package names."""
+    if archive is None:
+        return set()
+    names = archive.names()
+    fetched: set[str] = set()
+    for package in python.packages:
+        digest = next((h for h in package.hashes if h in names), None)
+        if digest is not None and archive.fetch(digest, folder / names[digest]) is None:
+            fetched.add(package.name)
+    if fetched and on_line:
+        on_line(f"python: {len(fetched)} wheels from {archive.where}")
+    return fetched
+
+
 _KEEP_TREES = 4
 VENV_TAR = "venv.tar.gz"
 TREE_SUM = "venv.tar.gz.sha256"
@@ -203,7 +244,13 @@ def python_tree_cached(python: PythonLock, epoch: int) -> bool:
     return (folder / VENV_TAR).is_file() and (folder / TREE_SUM).is_file()
 
 
-def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None = None) -> Path:
+def python_tree(
+    python: PythonLock,
+    epoch: int,
+    *,
+    on_line: LineCallback | None = None,
+    archive: Archive | None = None,
+) -> Path:
     """The locked distributions installed as /opt/venv will hold them, as one tar (cached).
 
     The build extracts it with ``ADD``: one file in the context instead of a thousand,
@@ -227,7 +274,9 @@ def python_tree(python: PythonLock, epoch: int, *, on_line: LineCallback | None 
         except (OSError, ValueError):
             pass  # unreadable: made again
         shutil.rmtree(folder, ignore_errors=True)
-    wheels = sorted((fetch_wheels(python, on_line=on_line) / "wheels").glob("*.whl"))
+    wheels = sorted(
+        (fetch_wheels(python, on_line=on_line, archive=archive) / "wheels").glob("*.whl")
+    )
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     try:
         shutil.rmtree(partial, ignore_errors=True)
@@ -316,11 +365,13 @@ def assemble_context(
     *,
     debs: Mapping[str, Path] | None = None,
     on_line: LineCallback | None = None,
+    archive: Archive | None = None,
 ) -> Path:
     """Write the build context for `lock` into `folder` (created; must not exist yet).
 
     `debs`: the checked .debs when the Containerfile builds the system stage itself;
-    None when it starts from that stage already built.
+    None when it starts from that stage already built. `archive`: the lock's input
+    archive, where wheels are looked for before the index.
     """
     folder.mkdir(parents=True)
     (folder / "Containerfile").write_text(containerfile, encoding="utf-8")
@@ -328,7 +379,7 @@ def assemble_context(
     if debs is not None:
         _add_debs(lock, debs, folder)
     if lock.python is not None and lock.python.packages:
-        tree = python_tree(lock.python, lock.source_date_epoch, on_line=on_line)
+        tree = python_tree(lock.python, lock.source_date_epoch, on_line=on_line, archive=archive)
         _link_or_copy(tree, folder / CONTEXT_PYTHON / VENV_TAR)
     for index, item in enumerate(spec.image.copy):
         _copy_tree(spec.folder / item.src, folder / copy_context_path(index, item.src))

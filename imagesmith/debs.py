@@ -5,11 +5,12 @@ sha256 before the build sees them; the image's apt step then installs exactly th
 files from the build context and reaches no network (`imagesmith.render`).
 
 Places tried for each .deb, in order: the host cache (`~/.cache/imagesmith/debs/SHA256`,
-content-addressed, so any lock that pins the same file shares it); the archive the lock
-resolved it from (`source` + `path`); snapshot.debian.org when the lock has an `[apt]
-snapshot`. Downloads run in parallel, resume a `.partial` file left by an interrupted
-one (HTTP Range), and are hashed as they stream: a file that does not match stops the
-build. A cached file that no longer matches is fetched again.
+content-addressed, so any lock that pins the same file shares it); the lock's input
+archive in the lab's registry (`imagesmith.input_archive`), when `[registry] repository`
+is set; the archive the lock resolved it from (`source` + `path`); snapshot.debian.org
+when the lock has an `[apt] snapshot`. Downloads run in parallel, resume a `.partial`
+file left by an interrupted one (HTTP Range), and are hashed as they stream: a file that
+does not match stops the build. A cached file that no longer matches is fetched again.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import LockError, OperationError
 from imagesmith.lock import AptLock, AptPackage
+
+if TYPE_CHECKING:
+    from imagesmith.input_archive import Archive
 
 LineCallback = Callable[[str], None]
 SNAPSHOT_ARCHIVE = "http://snapshot.debian.org/archive"
@@ -99,13 +103,15 @@ def fetch_debs(
     cache: Path | None = None,
     workers: int = _WORKERS,
     snapshot_archive: str = SNAPSHOT_ARCHIVE,
+    archive: Archive | None = None,
 ) -> dict[str, Path]:
     """Every .deb the lock pins, checked against its sha256: {package name: cached file}.
 
     Raises HashMismatch when a download is not the file the lock pins, OperationError
     listing each package no place had (and every place looked), LockError for a lock
     that does not say where its .debs live. Progress goes to `on_line` from the calling
-    thread only.
+    thread only. `archive`: the lock's input archive in the lab's registry, looked in
+    after the host cache and before the archives the lock names.
     """
     say = on_line or (lambda _: None)
     _check_lock(apt)
@@ -135,7 +141,9 @@ def fetch_debs(
             say(f"apt: fetching {len(todo)} .debs ({size / 1e6:.1f} MB) on the host")
             started = time.monotonic()
             urls = [places(p, apt.snapshot, snapshot_archive) for p in todo]
-            futures = [pool.submit(_fetch, root, p, u) for p, u in zip(todo, urls, strict=True)]
+            futures = [
+                pool.submit(_fetch, root, p, u, archive) for p, u in zip(todo, urls, strict=True)
+            ]
             missing: list[_Missing] = []
             mismatch: HashMismatch | None = None
             for package, future in zip(todo, futures, strict=True):
@@ -177,7 +185,9 @@ def _cached(root: Path, package: AptPackage) -> tuple[Path | None, bool]:
     return None, True
 
 
-def _fetch(root: Path, package: AptPackage, urls: list[str]) -> Path | _Missing:
+def _fetch(
+    root: Path, package: AptPackage, urls: list[str], archive: Archive | None = None
+) -> Path | _Missing:
     """Download one .deb into the cache; _Missing when no place has it."""
     final = root / str(package.sha256)
     partial = final.with_name(final.name + ".partial")
@@ -193,6 +203,13 @@ def _fetch(root: Path, package: AptPackage, urls: list[str]) -> Path | _Missing:
                 partial.unlink(missing_ok=True)
             return final
         tried = []
+        if archive is not None:
+            reason = archive.fetch(f"sha256:{package.sha256}", final, mode=0o644)
+            if reason is None:
+                if not os.fstat(out.fileno()).st_size:
+                    partial.unlink(missing_ok=True)
+                return final
+            tried.append(reason)
         for url in urls:
             try:
                 reason = _download(url, out, package)

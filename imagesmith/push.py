@@ -59,13 +59,16 @@ def push(
     lock: Lock,
     *,
     to: str | None = None,
+    inputs: bool = True,
     on_line: LineCallback | None = None,
     attestations: bool = True,
     signer: Any = None,
     builder_id: str | None = None,
 ) -> PushRecord:
-    """Push the lock's image; then, unless `attestations` is False, attach its SBOMs and
-    provenance as OCI referrers (`signer`: sign the provenance into a DSSE envelope)."""
+    """Push the canonical image `build` made for `lock`; then, unless `inputs` is False, its
+    input archive (every file the lock builds from, linked to the image); then, unless
+    `attestations` is False, its SBOMs and provenance as OCI referrers (`signer`: sign the
+    provenance into a DSSE envelope)."""
     ref, tags = push_target(spec, to)
     built = read_build_record(spec.path, lock.lock_hash)
     if built is None:
@@ -87,6 +90,28 @@ def push(
         digest = push_layout(layout, ref, tags, on_line=on_line)
     if digest != built.digest:
         raise RegistryError(f"the registry holds {digest}, but the build made {built.digest}")
+    if inputs:
+        from imagesmith.input_archive import collect_inputs, push_inputs, push_local_base
+
+        if lock.base.local:
+            from imagesmith.engine import get_engine
+
+            push_local_base(get_engine(built.engine), lock, ref, on_line=on_line)
+        manifest = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        archived = push_inputs(
+            collect_inputs(lock, on_line=on_line),
+            ref,
+            lock=lock,
+            subject_digest=digest,
+            subject_size=manifest.stat().st_size,
+            on_line=on_line,
+        )
+        if on_line:
+            on_line(
+                f"push: input archive {ref.familiar_repository}:{archived.tag} "
+                f"({archived.files} files, {archived.new_files} new, "
+                f"{archived.new_bytes / 1e6:.1f} MB sent)"
+            )
     record = PushRecord(
         repository=ref.familiar_repository,
         digest=digest,

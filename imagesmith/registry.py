@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from imagesmith.errors import RegistryError
 from imagesmith.integrity import check_bytes
@@ -202,6 +202,45 @@ class RegistryClient:
             raise RegistryError(f"{realm} gave no token")
         self._tokens[scope] = f"Bearer {token}"
 
+    def download_blob(self, path: str, digest: str, sink: IO[bytes]) -> bool:
+        """Stream blob `digest` of repository `path` into `sink`, checking it against the
+        digest as it arrives; False when the repository does not hold it.
+
+        The credential goes to the registry only, not to the storage a registry may
+        redirect blob downloads to (its own signed URL authorises those).
+        """
+        scope = f"repository:{path}:pull"
+        status, _, _ = self.request("HEAD", f"/v2/{path}/blobs/{digest}", scope=scope)
+        if status == 404:
+            return False
+        if status in (401, 403):
+            raise RegistryError(f"unauthorized: check the credentials for {self.registry}")
+        request = urllib.request.Request(base_url(self.registry) + f"/v2/{path}/blobs/{digest}")
+        token = self._tokens.get(scope)
+        if token:
+            request.add_unredirected_header("Authorization", token)
+        hasher = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                while chunk := response.read(1 << 20):
+                    hasher.update(chunk)
+                    sink.write(chunk)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise RegistryError(
+                f"{self.registry} answered {exc.code} for blob {digest[:19]}"
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc) or type(exc).__name__
+            raise RegistryError(f"cannot reach registry {self.registry}: {reason}") from None
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:
+            raise RegistryError(
+                f"{self.registry}/{path} served {actual} when asked for blob {digest}"
+            )
+        return True
+
     def manifest(self, path: str, reference: str) -> tuple[str, str, bytes]:
         """(digest, media type, bytes) of the manifest `path:reference`."""
         status, headers, body = self.request(
@@ -321,16 +360,20 @@ class Pusher:
             raise RegistryError(f"unauthorized: check the credentials for {self.client.registry}")
         return status, {k.lower(): v for k, v in response_headers.items()}, body
 
-    def _blob_exists(self, digest: str) -> bool:
-        status, _, _ = self._call("HEAD", f"/v2/{self.path}/blobs/{digest}")
-        return status == 200
+    def has_blob(self, digest: str) -> bool:
+        def attempt() -> bool:
+            status, _, _ = self._call("HEAD", f"/v2/{self.path}/blobs/{digest}")
+            return status == 200
+
+        return with_retries(attempt, what=f"checking {digest[:19]}", on_line=self.on_line)
 
     def push_blob(self, digest: str, path: Path) -> None:
         """Upload the blob at `path` unless the registry has it. Its bytes are checked
         against `digest` before an upload starts (`CorruptEntry`: nothing sent)."""
 
         def attempt() -> None:
-            if self._blob_exists(digest):
+            status, _, _ = self._call("HEAD", f"/v2/{self.path}/blobs/{digest}")
+            if status == 200:
                 return
             data = path.read_bytes()
             check_bytes(data, digest, what=path)

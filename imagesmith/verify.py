@@ -62,7 +62,10 @@ def verify(
         )
     reference_layout = layout_dir(built.digest)
     on_line(f"verify: rebuilding {spec.name} from {spec.lock_path.name} with no cache")
-    rebuilt = build_canonical(lock, engine, no_cache=True, on_line=on_line)
+    from imagesmith.input_archive import Archive
+
+    archive = Archive.for_lock(spec.registry_repository, lock)
+    rebuilt = build_canonical(lock, engine, no_cache=True, on_line=on_line, archive=archive)
     differences: list[str] = []
     if rebuilt.digest != built.digest:
         if (reference_layout / "index.json").exists():

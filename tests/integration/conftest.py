@@ -198,6 +198,8 @@ class Registry:
     host: str  # 127.0.0.1:PORT
     username: str
     password: str
+    root: Path | None = None
+    """The folder the registry process keeps its config and storage in."""
 
     @property
     def auth(self) -> dict[str, str]:
@@ -269,8 +271,9 @@ def running_registry(root: Path, *, auth: Registry | None) -> Iterator[str]:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A registry on 127.0.0.1 that wants a user name and password (htpasswd)."""
     wanted = Registry("", "imagesmith", uuid.uuid4().hex)
-    with running_registry(tmp_path_factory.mktemp("registry"), auth=wanted) as host:
-        yield Registry(host, wanted.username, wanted.password)
+    root = tmp_path_factory.mktemp("registry")
+    with running_registry(root, auth=wanted) as host:
+        yield Registry(host, wanted.username, wanted.password, root)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,227 @@
+"""The input archive against a real docker-registry process on 127.0.0.1 (with auth)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imagesmith.build import build
+from imagesmith.engine.base import Engine
+from imagesmith.engine.podman import PodmanEngine
+from imagesmith.errors import ImagesmithError
+from imagesmith.input_archive import (
+    ARTIFACT_TYPE,
+    DEB_TYPE,
+    WHEEL_TYPE,
+    archived_names,
+    base_tag,
+    fetch_input,
+    input_file,
+    inputs_tag,
+    push_inputs,
+)
+from imagesmith.lock import read_lock
+from imagesmith.push import push
+from imagesmith.reference import parse_reference
+from imagesmith.registry import RegistryClient
+from imagesmith.spec import load_spec
+from tests.fixtures.make_lock import make_lock
+from tests.integration.conftest import ImageTracker, Registry
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture
+def logged_in(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    monkeypatch.setenv("IMAGESMITH_REGISTRY_USER", registry.username)
+    monkeypatch.setenv("IMAGESMITH_REGISTRY_PASSWORD", registry.password)
+    return registry
+
+
+def _file(folder: Path, name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def test_push_then_fetch_by_digest_and_dedup(
+    logged_in: Registry, example_dir: Path, tmp_path: Path
+) -> None:
+    lock = make_lock(example_dir / "env.toml")
+    repo = parse_reference(f"{logged_in.host}/lab/inputs-{uuid.uuid4().hex[:8]}")
+    deb = input_file(DEB_TYPE, _file(tmp_path / "in", "tool_1.0_amd64.deb", b"deb 1.0" * 1000))
+    wheel = input_file(WHEEL_TYPE, _file(tmp_path / "in", "w-1-py3-none-any.whl", b"wheel"))
+    subject = "sha256:" + "ab" * 32
+
+    first = push_inputs([deb, wheel], repo, lock=lock, subject_digest=subject, subject_size=10)
+    assert (first.files, first.new_files) == (2, 2)
+    assert first.new_bytes == deb.size + wheel.size
+    again = push_inputs([deb, wheel], repo, lock=lock, subject_digest=subject, subject_size=10)
+    assert again.new_files == 0 and again.digest == first.digest  # same bytes, nothing sent
+
+    # A second image sharing the .deb adds only its own file.
+    other = input_file(DEB_TYPE, _file(tmp_path / "in", "other_2.0_amd64.deb", b"other"))
+    second = push_inputs(
+        [deb, other], repo, lock=lock, subject_digest="sha256:" + "cd" * 32, subject_size=10
+    )
+    assert (second.new_files, second.new_bytes) == (1, other.size)
+
+    # The tag names the archive; its manifest says what it is and what image it is for.
+    _, _, body = RegistryClient(repo.registry).manifest(repo.path, inputs_tag(lock))
+    manifest = json.loads(body)
+    assert manifest["artifactType"] == ARTIFACT_TYPE
+    assert manifest["subject"]["digest"] == "sha256:" + "cd" * 32
+    assert archived_names(repo, lock) == {deb.digest: deb.name, other.digest: other.name}
+
+    # Anything pushed comes back by its digest alone, checked.
+    out = tmp_path / "out" / "x.deb"
+    assert fetch_input(repo, deb.digest, out) is None
+    assert out.read_bytes() == deb.path.read_bytes()
+    missing = "sha256:" + hashlib.sha256(b"never pushed").hexdigest()
+    reason = fetch_input(repo, missing, tmp_path / "out" / "y.deb")
+    assert reason is not None and "not there" in reason
+    assert not (tmp_path / "out" / "y.deb").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.deb"]  # no partial left
+
+
+def test_a_blob_damaged_in_the_registry_is_refused(
+    logged_in: Registry, example_dir: Path, tmp_path: Path
+) -> None:
+    lock = make_lock(example_dir / "env.toml")
+    repo = parse_reference(f"{logged_in.host}/lab/damaged-{uuid.uuid4().hex[:8]}")
+    data = b"precious .deb bytes" * 100
+    deb = input_file(DEB_TYPE, _file(tmp_path / "in", "p_1_amd64.deb", data))
+    push_inputs([deb], repo, lock=lock, subject_digest="sha256:" + "ef" * 32, subject_size=1)
+    assert logged_in.root is not None
+    storage = logged_in.root / "data" / "docker" / "registry" / "v2"
+    blob = storage / "blobs" / "sha256" / deb.digest[7:9] / deb.digest[7:] / "data"
+    saved = blob.read_bytes()
+    try:
+        blob.write_bytes(data.replace(b"precious", b"PRECIOUS"))
+        out = tmp_path / "out.deb"
+        reason = fetch_input(repo, deb.digest, out)
+        assert reason is not None and f"when asked for blob {deb.digest}" in reason
+        assert not out.exists()
+    finally:
+        blob.write_bytes(saved)
+
+
+@pytest.mark.integration
+def test_rebuild_takes_what_the_index_no_longer_serves_from_the_archive(
+    engine: Engine,
+    base_image: str,
+    logged_in: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Build and push with inputs; then, with an empty imagesmith cache and the package
+    index unreachable, the same lock rebuilds to the same digest from the archive alone,
+    and a repository without the archive fails with the reason."""
+    name = f"it-inputs-{uuid.uuid4().hex[:8]}"
+    repo = f"{logged_in.host}/lab/{name}"
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\n[base]\nimage = "{base_image}"\n'
+        '[python]\nrequirements = ["six==1.17.0"]\n'
+        f'[registry]\nrepository = "{repo}"\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    first = build(spec, engine)
+    try:
+        push(spec, read_lock(spec.lock_path))
+        _, _, body = RegistryClient(logged_in.host).manifest(
+            f"lab/{name}", inputs_tag(read_lock(spec.lock_path))
+        )
+        assert [layer["mediaType"] for layer in json.loads(body)["layers"]] == [WHEEL_TYPE]
+
+        # A machine with only env.toml, env.lock and the registry: no cache, no index.
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("PIP_RETRIES", "0")
+        again = build(spec, engine, no_cache=True)
+        assert again.digest == first.digest
+        wheels = list((tmp_path / "empty-cache" / "imagesmith" / "wheels").glob("*/wheels/*"))
+        assert [w.name for w in wheels] == ["six-1.17.0-py2.py3-none-any.whl"]
+
+        # The same lock, with a repository that holds no archive: the index is all there
+        # is, and it cannot be reached.
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache-2"))
+        toml = (folder / "env.toml").read_text().replace(name + '"', name + '-none"')
+        (folder / "env.toml").write_text(toml)
+        with pytest.raises(ImagesmithError) as caught:
+            build(load_spec(folder / "env.toml"), engine, no_cache=True)
+        assert "python: fetching wheels failed" in str(caught.value)
+    finally:
+        for tag in first.tags:
+            engine.remove_image(tag, force=True)
+
+
+@pytest.mark.integration
+def test_a_second_machine_builds_the_lock_from_the_registry_alone(
+    engine: Engine,
+    base_image: str,
+    podman_engine: Engine,
+    logged_in: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    images: ImageTracker,
+) -> None:
+    """A lock whose base was made on this machine and never pushed, built, pushed with its
+    inputs; then a podman with a storage of its own and an empty imagesmith cache (a
+    second machine) builds it with nothing but env.toml, env.lock and the registry."""
+    marker = uuid.uuid4().hex
+    context = tmp_path / "base-context"
+    context.mkdir()
+    (context / "Containerfile").write_text(
+        f"FROM {base_image}\nRUN echo {marker} > /etc/lab-base-marker\n"
+    )
+    local_base = images.tag("local-base")
+    engine.build(context=context, tags=[local_base])
+    name = f"it-base-{marker[:8]}"
+    repo = f"{logged_in.host}/lab/{name}"
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\n[base]\nimage = "{local_base}"\n'
+        f'[image]\ncmd = ["cat", "/etc/lab-base-marker"]\n[registry]\nrepository = "{repo}"\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    first = build(spec, engine)
+    for tag in first.tags:
+        images.add(tag)
+    lock = read_lock(spec.lock_path)
+    assert lock.base.local
+    push(spec, lock)
+    _, _, body = RegistryClient(logged_in.host).manifest(f"lab/{name}", base_tag(lock))
+    assert json.loads(body)["config"]["digest"] == lock.base.digest  # the very image ID
+
+    storage = tmp_path / "second-machine"
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage / "root"}"\n'
+        f'runroot = "{storage / "run"}"\n'
+    )
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(storage / "cache"))
+    second = PodmanEngine()
+    try:
+        assert not second.image_exists(lock.base.digest)
+        again = build(spec, second)
+        assert again.digest == first.digest
+        run = second.run(again.tags[0], [])
+        assert run.output.strip() == marker
+    finally:
+        # Named explicitly, so that this clean-up can only ever touch the second store.
+        second_store = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
+        subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
+        subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
+        shutil.rmtree(storage, ignore_errors=True)
