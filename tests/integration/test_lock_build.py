@@ -337,3 +337,44 @@ def test_labels_longer_than_a_containerfile_line_survive(
     assert labels["org.example.plain"] == plain
     assert labels["org.example.esc"] == escaped
     assert labels["dev.imagesmith.lock-hash"] == read_lock(spec.lock_path).lock_hash
+
+
+def test_run_time_settings_change_neither_the_lock_nor_the_digest(
+    engine: Engine, base_image: str, tmp_path: Path, cleanup_builds: list[Path | str]
+) -> None:
+    """Memory, GPUs, the job's command and the registry are not the image (0.6.0)."""
+    from typer.testing import CliRunner
+
+    from imagesmith.cli import app
+
+    name = f"it-runtime-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / name
+    folder.mkdir()
+    spec_path = folder / "env.toml"
+    spec_path.write_text(
+        f'name = "{name}"\nversion = "1"\n[base]\nimage = "{base_image}"\n'
+        '[env]\nMARK = "runtime"\n'
+        '[registry]\nrepository = "registry.example.edu/lab/runtime"\n'
+        '[resources]\ncpu = "1"\nmemory = "1Gi"\n'
+        '[job]\ncommand = ["/bin/sh", "-c", "echo one"]\n'
+    )
+    spec = load_spec(spec_path)
+    cleanup_builds.append(spec.path)
+    first = build(spec, engine)
+    locked = spec.lock_path.read_bytes()
+    spec_path.write_text(
+        spec_path.read_text()
+        .replace('memory = "1Gi"', 'memory = "3Gi"\ngpu = 1')
+        .replace("echo one", "echo two")
+        .replace("lab/runtime", "lab/elsewhere")
+    )
+    runner = CliRunner()
+    check = runner.invoke(app, ["lock", "--check", str(spec_path)])
+    assert check.exit_code == 0, check.output
+    again = build(load_spec(spec_path), engine)
+    assert again.digest == first.digest and not again.locked
+    assert spec.lock_path.read_bytes() == locked
+    manifest = runner.invoke(app, ["manifest", str(spec_path)])
+    assert manifest.exit_code == 0, manifest.output
+    assert "memory: 3Gi" in manifest.stdout and "echo two" in manifest.stdout
+    assert f"registry.example.edu/lab/elsewhere@{first.digest}" in manifest.stdout
