@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -44,8 +45,18 @@ SpecArg = Annotated[
 ]
 
 
+#: `scheme://user:password@`: what a tool's message may quote of a proxy or index URL.
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]+@")
+
+
+def redacted(line: str) -> str:
+    """`line` with the user and password of every URL in it replaced by `***`: a message
+    quoted from pip, uv or an engine must not put a host credential in a log."""
+    return _URL_USERINFO.sub(r"\1***@", line)
+
+
 def err(line: str) -> None:
-    typer.echo(line, err=True)
+    typer.echo(redacted(line), err=True)
 
 
 #: A problem line quotes the input it is about; past this it is cut (a 4 MB line helps no one).
@@ -331,6 +342,7 @@ class Progress:
             self._status.start()
 
     def __call__(self, line: str) -> None:
+        line = redacted(line)
         if self._status is None:
             err(line)
         elif line.startswith(("STEP", "Step", "lock", "base", "apt", "python", "canonical")):

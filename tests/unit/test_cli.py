@@ -280,3 +280,28 @@ def test_init_makes_missing_folders_and_removes_them_when_the_write_fails(
         f"error: cannot write {tmp_path}/other/lab/env.toml: no space left on the device"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
+def test_credentials_quoted_in_a_message_are_redacted() -> None:
+    from imagesmith.cli import redacted
+
+    assert (
+        redacted(
+            "pip: ProxyError for http://lab:s3cr3t@proxy:3128 via https://tok@pypi.example.edu/simple"
+        )
+        == "pip: ProxyError for http://***@proxy:3128 via https://***@pypi.example.edu/simple"
+    )
+    assert redacted("see https://pypi.org/simple/@scope and ssh://git.example.edu") == (
+        "see https://pypi.org/simple/@scope and ssh://git.example.edu"
+    )
+
+
+def test_an_error_line_with_a_credential_is_printed_redacted(tmp_path: Path) -> None:
+    spec = tmp_path / "env.toml"
+    spec.write_text(
+        'name = "x"\n[base]\nimage = "debian"\n[python]\nindex_url = "ftp://u:s3cr3t@h/simple"\n'
+    )
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert '$.python.index_url: "ftp://***@h/simple" is not an index URL' in result.stderr
+    assert "s3cr3t" not in result.output
