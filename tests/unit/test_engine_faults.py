@@ -67,7 +67,7 @@ class _Handler(socketserver.StreamRequestHandler):
             self._read_body(headers)
             path = target.split("?")[0]
             self.server.requests.append(f"{method} {path}")
-            if path.endswith("/build"):
+            if path.endswith(("/build", "/get", "/push")):
                 self._broken_build()
                 return
             if path.endswith("/_ping"):
@@ -211,3 +211,29 @@ def test_a_killed_podman_build_is_one_line(tmp_path: Path) -> None:
         "podman build was killed (SIGKILL) before it finished; nothing was tagged or "
         "recorded: run the build again"
     ]
+
+
+@pytest.mark.parametrize("operation", ["save", "push"])
+def test_a_daemon_that_drops_a_save_or_push_stream_is_one_line(
+    fake_docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    import docker
+
+    from imagesmith.engine.docker import DockerEngine
+    from imagesmith.errors import EngineError
+
+    host = f"unix://{tmp_path}/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", host)
+    engine = DockerEngine(docker.DockerClient(base_url=host, version="1.41"))
+    dest = tmp_path / "out" / "image.tar"
+    dest.parent.mkdir()
+    with pytest.raises(EngineError) as caught:
+        if operation == "save":
+            engine.save("lab:1", dest)
+        else:
+            engine.push("registry.example.edu/lab:1")
+    (line,) = caught.value.lines()
+    assert (
+        line.startswith(f"docker: {operation} ") and "the connection to the Docker daemon" in line
+    )
+    assert list(dest.parent.iterdir()) == []  # no partial archive
