@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,10 +78,34 @@ def _children(pid: int, command: str) -> list[int]:
     return found
 
 
+def _working_containers() -> set[str]:
+    """IDs of buildah's working containers (what a `podman build` holds while it runs)."""
+    if shutil.which("buildah") is None:
+        return set()
+    listed = subprocess.run(
+        ["buildah", "containers", "--quiet", "--notruncate"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return set(listed.stdout.split())
+
+
+@pytest.fixture
+def killed_build_leftovers() -> Iterator[None]:
+    """A podman killed with SIGKILL cannot remove its working containers (nothing can, but
+    the next podman that knows their IDs): remove those that appeared during the test."""
+    before = _working_containers()
+    yield
+    new = sorted(_working_containers() - before)
+    if new:
+        subprocess.run(["buildah", "rm", *new], capture_output=True, check=False)
+
+
 @pytest.mark.podman
 @pytest.mark.parametrize("engine", ["podman"], indirect=True)
 def test_podman_killed_mid_build_is_one_line_and_the_next_build_succeeds(
-    engine: Engine, base_image: str, tmp_path: Path, built: list[Path]
+    engine: Engine, base_image: str, tmp_path: Path, built: list[Path], killed_build_leftovers: None
 ) -> None:
     name = f"it-killed-{uuid.uuid4().hex[:8]}"
     spec = _spec(tmp_path / "lab", base_image, name=name, run="sleep 6 && echo slept")
