@@ -184,9 +184,8 @@ def init(
 
 def _make_folders(directory: Path) -> list[Path]:
     """Create `directory` and its missing parents; the folders made, outermost first."""
-    missing = [folder for folder in (directory, *directory.parents) if not os.path.lexists(folder)][
-        ::-1
-    ]
+    missing = [folder for folder in (directory, *directory.parents) if not os.path.lexists(folder)]
+    missing.reverse()
     for folder in missing:
         try:
             folder.mkdir()

@@ -342,7 +342,7 @@ def test_deep_nesting_is_one_line_and_exit_2(lab: Path) -> None:
     result = invoke(["validate", str(spec)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: deep.toml: values nested more than 32 levels deep (a spec needs 4 at most)"
+        "error: deep.toml: values nested more than 32 levels deep (a spec or lock needs 5 at most)"
     ]
 
 
