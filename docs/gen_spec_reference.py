@@ -236,7 +236,8 @@ def render() -> str:
         "- Unknown keys are errors (with a suggestion when one is close: "
         '`unknown key "mem" (did you mean memory?)`).',
         "- `imagesmith validate env.toml` reports every problem at once, one line each, as "
-        "`env.toml: $.path: message`, and exits 2.",
+        "`env.toml: $.path: message`, and exits 2 (the first 50, when there are more). A "
+        "file over 4 MiB or nested more than 32 levels deep is refused in one line.",
         "- Besides the schema, validation checks what a schema cannot: Python requirements "
         "must be PEP 508, `requirements_file` and `copy` sources must exist inside the "
         "spec's folder (no absolute paths, `..` or links out), `[image] user` must not be "

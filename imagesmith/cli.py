@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +51,16 @@ SpecArg = Annotated[
 ]
 
 
+#: `scheme://user:password@`: what a tool's message may quote of a proxy or index URL.
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]+@")
+
+
+def redacted(line: str) -> str:
+    """`line` with the user and password of every URL in it replaced by `***`: a message
+    quoted from pip, uv or an engine must not put a host credential in a log."""
+    return _URL_USERINFO.sub(r"\1***@", line)
+
+
 # -- what the user reads: plain lines, colour on a terminal, JSON for CI ----------------------
 
 
@@ -64,6 +75,7 @@ def colour_wanted(stream: IO[str]) -> bool:
 def err(line: str, *, colour: str | None = None) -> None:
     """One line on standard error, in `colour` when that is wanted there."""
     use = colour is not None and colour_wanted(click.get_text_stream("stderr"))
+    line = redacted(line)
     typer.echo(typer.style(line, fg=colour) if use else line, err=True, color=use)
 
 
@@ -237,9 +249,8 @@ def init(
 
 def _make_folders(directory: Path) -> list[Path]:
     """Create `directory` and its missing parents; the folders made, outermost first."""
-    missing = [folder for folder in (directory, *directory.parents) if not os.path.lexists(folder)][
-        ::-1
-    ]
+    missing = [folder for folder in (directory, *directory.parents) if not os.path.lexists(folder)]
+    missing.reverse()
     for folder in missing:
         try:
             folder.mkdir()
@@ -460,6 +471,7 @@ class Progress:
             self._status.start()
 
     def __call__(self, line: str) -> None:
+        line = redacted(line)
         if self._status is None:
             err(line)
         elif line.startswith(

@@ -629,7 +629,10 @@ def parse_toml(text: str, label: str) -> dict[str, Any]:
         data = None
     if data is None or nesting_depth(data) > MAX_NESTING:
         raise SpecError(
-            [f"{label}: values nested more than {MAX_NESTING} levels deep (a spec needs 4 at most)"]
+            [
+                f"{label}: values nested more than {MAX_NESTING} levels deep "
+                "(a spec or lock needs 5 at most)"
+            ]
         )
     return data
 

@@ -294,3 +294,39 @@ def split_ref(ref: str) -> tuple[str, str]:
     if parsed.digest:
         return repository, parsed.digest
     return repository, parsed.tag or "latest"
+
+
+#: The variables engines pass into RUN steps as the build's proxy (Docker's predefined
+#: build args; podman's --http-proxy passes its own environment's).
+PROXY_VARIABLES = (
+    "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "ALL_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy",
+)  # fmt: skip
+
+
+def build_proxies(proxies: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The proxy settings a build may see, and the names of those it may not.
+
+    A RUN step sees the proxy variables and may write them into a layer (`env > file`,
+    a tool's log): a proxy URL with a user name or password in it is left out, so that
+    the password never reaches an image. A build that needs that proxy fails to reach
+    the network instead, which the warning explains.
+    """
+    from imagesmith.spec import url_has_credentials
+
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, value in proxies.items():
+        if name in PROXY_VARIABLES and url_has_credentials(value):
+            dropped.append(name)
+        else:
+            kept[name] = value
+    return kept, sorted(dropped)
+
+
+def proxy_warning(dropped: Sequence[str]) -> str:
+    return (
+        f"warning: {', '.join(dropped)} holds a user name or password: not passed into the "
+        "build, where a step could write it into a layer (apt and other RUN steps see no "
+        "proxy; a lab proxy that needs a login cannot serve builds)"
+    )

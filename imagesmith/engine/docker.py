@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import urllib3.exceptions
 
 from imagesmith.engine.base import (
     Engine,
@@ -22,10 +24,12 @@ from imagesmith.engine.base import (
     LineCallback,
     OutputTail,
     RunResult,
+    build_proxies,
     check_context,
     check_tags,
     disk_full_message,
     is_disk_full,
+    proxy_warning,
     split_ref,
 )
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError, RegistryError
@@ -108,6 +112,34 @@ def _context_configured() -> bool:
     return bool(current) and current != "default"
 
 
+#: What a connection to the daemon that breaks mid-request raises: urllib3's ProtocolError
+#: ("Connection broken: IncompleteRead") from a stream, http.client's IncompleteRead or
+#: RemoteDisconnected, requests' ConnectionError and ChunkedEncodingError. All but the
+#: first two are OSErrors too.
+_BROKEN = (urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
+def _connection_lost(what: str, exc: BaseException) -> EngineError:
+    """The daemon stopped, restarted or closed the socket while `what` was under way."""
+    return EngineError(
+        f"docker: {what}: the connection to the Docker daemon at {docker_host()} broke "
+        f"({_cause(exc)[:200]}); nothing was tagged or recorded: run the command again "
+        "once `docker info` answers"
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    """`Connection broken: IncompleteRead(0 bytes read)` from requests' and urllib3's
+    wrappers around wrappers."""
+    while exc.args and isinstance(exc.args[0], BaseException):
+        exc = exc.args[0]
+    words = [str(exc.args[0])] if exc.args and isinstance(exc.args[0], str) else []
+    last = exc.args[-1] if exc.args else None
+    if isinstance(last, BaseException) and str(last) and str(last) not in " ".join(words):
+        words.append(str(last))
+    return " ".join(words) or type(exc).__name__
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.APIError) and exc.explanation:
         return str(exc.explanation)
@@ -128,13 +160,19 @@ def _translated(what: str) -> Iterator[None]:
         yield
     except docker.errors.DockerException as exc:
         raise _operation_error(what, exc) from None
+    except _BROKEN as exc:
+        raise _connection_lost(what, exc) from None
     except OSError as exc:
         raise _os_error(what, exc) from None
 
 
 def _os_error(what: str, exc: OSError) -> EngineError:
-    if type(exc).__module__.startswith(("requests", "urllib3")):
-        return _unreachable(exc)  # the connection to the daemon broke
+    from_http = type(exc).__module__.startswith(("requests", "urllib3", "http"))
+    if from_http or isinstance(exc, ConnectionError):
+        text = str(exc).lower()
+        if "refused" in text or "no such file" in text:
+            return _unreachable(exc)  # no daemon listens (any more)
+        return _connection_lost(what, exc)  # the connection to the daemon broke
     if exc.errno == errno.ENOSPC:
         return EngineError(disk_full_message(exc.filename or "the target directory"))
     return EngineError(f"docker: {what}: {exc.strerror or exc}")
@@ -223,6 +261,8 @@ class DockerEngine(Engine):
             raise self._build_error(_error_text(exc), out) from None
         except docker.errors.DockerException as exc:
             raise _operation_error("build", exc) from None
+        except _BROKEN as exc:
+            raise _connection_lost("build", exc) from None
         except OSError as exc:
             raise _os_error("build", exc) from None
         out.flush()
@@ -243,12 +283,19 @@ class DockerEngine(Engine):
     ) -> str | None:
         """Run the build, feeding `out`; the image ID the daemon reported, if any."""
         image_id: str | None = None
+        # docker-py passes the Docker config's proxies as build args; those holding a
+        # password are left out (see build_proxies).
+        configured = getattr(self._api, "_proxy_configs", None)
+        proxies, dropped = build_proxies(configured.get_environment() if configured else {})
+        if dropped:
+            out.feed(proxy_warning(dropped) + "\n")
         # No tag here: the image is tagged by build(), only once the build succeeded.
         stream = self._api.build(
             path=str(context),
             dockerfile=containerfile,
             labels=dict(labels or {}),
-            buildargs=dict(build_args or {}),
+            buildargs={**proxies, **(build_args or {})},
+            use_config_proxy=False,
             nocache=no_cache,
             target=target,
             rm=True,

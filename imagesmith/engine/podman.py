@@ -23,11 +23,13 @@ from imagesmith.engine.base import (
     LineCallback,
     OutputTail,
     RunResult,
+    build_proxies,
     check_context,
     check_tags,
     disk_full_message,
     is_disk_full,
     is_loopback_registry,
+    proxy_warning,
 )
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
 from imagesmith.overlay import LocalImage, local_image
@@ -71,6 +73,13 @@ def _explain(what: str, output: str) -> str:
     if "error setting rlimit" in output:
         return RLIMIT_HINT
     return f"podman {what}: {_error_line(output)}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _container_roots(pid: int) -> list[int]:
@@ -214,9 +223,18 @@ class PodmanEngine(Engine):
             if target:
                 cmd += ["--target", target]
             cmd.append(str(context))
-            returncode = self._stream(cmd, out)
+            # podman passes its own environment's proxy variables into RUN steps.
+            environment, dropped = build_proxies(os.environ)
+            if dropped and on_line is not None:
+                on_line(proxy_warning(dropped))
+            returncode = self._stream(cmd, out, environment)
             out.flush()
             image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+        if returncode < 0:  # podman itself was killed (OOM killer, kill -9), not a step
+            raise EngineError(
+                f"podman build was killed ({_signal_name(-returncode)}) before it finished; "
+                "nothing was tagged or recorded: run the build again"
+            )
         if returncode != 0 or not image_id:
             text = "\n".join(out.tail)
             if is_disk_full(text):
@@ -230,7 +248,7 @@ class PodmanEngine(Engine):
         self._apply_tags(image_id, tag_list)
         return image_id
 
-    def _stream(self, cmd: list[str], out: OutputTail) -> int:
+    def _stream(self, cmd: list[str], out: OutputTail, env: Mapping[str, str]) -> int:
         """Run a build, feeding its merged output line by line; stop it cleanly on Ctrl-C.
 
         podman runs in its own session, so a Ctrl-C at the terminal reaches only us: a
@@ -248,6 +266,7 @@ class PodmanEngine(Engine):
                 errors="replace",
                 bufsize=1,
                 start_new_session=True,
+                env=env,
             )
         except FileNotFoundError:
             raise EngineError(INSTALL_HINT) from None

@@ -463,3 +463,82 @@ def test_sbatch_runtimes(example_dir: Path) -> None:
     unknown = runner.invoke(app, ["sbatch", str(spec), "--runtime", "docker"])
     assert unknown.exit_code == 2
     assert "runtime 'docker' is not one of podman, apptainer, singularity, pyxis" in unknown.stderr
+
+
+def test_credentials_quoted_in_a_message_are_redacted() -> None:
+    from imagesmith.cli import redacted
+
+    assert (
+        redacted(
+            "pip: ProxyError for http://lab:s3cr3t@proxy:3128 via https://tok@pypi.example.edu/simple"
+        )
+        == "pip: ProxyError for http://***@proxy:3128 via https://***@pypi.example.edu/simple"
+    )
+    assert redacted("see https://pypi.org/simple/@scope and ssh://git.example.edu") == (
+        "see https://pypi.org/simple/@scope and ssh://git.example.edu"
+    )
+
+
+def test_an_error_line_with_a_credential_is_printed_redacted(tmp_path: Path) -> None:
+    spec = tmp_path / "env.toml"
+    spec.write_text(
+        'name = "x"\n[base]\nimage = "debian"\n[python]\nindex_url = "ftp://u:s3cr3t@h/simple"\n'
+    )
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert '$.python.index_url: "ftp://***@h/simple" is not an index URL' in result.stderr
+    assert "s3cr3t" not in result.output
+
+
+def _read_only_mount_works(folder: Path) -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder}",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def test_a_read_only_folder_is_one_line_and_keeps_nothing(
+    example_dir: Path, tmp_path: Path
+) -> None:
+    """The real thing: a read-only bind mount (a private mount namespace, root only)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "Containerfile").write_text("old\n")
+    if not _read_only_mount_works(folder):
+        pytest.skip("no private mount namespace here (unshare -m needs root)")
+    spec = example_dir / "env.toml"
+    _pushed(spec)
+    imagesmith = str(Path(sys.executable).with_name("imagesmith"))
+    script = (
+        f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && "
+        f"{imagesmith} render {spec} -o {folder}/Containerfile; echo rc=$?; "
+        f"{imagesmith} manifest {spec} -o {folder}/job.yaml; echo rc=$?; "
+        f"{imagesmith} init {folder}/new; echo rc=$?"
+    )
+    run = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False
+    )
+    assert run.stdout.split() == ["rc=1", "rc=1", "rc=1"], run.stdout + run.stderr
+    assert run.stderr.splitlines() == [
+        f"error: cannot write {folder}/Containerfile: Read-only file system",
+        f"error: cannot write {folder}/job.yaml: Read-only file system",
+        f"error: cannot create {folder}/new: Read-only file system",
+    ]
+    assert [p.name for p in folder.iterdir()] == ["Containerfile"]
+    assert (folder / "Containerfile").read_text() == "old\n"

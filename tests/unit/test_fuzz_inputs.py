@@ -342,7 +342,7 @@ def test_deep_nesting_is_one_line_and_exit_2(lab: Path) -> None:
     result = invoke(["validate", str(spec)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: deep.toml: values nested more than 32 levels deep (a spec needs 4 at most)"
+        "error: deep.toml: values nested more than 32 levels deep (a spec or lock needs 5 at most)"
     ]
 
 
@@ -354,3 +354,13 @@ def test_a_file_over_4_mib_is_refused_at_once(lab: Path) -> None:
     assert result.stderr.splitlines() == [
         f"error: {spec}: cannot read it: larger than 4 MiB, which no spec, lock or script is"
     ]
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, '{"a":' * 100_000, "\x00", ""])
+def test_a_deep_or_empty_build_record_is_one_line(lab: Path, content: str) -> None:
+    shutil.copyfile(lab / "env.toml", lab / "recorded.toml")
+    shutil.copyfile(lab / "env.lock", lab / "recorded.lock")
+    (lab / "recorded.build.json").write_text(content)
+    result = invoke(["manifest", str(lab / "recorded.toml")])
+    assert_clean(result, {2})
+    assert len(result.stderr.splitlines()) == 1
