@@ -26,6 +26,8 @@ class BuildRecord:
     lock_hash: str
     uid: int
     gid: int
+    inputs: str = ""
+    """`build.build_inputs` of the build: equal next time means nothing to build."""
 
 
 @dataclass(frozen=True)
