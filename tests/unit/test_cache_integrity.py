@@ -356,3 +356,14 @@ def test_writeback_sink_passes_every_byte_through(tmp_path: Path) -> None:
             sink.write(data[start : start + (1 << 20)])
         sink.sync()
     assert path.read_bytes() == data
+
+
+def test_push_takes_a_missing_layout_blob_for_a_corrupt_one(tmp_path: Path) -> None:
+    from imagesmith.reference import parse_reference
+    from imagesmith.registry import push_layout
+
+    image = canon(docker_image(tmp_path / "a.tar"), tmp_path, "layout")
+    (image.layout / "blobs" / "sha256" / image.manifest_digest.split(":")[1]).unlink()
+    with pytest.raises(CorruptEntry) as caught:  # push remakes the layout, no traceback
+        push_layout(image.layout, parse_reference("127.0.0.1:9/lab/x"), ("1",))
+    assert caught.value.found == "no such file"
