@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesmith import __version__
 from imagesmith.cachegc import cache_budget, touch
-from imagesmith.canonical_build import Canonical
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, InputError, StaleLockError
 from imagesmith.integrity import LineLog
@@ -29,6 +29,9 @@ from imagesmith.lock import Lock, read_lock, stale_reason, write_lock
 from imagesmith.records import BuildRecord, build_record_path, read_build_record, write_record
 from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
+
+if TYPE_CHECKING:
+    from imagesmith.canonical_build import Canonical
 
 LineCallback = Callable[[str], None]
 
@@ -239,7 +242,7 @@ def unchanged_build(
     the record names the same inputs and tags, the canonical layout `push` sends is in
     the cache, and the engine holds the image with its tags (one inspect call). None
     otherwise: then build."""
-    from imagesmith.canonical_build import layout_dir
+    from imagesmith.context import layout_dir
 
     started = time.monotonic()
     try:
