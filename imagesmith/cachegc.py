@@ -115,6 +115,8 @@ def prune(root: Path, *, budget: int, keep_newer_than: float) -> list[Path]:
     cache folder) until its image blobs take at most `budget` bytes; nothing modified at
     or after `keep_newer_than` goes. Returns what was removed, oldest first."""
     images, layers = root / "images", root / "layers"
+    for trash in images.glob(".removing-*") if images.is_dir() else []:
+        shutil.rmtree(trash, ignore_errors=True)  # left by a prune that was killed
     total = _usage(images, layers / "blobs")
     if total <= budget:
         return []
@@ -128,8 +130,15 @@ def prune(root: Path, *, budget: int, keep_newer_than: float) -> list[Path]:
         if total <= budget:
             break
         if item.path.is_dir():
-            total -= sum(_unlink(path) for path in _files(item.path))
-            shutil.rmtree(item.path, ignore_errors=True)
+            # Out of sight first (a dot name, skipped by builds and pruning), so that a
+            # prune killed half-way never leaves a layout with an index but no blobs.
+            trash = item.path.with_name(f".removing-{item.path.name}-{os.getpid()}")
+            try:
+                item.path.rename(trash)
+            except OSError:  # removed meanwhile by another build's pruning
+                continue
+            total -= sum(_unlink(path) for path in _files(trash))
+            shutil.rmtree(trash, ignore_errors=True)
         else:
             _unlink(item.path)
             for blob in item.blobs:

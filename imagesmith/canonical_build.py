@@ -30,6 +30,7 @@ from imagesmith.canonical import (
     canonicalize_local,
 )
 from imagesmith.context import cache_dir
+from imagesmith.context import layout_dir as layout_dir  # where callers have found it
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
 from imagesmith.integrity import fsync_dir, link_over, write_bytes_durably
@@ -54,10 +55,6 @@ class Canonical:
 
 def _images_dir() -> Path:
     return cache_dir() / "images"
-
-
-def layout_dir(digest: str) -> Path:
-    return _images_dir() / digest.removeprefix("sha256:")
 
 
 def _memo_path(engine: Engine, built_id: str, epoch: int) -> Path:

@@ -60,6 +60,12 @@ def cache_dir() -> Path:
     return Path(root) / "imagesmith"
 
 
+def layout_dir(digest: str) -> Path:
+    """Where the canonical OCI layout of the image with this manifest digest is kept
+    (`push` sends its blobs)."""
+    return cache_dir() / "images" / digest.removeprefix("sha256:")
+
+
 def _pip_platforms(wheel_platform: str) -> list[str]:
     """pip's --platform values for `x86_64-manylinux_2_36`: every manylinux it implies."""
     arch, _, libc = wheel_platform.partition("-")

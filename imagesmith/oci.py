@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, Protocol
 
 from imagesmith.errors import InputError, OperationError
-from imagesmith.integrity import remember, write_bytes_durably
+from imagesmith.integrity import WritebackSink, remember, write_bytes_durably
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -591,10 +591,10 @@ class LayoutWriter:
         result: list[str] = []
         try:
             with os.fdopen(fd, "wb") as f:
-                writer = HashingWriter(f)
+                sink = WritebackSink(f)
+                writer = HashingWriter(sink)
                 yield writer, result
-                f.flush()
-                os.fsync(f.fileno())  # whole on disk before it has its name
+                sink.sync()  # whole on disk before it has its name
             digest = writer.digest
             target = self.blobs / digest_hex(digest)
             tmp.replace(target)

@@ -29,6 +29,8 @@ class BuildRecord:
     started: str | None = None
     """RFC 3339 UTC time the build began (for provenance); None in older records."""
     finished: str | None = None
+    inputs: str = ""
+    """`build.build_inputs` of the build: equal next time means nothing to build."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from imagesmith.errors import RegistryError
-from imagesmith.integrity import check_bytes
+from imagesmith.integrity import CorruptEntry, check_bytes
 from imagesmith.reference import DEFAULT_REGISTRY, ImageReference
 
 T = TypeVar("T")
@@ -375,7 +375,10 @@ class Pusher:
             status, _, _ = self._call("HEAD", f"/v2/{self.path}/blobs/{digest}")
             if status == 200:
                 return
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise CorruptEntry(path, digest, "no such file") from None
             check_bytes(data, digest, what=path)
             status, headers, body = self._call("POST", f"/v2/{self.path}/blobs/uploads/", data=b"")
             if status != 202 or "location" not in headers:
@@ -446,7 +449,10 @@ def push_layout(
     digest: str = descriptor["digest"]
     blobs = layout / "blobs" / "sha256"
     manifest_path = blobs / digest.removeprefix("sha256:")
-    manifest_bytes = manifest_path.read_bytes()
+    try:
+        manifest_bytes = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptEntry(manifest_path, digest, "no such file") from None
     check_bytes(manifest_bytes, digest, what=manifest_path)
     manifest = json.loads(manifest_bytes)
     media_type = manifest.get("mediaType") or descriptor["mediaType"]

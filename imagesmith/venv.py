@@ -31,7 +31,7 @@ from installer.sources import WheelFile
 from installer.utils import parse_metadata_file
 
 from imagesmith.errors import OperationError
-from imagesmith.integrity import remember
+from imagesmith.integrity import WritebackSink, remember
 from imagesmith.oci import GzipPipe, HashingWriter
 from imagesmith.render import VENV
 
@@ -118,7 +118,8 @@ def write_tree_tar(root: Path, dest: Path, *, epoch: int) -> str:
         return info
 
     paths = sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix())
-    with dest.open("wb") as sink:
+    with dest.open("wb") as file:
+        sink = WritebackSink(file)
         hashing = HashingWriter(sink)
         pipe = GzipPipe(hashing, level=1)
         try:
@@ -128,7 +129,6 @@ def write_tree_tar(root: Path, dest: Path, *, epoch: int) -> str:
                     tar.add(path, arcname=arcname, recursive=False, filter=normalized)
         finally:
             pipe.close()
-        sink.flush()
-        os.fsync(sink.fileno())
+        sink.sync()
     remember(dest, hashing.digest)
     return hashing.digest

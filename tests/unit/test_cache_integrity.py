@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,27 @@ def test_push_refuses_a_corrupt_manifest_before_contacting_the_registry(tmp_path
     with pytest.raises(CorruptEntry) as caught:
         push_layout(image.layout, parse_reference("127.0.0.1:9/lab/x"), ("1",))
     assert caught.value.expected == image.manifest_digest
+
+
+def test_writeback_sink_passes_every_byte_through(tmp_path: Path) -> None:
+    from imagesmith.integrity import WritebackSink
+
+    data = os.urandom(3 << 20) * 7  # crosses the 8 MiB writeback step twice
+    path = tmp_path / "blob"
+    with path.open("wb") as f:
+        sink = WritebackSink(f)
+        for start in range(0, len(data), 1 << 20):
+            sink.write(data[start : start + (1 << 20)])
+        sink.sync()
+    assert path.read_bytes() == data
+
+
+def test_push_takes_a_missing_layout_blob_for_a_corrupt_one(tmp_path: Path) -> None:
+    from imagesmith.reference import parse_reference
+    from imagesmith.registry import push_layout
+
+    image = canon(docker_image(tmp_path / "a.tar"), tmp_path, "layout")
+    (image.layout / "blobs" / "sha256" / image.manifest_digest.split(":")[1]).unlink()
+    with pytest.raises(CorruptEntry) as caught:  # push remakes the layout, no traceback
+        push_layout(image.layout, parse_reference("127.0.0.1:9/lab/x"), ("1",))
+    assert caught.value.found == "no such file"

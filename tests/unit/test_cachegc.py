@@ -128,3 +128,22 @@ def test_base_refuses_a_malformed_budget_before_any_work(
     (tmp_path / "rootfs.tar").write_bytes(b"")
     with pytest.raises(InputError, match="IMAGESMITH_CACHE_MAX"):
         build_base(engine, tmp_path / "rootfs.tar")
+
+
+def test_a_prune_killed_half_way_leaves_no_layout_without_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = _layout(tmp_path, "old", {"o1": 2 * MB, "o2": 2 * MB}, mtime=100)
+    new = _layout(tmp_path, "new", {"n1": 2 * MB}, mtime=300)
+
+    def killed(_: Path) -> int:
+        raise KeyboardInterrupt  # SIGKILL before the first file of the layout goes
+
+    monkeypatch.setattr("imagesmith.cachegc._unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune(tmp_path, budget=3 * MB, keep_newer_than=1e12)
+    assert not old.exists()  # gone from its name before anything in it was removed
+    assert (new / "index.json").exists()
+    monkeypatch.undo()
+    prune(tmp_path, budget=3 * MB, keep_newer_than=1e12)
+    assert [p.name for p in (tmp_path / "images").iterdir()] == ["new"]  # leftovers swept
