@@ -23,6 +23,14 @@ Standard (and checked with kubernetes-validate and checkov in the tests):
   nothing). Egress is left open: jobs fetch data. `podman kube play` ignores it.
 - No probes: a batch job that runs to completion has no readiness, and a liveness probe
   would kill long computations that print nothing.
+- [job] array: an Indexed Job. The pod's command is wrapped in a short POSIX sh lookup
+  (ARRAY_LOOKUP) that turns JOB_COMPLETION_INDEX (0, 1, ...) into the Slurm index
+  (SLURM_ARRAY_TASK_ID), then execs the command: nothing written, no tool on the node.
+- [job] queue: the Kueue queue label, and a Job created suspended for Kueue to admit.
+- [resources] gpu_model: a nodeSelector only through gpu_map (a Slurm model name is not a
+  node label value); otherwise an annotation and a warning.
+- [job] mounts: PersistentVolumeClaim, hostPath (with a warning: Pod Security) or emptyDir
+  volumes; on Slurm, the same folders as binds for every runtime.
 
 With `overrides` (a parsed #SBATCH script), its values replace [resources] and [job], and the
 header says which value came from which directive, and lists every directive that was not

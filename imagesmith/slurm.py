@@ -240,7 +240,8 @@ class SlurmRequest:
     """Exact Kubernetes quantity ("16Gi", "1500Mi")."""
     gpu: int | None = None
     gpu_type: str | None = None
-    """The GPU type Slurm names (gpu:a100:2 -> "a100"); a hint, never a nodeSelector."""
+    """The GPU model Slurm names (gpu:a100:2 -> "a100"); a nodeSelector only through the
+    user's gpu_map (the manifest decides)."""
     time_seconds: int | None = None
     array: JobArray | None = None
     """`--array`: an Indexed Job, one pod per index."""

@@ -19,11 +19,16 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from typer.testing import CliRunner
 
+from imagesmith.cli import app
+from imagesmith.lock import write_lock
 from imagesmith.manifests import render_sbatch
+from imagesmith.records import PushRecord, push_record_path, write_record
 from imagesmith.slurm import parse_sbatch
 from imagesmith.spec import load_spec
 from tests.conftest import REPO
+from tests.fixtures.make_lock import make_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
@@ -153,8 +158,22 @@ def test_array_runs_each_index_with_its_slurm_id(
             }
         )
     )
+    # Through the command itself: a lock and a push record name the image by digest.
+    lock = make_lock(spec_path)
+    write_lock(lock, spec_path.with_suffix(".lock"))
+    repository, _, digest = image.partition("@")
+    record = PushRecord(
+        repository=repository,
+        digest=digest,
+        tags=(),
+        lock_hash=lock.lock_hash,
+        uid=1000,
+        gid=1000,
+    )
+    write_record(push_record_path(spec_path), record)
     script = tmp_path / "job.sh"
-    script.write_text(render_sbatch(load_spec(spec_path), image=image, runtime="podman"))
+    made = CliRunner().invoke(app, ["sbatch", str(spec_path), "-o", str(script)])
+    assert made.exit_code == 0, made.output
     assert "#SBATCH --array=1-7:2%2\n" in script.read_text()
     logs_dir = tmp_path / "logs"  # each task's output file lands here, named by its index
     logs_dir.mkdir()

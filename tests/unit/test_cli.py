@@ -542,3 +542,33 @@ def test_a_read_only_folder_is_one_line_and_keeps_nothing(
     ]
     assert [p.name for p in folder.iterdir()] == ["Containerfile"]
     assert (folder / "Containerfile").read_text() == "old\n"
+
+
+def test_spec_array_queue_account_mounts_through_both_commands(example_dir: Path) -> None:
+    spec_path = example_dir / "env.toml"
+    text = spec_path.read_text().replace(
+        '[job]\ncommand = ["python3", "train.py"]\n',
+        '[job]\ncommand = ["python3", "train.py"]\narray = "1-7:2%2"\nqueue = "lab-queue"\n'
+        'account = "lab-acct"\nqos = "long"\n'
+        '[[job.mounts]]\nsource = "./out"\ntarget = "/out"\nclaim = "lab-out"\n',
+    )
+    assert text != spec_path.read_text()
+    spec_path.write_text(text)
+    _pushed_example(example_dir)
+    script = runner.invoke(app, ["sbatch", str(spec_path), "--runtime", "apptainer"])
+    assert script.exit_code == 0, script.output
+    for directive in ("--array=1-7:2%2", "--partition=lab-queue", "--account=lab-acct"):
+        assert f"#SBATCH {directive}\n" in script.stdout
+    assert "#SBATCH --qos=long\n" in script.stdout
+    assert '--bind "$SLURM_SUBMIT_DIR/out:/out"' in script.stdout
+    manifest = runner.invoke(app, ["manifest", str(spec_path)])
+    assert manifest.exit_code == 0, manifest.output
+    assert "completionMode: Indexed" in manifest.stdout and "suspend: true" in manifest.stdout
+    assert "kueue.x-k8s.io/queue-name: lab-queue" in manifest.stdout
+    assert "claimName: lab-out" in manifest.stdout
+    assert "warning" not in manifest.stderr
+    as_pod = runner.invoke(app, ["manifest", str(spec_path), "--kind", "pod"])
+    assert as_pod.exit_code == 2
+    assert as_pod.stderr == (
+        "error: array 1-7:2%2 needs kind job (an Indexed Job, one pod per index), not pod\n"
+    )
