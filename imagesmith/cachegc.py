@@ -6,8 +6,9 @@ alone, that grows by one compressed image per changed build. After each rewrite 
 least recently used layouts and layer entries go, oldest first, until the blobs take
 at most `IMAGESMITH_CACHE_MAX` (default 10G). Whatever the current build made or used
 stays, even over budget. An evicted image is rebuilt to the same digest by the next
-`build`; `push` and `verify` say so when they miss one. Wheels are not counted: they are
-small next to images and cost network to fetch again.
+`build`; `push` and `verify` say so when they miss one. Wheels and .debs are not counted:
+they are small next to images, cost network to fetch again, and a .deb Debian has
+replaced may be fetched from nowhere else.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import http.client
 import os
 import time
 import urllib.error
@@ -248,13 +249,14 @@ def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
+            # http.client ends a body cut short as if it were complete: what it still
+            # expected says whether it was (None: the server sent no length).
+            missing: int | None = response.length
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the partial file is longer than the real one
-            out.seek(0)
-            out.truncate()
-            return _download(url, out, package)
+            return _start_over(url, out, package)
         return f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise OperationError(f"apt: {disk_full_message(str(deb_cache()))}") from None
         reason = getattr(exc, "reason", None) or exc
@@ -262,13 +264,25 @@ def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
     finally:
         out.flush()
         os.fsync(out.fileno())
+    size = out.tell()
+    if (missing or 0) > 0 or (missing is None and size < (package.size or 0)):
+        # Kept, to resume from.
+        return f"cannot fetch: the connection closed after {size} of {package.size} bytes"
     actual = digest.hexdigest()
     if actual != package.sha256:
+        if have:  # the bytes kept from before may be the bad ones: once more, from zero
+            return _start_over(url, out, package)
         raise HashMismatch(
             f"apt: {package.name} {package.version} from {url} does not match env.lock: "
             f"expected sha256:{package.sha256}, got sha256:{actual}"
         )
     return None
+
+
+def _start_over(url: str, out: BinaryIO, package: AptPackage) -> str | None:
+    out.seek(0)
+    out.truncate()
+    return _download(url, out, package)
 
 
 def _write_error(root: Path, exc: OSError) -> OperationError:

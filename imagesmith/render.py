@@ -1,7 +1,9 @@
 """Lock -> Containerfile: a pure function, same lock, same bytes, on any machine.
 
 Stages, ordered by how often their inputs change:
-  system  the pinned base, the whole apt closure (installed once) and the user;
+  system  the pinned base, the whole apt closure (installed once, from the .debs the host
+          fetched and checked: `COPY apt/`, then one RUN with no index and no network)
+          and the user;
   final   system + /opt/venv + the spec's files, commands, env and labels.
 The venv arrives as one ADD of the tree the host installed from the hashed wheels
 (`imagesmith.venv`, a tar the engine extracts), then one RUN makes the venv's own files

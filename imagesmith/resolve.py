@@ -240,7 +240,9 @@ if [ -n "$PKGS" ]; then
   apt-get install -s --no-install-recommends $PKGS >/tmp/sim.out 2>/tmp/sim.err \
     || { sed 's/^/@@ERR /' /tmp/sim.err; exit 4; }
   grep '^Inst ' /tmp/sim.out | sed 's/^/@@ /'
-  grep '^Inst ' /tmp/sim.out | awk '{print $2 "=" substr($3, 2)}' > /tmp/pins
+  # "Inst NAME [INSTALLED] (VERSION ...": the version apt will install, not the one there.
+  grep '^Inst ' /tmp/sim.out | awk '{v = $3; if (v ~ /^\[/) v = $4; print $2 "=" substr(v, 2)}' \
+    > /tmp/pins
   if [ -s /tmp/pins ]; then
     apt-cache show $(cat /tmp/pins) 2>/dev/null \
       | awk '/^Package:/{p=$2; f="-"} /^Version:/{v=$2} /^Filename:/{f=$2}

@@ -134,3 +134,43 @@ def test_apt_installs_host_checked_debs_with_no_network_same_digest_on_both_engi
                 for tag in result.tags:
                     engine.remove_image(tag, force=True)
                 engine.remove_image(result.image_id, force=True)
+
+
+def test_the_saved_image_loses_the_folder_too_on_both_engines(
+    docker_engine: Engine, podman_engine: Engine, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The same rules when the layers come from `docker save` / `podman save` instead of
+    the overlay store: the COPY layer and the whiteout go, one digest on both engines."""
+    from imagesmith.canonical import canonicalize
+    from imagesmith.canonical_build import DROP_PATHS
+
+    base = _ensure_base(docker_engine, request)
+    assert _ensure_base(podman_engine, request) == base
+    context = tmp_path / "context"
+    (context / "apt").mkdir(parents=True)
+    (context / "apt" / "a_1_all.deb").write_bytes(b"not really a deb")
+    (context / "Containerfile").write_text(
+        f"FROM {base}\nCOPY apt/ /.imagesmith-apt/\nRUN rm -rf /.imagesmith-apt && echo x > /x\n"
+    )
+    digests = {}
+    for engine in (docker_engine, podman_engine):
+        image_id = engine.build(context=context, tags=())
+        try:
+            engine.save(image_id, tmp_path / f"{engine.name}.tar")
+        finally:
+            engine.remove_image(image_id, force=True)
+        image = canonicalize(
+            tmp_path / f"{engine.name}.tar",
+            tmp_path / engine.name,
+            epoch=1_700_000_000,
+            drop_paths=DROP_PATHS,
+            write_archive=False,
+        )
+        assert image.dropped_layers == (1,)
+        assert "layer 2: .wh..imagesmith-apt (whiteout of a dropped path: hides nothing)" in (
+            image.removed
+        )
+        layers, history = _layers(image.layout)
+        assert layers[-1] == ["x"] and len(history) == 2
+        digests[engine.name] = image.manifest_digest
+    assert digests["docker"] == digests["podman"]

@@ -32,6 +32,8 @@ class Archive:
     files: dict[str, bytes] = field(default_factory=dict)
     delay: float = 0.0
     ignore_range: bool = False
+    cut_after: int | None = None
+    """Send this many bytes of the next response, then drop the connection."""
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     active: int = 0
     most_active: int = 0
@@ -68,6 +70,11 @@ def archive() -> Iterator[Archive]:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
+                if state.cut_after is not None:
+                    self.wfile.write(body[start : start + state.cut_after])
+                    state.cut_after = None
+                    self.close_connection = True
+                    return
                 self.wfile.write(body[start:])
             finally:
                 with state.lock:
@@ -138,6 +145,33 @@ def test_a_partial_download_is_resumed(
     assert archive.requests == [(f"/debian/{package.path}", "bytes=100000-")]
     assert found["big"].read_bytes() == body
     assert not (tmp_path / f"{package.sha256}.partial").exists()
+
+
+def test_a_dropped_connection_keeps_what_came_and_the_next_build_resumes(
+    archive: Archive, tmp_path: Path
+) -> None:
+    body = bytes(range(256)) * 400
+    package = served(archive, "cut", body)
+    apt = AptLock(suite="bookworm", packages=(package,))
+    archive.cut_after = 30_000
+    with pytest.raises(OperationError) as caught:
+        fetch_debs(apt, cache=tmp_path)
+    assert f"{archive.url}/debian/{package.path} (cannot fetch: " in caught.value.lines()[0]
+    assert not isinstance(caught.value, HashMismatch)
+    assert (tmp_path / f"{package.sha256}.partial").stat().st_size == 30_000
+    assert fetch_debs(apt, cache=tmp_path)["cut"].read_bytes() == body
+    assert archive.requests[-1] == (f"/debian/{package.path}", "bytes=30000-")
+
+
+def test_a_partial_file_with_bad_bytes_is_fetched_again_whole(
+    archive: Archive, tmp_path: Path
+) -> None:
+    body = b"the real file " * 1000
+    package = served(archive, "rotten", body)
+    (tmp_path / f"{package.sha256}.partial").write_bytes(b"X" * 5000)
+    found = fetch_debs(AptLock(suite="bookworm", packages=(package,)), cache=tmp_path)
+    assert found["rotten"].read_bytes() == body
+    assert [r[1] for r in archive.requests] == ["bytes=5000-", None]
 
 
 def test_a_download_that_does_not_match_stops_with_package_and_both_hashes(

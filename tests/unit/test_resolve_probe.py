@@ -83,3 +83,34 @@ def test_a_package_apt_gives_no_url_for_is_a_clear_error(tmp_path: Path) -> None
     without_perl_url = CLOSURE[: CLOSURE.index("@@URI 'http://deb.debian.org/debian-security")]
     with pytest.raises(ResolveError, match=r"does not say where to fetch perl-modules-5.36="):
         probe(tmp_path, without_perl_url)
+
+
+class Resolving(Exception):
+    """The engine was asked for: resolution ran instead of keeping the previous pins."""
+
+
+def _no_engine() -> Engine:
+    raise Resolving
+
+
+def test_a_previous_lock_without_deb_paths_is_resolved_again(example_dir: Path) -> None:
+    from dataclasses import replace
+
+    from imagesmith.resolve import inputs_hash, lock_spec
+    from tests.fixtures.make_lock import make_lock
+
+    spec = load_spec(example_dir / "env.toml")
+    current = replace(make_lock(spec.path), inputs_hash=inputs_hash(spec, "linux/amd64"))
+    lines: list[str] = []
+    # Complete pins and unchanged inputs: kept, no engine, no network.
+    assert lock_spec(spec, engine=_no_engine, previous=current, on_line=lines.append) == current
+    old = replace(
+        current,
+        apt=replace(
+            current.apt,
+            packages=tuple(replace(p, path=None, source=None) for p in current.apt.packages),
+        ),
+    )
+    with pytest.raises(Resolving):
+        lock_spec(spec, engine=_no_engine, previous=old, on_line=lines.append)
+    assert lines == ["apt: the previous lock does not say where its .debs live; resolving again"]
