@@ -31,8 +31,8 @@ name = "faulty"
 version = "1.0"
 [base]
 image = "debian:bookworm"
-[apt]
-packages = ["curl"]
+[env]
+MARK = "faulty"
 """
 
 
