@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from imagesmith.errors import ImagesmithError
 from imagesmith.input_archive import (
     ARTIFACT_TYPE,
     DEB_TYPE,
+    TITLE,
     WHEEL_TYPE,
     archived_names,
     base_tag,
@@ -26,7 +28,7 @@ from imagesmith.input_archive import (
     inputs_tag,
     push_inputs,
 )
-from imagesmith.lock import read_lock
+from imagesmith.lock import AptPackage, Lock, read_lock
 from imagesmith.push import push
 from imagesmith.reference import parse_reference
 from imagesmith.registry import RegistryClient
@@ -114,52 +116,68 @@ def test_a_blob_damaged_in_the_registry_is_refused(
 
 
 @pytest.mark.integration
-def test_rebuild_takes_what_the_index_no_longer_serves_from_the_archive(
+def test_rebuild_takes_what_the_archives_no_longer_serve_from_the_registry(
     engine: Engine,
     base_image: str,
     logged_in: Registry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Build and push with inputs; then, with an empty imagesmith cache and the package
-    index unreachable, the same lock rebuilds to the same digest from the archive alone,
-    and a repository without the archive fails with the reason."""
+    """Build and push with inputs; then, with an empty imagesmith cache and neither
+    Debian's archive nor the package index reachable (as when both have moved on), the
+    same lock rebuilds to the same digest from the registry's input archive alone; a
+    repository without the archive fails naming each missing .deb and where it looked."""
     name = f"it-inputs-{uuid.uuid4().hex[:8]}"
     repo = f"{logged_in.host}/lab/{name}"
     folder = tmp_path / "lab"
     folder.mkdir()
     (folder / "env.toml").write_text(
-        f'name = "{name}"\n[base]\nimage = "{base_image}"\n'
+        f'name = "{name}"\n[base]\nimage = "{base_image}"\n[apt]\npackages = ["jq"]\n'
         '[python]\nrequirements = ["six==1.17.0"]\n'
         f'[registry]\nrepository = "{repo}"\n'
     )
     spec = load_spec(folder / "env.toml")
     first = build(spec, engine)
     try:
-        push(spec, read_lock(spec.lock_path))
-        _, _, body = RegistryClient(logged_in.host).manifest(
-            f"lab/{name}", inputs_tag(read_lock(spec.lock_path))
-        )
-        assert [layer["mediaType"] for layer in json.loads(body)["layers"]] == [WHEEL_TYPE]
+        lock = read_lock(spec.lock_path)
+        push(spec, lock)
+        _, _, body = RegistryClient(logged_in.host).manifest(f"lab/{name}", inputs_tag(lock))
+        layers = json.loads(body)["layers"]
+        debs = {layer["digest"] for layer in layers if layer["mediaType"] == DEB_TYPE}
+        assert debs == {f"sha256:{p.sha256}" for p in lock.apt.packages}
+        assert [
+            layer["annotations"][TITLE] for layer in layers if layer["mediaType"] == WHEEL_TYPE
+        ] == ["six-1.17.0-py2.py3-none-any.whl"]
 
-        # A machine with only env.toml, env.lock and the registry: no cache, no index.
+        # A machine with only env.toml, env.lock and the registry: no cache, and every
+        # public source unreachable (a proxy that answers nothing; the registry is local).
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
-        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            monkeypatch.setenv(variable, "http://127.0.0.1:9")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
         monkeypatch.setenv("PIP_RETRIES", "0")
+        # urllib reads the proxy variables when it makes its opener: make it again.
+        monkeypatch.setattr(urllib.request, "_opener", None)
         again = build(spec, engine, no_cache=True)
         assert again.digest == first.digest
-        wheels = list((tmp_path / "empty-cache" / "imagesmith" / "wheels").glob("*/wheels/*"))
+        cached = tmp_path / "empty-cache" / "imagesmith"
+        assert len(list((cached / "debs").glob("[0-9a-f]*"))) == len(lock.apt.packages)
+        wheels = list((cached / "wheels").glob("*/wheels/*"))
         assert [w.name for w in wheels] == ["six-1.17.0-py2.py3-none-any.whl"]
 
-        # The same lock, with a repository that holds no archive: the index is all there
-        # is, and it cannot be reached.
+        # The same lock with a repository that holds no archive: nothing serves the .debs.
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache-2"))
-        toml = (folder / "env.toml").read_text().replace(name + '"', name + '-none"')
+        toml = (folder / "env.toml").read_text().replace(f'lab/{name}"', f'lab/{name}-none"')
         (folder / "env.toml").write_text(toml)
         with pytest.raises(ImagesmithError) as caught:
             build(load_spec(folder / "env.toml"), engine, no_cache=True)
-        assert "python: fetching wheels failed" in str(caught.value)
+        lines = str(caught.value).splitlines()
+        assert len(lines) == len(lock.apt.packages)
+        jq = next(line for line in lines if line.startswith("apt: jq "))
+        assert "not found; looked in: host cache" in jq
+        assert f"{logged_in.host}/lab/{name}-none: not there" in jq
+        assert f"{lock_jq(lock).source}/{lock_jq(lock).path} (cannot fetch" in jq
     finally:
         for tag in first.tags:
             engine.remove_image(tag, force=True)
@@ -225,3 +243,7 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
         subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
         subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
         shutil.rmtree(storage, ignore_errors=True)
+
+
+def lock_jq(lock: Lock) -> AptPackage:
+    return next(p for p in lock.apt.packages if p.name == "jq")
