@@ -158,7 +158,10 @@ class Prewarm:
         while (image_id := self._queue.get()) is not None:
             if self._cancelled.is_set():
                 continue
-            local = self._engine.local_image(image_id)
+            try:
+                local = self._engine.local_image(image_id)
+            except Exception:  # an optimisation only: even a request that failed midway
+                continue
             if local is None:
                 continue
             staging = _staging()
