@@ -339,28 +339,27 @@ def push_local_base(
 def ensure_base(engine: Engine, lock: Lock, archive: Archive | None) -> None:
     """Make sure the engine holds the lock's local-only base: pulled from the lab's
     registry when it is not in the engine's store, or an error saying where it looked."""
-    if not lock.base.local or engine.image_exists(lock.base.digest):
-        return
-    looked = [f"{engine.name}'s image store"]
-    if archive is not None:
-        from imagesmith.registry import find_credentials
+    if archive is None or not lock.base.local or engine.image_exists(lock.base.digest):
+        return  # without an archive, the engine's own error says the base is missing
+    from imagesmith.registry import find_credentials
 
-        pinned = f"{archive.repository.familiar_repository}:{base_tag(lock)}"
-        credentials = find_credentials(archive.repository.registry)
-        auth = (
-            {"username": credentials.username, "password": credentials.password}
-            if credentials
-            else None
-        )
-        try:
-            pulled = engine.pull(pinned, auth=auth)
-        except EngineError as exc:
-            looked.append(f"{pinned} ({exc})")
-        else:
-            if pulled == lock.base.digest:
-                return
-            engine.remove_image(pinned, force=True)
-            looked.append(f"{pinned} (holds {pulled[:19]}, not the pinned image)")
+    looked = [f"{engine.name}'s image store"]
+    pinned = f"{archive.repository.familiar_repository}:{base_tag(lock)}"
+    credentials = find_credentials(archive.repository.registry)
+    auth = (
+        {"username": credentials.username, "password": credentials.password}
+        if credentials
+        else None
+    )
+    try:
+        pulled = engine.pull(pinned, auth=auth)
+    except EngineError as exc:
+        looked.append(f"{pinned} ({exc})")
+    else:
+        if pulled == lock.base.digest:
+            return
+        engine.remove_image(pinned, force=True)
+        looked.append(f"{pinned} (holds {pulled[:19]}, not the pinned image)")
     raise EngineError(
         f"the base {lock.base.reference} ({lock.base.digest[:19]}) exists only on the "
         f"machine that made it; looked in: {'; '.join(looked)}. Push from there with "

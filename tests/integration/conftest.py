@@ -114,8 +114,14 @@ def session_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     return dest, make_rootfs(dest, suite=SUITE)
 
 
-def _ensure_base(engine: Engine, request: pytest.FixtureRequest) -> str:
+def ensure_test_base(engine: Engine, request: pytest.FixtureRequest) -> str:
+    """The Debian base on `engine`, built when missing or made by an imagesmith whose base
+    labels differ (the tests compare digests across engines: both bases must be alike)."""
+    from imagesmith.labels import BASE_SUITE
+
     ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
+    if engine.image_exists(ref) and BASE_SUITE not in engine.inspect_image(ref).labels:
+        engine.remove_image(ref, force=True)
     if not engine.image_exists(ref):
         rootfs, _ = request.getfixturevalue("session_rootfs")
         build_base(engine, rootfs, suite=SUITE, tag=ref)
@@ -125,7 +131,7 @@ def _ensure_base(engine: Engine, request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def base_image(engine: Engine, request: pytest.FixtureRequest) -> str:
     """The Debian base image on `engine`, built once (kept for later runs); its reference."""
-    return _ensure_base(engine, request)
+    return ensure_test_base(engine, request)
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +140,7 @@ def marked_podman_image(
 ) -> Iterator[tuple[str, str]]:
     """(podman image by digest, a marker only it holds): uid 1000 in /work, for kube play and
     Slurm. `localhost/NAME@sha256:<.Digest>` is how podman names a local-only image by digest."""
-    base = _ensure_base(podman_engine, request)
+    base = ensure_test_base(podman_engine, request)
     folder = tmp_path_factory.mktemp("marked-image")
     marker = f"imagesmith-marker-{uuid.uuid4().hex}"
     (folder / "Containerfile").write_text(

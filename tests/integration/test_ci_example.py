@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagesmith.base import build_base, default_tag
 from imagesmith.engine.base import Engine
 from imagesmith.registry import RegistryClient
 from tests.conftest import REPO
-from tests.integration.conftest import SUITE
+from tests.integration.conftest import ensure_test_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.registry]
 
@@ -36,11 +35,7 @@ BIN = Path(sys.executable).parent  # the venv that has `imagesmith`
 @pytest.fixture(scope="module")
 def docker_base(docker_engine: Engine, request: pytest.FixtureRequest) -> str:
     """The local Debian base on Docker, built once when missing (and kept)."""
-    ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
-    if not docker_engine.image_exists(ref):
-        rootfs, _ = request.getfixturevalue("session_rootfs")
-        build_base(docker_engine, rootfs, suite=SUITE, tag=ref)
-    return ref
+    return ensure_test_base(docker_engine, request)
 
 
 @pytest.fixture
@@ -134,7 +129,8 @@ def test_pipeline_pushes_the_built_digest_and_publishes_its_job(
 
 def test_pipeline_stops_at_a_stale_lock_before_building(lab: Path, open_registry: str) -> None:
     spec = lab / "env.toml"
-    spec.write_text(spec.read_text().replace('memory = "1Gi"', 'memory = "2Gi"'))
+    # Something that goes into the image ([resources] would not stale the lock).
+    spec.write_text(spec.read_text().replace("hello from CI", "hello again"))
     done = pipeline(lab, f"{open_registry}/lab/ci-stale")
     assert done.returncode == 1
     assert "env.lock is stale: env.toml changed since it was locked" in done.stderr

@@ -11,7 +11,6 @@ glibc 2.35). Every image a test builds is removed afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.base import build_base, default_tag
 from imagesmith.build import build
 from imagesmith.engine.base import Engine
 from imagesmith.lock import Lock, read_lock, write_lock
@@ -27,7 +25,7 @@ from imagesmith.render import decode_embedded_lock, render
 from imagesmith.resolve import lock_spec, resolve_python
 from imagesmith.spec import load_spec
 from tests.conftest import RECIPES
-from tests.integration.conftest import SUITE
+from tests.integration.conftest import ensure_test_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -39,11 +37,7 @@ DOCKER_MAX_LINE = 65535
 @pytest.fixture(scope="module")
 def docker_base(docker_engine: Engine, request: pytest.FixtureRequest) -> str:
     """The local Debian base on Docker, built once when missing (and kept)."""
-    ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
-    if not docker_engine.image_exists(ref):
-        rootfs, _ = request.getfixturevalue("session_rootfs")
-        build_base(docker_engine, rootfs, suite=SUITE, tag=ref)
-    return ref
+    return ensure_test_base(docker_engine, request)
 
 
 @pytest.fixture
