@@ -26,7 +26,7 @@ from imagesmith.errors import OperationError
 from imagesmith.lock import read_lock, write_lock
 from imagesmith.resolve import lock_spec
 from imagesmith.spec import load_spec
-from tests.integration.conftest import _ensure_base
+from tests.integration.conftest import ensure_test_base
 
 pytestmark = pytest.mark.integration
 UNREACHABLE = "http://127.0.0.1:9/debian"
@@ -53,8 +53,8 @@ def test_apt_installs_host_checked_debs_with_no_network_same_digest_on_both_engi
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    base = _ensure_base(docker_engine, request)
-    assert _ensure_base(podman_engine, request) == base
+    base = ensure_test_base(docker_engine, request)
+    assert ensure_test_base(podman_engine, request) == base
     assert docker_engine.inspect_image(base).id == podman_engine.inspect_image(base).id
     folder = tmp_path / "lab"
     folder.mkdir()
@@ -144,8 +144,8 @@ def test_the_saved_image_loses_the_folder_too_on_both_engines(
     from imagesmith.canonical import canonicalize
     from imagesmith.canonical_build import DROP_PATHS
 
-    base = _ensure_base(docker_engine, request)
-    assert _ensure_base(podman_engine, request) == base
+    base = ensure_test_base(docker_engine, request)
+    assert ensure_test_base(podman_engine, request) == base
     context = tmp_path / "context"
     (context / "apt").mkdir(parents=True)
     (context / "apt" / "a_1_all.deb").write_bytes(b"not really a deb")

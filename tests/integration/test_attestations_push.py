@@ -25,7 +25,7 @@ from imagesmith.lock import read_lock
 from imagesmith.reference import parse_reference
 from imagesmith.registry import Pusher, RegistryClient
 from imagesmith.spec import Spec, load_spec
-from tests.integration.conftest import _ensure_base
+from tests.integration.conftest import ensure_test_base
 from tests.unit.test_provenance import _check_slsa
 from tests.unit.test_sbom import _pyspdxtools
 
@@ -37,7 +37,7 @@ runner = CliRunner()
 def built_spec(
     docker_engine: Engine, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Spec]:
-    base = _ensure_base(docker_engine, request)
+    base = ensure_test_base(docker_engine, request)
     name = f"it-attest-{uuid.uuid4().hex[:8]}"
     (tmp_path / "env.toml").write_text(
         f'name = "{name}"\nversion = "1.0"\n[base]\nimage = "{base}"\n[env]\nMARK = "x"\n'

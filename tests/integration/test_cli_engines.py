@@ -88,9 +88,9 @@ def test_json_of_the_engine_commands_on_a_real_build(
     """build, inspect, verify, push (Docker) and pull (podman) with --json: each object
     matches its schema, and the digests agree from build to pull."""
     from imagesmith.cli import app
-    from tests.integration.conftest import _ensure_base
+    from tests.integration.conftest import ensure_test_base
 
-    base = _ensure_base(docker_engine, request)
+    base = ensure_test_base(docker_engine, request)
     name = f"{TEST_REPOSITORY}-json-{uuid.uuid4().hex[:8]}"
     spec = tmp_path / "env.toml"
     spec.write_text(
