@@ -1115,13 +1115,18 @@ def sbom(
     if is_spec_target(target):
         contents = inventory(lock_for_spec(target))
     else:
-        from imagesmith.attest.target import installed_debs, venv_licenses
+        from imagesmith.attest.target import deb_licenses, installed_debs, venv_licenses
         from imagesmith.engine import get_engine
 
         the_engine = get_engine(engine)
         the_lock = lock_from_labels(target, the_engine.inspect_image(target).labels)
         licenses = venv_licenses(the_engine, target) if the_lock.python else {}
-        contents = inventory(the_lock, installed_debs(the_engine, target), licenses)
+        contents = inventory(
+            the_lock,
+            installed_debs(the_engine, target),
+            licenses,
+            deb_licenses(the_engine, target),
+        )
     _emit(render_sbom(contents, sbom_format), output)
 
 

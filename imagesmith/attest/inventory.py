@@ -28,8 +28,10 @@ class Component:
     in_base: bool = False
     """A Debian package the base image brought (read from the image, not pinned by the lock)."""
     license: str | None = None
-    """The SPDX license expression the distribution itself declares (PEP 639
-    `License-Expression`, read from the image); None when unknown."""
+    """The SPDX license expression the package itself declares, read from the image: a
+    Python distribution's PEP 639 `License-Expression`, a Debian package's
+    machine-readable copyright file (its `Files: *` license, Debian's short names turned
+    into SPDX ones); None when unknown or not on the SPDX list."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,12 @@ def inventory(
     lock: Lock,
     installed: Sequence[InstalledDeb] = (),
     licenses: Mapping[str, str] | None = None,
+    deb_licenses: Mapping[str, str] | None = None,
 ) -> Inventory:
     """Everything `lock` pins; plus, given the image's dpkg database (`installed`), the
     Debian packages the base brought, which the lock pins only through the base's digest;
-    `licenses`: SPDX expressions of Python distributions by normalised name."""
+    `licenses`: SPDX expressions of Python distributions by normalised name;
+    `deb_licenses`: those of Debian packages by package name (`parse_deb_licenses`)."""
     spec = lock.spec_data
     base = lock.base
     components = [
@@ -110,6 +114,7 @@ def inventory(
                 sha256=(_hex(deb.sha256),) if deb.sha256 else (),
                 direct=deb.requested,
                 arch=deb.arch,
+                license=(deb_licenses or {}).get(deb.name),
             )
         )
     pinned = {(deb.name, deb.arch) for deb in lock.apt.packages}
@@ -128,6 +133,7 @@ def inventory(
                     direct=False,
                     arch=found.arch,
                     in_base=True,
+                    license=(deb_licenses or {}).get(found.name),
                 )
             )
     components[1:] = sorted(components[1:], key=lambda c: (c.name, c.arch, c.version))
@@ -216,4 +222,84 @@ def parse_venv_licenses(output: str) -> dict[str, str]:
             continue
         if "LicenseRef-" not in canonical and "DocumentRef-" not in canonical:
             found[pypi_name(str(name))] = canonical
+    return found
+
+
+# Prints "PACKAGE<TAB>LICENSE" for each machine-readable (DEP-5) copyright file: the
+# license of its `Files: *` paragraph, the one that covers the package as a whole.
+DEB_LICENSES = [
+    "/bin/sh",
+    "-c",
+    "for f in /usr/share/doc/*/copyright; do "
+    "p=${f#/usr/share/doc/}; p=${p%/copyright}; "
+    'awk -v p="$p" \'NR == 1 && !/^Format:.*copyright-format/ { exit } '
+    "/^Files:[ \\t]*\\*[ \\t]*$/ { main = 1; next } "
+    'main && /^License:/ { sub(/^License:[ \\t]*/, ""); print p "\\t" $0; exit } '
+    '/^[ \\t]*$/ { main = 0 }\' "$f"; done',
+]
+
+#: Debian's short license names (the copyright-format 1.0 specification's list) and the
+#: SPDX identifiers they stand for; a name outside it is left unknown, never guessed.
+_DEBIAN_TO_SPDX = {
+    "apache-2.0": "Apache-2.0",
+    "artistic-2.0": "Artistic-2.0",
+    "bsd-2-clause": "BSD-2-Clause",
+    "bsd-3-clause": "BSD-3-Clause",
+    "bsd-4-clause": "BSD-4-Clause",
+    "cc0-1.0": "CC0-1.0",
+    "expat": "MIT",
+    "mit": "MIT",
+    "isc": "ISC",
+    "mpl-1.1": "MPL-1.1",
+    "mpl-2.0": "MPL-2.0",
+    "zlib": "Zlib",
+    "python-2.0": "Python-2.0",
+    "openssl": "OpenSSL",
+    **{
+        f"{family.lower()}-{version}{suffix}": f"{family}-{spdx_version}{spdx_suffix}"
+        for family, versions in (
+            ("GPL", ("1", "2", "3")),
+            ("LGPL", ("2", "2.1", "3")),
+            ("AGPL", ("3",)),
+            ("GFDL", ("1.2", "1.3")),
+        )
+        for version in versions
+        for spdx_version in (version if "." in version else version + ".0",)
+        for suffix, spdx_suffix in (("", "-only"), ("+", "-or-later"))
+    },
+}
+
+
+def debian_to_spdx(value: str) -> str | None:
+    """A Debian copyright `License:` value as an SPDX expression, or None when any name in
+    it is not one of Debian's short names with an SPDX identifier."""
+    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+
+    words = value.replace("(", " ( ").replace(")", " ) ").replace(",", " ").split()
+    if not words:
+        return None
+    out = []
+    for word in words:
+        if word.lower() in {"or", "and"}:
+            out.append(word.upper())
+        elif word in {"(", ")"}:
+            out.append(word)
+        elif word.lower() in _DEBIAN_TO_SPDX:
+            out.append(_DEBIAN_TO_SPDX[word.lower()])
+        else:
+            return None
+    try:
+        return str(canonicalize_license_expression(" ".join(out)))
+    except InvalidLicenseExpression:
+        return None
+
+
+def parse_deb_licenses(output: str) -> dict[str, str]:
+    """Package name -> SPDX expression, from `DEB_LICENSES`' output."""
+    found: dict[str, str] = {}
+    for line in output.splitlines():
+        name, tab, value = line.partition("\t")
+        expression = debian_to_spdx(value.strip()) if tab else None
+        if expression and re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", name):
+            found[name] = expression
     return found

@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from imagesmith.attest.inventory import (
+    DEB_LICENSES,
     DPKG_QUERY,
     VENV_LICENSES,
     InstalledDeb,
+    parse_deb_licenses,
     parse_dpkg_query,
     parse_venv_licenses,
 )
@@ -67,6 +69,13 @@ def installed_debs(engine: Engine, image: str) -> tuple[InstalledDeb, ...]:
             f"(exit {run.exit_code}: {last[0][:200]})"
         )
     return found
+
+
+def deb_licenses(engine: Engine, image: str) -> dict[str, str]:
+    """SPDX license expressions of the image's Debian packages whose copyright file is
+    machine-readable and names licenses Debian maps to SPDX (the rest stay unknown)."""
+    run = engine.run(image, DEB_LICENSES, user="0", network=False)
+    return parse_deb_licenses(run.output) if run.exit_code == 0 else {}
 
 
 def venv_licenses(engine: Engine, image: str) -> dict[str, str]:

@@ -102,6 +102,15 @@ def test_sbom_of_the_same_lock_is_byte_identical_on_both_engines_and_complete(
         idna = next(c for c in cdx_doc["components"] if c["name"] == "idna")
         assert idna["licenses"] == [{"expression": declared[0], "acknowledgement": "declared"}]
 
+        # Debian packages: the license of a machine-readable copyright file's `Files: *`
+        # paragraph, Debian's short name in SPDX terms (dpkg's file says GPL-2+).
+        dpkg_component = next(c for c in cdx_doc["components"] if c["name"] == "dpkg")
+        assert dpkg_component["licenses"] == [
+            {"expression": "GPL-2.0-or-later", "acknowledgement": "declared"}
+        ]
+        licensed = [c for c in cdx_doc["components"] if c.get("licenses")]
+        assert len(licensed) > len(cdx_doc["components"]) // 2
+
         # The provenance names the digest the build made.
         prov = runner.invoke(app, ["provenance", str(path)])
         assert prov.exit_code == 0, prov.output

@@ -365,3 +365,61 @@ def test_every_recipes_sbom_validates(recipe: str, tmp_path: Path) -> None:
     assert (
         JsonStrictValidator(SchemaVersion.V1_6).validate_str(render_sbom(inv, "cyclonedx")) is None
     )
+
+
+@pytest.mark.parametrize(
+    ("debian", "spdx"),
+    [
+        ("GPL-2+", "GPL-2.0-or-later"),
+        ("GPL-2", "GPL-2.0-only"),
+        ("LGPL-2.1+", "LGPL-2.1-or-later"),
+        ("Expat", "MIT"),
+        ("BSD-3-clause", "BSD-3-Clause"),
+        ("GPL-2+ or BSD-3-clause", "GPL-2.0-or-later OR BSD-3-Clause"),
+        ("(GPL-2+ or Expat) and Zlib", "(GPL-2.0-or-later OR MIT) AND Zlib"),
+        ("GPL-1+ or Artistic", None),  # Debian's "Artistic" has no single SPDX identifier
+        ("public-domain", None),
+        ("curl", None),  # not one of Debian's short names: unknown, never guessed
+        ("", None),
+    ],
+)
+def test_debian_license_names_become_spdx_only_when_debian_defines_them(
+    debian: str, spdx: str | None
+) -> None:
+    from imagesmith.attest.inventory import debian_to_spdx
+
+    assert debian_to_spdx(debian) == spdx
+
+
+def test_deb_licenses_are_read_from_the_scripts_output() -> None:
+    from imagesmith.attest.inventory import parse_deb_licenses
+
+    output = "dpkg\tGPL-2+\ncurl\tcurl\nBad Name\tGPL-2+\nnoise\nlibc6\tLGPL-2.1+ and GPL-2+\n"
+    assert parse_deb_licenses(output) == {
+        "dpkg": "GPL-2.0-or-later",
+        "libc6": "LGPL-2.1-or-later AND GPL-2.0-or-later",
+    }
+
+
+def test_the_copyright_reader_takes_the_main_license_of_machine_readable_files(
+    tmp_path: Path,
+) -> None:
+    """The shell the image runs, against copyright files of each kind (DEB_LICENSES reads
+    /usr/share/doc; here the same awk program over a folder the test makes)."""
+    import subprocess
+
+    from imagesmith.attest.inventory import DEB_LICENSES
+
+    doc = tmp_path / "usr" / "share" / "doc"
+    files = {
+        "dep5": "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+        "Upstream-Name: x\n\nFiles: debian/*\nLicense: Expat\n\n"
+        "Files: *\nCopyright: someone\nLicense: GPL-2+\n\nLicense: GPL-2+\n text\n",
+        "freeform": "This package was debianized by someone.\nLicense: GPL-2+\n",
+    }
+    for name, text in files.items():
+        (doc / name).mkdir(parents=True)
+        (doc / name / "copyright").write_text(text)
+    script = DEB_LICENSES[2].replace("/usr/share/doc", str(doc))
+    run = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout == "dep5\tGPL-2+\n"
