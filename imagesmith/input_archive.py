@@ -20,8 +20,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagesmith.engine.base import Engine
@@ -220,11 +221,18 @@ def archived_names(repository: ImageReference, lock: Lock) -> dict[str, str]:
 
 @dataclass
 class Archive:
-    """One lock's input archive in the lab's registry, as a place a build fetches from."""
+    """One lock's input archive in the lab's registry, as a place a build fetches from.
+
+    Its manifest is read once per build and is the list of what to ask for: a file it
+    does not list, or a registry that cannot be reached, costs no further request (a
+    build's many .debs never wait on a registry that is down, one timeout each)."""
 
     repository: ImageReference
     tag: str
     _names: dict[str, str] | None = None
+    _absent: str = ""
+    """Why the archive cannot serve anything (unreachable, no such tag), once known."""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def for_lock(cls, repository: str | None, lock: Lock) -> Archive | None:
@@ -243,24 +251,36 @@ class Archive:
 
     def names(self) -> dict[str, str]:
         """digest -> file name of the files the archive lists ({} when there is none)."""
-        if self._names is None:
-            self._names = {}
-            client = RegistryClient(self.repository.registry)
-            try:
-                _, _, body = client.manifest(self.repository.path, self.tag)
-                layers = json.loads(body).get("layers", [])
-            except (RegistryError, ValueError, AttributeError):
-                return self._names
-            for layer in layers if isinstance(layers, list) else []:
-                if not isinstance(layer, dict):
-                    continue
-                digest, title = layer.get("digest"), (layer.get("annotations") or {}).get(TITLE)
-                if isinstance(digest, str) and isinstance(title, str) and _safe_name(title):
-                    self._names[digest] = title
-        return self._names
+        with self._lock:
+            if self._names is None:
+                self._names = self._read_names()
+            return self._names
+
+    def _read_names(self) -> dict[str, str]:
+        client = RegistryClient(self.repository.registry)
+        try:
+            _, _, body = client.manifest(self.repository.path, self.tag)
+            layers = json.loads(body).get("layers", [])
+        except RegistryError as exc:
+            missing = "does not exist" in str(exc)  # the tag: no archive was pushed there
+            self._absent = f"{self.where}: " + ("no input archive there" if missing else str(exc))
+            return {}
+        except (ValueError, AttributeError):
+            self._absent = f"{self.where}: not an input archive"
+            return {}
+        names: dict[str, str] = {}
+        for layer in layers if isinstance(layers, list) else []:
+            if not isinstance(layer, dict):
+                continue
+            digest, title = layer.get("digest"), (layer.get("annotations") or {}).get(TITLE)
+            if isinstance(digest, str) and isinstance(title, str) and _safe_name(title):
+                names[digest] = title
+        return names
 
     def fetch(self, digest: str, dest: Path, *, mode: int = 0o600) -> str | None:
         """Fetch blob `digest` to `dest`; None when done, else why not."""
+        if digest not in self.names():
+            return self._absent or f"{self.where}: not there"
         return fetch_input(self.repository, digest, dest, mode=mode)
 
 

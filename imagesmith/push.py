@@ -90,28 +90,8 @@ def push(
         digest = push_layout(layout, ref, tags, on_line=on_line)
     if digest != built.digest:
         raise RegistryError(f"the registry holds {digest}, but the build made {built.digest}")
-    if inputs:
-        from imagesmith.input_archive import collect_inputs, push_inputs, push_local_base
-
-        if lock.base.local:
-            from imagesmith.engine import get_engine
-
-            push_local_base(get_engine(built.engine), lock, ref, on_line=on_line)
-        manifest = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
-        archived = push_inputs(
-            collect_inputs(lock, on_line=on_line),
-            ref,
-            lock=lock,
-            subject_digest=digest,
-            subject_size=manifest.stat().st_size,
-            on_line=on_line,
-        )
-        if on_line:
-            on_line(
-                f"push: input archive {ref.familiar_repository}:{archived.tag} "
-                f"({archived.files} files, {archived.new_files} new, "
-                f"{archived.new_bytes / 1e6:.1f} MB sent)"
-            )
+    # The registry holds the image now: record it before the extras, so a failure there
+    # leaves a record that tells the truth about the image.
     record = PushRecord(
         repository=ref.familiar_repository,
         digest=digest,
@@ -121,6 +101,14 @@ def push(
         gid=built.gid,
     )
     write_record(push_record_path(spec.path), record)
+    if inputs:
+        try:
+            _push_input_archive(lock, built, ref, layout, digest, on_line=on_line)
+        except OperationError as exc:  # engine, registry or download: all exit 1
+            raise OperationError(
+                f"pushed {record.pinned}, but storing its input archive failed: {exc} "
+                "(push again, or pass --no-inputs)"
+            ) from None
     if attestations:
         from imagesmith.attest.publish import attach_attestations
 
@@ -136,6 +124,39 @@ def push(
         if on_line:
             on_line(f"push: attached {len(attached)} attestations (SPDX, CycloneDX, provenance)")
     return record
+
+
+def _push_input_archive(
+    lock: Lock,
+    built: BuildRecord,
+    ref: ImageReference,
+    layout: Path,
+    digest: str,
+    *,
+    on_line: LineCallback | None,
+) -> None:
+    """Every file `lock` builds from, and a base that exists only here, beside the image."""
+    from imagesmith.input_archive import collect_inputs, push_inputs, push_local_base
+
+    if lock.base.local:
+        from imagesmith.engine import get_engine
+
+        push_local_base(get_engine(built.engine), lock, ref, on_line=on_line)
+    manifest = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    archived = push_inputs(
+        collect_inputs(lock, on_line=on_line),
+        ref,
+        lock=lock,
+        subject_digest=digest,
+        subject_size=manifest.stat().st_size,
+        on_line=on_line,
+    )
+    if on_line:
+        on_line(
+            f"push: input archive {ref.familiar_repository}:{archived.tag} "
+            f"({archived.files} files, {archived.new_files} new, "
+            f"{archived.new_bytes / 1e6:.1f} MB sent)"
+        )
 
 
 def _remake_layout(

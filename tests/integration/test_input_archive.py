@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from imagesmith.build import build
+from imagesmith.debs import deb_cache
 from imagesmith.engine.base import Engine
 from imagesmith.engine.podman import PodmanEngine
-from imagesmith.errors import ImagesmithError
+from imagesmith.errors import ImagesmithError, OperationError
 from imagesmith.input_archive import (
     ARTIFACT_TYPE,
     DEB_TYPE,
@@ -30,6 +31,7 @@ from imagesmith.input_archive import (
 )
 from imagesmith.lock import AptPackage, Lock, read_lock
 from imagesmith.push import push
+from imagesmith.records import read_push_record
 from imagesmith.reference import parse_reference
 from imagesmith.registry import RegistryClient
 from imagesmith.spec import load_spec
@@ -140,6 +142,17 @@ def test_rebuild_takes_what_the_archives_no_longer_serve_from_the_registry(
     first = build(spec, engine)
     try:
         lock = read_lock(spec.lock_path)
+        # The image goes up, its inputs cannot be gathered (jq's .deb gone from the cache,
+        # no source reachable): one line saying so, and the push record still tells the
+        # truth about the image. (The next push fetches the .deb again.)
+        (deb_cache() / str(lock_jq(lock).sha256)).unlink()
+        with monkeypatch.context() as offline:
+            _unreachable(offline)
+            with pytest.raises(OperationError) as failed:
+                push(spec, lock)
+        assert str(failed.value).startswith(f"pushed {repo}@{first.digest}, but storing its")
+        assert "(push again, or pass --no-inputs)" in str(failed.value)
+        assert read_push_record(spec.path, lock.lock_hash) is not None
         push(spec, lock)
         _, _, body = RegistryClient(logged_in.host).manifest(f"lab/{name}", inputs_tag(lock))
         layers = json.loads(body)["layers"]
@@ -152,13 +165,7 @@ def test_rebuild_takes_what_the_archives_no_longer_serve_from_the_registry(
         # A machine with only env.toml, env.lock and the registry: no cache, and every
         # public source unreachable (a proxy that answers nothing; the registry is local).
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
-        for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-            monkeypatch.setenv(variable, "http://127.0.0.1:9")
-        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        monkeypatch.setenv("PIP_RETRIES", "0")
-        # urllib reads the proxy variables when it makes its opener: make it again.
-        monkeypatch.setattr(urllib.request, "_opener", None)
+        _unreachable(monkeypatch)
         again = build(spec, engine, no_cache=True)
         assert again.digest == first.digest
         cached = tmp_path / "empty-cache" / "imagesmith"
@@ -176,7 +183,7 @@ def test_rebuild_takes_what_the_archives_no_longer_serve_from_the_registry(
         assert len(lines) == len(lock.apt.packages)
         jq = next(line for line in lines if line.startswith("apt: jq "))
         assert "not found; looked in: host cache" in jq
-        assert f"{logged_in.host}/lab/{name}-none: not there" in jq
+        assert f"{logged_in.host}/lab/{name}-none:{inputs_tag(lock)}: no input archive there" in jq
         assert f"{lock_jq(lock).source}/{lock_jq(lock).path} (cannot fetch" in jq
     finally:
         for tag in first.tags:
@@ -247,3 +254,15 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
 
 def lock_jq(lock: Lock) -> AptPackage:
     return next(p for p in lock.apt.packages if p.name == "jq")
+
+
+def _unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every public source unreachable from this process and its children: a proxy that
+    answers nothing (the registry on 127.0.0.1 stays reachable)."""
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    # urllib reads the proxy variables when it makes its opener: make it again.
+    monkeypatch.setattr(urllib.request, "_opener", None)
