@@ -29,6 +29,8 @@ OUTPUT = ROOT / "docs" / "spec.md"
 _ATTRIBUTES = {
     ("apt", "packages"): "apt_packages",
     ("apt", "snapshot"): "apt_snapshot",
+    ("apt", "mirror"): "apt_mirror",
+    ("apt", "sources"): "apt_sources",
     ("registry", "repository"): "registry_repository",
     ("base", "image"): "base_image",
 }

@@ -110,10 +110,33 @@ class AptPackage:
 
 
 @dataclass(frozen=True)
+class AptSourceLock:
+    """One of the spec's [[apt.sources]] as resolved: the key apt checked it with."""
+
+    url: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    key: str
+    fingerprints: tuple[str, ...]
+
+    def content(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "url": self.url,
+                "suites": list(self.suites),
+                "components": list(self.components),
+                "key": self.key,
+                "fingerprints": list(self.fingerprints),
+            }
+        )
+
+
+@dataclass(frozen=True)
 class AptLock:
     suite: str
     snapshot: str | None = None
     packages: tuple[AptPackage, ...] = ()
+    sources: tuple[AptSourceLock, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,7 @@ class Lock:
                 {
                     "suite": self.apt.suite,
                     "snapshot": self.apt.snapshot,
+                    "sources": [source.content() for source in self.apt.sources],
                     "packages": [_drop_none(vars(p)) for p in self.apt.packages],
                 }
             ),
@@ -299,6 +323,16 @@ def _lock_from_data(data: Mapping[str, Any], path: Path) -> Lock:
             suite=data["apt"]["suite"],
             snapshot=data["apt"].get("snapshot"),
             packages=tuple(AptPackage(**p) for p in data["apt"].get("packages", [])),
+            sources=tuple(
+                AptSourceLock(
+                    url=source["url"],
+                    suites=tuple(source["suites"]),
+                    components=tuple(source.get("components", [])),
+                    key=source["key"],
+                    fingerprints=tuple(source["fingerprints"]),
+                )
+                for source in data["apt"].get("sources", [])
+            ),
         ),
         python=None
         if python is None

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from imagesmith import __version__
+from imagesmith.apt_sources import needs_host_network, probe_setup, source_locks, update_problems
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, RegistryError, ResolveError
 from imagesmith.lock import (
@@ -41,8 +42,19 @@ DAY = 86400
 def inputs_hash(spec: Spec, platform: str) -> str:
     """Hash of exactly what resolution reads: unchanged means the pins still hold."""
     python = spec.python
+    # The mirror and the lab's sources only when there are some: locks without them keep
+    # the hash earlier versions gave them.
+    sources = {
+        key: value
+        for key, value in (
+            ("apt_mirror", spec.apt_mirror),
+            ("apt_sources", [source.content() for source in source_locks(spec)]),
+        )
+        if value
+    }
     return content_hash(
         {
+            **sources,
             "base": spec.base_image,
             "apt": list(spec.apt_packages),
             "snapshot": spec.apt_snapshot,
@@ -125,7 +137,12 @@ def lock_spec(
             say(f"base: resolving {spec.base_image}")
             base, prefer = resolve_base(spec.base_image, the_engine, platform), ()
         probe = probe_base(the_engine, base, spec, platform, say, prefer=prefer)
-        apt = AptLock(suite=probe.suite, snapshot=spec.apt_snapshot, packages=probe.apt_closure)
+        apt = AptLock(
+            suite=probe.suite,
+            snapshot=spec.apt_snapshot,
+            packages=probe.apt_closure,
+            sources=source_locks(spec),
+        )
         python_version, wheel_platform = probe.python_version, probe.wheel_platform
     python = None
     if spec.python is not None:
@@ -170,6 +187,8 @@ def _system_unchanged(previous: Lock, spec: Spec, platform: str) -> bool:
         and old.get("base", {}).get("image") == spec.base_image
         and list(old.get("apt", {}).get("packages", [])) == list(spec.apt_packages)
         and old.get("apt", {}).get("snapshot") == spec.apt_snapshot
+        and old.get("apt", {}).get("mirror", "").rstrip("/") == (spec.apt_mirror or "")
+        and previous.apt.sources == source_locks(spec)
         # A [python] table brings Debian's python3 and python3-venv into the closure.
         and had_python == has_python
         and (previous.python is not None or not has_python)
@@ -235,8 +254,10 @@ if command -v python3 >/dev/null 2>&1; then
   if python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then echo "@@VENV yes"; fi
 fi
 @@SNAPSHOT@@
+@@SOURCES@@
 if [ -n "$PKGS" ]; then
   apt-get update -qq >/dev/null 2>/tmp/update.err || { sed 's/^/@@ERR /' /tmp/update.err; exit 3; }
+  sed 's/^/@@UPD /' /tmp/update.err
   apt-get install -s --no-install-recommends $PKGS >/tmp/sim.out 2>/tmp/sim.err \
     || { sed 's/^/@@ERR /' /tmp/sim.err; exit 4; }
   grep '^Inst ' /tmp/sim.out | sed 's/^/@@ /'
@@ -286,7 +307,7 @@ def probe_base(
     if not base.local and not engine.image_exists(ref):
         say(f"base: pulling {ref}")
         engine.pull(ref)
-    first = _run_probe(engine, ref, spec.apt_snapshot, [])
+    first = _run_probe(engine, ref, spec, [])
     packages = list(spec.apt_packages)
     if spec.python is not None and "VENV" not in first:
         # No usable Python in the base: Debian's own, with venv, comes in by itself. (The
@@ -300,12 +321,12 @@ def probe_base(
         wanted = [f"{n}={v}" for n, v in sorted(pins.items())]
         wanted += [p for p in packages if p.split("=")[0].split(":")[0] not in pins]
         try:
-            probe = _run_probe(engine, ref, spec.apt_snapshot, wanted)
+            probe = _run_probe(engine, ref, spec, wanted)
         except ResolveError as exc:
             say(f"apt: the previous pins cannot all be installed any more ({exc}); resolving")
             prefer = ()
     if packages and not prefer:
-        probe = _run_probe(engine, ref, spec.apt_snapshot, packages)
+        probe = _run_probe(engine, ref, spec, packages)
     requested = {p.split("=")[0].split(":")[0] for p in packages}
     sha: dict[tuple[str, str], str] = {}
     filenames: dict[str, str] = {}
@@ -355,6 +376,9 @@ def probe_base(
 
 def _download(url: str, filename: str | None) -> tuple[str, str]:
     """(archive root, path in it) of one .deb URL that apt printed."""
+    if filename:  # a flat repository's index may say ./NAME.deb
+        filename = filename.removeprefix("./")
+        url = url.replace("/./", "/")
     if filename and filename != "-" and url.endswith("/" + filename):
         return url[: -len(filename) - 1], filename
     # No index record for it: Debian-style archives keep every .deb under pool/.
@@ -375,15 +399,28 @@ def _python_version(first: dict[str, list[tuple[str, ...]]], closure: list[AptPa
 
 
 def _run_probe(
-    engine: Engine, ref: str, snapshot: str | None, packages: Sequence[str]
+    engine: Engine, ref: str, spec: Spec, packages: Sequence[str]
 ) -> dict[str, list[tuple[str, ...]]]:
-    script = _PROBE.replace("@@SNAPSHOT@@", _snapshot_script(snapshot))
-    result = engine.run(ref, ["/bin/sh", "-c", script], env={"PKGS": " ".join(packages)}, user="0")
+    sources, env = probe_setup(spec)
+    script = _PROBE.replace("@@SNAPSHOT@@", _snapshot_script(spec.apt_snapshot)).replace(
+        "@@SOURCES@@", sources
+    )
+    result = engine.run(
+        ref,
+        ["/bin/sh", "-c", script],
+        env={"PKGS": " ".join(packages), **env},
+        user="0",
+        host_network=needs_host_network(spec),
+    )
     found: dict[str, list[tuple[str, ...]]] = {}
     errors: list[str] = []
+    updates: list[str] = []
     for line in result.output.splitlines():
         if line.startswith("@@ERR "):
             errors.append(line[6:])
+            continue
+        if line.startswith("@@UPD "):
+            updates.append(line[6:])
             continue
         inst = _INST.match(line)
         if inst:
@@ -400,12 +437,17 @@ def _run_probe(
         if line.startswith("@@") and " " in line:
             key, _, value = line[2:].partition(" ")
             found.setdefault(key, []).append((value.strip(),))
+    # The spec's own sources and mirror first: apt may go on without an index it could
+    # not fetch, and then only say that a package is missing.
+    problem = update_problems(spec, errors + updates)
+    if problem is not None:
+        raise problem
     if result.exit_code != 0:
-        raise _apt_error(result.exit_code, errors, result.output)
+        raise _apt_error(result.exit_code, errors, result.output, bool(spec.apt_sources))
     return found
 
 
-def _apt_error(code: int, errors: list[str], output: str) -> Exception:
+def _apt_error(code: int, errors: list[str], output: str, own_sources: bool) -> Exception:
     missing = []
     for line in errors:
         match = re.search(r"Unable to locate package (\S+)", line)
@@ -417,9 +459,8 @@ def _apt_error(code: int, errors: list[str], output: str) -> Exception:
         if match:
             missing.append(f"{match.group(2)}={match.group(1)}")
     if missing:
-        return ResolveError(
-            "apt: not available in the base image's Debian suite: " + ", ".join(missing)
-        )
+        where = "Debian suite or the spec's [[apt.sources]]" if own_sources else "Debian suite"
+        return ResolveError(f"apt: not available in the base image's {where}: {', '.join(missing)}")
     if code == 3:
         detail = next((e for e in errors if e.startswith(("E:", "W:"))), "see above")
         return EngineError(f"apt-get update failed inside the base image: {detail}")

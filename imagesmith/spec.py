@@ -168,6 +168,17 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class AptSource:
+    """One of the lab's own apt repositories ([[apt.sources]])."""
+
+    url: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    key: str
+    """The key file's path, relative to the spec's folder."""
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     name: str
@@ -186,6 +197,8 @@ class Spec:
     spec_hash: str
     """sha256 of what the image part of the spec means (not its comments, its layout or
     its run-time tables) and of its requirements file."""
+    apt_mirror: str | None = None
+    apt_sources: tuple[AptSource, ...] = ()
 
     @property
     def image_data(self) -> dict[str, Any]:
@@ -385,6 +398,7 @@ def _semantic_problems(
             else:
                 for problem in read_requirements_file(target)[1]:
                     yield where, problem
+    yield from _apt_problems(data.get("apt"), folder)
     job, env = data.get("job"), data.get("env")
     secret_env = job.get("secret_env") if isinstance(job, dict) else None
     if isinstance(secret_env, dict) and isinstance(env, dict):
@@ -475,6 +489,73 @@ CREDENTIAL_HINT = (
 def url_has_credentials(url: str) -> bool:
     """Whether `url` carries a user name or password (`https://user:token@host/...`)."""
     return _URL_USERINFO.match(url) is not None
+
+
+def _apt_problems(apt: Any, folder: Path) -> Iterator[tuple[str, str]]:
+    """[apt] mirror and [[apt.sources]]: key files that are there and are keys, a suite
+    layout apt accepts, no credentials in a URL."""
+    if not isinstance(apt, dict):
+        return
+    if isinstance(apt.get("mirror"), str) and apt.get("snapshot"):
+        yield (
+            json_path(["apt", "mirror"]),
+            "cannot be used with [apt] snapshot: the snapshot archive is the mirror",
+        )
+    urls: list[tuple[list[str | int], Any]] = [(["apt", "mirror"], apt.get("mirror"))]
+    sources = apt.get("sources")
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        if not isinstance(source, dict):
+            continue
+        urls.append((["apt", "sources", index, "url"], source.get("url")))
+        suites, components = source.get("suites"), source.get("components")
+        if isinstance(suites, list) and all(isinstance(s, str) for s in suites):
+            flat = [s.endswith("/") for s in suites]
+            if any(flat) and not all(flat):
+                yield (
+                    json_path(["apt", "sources", index, "suites"]),
+                    "mixes flat directories (ending with '/') and suites; use one source each",
+                )
+            elif all(flat) and components:
+                yield (
+                    json_path(["apt", "sources", index, "components"]),
+                    "must be empty for a flat repository (suites ending with '/')",
+                )
+            elif not any(flat) and not components:
+                yield (
+                    json_path(["apt", "sources", index]),
+                    'needs components (e.g. ["main"]) for suites that are not flat '
+                    "directories ending with '/'",
+                )
+        key = source.get("key")
+        if isinstance(key, str) and key:
+            problem = key_problem(folder, key)
+            if problem:
+                yield json_path(["apt", "sources", index, "key"]), problem
+    for parts, url in urls:
+        if isinstance(url, str) and url_has_credentials(url):
+            yield (
+                json_path(parts),
+                "holds a user name or password, which would be published in env.lock; "
+                "imagesmith reads only apt repositories that need no login",
+            )
+
+
+def key_problem(folder: Path, key: str) -> str | None:
+    """Why the key file `key` (relative to `folder`) cannot sign an apt source, or None."""
+    from imagesmith.openpgp import KeyFileError, read_key
+
+    target = _inside(folder, key)
+    if target is None:
+        return f"{_show(key)} is outside the spec's folder; keep the key beside env.toml"
+    if not target.is_file():
+        return f"{_show(key)} does not exist (looked for {target})"
+    try:
+        read_key(target)
+    except KeyFileError as exc:
+        return f"{_show(key)} {exc}"
+    except OSError as exc:
+        return f"{_show(key)}: cannot read it ({exc.strerror or exc})"
+    return None
 
 
 def _credential_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -790,6 +871,16 @@ def spec_from_valid_data(
         base_image=data["base"]["image"],
         apt_packages=_strings(apt.get("packages", [])),
         apt_snapshot=apt.get("snapshot"),
+        apt_mirror=apt["mirror"].rstrip("/") if "mirror" in apt else None,
+        apt_sources=tuple(
+            AptSource(
+                url=source["url"].rstrip("/"),
+                suites=_strings(source["suites"]),
+                components=_strings(source.get("components", [])),
+                key=source["key"],
+            )
+            for source in apt.get("sources", [])
+        ),
         python=python,
         env=dict(data.get("env", {})),
         image=image,

@@ -116,8 +116,12 @@ class Engine(abc.ABC):
         env: Mapping[str, str] | None = None,
         user: str | None = None,
         network: bool = True,
+        host_network: bool = False,
     ) -> RunResult:
-        """Run `command` in a new container of the local `image`, wait, remove the container."""
+        """Run `command` in a new container of the local `image`, wait, remove the container.
+
+        `network=False`: no network at all; `host_network`: the host's network namespace
+        (so that the container reaches services on the host's loopback)."""
 
     # -- moving images -------------------------------------------------------------------
 

@@ -398,9 +398,11 @@ class DockerEngine(Engine):
         env: Mapping[str, str] | None = None,
         user: str | None = None,
         network: bool = True,
+        host_network: bool = False,
     ) -> RunResult:
         with _translated(f"run {image}"):
-            host_config = self._api.create_host_config(network_mode=None if network else "none")
+            mode = None if network and not host_network else "host" if network else "none"
+            host_config = self._api.create_host_config(network_mode=mode)
             try:
                 container = self._api.create_container(
                     image,

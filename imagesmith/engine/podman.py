@@ -337,11 +337,14 @@ class PodmanEngine(Engine):
         env: Mapping[str, str] | None = None,
         user: str | None = None,
         network: bool = True,
+        host_network: bool = False,
     ) -> RunResult:
         # --pull never: like Docker's API, run only what is here; --rm: never leave it behind.
         args = ["run", "--rm", "--pull", "never"]
         if not network:
             args += ["--network", "none"]
+        elif host_network:
+            args += ["--network", "host"]
         if user:
             args += ["--user", user]
         for key, value in (env or {}).items():

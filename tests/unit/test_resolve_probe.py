@@ -50,6 +50,7 @@ class ProbeEngine:
         env: Mapping[str, str] | None = None,
         user: str | None = None,
         network: bool = True,
+        host_network: bool = False,
     ) -> RunResult:
         return RunResult(0, self.closure if env and env.get("PKGS") else FIRST)
 

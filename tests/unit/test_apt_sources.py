@@ -1,0 +1,322 @@
+"""[apt] mirror and [[apt.sources]]: key files, the spec's checks, what the probe gives apt,
+how apt's complaints become one line each, and what the lock pins."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from imagesmith.apt_sources import (
+    SourceUnreachable,
+    needs_host_network,
+    probe_setup,
+    source_locks,
+    update_problems,
+)
+from imagesmith.errors import ResolveError, SpecError
+from imagesmith.lock import AptLock, AptSourceLock, parse_lock
+from imagesmith.openpgp import KeyFileError, parse_key, read_key
+from imagesmith.resolve import _download, inputs_hash
+from imagesmith.spec import load_spec
+from tests.fixtures.make_lock import make_lock
+
+KEYS = Path(__file__).resolve().parent.parent / "fixtures" / "keys"
+# What `gpg --list-keys --with-colons` said of the fixture keys when they were made.
+LAB = "A5EA94B6A6BA355AB3ADBFA801BB7BFFA482D061"
+SECOND = "908367AC3B23554183D46E21275C6536B8446E21"  # RSA 2048
+
+PLAIN_INPUTS = "sha256:44bd75450674d18c4cfe8ad96c7812031c0a1f2bfdb6ccfe1a923284f921fa4b"
+SOURCE = (
+    '[[apt.sources]]\nurl = "http://127.0.0.1:8901/lab"\nsuites = ["stable"]\n'
+    'components = ["main"]\nkey = "lab.asc"\n'
+)
+
+
+def _spec(tmp_path: Path, apt: str = SOURCE, packages: str = '["lab-tools"]') -> Path:
+    for name in ("lab.asc", "lab.gpg", "keyring.gpg"):
+        (tmp_path / name).write_bytes((KEYS / name).read_bytes())
+    path = tmp_path / "env.toml"
+    path.write_text(
+        f'name = "x"\n[base]\nimage = "debian:bookworm"\n[apt]\npackages = {packages}\n{apt}'
+    )
+    return path
+
+
+def _problems(path: Path) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    return caught.value.lines()
+
+
+# -- key files -----------------------------------------------------------------------
+
+
+def test_armored_and_binary_keys_give_gpgs_fingerprints() -> None:
+    armored, binary = read_key(KEYS / "lab.asc"), read_key(KEYS / "lab.gpg")
+    assert armored.fingerprints == binary.fingerprints == (LAB,)
+    assert armored.binary == binary.binary == (KEYS / "lab.gpg").read_bytes()
+    assert read_key(KEYS / "keyring.gpg").fingerprints == (LAB, SECOND)
+
+
+def test_armor_with_headers_and_crlf_lines_is_read() -> None:
+    text = (KEYS / "lab.asc").read_text()
+    begin = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n"
+    with_headers = text.replace(begin, begin + "Comment: lab archive\nVersion: 2\n")
+    assert parse_key(with_headers.replace("\n", "\r\n").encode()).fingerprints == (LAB,)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "is empty: no OpenPGP public key in it"),
+        (b"hello\n", "is not an OpenPGP key (bad packet header)"),
+        (
+            b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nAAAA\n-----END PGP PRIVATE KEY BLOCK-----\n",
+            "is a secret key; give the public key (gpg --export --armor KEYID)",
+        ),
+        (b"\xc5\x01\x04", "is a secret key; give the public key (gpg --export --armor KEYID)"),
+        (b"\xc2\x01\x04", "is not an OpenPGP public key (it does not start with one)"),
+        (b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDME\n", "has no -----END PGP PUBLIC"),
+        (
+            b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!\n-----END PGP PUBLIC KEY BLOCK-----",
+            "has an armored block that is not valid base64",
+        ),
+        (b"\xff\xfe\x00", "is not an OpenPGP key (partial-length packets)"),
+    ],
+)
+def test_what_is_not_a_public_key_says_why(data: bytes, message: str) -> None:
+    with pytest.raises(KeyFileError) as caught:
+        parse_key(data)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_key_cut_short_is_refused() -> None:
+    binary = (KEYS / "lab.gpg").read_bytes()
+    with pytest.raises(KeyFileError, match="cut short"):
+        parse_key(binary[: len(binary) // 2])
+
+
+# -- the spec ------------------------------------------------------------------------
+
+
+def test_a_source_is_modelled(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, SOURCE.replace('lab"', 'lab/"')))
+    (source,) = spec.apt_sources
+    assert (source.url, source.suites, source.components, source.key) == (
+        "http://127.0.0.1:8901/lab",  # the trailing '/' dropped
+        ("stable",),
+        ("main",),
+        "lab.asc",
+    )
+    assert needs_host_network(spec)
+    assert source_locks(spec) == (
+        AptSourceLock(
+            url="http://127.0.0.1:8901/lab",
+            suites=("stable",),
+            components=("main",),
+            key="lab.asc",
+            fingerprints=(LAB,),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("apt", "problem"),
+    [
+        (
+            SOURCE.replace("lab.asc", "missing.asc"),
+            '$.apt.sources[0].key: "missing.asc" does not exist (looked for',
+        ),
+        (SOURCE.replace("lab.asc", "env.toml"), '$.apt.sources[0].key: "env.toml" is not an'),
+        (
+            SOURCE.replace("lab.asc", "../lab.asc"),
+            '$.apt.sources[0].key: "../lab.asc" is outside the spec\'s folder; keep the key',
+        ),
+        (
+            SOURCE.replace('components = ["main"]\n', ""),
+            '$.apt.sources[0]: needs components (e.g. ["main"]) for suites that are not flat',
+        ),
+        (
+            SOURCE.replace('["stable"]', '["cran40/"]'),
+            "$.apt.sources[0].components: must be empty for a flat repository",
+        ),
+        (
+            SOURCE.replace('["stable"]', '["cran40/", "stable"]'),
+            "$.apt.sources[0].suites: mixes flat directories (ending with '/') and suites",
+        ),
+        (
+            SOURCE.replace("http://", "http://lab:s3cret@"),
+            "$.apt.sources[0].url: holds a user name or password, which would be published",
+        ),
+        (
+            'mirror = "http://m.example/debian"\nsnapshot = "20250520T000000Z"\n',
+            "$.apt.mirror: cannot be used with [apt] snapshot",
+        ),
+        (
+            'mirror = "ftp://m.example/debian"\n',
+            '$.apt.mirror: "ftp://m.example/debian" is not an http://',
+        ),
+        (
+            SOURCE.replace('suites = ["stable"]\n', ""),
+            '$.apt.sources[0]: missing required key "suites"',
+        ),
+    ],
+)
+def test_each_bad_source_is_one_line(tmp_path: Path, apt: str, problem: str) -> None:
+    (tmp_path / "inner").mkdir()
+    problems = _problems(_spec(tmp_path / "inner" if "../" in apt else tmp_path, apt))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"env.toml: {problem}"), problems[0]
+
+
+def test_a_flat_repository_needs_no_components(tmp_path: Path) -> None:
+    flat = SOURCE.replace('["stable"]', '["bookworm-cran40/"]').replace(
+        'components = ["main"]\n', ""
+    )
+    spec = load_spec(_spec(tmp_path, flat.replace("127.0.0.1:8901", "cloud.r-project.org")))
+    assert spec.apt_sources[0].components == ()
+    assert not needs_host_network(spec)
+    script, _ = probe_setup(spec)
+    assert "'Suites: bookworm-cran40/'" in script and "Components" not in script
+
+
+# -- what the probe gives apt ----------------------------------------------------------
+
+
+def test_each_source_is_signed_by_its_own_key_and_never_trusted(tmp_path: Path) -> None:
+    two = SOURCE + SOURCE.replace("8901/lab", "8902/other").replace("lab.asc", "keyring.gpg")
+    spec = load_spec(_spec(tmp_path, 'mirror = "http://mirror.example.edu/debian/"\n' + two))
+    script, env = probe_setup(spec)
+    assert "trusted" not in script.lower()
+    for index, key in enumerate(("lab.gpg", "keyring.gpg")):
+        assert base64.b64decode(env[f"IMAGESMITH_KEY_{index}"]) == (KEYS / key).read_bytes()
+        assert f"'Signed-By: /etc/apt/keyrings/imagesmith-{index}.gpg'" in script
+        assert f"> /etc/apt/sources.list.d/imagesmith-{index}.sources" in script
+    assert "'URIs: http://127.0.0.1:8902/other'" in script
+    assert env["IMAGESMITH_MIRROR"] == "http://mirror.example.edu/debian"
+    assert "deb\\.debian\\.org/debian" in script  # only Debian's own archive is replaced
+
+
+def test_nothing_is_added_for_a_spec_without_sources(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, apt=""))
+    assert probe_setup(spec) == ("", {})
+    assert not needs_host_network(spec)
+
+
+# -- apt's complaints (apt 2.6's wording) ------------------------------------------------
+
+URL = "http://127.0.0.1:8901/lab"
+
+
+@pytest.mark.parametrize(
+    ("said", "kind", "line"),
+    [
+        (
+            f"W: GPG error: {URL} stable InRelease: The following signatures couldn't be "
+            "verified because the public key is not available: NO_PUBKEY 99021E194265BE59",
+            ResolveError,
+            f"apt source {URL}: its Release is not signed by the key in lab.asc ({LAB}); "
+            f"apt says: GPG error: {URL} stable InRelease: The following",
+        ),
+        (
+            f"E: The repository '{URL} stable InRelease' is not signed.",
+            ResolveError,
+            f"apt source {URL}: its Release is not signed by the key in lab.asc",
+        ),
+        (
+            f"E: The repository '{URL} oldstable Release' does not have a Release file.",
+            ResolveError,
+            f"apt source {URL}: no such suite or component there",
+        ),
+        (
+            f"W: Failed to fetch {URL}/dists/stable/InRelease  Could not connect to "
+            "127.0.0.1:8901 (127.0.0.1). - connect (111: Connection refused)",
+            SourceUnreachable,
+            f"apt source {URL}: cannot reach it; apt says: Failed to fetch {URL}/dists/stable/"
+            "InRelease Could not connect",
+        ),
+        (
+            "W: Failed to fetch http://mirror.example.edu/debian/dists/bookworm/InRelease  "
+            "Could not resolve 'mirror.example.edu'",
+            SourceUnreachable,
+            "apt mirror http://mirror.example.edu/debian: cannot reach it",
+        ),
+    ],
+)
+def test_apt_complaints_become_one_line_with_the_right_exit(
+    tmp_path: Path, said: str, kind: type[Exception], line: str
+) -> None:
+    spec = load_spec(_spec(tmp_path, 'mirror = "http://mirror.example.edu/debian"\n' + SOURCE))
+    found = update_problems(spec, [said, said, "W: unrelated http://deb.debian.org/debian"])
+    assert type(found) is kind
+    assert str(found).startswith(line) and "\n" not in str(found)
+
+
+def test_complaints_about_other_sources_are_not_ours(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    other = f"W: Failed to fetch {URL}-old/dists/stable/InRelease  Could not connect"
+    assert update_problems(spec, [other]) is None
+    assert update_problems(load_spec(_spec(tmp_path, apt="")), [other]) is None
+
+
+def test_a_key_changed_since_validation_is_one_line(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    (tmp_path / "lab.asc").write_text("not a key any more")
+    with pytest.raises(ResolveError, match=r"^apt source http://127.0.0.1:8901/lab: key lab.asc"):
+        source_locks(spec)
+
+
+# -- the lock ------------------------------------------------------------------------
+
+
+def test_the_lock_pins_each_keys_fingerprints_and_reads_them_back(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    lock = replace(make_lock(spec.path), apt=AptLock(suite="bookworm", sources=source_locks(spec)))
+    text = lock.to_toml()
+    assert f'fingerprints = [\n    "{LAB}",\n]' in text
+    again = parse_lock(text, path=tmp_path / "env.lock")
+    assert again.apt.sources == lock.apt.sources and again.lock_hash == lock.lock_hash
+
+
+def test_sources_and_keys_are_resolution_inputs_and_their_absence_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    spec = load_spec(_spec(tmp_path))
+    before = inputs_hash(spec, "linux/amd64")
+    (tmp_path / "lab.asc").write_bytes((KEYS / "keyring.gpg").read_bytes())
+    assert inputs_hash(spec, "linux/amd64") != before  # another key: resolve again
+    # A spec without sources or mirror hashes as imagesmith 0.6.0 hashed it before sources
+    # existed (the value that code gave), so no lock made then resolves again.
+    plain = load_spec(_spec(tmp_path, apt=""))
+    assert (plain.apt_sources, plain.apt_mirror) == ((), None)
+    assert inputs_hash(plain, "linux/amd64") == PLAIN_INPUTS
+
+
+@pytest.mark.parametrize(
+    ("url", "filename", "root", "path"),
+    [
+        (
+            "http://h/lab/pool/main/l/lab-tools/lab-tools_1.0_all.deb",
+            "pool/main/l/lab-tools/lab-tools_1.0_all.deb",
+            "http://h/lab",
+            "pool/main/l/lab-tools/lab-tools_1.0_all.deb",
+        ),
+        (  # a flat repository: Filename is relative to its URL
+            "https://cran.example/debian/bookworm-cran40/r-base-core_4.5.2-1_amd64.deb",
+            "bookworm-cran40/r-base-core_4.5.2-1_amd64.deb",
+            "https://cran.example/debian",
+            "bookworm-cran40/r-base-core_4.5.2-1_amd64.deb",
+        ),
+        (
+            "http://h/flat/./tool_1_all.deb",
+            "./tool_1_all.deb",
+            "http://h/flat",
+            "tool_1_all.deb",
+        ),
+    ],
+)
+def test_where_a_deb_lives(url: str, filename: str, root: str, path: str) -> None:
+    assert _download(url, filename) == (root, path)
