@@ -170,10 +170,12 @@ def find_credentials(registry: str) -> Credentials | None:
             entry = auths.get(key) if isinstance(auths, dict) else None
             if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
                 try:
-                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                    pair = base64.b64decode(entry["auth"], validate=True).decode()
                 except (ValueError, UnicodeDecodeError):
                     continue
-                return Credentials(user, password)
+                user, colon, password = pair.partition(":")
+                if user and colon:
+                    return Credentials(user, password)
     return None
 
 

@@ -392,3 +392,45 @@ def test_pull_refuses_a_registry_that_serves_another_manifest(
     assert line.startswith(f"error: {proxy.host}/lab/swapped served a manifest whose digest is ")
     assert line.endswith(f"when asked for {digest}; not pulling it")
     assert "engine:" not in result.stderr  # refused before any engine was chosen
+
+
+# -- a big blob is streamed, never held whole in memory -----------------------------------------
+
+
+def test_a_big_blob_is_streamed_to_the_registry_not_read_into_memory(
+    open_registry: str, tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    from imagesmith.registry import Pusher
+
+    size = 48 << 20
+    blob = tmp_path / "blob"
+    hasher = hashlib.sha256()
+    with blob.open("wb") as f:
+        for _ in range(size >> 20):
+            piece = os.urandom(1 << 20)
+            hasher.update(piece)
+            f.write(piece)
+    digest = "sha256:" + hasher.hexdigest()
+    pusher = Pusher(RegistryClient(open_registry), f"lab/big-{uuid.uuid4().hex[:8]}", None)
+
+    tracemalloc.start()
+    try:
+        pusher.push_blob(digest, blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"pushing a {size >> 20} MiB blob held {peak / 2**20:.1f} MiB"
+    assert pusher.has_blob(digest)
+
+    class Counting:
+        received = 0
+
+        def write(self, data: bytes) -> int:
+            self.received += len(data)
+            return len(data)
+
+    sink = Counting()
+    assert RegistryClient(open_registry).download_blob(pusher.path, digest, sink)  # type: ignore[arg-type]
+    assert sink.received == size  # and download_blob checked its digest
