@@ -264,7 +264,7 @@ class RegistryClient:
         ):
             raise RegistryError(
                 f"{self.registry} sends its token requests to {realm}, which is not HTTPS; "
-                "imagesmith does not send credentials there"
+                "no credentials are sent there"
             )
         query = {"service": params.get("service", ""), "scope": scope}
         request = urllib.request.Request(realm + "?" + urllib.parse.urlencode(query))

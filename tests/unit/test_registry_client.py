@@ -103,7 +103,7 @@ def test_no_credentials_to_a_plain_http_token_realm_off_loopback() -> None:
         )
     assert str(caught.value) == (
         "reg.example.edu sends its token requests to http://auth.example.edu/token, which is "
-        "not HTTPS; imagesmith does not send credentials there"
+        "not HTTPS; no credentials are sent there"
     )
 
 
