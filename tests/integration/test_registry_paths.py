@@ -28,6 +28,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from imagesmith.cli import app
+from imagesmith.errors import RegistryError
 from imagesmith.push import served_reference
 from imagesmith.records import push_record_path
 from imagesmith.registry import Credentials, RegistryClient
@@ -148,7 +149,7 @@ def test_push_and_read_back_through_the_token_flow(
     assert served_reference(f"{host}/lab/token@{digest}").digest == digest  # pull's check
     # The registry really checks the token: anonymous readers get nothing.
     monkeypatch.delenv("IMAGESMITH_REGISTRY_USER")
-    with pytest.raises(Exception, match=f"unauthorized: {host} needs credentials"):
+    with pytest.raises(RegistryError, match=f"unauthorized: {host} needs credentials"):
         manifest_digest(host, "lab/token", "1.0.0", None)
 
 
