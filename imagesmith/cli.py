@@ -972,6 +972,7 @@ def pull(
     """
     from imagesmith.lock import read_lock
     from imagesmith.push import pull as run_pull
+    from imagesmith.push import served_reference
     from imagesmith.records import read_push_record
     from imagesmith.reports import pull_report
     from imagesmith.spec import load_spec
@@ -986,13 +987,14 @@ def pull(
                 f"{spec.path.name}'s image has not been pushed: no {spec.path.stem}.pushed.json"
             )
         ref = record.pinned
+    served = served_reference(ref)  # a tag or a wrong digest is refused before any engine
     if verify_key is not None:
         from imagesmith.attest.publish import verify_attached_provenance
         from imagesmith.attest.signing import load_public_key
 
         verify_attached_provenance(ref, load_public_key(str(verify_key)))
     the_engine = chosen_engine(engine)
-    pinned = run_pull(the_engine, ref)
+    pinned = run_pull(the_engine, served)
     info, the_lock, _ = read_image(the_engine, pinned)
     if as_json:
         print_json(pull_report(pinned, engine=the_engine.name, info=info, lock=the_lock))

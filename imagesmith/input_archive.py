@@ -361,11 +361,15 @@ def ensure_base(engine: Engine, lock: Lock, archive: Archive | None) -> None:
     registry when it is not in the engine's store, or an error saying where it looked."""
     if archive is None or not lock.base.local or engine.image_exists(lock.base.digest):
         return  # without an archive, the engine's own error says the base is missing
-    from imagesmith.registry import find_credentials
+    from imagesmith.registry import CredentialHelperError, find_credentials
 
     looked = [f"{engine.name}'s image store"]
     pinned = f"{archive.repository.familiar_repository}:{base_tag(lock)}"
-    credentials = find_credentials(archive.repository.registry)
+    try:
+        credentials = find_credentials(archive.repository.registry)
+    except CredentialHelperError as exc:  # an open registry needs none: try without, say why
+        credentials = None
+        looked.append(str(exc))
     auth = (
         {"username": credentials.username, "password": credentials.password}
         if credentials

@@ -181,8 +181,9 @@ def _remake_layout(
         )
 
 
-def pull(engine: Engine, text: str) -> str:
-    """Pull `name@sha256:...` into the engine after checking the registry serves that digest."""
+def served_reference(text: str) -> ImageReference:
+    """`NAME@sha256:...` parsed, once its registry has served that very manifest: a tag is
+    refused (exit 2), a registry that answers with other bytes too (exit 1)."""
     try:
         ref = parse_reference(text)
     except ValueError as exc:
@@ -192,7 +193,18 @@ def pull(engine: Engine, text: str) -> str:
     client = RegistryClient(ref.registry)
     served, _, _ = client.manifest(ref.path, ref.digest)
     if served != ref.digest:
-        raise RegistryError(f"{ref.registry} served {served} when asked for {ref.digest}")
+        raise RegistryError(
+            f"{ref.registry}/{ref.path} served a manifest whose digest is {served} "
+            f"when asked for {ref.digest}; not pulling it"
+        )
+    return ref
+
+
+def pull(engine: Engine, text: str | ImageReference) -> str:
+    """Pull `name@sha256:...` into the engine after checking the registry serves that digest
+    (already checked when `text` comes from `served_reference`)."""
+    ref = text if isinstance(text, ImageReference) else served_reference(text)
+    assert ref.digest is not None
     pinned = f"{ref.familiar_repository}@{ref.digest}"
     image_id = engine.pull(pinned)
     info = engine.inspect_image(image_id)

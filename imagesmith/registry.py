@@ -2,7 +2,9 @@
 
 Credentials come the way users already have them: `IMAGESMITH_REGISTRY_USER` /
 `IMAGESMITH_REGISTRY_PASSWORD`, then the docker config (`$DOCKER_CONFIG/config.json` or
-~/.docker/config.json, including credential helpers), then podman's auth.json.
+~/.docker/config.json: its `credHelpers` / `credsStore` helper, then `auths`), then
+podman's auth.json. A helper that fails is reported when the registry asks for
+credentials, not before: an anonymous pull does not need it.
 Loopback registries are spoken to over plain HTTP, every other one over HTTPS.
 """
 
@@ -18,13 +20,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
 from imagesmith.errors import RegistryError
-from imagesmith.integrity import CorruptEntry, check_bytes
+from imagesmith.integrity import CorruptEntry, check_bytes, check_file
 from imagesmith.reference import DEFAULT_REGISTRY, ImageReference
 
 T = TypeVar("T")
@@ -77,28 +79,73 @@ def _config_keys(registry: str) -> list[str]:
     return [registry, f"https://{registry}", f"http://{registry}"]
 
 
+class CredentialHelperError(RegistryError):
+    """The credential helper the docker config names for a registry failed or answered
+    something that is not credentials."""
+
+
+class RegistryUnreachable(RegistryError):
+    """No HTTP answer at all: refused, reset, timed out (worth another try)."""
+
+
+def _helper_server(registry: str) -> str:
+    """What `docker login` stored the registry's credentials under, in a helper."""
+    return "https://index.docker.io/v1/" if registry == DEFAULT_REGISTRY else registry
+
+
 def _from_helper(helper: str, registry: str) -> Credentials | None:
+    """The helper's credentials for `registry`; None when it has none (it says
+    "credentials not found", as Docker's helpers do); else `CredentialHelperError`."""
+    program = f"docker-credential-{helper}"
+    fix = "fix it, or give IMAGESMITH_REGISTRY_USER / IMAGESMITH_REGISTRY_PASSWORD"
     try:
         result = subprocess.run(
-            [f"docker-credential-{helper}", "get"],
-            input=registry,
+            [program, "get"],
+            input=_helper_server(registry),
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except FileNotFoundError:
+        raise CredentialHelperError(
+            f"the docker config names {program} for {registry}, and it is not on PATH; "
+            f"install it, or give IMAGESMITH_REGISTRY_USER / IMAGESMITH_REGISTRY_PASSWORD"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise CredentialHelperError(
+            f"{program} (credential helper for {registry}) did not answer in {TIMEOUT} s; {fix}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CredentialHelperError(
+            f"{program} (credential helper for {registry}) cannot run: {exc}; {fix}"
+        ) from None
     if result.returncode != 0:
-        return None
+        # Docker's helpers print their error on stdout, others on stderr.
+        said = (result.stdout.strip() or result.stderr.strip() or "no message").splitlines()[0]
+        if "credentials not found" in said.lower():
+            return None
+        raise CredentialHelperError(
+            f"{program} (credential helper for {registry}) failed with exit code "
+            f"{result.returncode}: {said[:200]}; {fix}"
+        )
     try:
         data = json.loads(result.stdout)
-        return Credentials(data["Username"], data["Secret"])
-    except (ValueError, KeyError):
-        return None
+        username, secret = data["Username"], data["Secret"]
+    except (ValueError, KeyError, TypeError):
+        username = secret = None
+    if not isinstance(username, str) or not isinstance(secret, str):
+        # Not quoted: what a helper prints may hold the secret.
+        raise CredentialHelperError(
+            f"{program} (credential helper for {registry}) printed something that is not "
+            f'credentials (JSON with "Username" and "Secret"); {fix}'
+        )
+    return Credentials(username, secret)
 
 
 def find_credentials(registry: str) -> Credentials | None:
+    """The credentials for `registry`, from the first place that has some; None if none
+    does. `CredentialHelperError` when the helper named for it fails."""
     user = os.environ.get("IMAGESMITH_REGISTRY_USER")
     password = os.environ.get("IMAGESMITH_REGISTRY_PASSWORD")
     if user and password is not None:
@@ -106,22 +153,29 @@ def find_credentials(registry: str) -> Credentials | None:
     for path in _docker_config_paths():
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
-        helper = config.get("credHelpers", {}).get(registry) or config.get("credsStore")
-        if helper:
+        if not isinstance(config, dict):
+            continue
+        helpers = config.get("credHelpers")
+        helper = (helpers.get(registry) if isinstance(helpers, dict) else None) or config.get(
+            "credsStore"
+        )
+        if helper and isinstance(helper, str):
             found = _from_helper(helper, registry)
             if found:
                 return found
-        auths = config.get("auths", {})
+        auths = config.get("auths")
         for key in _config_keys(registry):
-            entry = auths.get(key)
-            if isinstance(entry, dict) and entry.get("auth"):
+            entry = auths.get(key) if isinstance(auths, dict) else None
+            if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
                 try:
-                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                    pair = base64.b64decode(entry["auth"], validate=True).decode()
                 except (ValueError, UnicodeDecodeError):
                     continue
-                return Credentials(user, password)
+                user, colon, password = pair.partition(":")
+                if user and colon:
+                    return Credentials(user, password)
     return None
 
 
@@ -130,7 +184,13 @@ class RegistryClient:
 
     def __init__(self, registry: str, credentials: Credentials | None = None) -> None:
         self.registry = registry
-        self.credentials = credentials if credentials is not None else find_credentials(registry)
+        self._credential_problem: CredentialHelperError | None = None
+        if credentials is None:
+            try:
+                credentials = find_credentials(registry)
+            except CredentialHelperError as exc:
+                self._credential_problem = exc  # said when the registry asks for them
+        self.credentials = credentials
         self._tokens: dict[str, str] = {}
 
     def request(
@@ -140,9 +200,10 @@ class RegistryClient:
         *,
         scope: str,
         headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | FileBody | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """Send a request, doing the token dance once on 401; (status, headers, body)."""
+        """Send a request, doing the token dance once on 401; (status, headers, body).
+        `RegistryUnreachable` when no answer comes."""
         url = path if path.startswith("http") else base_url(self.registry) + path
         for attempt in range(2):
             request = urllib.request.Request(url, method=method, data=data)
@@ -155,24 +216,37 @@ class RegistryClient:
                 with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                     return response.status, dict(response.headers.items()), response.read()
             except urllib.error.HTTPError as exc:
-                body = exc.read()
+                with exc:  # closes its connection
+                    body = exc.read()
                 if exc.code == 401 and attempt == 0:
                     self._authenticate(exc.headers.get("WWW-Authenticate", ""), scope)
                     continue
                 return exc.code, dict(exc.headers.items()), body
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc) or type(exc).__name__
-                raise RegistryError(f"cannot reach registry {self.registry}: {reason}") from None
+                raise RegistryUnreachable(
+                    f"cannot reach registry {self.registry}: {reason}"
+                ) from None
         raise RegistryError(f"unauthorized: check the credentials for {self.registry}")
 
+    def unauthorized(self) -> RegistryError:
+        """What to say when the registry still answers 401."""
+        if self.credentials is None:
+            if self._credential_problem is not None:
+                return self._credential_problem
+            return RegistryError(
+                f"unauthorized: {self.registry} needs credentials (imagesmith login, docker "
+                "login, or IMAGESMITH_REGISTRY_USER / IMAGESMITH_REGISTRY_PASSWORD)"
+            )
+        return RegistryError(f"unauthorized: check the credentials for {self.registry}")
+
     def _authenticate(self, challenge: str, scope: str) -> None:
+        if self.credentials is None and self._credential_problem is not None:
+            raise self._credential_problem
         scheme, _, params_text = challenge.partition(" ")
         if scheme.lower() == "basic":
             if self.credentials is None:
-                raise RegistryError(
-                    f"unauthorized: {self.registry} needs credentials "
-                    "(docker login, or IMAGESMITH_REGISTRY_USER / IMAGESMITH_REGISTRY_PASSWORD)"
-                )
+                raise self.unauthorized()
             pair = f"{self.credentials.username}:{self.credentials.password}".encode()
             self._tokens[scope] = "Basic " + base64.b64encode(pair).decode()
             return
@@ -183,6 +257,15 @@ class RegistryClient:
         realm = params.get("realm")
         if scheme.lower() != "bearer" or not realm:
             raise RegistryError(f"{self.registry} asked for an authentication imagesmith cannot do")
+        realm_parts = urllib.parse.urlsplit(realm)
+        if self.credentials is not None and not (
+            realm_parts.scheme == "https"
+            or (realm_parts.scheme == "http" and is_loopback(realm_parts.netloc))
+        ):
+            raise RegistryError(
+                f"{self.registry} sends its token requests to {realm}, which is not HTTPS; "
+                "no credentials are sent there"
+            )
         query = {"service": params.get("service", ""), "scope": scope}
         request = urllib.request.Request(realm + "?" + urllib.parse.urlencode(query))
         if self.credentials is not None:
@@ -192,6 +275,7 @@ class RegistryClient:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 data = json.loads(response.read())
         except urllib.error.HTTPError as exc:
+            exc.close()
             raise RegistryError(
                 f"unauthorized: check the credentials for {self.registry} ({exc.code})"
             ) from None
@@ -226,6 +310,7 @@ class RegistryClient:
                     hasher.update(chunk)
                     sink.write(chunk)
         except urllib.error.HTTPError as exc:
+            exc.close()
             if exc.code == 404:
                 return False
             raise RegistryError(
@@ -254,7 +339,7 @@ class RegistryClient:
                 f"{self.registry}/{path}:{reference} does not exist in the registry"
             )
         if status == 401:
-            raise RegistryError(f"unauthorized: check the credentials for {self.registry}")
+            raise self.unauthorized()
         if status >= 400:
             raise RegistryError(f"{self.registry} answered {status} for {path}:{reference}")
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -300,8 +385,22 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 RETRIES = 5
 
 
+#: The longest wait a registry's Retry-After header can ask for between two attempts.
+MAX_RETRY_AFTER = 60.0
+
+
 class TransientError(Exception):
     """A failure worth retrying (connection dropped, 429, 5xx)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait (Retry-After: N), if it says."""
+    text = next((v for k, v in headers.items() if k.lower() == "retry-after"), "").strip()
+    return min(float(text), MAX_RETRY_AFTER) if text.isdigit() else None
 
 
 def with_retries(
@@ -312,7 +411,8 @@ def with_retries(
     first_delay: float = 0.5,
     on_line: Callable[[str], None] | None = None,
 ) -> T:
-    """Run `action`; retry transient failures with exponential backoff, `attempts` times at most."""
+    """Run `action`; retry transient failures with exponential backoff, `attempts` times at
+    most, waiting at least what the registry's Retry-After asks."""
     attempts = attempts or RETRIES
     delay = first_delay
     for attempt in range(1, attempts + 1):
@@ -321,11 +421,26 @@ def with_retries(
         except TransientError as exc:
             if attempt == attempts:
                 raise RegistryError(f"{what} failed after {attempts} attempts: {exc}") from None
+            wait = max(delay, exc.retry_after or 0.0)
             if on_line:
-                on_line(f"push: {what}: {exc}; retrying in {delay:.1f} s ({attempt}/{attempts})")
-            time.sleep(delay)
+                on_line(f"push: {what}: {exc}; retrying in {wait:.1f} s ({attempt}/{attempts})")
+            time.sleep(wait)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+class FileBody:
+    """A file sent as a request body in 1 MiB pieces, never whole in memory; each time the
+    request is sent (again, after a 401) it is read from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
 
 
 class Pusher:
@@ -345,20 +460,32 @@ class Pusher:
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | FileBody | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         try:
             status, response_headers, body = self.client.request(
                 method, url, scope=self.scope, headers=headers, data=data
             )
-        except RegistryError as exc:
-            # Unreachable, reset, refused: all worth another try.
+        except RegistryUnreachable as exc:  # refused, reset, timed out: worth another try
             raise TransientError(str(exc)) from None
+        lowered = {k.lower(): v for k, v in response_headers.items()}
         if status in TRANSIENT_STATUS:
-            raise TransientError(f"{self.client.registry} answered {status}")
-        if status in (401, 403):
-            raise RegistryError(f"unauthorized: check the credentials for {self.client.registry}")
-        return status, {k.lower(): v for k, v in response_headers.items()}, body
+            raise TransientError(
+                f"{self.client.registry} answered {status}", retry_after=_retry_after(lowered)
+            )
+        denied = status == 403 or (
+            status == 401
+            and self.client.credentials is not None
+            and "insufficient_scope" in lowered.get("www-authenticate", "")
+        )
+        if denied:
+            raise RegistryError(
+                f"denied: {self.client.registry} does not let these credentials push to "
+                f"{self.path} ({status}: {_why(body)})"
+            )
+        if status == 401:
+            raise self.client.unauthorized()
+        return status, lowered, body
 
     def has_blob(self, digest: str) -> bool:
         def attempt() -> bool:
@@ -368,37 +495,43 @@ class Pusher:
         return with_retries(attempt, what=f"checking {digest[:19]}", on_line=self.on_line)
 
     def push_blob(self, digest: str, path: Path) -> None:
-        """Upload the blob at `path` unless the registry has it. Its bytes are checked
-        against `digest` before an upload starts (`CorruptEntry`: nothing sent)."""
+        """Upload the blob at `path` unless the registry has it, streamed from the file.
+        Its bytes are checked against `digest` before an upload starts (`CorruptEntry`:
+        nothing sent)."""
 
         def attempt() -> None:
             status, _, _ = self._call("HEAD", f"/v2/{self.path}/blobs/{digest}")
             if status == 200:
                 return
             try:
-                data = path.read_bytes()
+                check_file(path, digest)
+                body = FileBody(path)
             except FileNotFoundError:
                 raise CorruptEntry(path, digest, "no such file") from None
-            check_bytes(data, digest, what=path)
-            status, headers, body = self._call("POST", f"/v2/{self.path}/blobs/uploads/", data=b"")
+            status, headers, answer = self._call(
+                "POST", f"/v2/{self.path}/blobs/uploads/", data=b""
+            )
             if status != 202 or "location" not in headers:
                 raise RegistryError(
                     f"{self.client.registry} refused an upload to {self.path} "
-                    f"({status}): {_why(body)}"
+                    f"({status}): {_why(answer)}"
                 )
             location = headers["location"]
             if location.startswith("/"):
                 location = base_url(self.client.registry) + location
             separator = "&" if "?" in location else "?"
-            status, _, body = self._call(
+            status, _, answer = self._call(
                 "PUT",
                 f"{location}{separator}digest={digest}",
-                headers={"Content-Type": "application/octet-stream"},
-                data=data,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(body.size),
+                },
+                data=body,
             )
             if status != 201:
                 raise RegistryError(
-                    f"{self.client.registry} refused blob {digest[:19]} ({status}): {_why(body)}"
+                    f"{self.client.registry} refused blob {digest[:19]} ({status}): {_why(answer)}"
                 )
 
         with_retries(attempt, what=f"uploading {digest[:19]}", on_line=self.on_line)

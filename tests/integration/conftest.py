@@ -220,13 +220,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_registry(root: Path, *, auth: Registry | None) -> Iterator[str]:
-    """A docker-registry process on a free loopback port, with htpasswd auth when `auth`."""
+def running_registry(root: Path, *, auth: Registry | None, auth_config: str = "") -> Iterator[str]:
+    """A docker-registry process on a free loopback port, with htpasswd auth when `auth`,
+    or the `auth:` section `auth_config` (token auth, say)."""
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.skip("needs docker-registry: apt-get install docker-registry")
     port = _free_port()
-    auth_config = ""
     if auth is not None:
         htpasswd = shutil.which("htpasswd")
         if htpasswd is None:
