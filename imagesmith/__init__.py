@@ -1,3 +1,3 @@
 """imagesmith: a lab's env.toml in, a reproducible image and the job that runs it out."""
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"

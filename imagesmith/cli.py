@@ -1013,6 +1013,40 @@ def pull(
         warn(f"cannot list what is attached to it: {exc}")
 
 
+@app.command("fetch-tool")
+@reports_errors
+def fetch_tool(
+    spec_path: SpecArg = Path("env.toml"),
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="REPO",
+            help="The repository the image was pushed to, instead of \\[registry] repository.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="DIR", help="Write the wheel into this folder."),
+    ] = Path("."),
+) -> None:
+    """Download the imagesmith that wrote env.lock, as a wheel, from the image's input archive.
+
+    `push` keeps that wheel (its sha256 is the lock's imagesmith_wheel) beside the image,
+    so the exact tool can be installed years later, whatever this imagesmith is:
+    `python3 -m venv v && v/bin/pip install ./imagesmith-VERSION-py3-none-any.whl`.
+    The download is checked against the lock's sha256.
+    """
+    from imagesmith.tool_wheel import fetch_tool_wheel
+
+    path, lock = fetch_tool_wheel(spec_path, repository=source, output=output)
+    typer.echo(f"fetched imagesmith {lock.imagesmith_version}: {as_typed(path.resolve())}")
+    typer.echo(f"  {lock.imagesmith_wheel}")
+    typer.echo(
+        f"  install: python3 -m venv venv && venv/bin/pip install {as_typed(path.resolve())}"
+    )
+
+
 @app.command()
 @reports_errors
 def login(

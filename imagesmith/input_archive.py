@@ -38,6 +38,8 @@ ARTIFACT_TYPE = "application/vnd.imagesmith.inputs.v1"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 DEB_TYPE = "application/vnd.debian.binary-package"
 WHEEL_TYPE = "application/vnd.imagesmith.python-wheel"
+TOOL_TYPE = "application/vnd.imagesmith.tool-wheel"
+"""The wheel of the imagesmith that wrote the lock (its sha256 is the lock's imagesmith_wheel)."""
 # The OCI 1.1 empty descriptor: an artifact manifest's config when it has none.
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY = b"{}"
@@ -91,7 +93,39 @@ def collect_inputs(lock: Lock, *, on_line: LineCallback | None = None) -> list[I
                     f"{wheel} is not a file {lock.spec_path.stem}.lock pins; not archiving it"
                 )
             files.append(item)
+    tool = _tool_file(lock, on_line)
+    if tool is not None:
+        files.append(tool)
     return files
+
+
+def _tool_file(lock: Lock, on_line: LineCallback | None) -> InputFile | None:
+    """The wheel of the imagesmith that wrote `lock`, when that is this one (kept in the
+    cache so that it is pushed from a file like every other input)."""
+    from imagesmith.context import cache_dir
+    from imagesmith.tool_wheel import tool_wheel, wheel_name
+
+    if lock.imagesmith_wheel is None:
+        return None
+    digest, data = tool_wheel()
+    if digest != lock.imagesmith_wheel:
+        if on_line:
+            on_line(
+                f"push: {lock.spec_path.stem}.lock was written by another imagesmith "
+                f"({lock.imagesmith_version}, wheel {lock.imagesmith_wheel[:19]}...); "
+                "its wheel is not archived from here"
+            )
+        return None
+    path = (
+        cache_dir() / "tool" / digest.removeprefix("sha256:") / wheel_name(lock.imagesmith_version)
+    )
+    if not path.is_file() or file_digest(path) != digest:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tool.", dir=path.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    return input_file(TOOL_TYPE, path, digest)
 
 
 def inputs_tag(lock: Lock) -> str:

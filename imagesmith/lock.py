@@ -187,6 +187,9 @@ class Lock:
     python: PythonLock | None = None
     copy: tuple[CopyLock, ...] = ()
     imagesmith_version: str = __version__
+    imagesmith_wheel: str | None = None
+    """sha256:... of the wheel of the imagesmith that wrote the lock (`tool_wheel`); None
+    in locks written before 0.6.1 and in ones made by hand in tests."""
     lock_version: int = LOCK_VERSION
     format: int | None = LOCK_FORMAT
     """None for a lock written before formats were recorded (0.5.0 and earlier)."""
@@ -199,6 +202,7 @@ class Lock:
             data["format"] = self.format
         data |= {
             "imagesmith_version": self.imagesmith_version,
+            **({"imagesmith_wheel": self.imagesmith_wheel} if self.imagesmith_wheel else {}),
             "spec_hash": self.spec_hash,
             "inputs_hash": self.inputs_hash,
             "platform": self.platform,
@@ -312,6 +316,7 @@ def _lock_from_data(data: Mapping[str, Any], path: Path) -> Lock:
         lock_version=data["lock_version"],
         format=data.get("format"),
         imagesmith_version=data["imagesmith_version"],
+        imagesmith_wheel=data.get("imagesmith_wheel"),
         spec_hash=data["spec_hash"],
         inputs_hash=data["inputs_hash"],
         platform=data["platform"],

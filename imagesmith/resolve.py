@@ -33,6 +33,7 @@ from imagesmith.lock import (
 )
 from imagesmith.reference import parse_reference
 from imagesmith.spec import Spec
+from imagesmith.tool_wheel import tool_digest
 
 LineCallback = Callable[[str], None]
 _ARCH_TO_WHEEL = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -110,6 +111,7 @@ def lock_spec(
             # keeps the version that wrote it, so its bytes and digest stay the same.
             format=LOCK_FORMAT,
             imagesmith_version=__version__ if moved else previous.imagesmith_version,
+            imagesmith_wheel=tool_digest() if moved else previous.imagesmith_wheel,
             spec_hash=spec.spec_hash,
             spec_data=spec.image_data,
             spec_path=spec.path,
@@ -165,6 +167,7 @@ def lock_spec(
                     f"{python.platform}; the build will refuse it (pin a version with wheels)"
                 )
     return Lock(
+        imagesmith_wheel=tool_digest(),
         spec_hash=spec.spec_hash,
         inputs_hash=inputs,
         platform=platform,

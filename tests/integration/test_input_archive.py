@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -21,10 +22,12 @@ from imagesmith.input_archive import (
     ARTIFACT_TYPE,
     DEB_TYPE,
     TITLE,
+    TOOL_TYPE,
     WHEEL_TYPE,
     archived_names,
     base_tag,
     fetch_input,
+    file_digest,
     input_file,
     inputs_tag,
     push_inputs,
@@ -35,10 +38,12 @@ from imagesmith.records import read_push_record
 from imagesmith.reference import parse_reference
 from imagesmith.registry import RegistryClient
 from imagesmith.spec import load_spec
+from imagesmith.tool_wheel import tool_digest, wheel_name
 from tests.fixtures.make_lock import make_lock
 from tests.integration.conftest import ImageTracker, Registry
 
 pytestmark = pytest.mark.registry
+IMAGESMITH = shutil.which("imagesmith") or "imagesmith"
 
 
 @pytest.fixture
@@ -161,6 +166,31 @@ def test_rebuild_takes_what_the_archives_no_longer_serve_from_the_registry(
         assert [
             layer["annotations"][TITLE] for layer in layers if layer["mediaType"] == WHEEL_TYPE
         ] == ["six-1.17.0-py2.py3-none-any.whl"]
+        # The imagesmith that wrote the lock is kept too, and comes back installable.
+        (tool,) = [layer for layer in layers if layer["mediaType"] == TOOL_TYPE]
+        assert tool["digest"] == lock.imagesmith_wheel == tool_digest()
+        fetched = subprocess.run(
+            [IMAGESMITH, "fetch-tool", str(folder / "env.toml"), "-o", str(tmp_path / "tool")],
+            capture_output=True,
+            text=True,
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        wheel = tmp_path / "tool" / wheel_name(lock.imagesmith_version)
+        assert file_digest(wheel) == lock.imagesmith_wheel
+        assert "install: python3 -m venv venv && venv/bin/pip install" in fetched.stdout
+        venv = tmp_path / "tool-venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [venv / "bin" / "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True
+        )
+        version = subprocess.run(
+            [venv / "bin" / "python", "-c", "import imagesmith; print(imagesmith.__version__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert version.stdout.strip() == lock.imagesmith_version
+        assert (venv / "bin" / "imagesmith").is_file()
 
         # A machine with only env.toml, env.lock and the registry: no cache, and every
         # public source unreachable (a proxy that answers nothing; the registry is local).
