@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,7 +478,10 @@ def test_the_readme_tour_runs(tmp_path: Path) -> None:
     stand_in_for_lock_and_push(tmp_path / "lab" / "env.toml")
     manifest = run(where, "manifest lab/env.toml -o job.yaml", folder=tmp_path)
     assert manifest.exit_code == 0, manifest.output
-    assert f"@{PUSHED}" in (tmp_path / "job.yaml").read_text()
+    job = (tmp_path / "job.yaml").read_text()
+    assert f"@{PUSHED}" in job
+    # The reference spec's Job runs as shipped: the script it copies in, and no GPU.
+    assert "- /opt/lab/train.py" in job and "gpu" not in job
 
 
 @pytest.fixture
@@ -685,8 +689,7 @@ def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
     on = re.sub(r"(?m)^# ((?:[a-z0-9_]+|[A-Z_]+) = |\[\[?[a-z_.]+\]\]?)", r"\1", text)
     (tmp_path / "env.toml").write_text(on)
     (tmp_path / "requirements.txt").write_text("idna\n")
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "fit.py").write_text("print('fit')\n")
+    shutil.copy(REPO / "recipes" / "lab-analysis" / "train.py", tmp_path / "train.py")
     spec = load_spec(tmp_path / "env.toml")
 
     def keys(node: dict[str, Any], data: Any, path: str) -> Iterator[str]:
