@@ -132,6 +132,31 @@ def test_jupyter_is_an_interactive_pod_with_no_token_in_the_image() -> None:
     assert pod["spec"]["activeDeadlineSeconds"] == 8 * 3600
 
 
+def test_jupyter_adds_packages_at_run_time_where_the_pod_can_write() -> None:
+    """%pip install: the venv carries a pinned pip, and [env] sends it to a folder on a
+    writable volume of the generated Pod that the kernel imports from (its README says how;
+    tests/integration/test_jupyter_pip.py runs it)."""
+    spec = spec_of("jupyter")
+    assert spec.python is not None
+    assert "pip" in {re.split(r"[<>=!~ \[]", r)[0] for r in spec.python.requirements}
+    prefix = spec.env["PIP_PREFIX"]
+    assert spec.env["PYTHONPATH"] == f"{prefix}/lib/python3.11/site-packages"  # bookworm's
+    pod = documents(manifest_of(spec))[0]
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {
+        m["mountPath"]
+        for m in container["volumeMounts"]
+        if not m.get("readOnly")
+        and "emptyDir" in next(v for v in pod["spec"]["volumes"] if v["name"] == m["name"])
+    }
+    assert any(prefix == w or prefix.startswith(w + "/") for w in writable), (prefix, writable)
+    assert not prefix.startswith("/opt/venv")
+    readme = (RECIPES / "jupyter" / "README.md").read_text()
+    assert "%pip install NAME" in readme and f"PIP_PREFIX={prefix}" in readme
+    assert spec.env["PYTHONPATH"] in readme
+
+
 def test_r_base_has_no_python() -> None:
     spec = spec_of("r-base")
     assert spec.python is None
