@@ -25,6 +25,7 @@ from imagesmith.userpath import as_typed
 if TYPE_CHECKING:
     from imagesmith.engine.base import Engine, ImageInfo
     from imagesmith.lock import Lock
+    from imagesmith.records import PushRecord
     from imagesmith.reports import Report
     from imagesmith.spec import Spec
 
@@ -615,6 +616,9 @@ def inspect(
     """Summarise the spec and lock an image was built from (they travel inside it).
 
     --show spec / --show lock print them in full; --json gives the summary and the spec.
+    Also shows, as information only, the run-time settings ([resources], [job],
+    [registry]) the image was first pushed with: kept on the machine that pushed it and
+    beside the image in its registry (tag lock-HASH.run), never in the image or its digest.
     """
     import tomli_w
 
@@ -623,14 +627,21 @@ def inspect(
     if show not in {"spec", "lock", "summary"}:
         raise InputError(f"--show must be spec, lock or summary, not {show!r}")
     info, the_lock, lock_text = read_image(chosen_engine(engine), image)
-    if as_json:
-        print_json(inspect_report(image, info, the_lock))
-    elif show == "lock":
+    if show == "lock" and not as_json:
         sys.stdout.write(lock_text)
-    elif show == "spec":
+        return
+    if show == "spec" and not as_json:
         sys.stdout.write(tomli_w.dumps(dict(the_lock.spec_data)))
-    else:
-        print_summary(image, info, the_lock)
+        return
+    from imagesmith.run_settings import describe, find
+
+    first, source = find(the_lock.lock_hash, info.repo_digests)
+    if as_json:
+        print_json(inspect_report(image, info, the_lock, run_settings=(first, source)))
+        return
+    print_summary(image, info, the_lock)
+    for line in describe(first, source):
+        typer.echo(line)
 
 
 def read_image(engine: Engine, image: str) -> tuple[ImageInfo, Lock, str]:
@@ -914,8 +925,11 @@ def push(
     a base that exists only here; tagged lock-HASH.inputs), so the image can be rebuilt
     after its sources drop those files, and attaches its SPDX and CycloneDX SBOMs and its
     SLSA provenance as OCI referrers (signed when IMAGESMITH_SIGNING_KEY holds an ed25519
-    key). Credentials: docker login / podman login, or IMAGESMITH_REGISTRY_USER and
-    IMAGESMITH_REGISTRY_PASSWORD (never on the command line).
+    key). The first push of a lock also keeps the run-time tables ([resources], [job],
+    [registry]) as they are now, beside the image (tag lock-HASH.run) and on this machine,
+    for `inspect` to show as information only. Credentials: docker login / podman login,
+    or IMAGESMITH_REGISTRY_USER and IMAGESMITH_REGISTRY_PASSWORD (never on the command
+    line).
     """
     from imagesmith.lock import fresh_lock
     from imagesmith.push import push as run_push
@@ -939,12 +953,37 @@ def push(
         signer=signer,
         builder_id=os.environ.get("IMAGESMITH_BUILDER_ID") or None,
     )
+    _keep_run_settings(spec, record)
     if as_json:
         print_json(push_report(record))
         return
     typer.echo(f"pushed {record.pinned}")
     typer.echo(f"  tags: {', '.join(record.tags)}")
     typer.echo(f"  next: imagesmith manifest {spec_path}")
+
+
+def _keep_run_settings(spec: Spec, record: PushRecord) -> None:
+    """Keep the run-time tables of the first push of this lock, on this machine and beside
+    the image; information only, so a failure here is a warning, not a failed push."""
+    from imagesmith.canonical_build import layout_dir
+    from imagesmith.run_settings import publish, settings_tag
+
+    manifest = (
+        layout_dir(record.digest) / "blobs" / "sha256" / record.digest.removeprefix("sha256:")
+    )
+    try:
+        publish(
+            record.pinned,
+            lock_hash=record.lock_hash,
+            spec_data=spec.data,
+            subject_size=manifest.stat().st_size,
+            on_line=err,
+        )
+    except (ImagesmithError, OSError) as exc:
+        warn(
+            f"pushed {record.pinned}, but recording its run-time settings "
+            f"({settings_tag(record.lock_hash)}, information only) failed: {exc}"
+        )
 
 
 @app.command()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from imagesmith.engine.base import ImageInfo
     from imagesmith.lock import Lock
     from imagesmith.records import PushRecord
+    from imagesmith.run_settings import FirstPublished
     from imagesmith.spec import Spec
     from imagesmith.verify import Verdict
 
@@ -158,8 +159,22 @@ def image_summary(image: str, info: ImageInfo, lock: Lock) -> dict[str, Any]:
     }
 
 
-def inspect_report(image: str, info: ImageInfo, lock: Lock) -> Report:
-    return {**envelope("inspect"), **image_summary(image, info, lock)}
+def inspect_report(
+    image: str,
+    info: ImageInfo,
+    lock: Lock,
+    *,
+    run_settings: tuple[FirstPublished | None, str] = (None, "not looked up"),
+) -> Report:
+    """`run_settings`: what the image was first pushed with, and where that was found
+    (information only: not in the image or its digest)."""
+    from imagesmith.run_settings import report
+
+    return {
+        **envelope("inspect"),
+        **image_summary(image, info, lock),
+        "run_settings": report(*run_settings),
+    }
 
 
 def pull_report(pinned: str, *, engine: str, info: ImageInfo, lock: Lock) -> Report:

@@ -8,12 +8,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
-EXAMPLE = RECIPES / "lab-analysis"
+#: The rich spec most tests use: the lab-analysis recipe as it was before it became
+#: runnable as shipped, kept as it was (one GPU, a `[job] command` naming a file that is not
+#: in the image, `[image] copy` commented out) because the tests exercise exactly that:
+#: GPU requests, /dev/shm, commands passed word for word. tests/fixtures/example/README.md.
+EXAMPLE = REPO / "tests" / "fixtures" / "example"
 
 
 @pytest.fixture
 def example_dir(tmp_path: Path) -> Path:
-    """A copy of the foundation issue's example spec, in a folder the test owns."""
+    """A copy of the foundation issue's example spec (`EXAMPLE`), in a folder the test owns."""
     target = tmp_path / "lab"
     shutil.copytree(EXAMPLE, target)
     return target

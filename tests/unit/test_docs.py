@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,7 +478,10 @@ def test_the_readme_tour_runs(tmp_path: Path) -> None:
     stand_in_for_lock_and_push(tmp_path / "lab" / "env.toml")
     manifest = run(where, "manifest lab/env.toml -o job.yaml", folder=tmp_path)
     assert manifest.exit_code == 0, manifest.output
-    assert f"@{PUSHED}" in (tmp_path / "job.yaml").read_text()
+    job = (tmp_path / "job.yaml").read_text()
+    assert f"@{PUSHED}" in job
+    # The reference spec's Job runs as shipped: the script it copies in, and no GPU.
+    assert "- /opt/lab/train.py" in job and "gpu" not in job
 
 
 @pytest.fixture
@@ -634,13 +638,16 @@ def test_every_flag_the_docs_name_exists() -> None:
 # -- the example lock in docs/lock.md ----------------------------------------------------------
 
 
-def test_the_example_lock_in_lock_md_is_read_by_the_current_code() -> None:
+def test_the_example_lock_in_lock_md_is_read_by_the_current_code(tmp_path: Path) -> None:
     """The page's lock is shortened (its `# ...` lines), so its lock_hash is made anew for the
-    cut content; everything else goes through the schema and the parser as written."""
+    cut content; everything else goes through the schema and the parser as written, and it
+    is in the format this imagesmith writes, locked from the worked example's env.toml."""
     import jsonschema
     import tomllib
 
-    from imagesmith.lock import content_hash, lock_schema, parse_lock
+    from imagesmith import __version__
+    from imagesmith.lock import LOCK_FORMAT, content_hash, format_problem, lock_schema, parse_lock
+    from imagesmith.spec import load_spec
 
     text = block_after(DOCS / "lock.md", "A real lock, shortened", "toml")
     data = tomllib.loads(text)
@@ -652,6 +659,18 @@ def test_the_example_lock_in_lock_md_is_read_by_the_current_code() -> None:
     python3 = [p for p in lock.apt.packages if p.name == "python3"]
     assert python3 and python3[0].requested, "lock.md says the python3 it adds is requested"
     assert lock.python is not None and lock.python.packages[0].name == "numpy"
+    # The current format and version: what `imagesmith lock` writes today, and builds.
+    assert (lock.format, lock.imagesmith_version) == (LOCK_FORMAT, __version__)
+    assert format_problem(lock, subject="env.lock") is None
+    # Locked from the worked example of slurm-to-kubernetes.md, as the page says.
+    page = DOCS / "slurm-to-kubernetes.md"
+    (tmp_path / "env.toml").write_text(block_after(page, "`env.toml` (on the local Debian", "toml"))
+    spec = load_spec(tmp_path / "env.toml")
+    assert lock.spec_hash == spec.spec_hash and dict(lock.spec_data) == spec.image_data
+    # The packages the spec asks for, and the python3 and python3-venv a [python] table adds,
+    # carry requested = true; the rest of the closure has no requested key.
+    requested = {p["name"] for p in data["apt"]["packages"] if p.get("requested")}
+    assert requested == {"python3", "python3-venv"}
 
 
 # -- the reference recipe shows every key ------------------------------------------------------
@@ -669,8 +688,7 @@ def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
     text = (REPO / "recipes" / "lab-analysis" / "env.toml").read_text()
     on = re.sub(r"(?m)^# ((?:[a-z0-9_]+|[A-Z_]+) = |\[\[?[a-z_.]+\]\]?)", r"\1", text)
     (tmp_path / "requirements.txt").write_text("idna\n")
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "fit.py").write_text("print('fit')\n")
+    shutil.copy(REPO / "recipes" / "lab-analysis" / "train.py", tmp_path / "train.py")
     (tmp_path / "cran.asc").write_bytes(
         (REPO / "tests" / "fixtures" / "keys" / "lab.asc").read_bytes()
     )

@@ -132,6 +132,31 @@ def test_jupyter_is_an_interactive_pod_with_no_token_in_the_image() -> None:
     assert pod["spec"]["activeDeadlineSeconds"] == 8 * 3600
 
 
+def test_jupyter_adds_packages_at_run_time_where_the_pod_can_write() -> None:
+    """%pip install: the venv carries a pinned pip, and [env] sends it to a folder on a
+    writable volume of the generated Pod that the kernel imports from (its README says how;
+    tests/integration/test_jupyter_pip.py runs it)."""
+    spec = spec_of("jupyter")
+    assert spec.python is not None
+    assert "pip" in {re.split(r"[<>=!~ \[]", r)[0] for r in spec.python.requirements}
+    prefix = spec.env["PIP_PREFIX"]
+    assert spec.env["PYTHONPATH"] == f"{prefix}/lib/python3.11/site-packages"  # bookworm's
+    pod = documents(manifest_of(spec))[0]
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {
+        m["mountPath"]
+        for m in container["volumeMounts"]
+        if not m.get("readOnly")
+        and "emptyDir" in next(v for v in pod["spec"]["volumes"] if v["name"] == m["name"])
+    }
+    assert any(prefix == w or prefix.startswith(w + "/") for w in writable), (prefix, writable)
+    assert not prefix.startswith("/opt/venv")
+    readme = (RECIPES / "jupyter" / "README.md").read_text()
+    assert "%pip install NAME" in readme and f"PIP_PREFIX={prefix}" in readme
+    assert spec.env["PYTHONPATH"] in readme
+
+
 def test_r_base_has_no_python() -> None:
     spec = spec_of("r-base")
     assert spec.python is None
@@ -158,6 +183,47 @@ def test_pytorch_gpu_job_has_one_gpu_requests_equal_limits_and_8gi_shm() -> None
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert container["image"] == image_for(spec)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_reference_recipe_runs_only_what_its_image_holds() -> None:
+    """The tour's Job (lab-analysis) must run as shipped: no GPU for a numpy job, and a
+    command whose program and files are in the image (the venv's python3, and the script
+    [image] copy puts there from beside env.toml)."""
+    import ast
+    import sys
+
+    spec = spec_of("lab-analysis")
+    assert spec.resources.gpu == 0
+    assert spec.python is not None and spec.job.command is not None
+    program, *arguments = spec.job.command
+    assert program == "python3"  # the venv's, first on PATH in every image with [python]
+    copied = {item.dest: RECIPES / "lab-analysis" / item.src for item in spec.image.copy}
+    paths = [a for a in arguments if a.startswith("/")]
+    assert paths, "the command runs a file"
+    for path in paths:
+        assert path in copied, f"{path} is not put in the image by [image] copy"
+        assert copied[path].is_file(), f"{copied[path]} is not in the recipe"
+    assert not [a for a in arguments if not a.startswith(("/", "-"))], "relative paths"
+    # The script imports only the standard library and what [python] installs.
+    script = ast.parse(copied[paths[0]].read_text())
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(script)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+    }
+    requirements = {re.split(r"[<>=!~ \[]", r)[0] for r in spec.python.requirements}
+    assert imported - set(sys.stdlib_module_names) <= requirements, imported
+
+    text = render(fake_lock(spec))
+    assert "/opt/lab/train.py" in text
+    job = documents(manifest_of(spec))[0]
+    (container,) = pod_spec(job)["containers"]
+    assert [*container.get("command", []), *container.get("args", [])] == list(spec.job.command)
+    assert not any("gpu" in key for key in container["resources"]["limits"])
+    assert "/dev/shm" not in {m["mountPath"] for m in container["volumeMounts"]}
 
 
 # -- every recipe through the validators -------------------------------------------------------
@@ -300,6 +366,8 @@ def test_init_writes_each_recipe(name: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     written = tmp_path / name / "env.toml"
     assert written.read_text() == (RECIPES / name / "env.toml").read_text()
+    for item in load_spec(RECIPES / name / "env.toml").image.copy:  # what the image takes
+        assert (tmp_path / name / item.src).exists(), item.src
     checked = runner.invoke(app, ["validate", str(written)])
     assert checked.exit_code == 0, checked.output
 
