@@ -4,14 +4,13 @@ No public registry answers here, so `debian:bookworm` is replaced by the local D
 (`imagesmith/debian:bookworm`, made with mmdebstrap when missing and kept, as in
 conftest.py); apt resolves against Debian's archive and pip against the package index.
 python-minimal, r-base, python-science and jupyter are built and looked into (the last two
-download a few hundred MB of wheels: minutes each); pytorch-gpu's NVIDIA base cannot be
-pulled, so only its Python pins are resolved, for the base's Python (Ubuntu 22.04: 3.10,
-glibc 2.35). Every image a test builds is removed afterwards.
+download a few hundred MB of wheels: minutes each); pytorch-gpu is locked on the same base
+but not built (several GB of CUDA wheels, and no GPU here). Every image a test builds is
+removed afterwards.
 """
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from imagesmith.build import build
 from imagesmith.engine.base import Engine
 from imagesmith.lock import Lock, read_lock, write_lock
 from imagesmith.render import decode_embedded_lock, render
-from imagesmith.resolve import lock_spec, resolve_python
+from imagesmith.resolve import lock_spec
 from imagesmith.spec import load_spec
 from tests.conftest import RECIPES
 from tests.integration.conftest import ensure_test_base
@@ -175,16 +174,23 @@ def test_jupyter_builds_and_carries_its_lock(
     assert run.exit_code == 0 and run.output.strip() == jupyterlab.version, run.output
 
 
-def test_pytorch_gpu_python_pins_resolve_for_cuda_12_4() -> None:
-    """The base cannot be pulled here: resolve its Python pins as lock would for Ubuntu 22.04."""
-    if shutil.which("uv") is None and not (Path(__file__).parents[2] / ".venv/bin/uv").exists():
-        pytest.skip("uv is not installed")
-    spec = load_spec(RECIPES / "pytorch-gpu" / "env.toml")
-    assert spec.base_image.startswith("nvidia/cuda:12.4.")
-    python = resolve_python(spec, python_version="3.10", wheel_platform="x86_64-manylinux_2_35")
-    pins = {p.name: p.version for p in python.packages}
+def test_pytorch_gpu_locks_on_plain_debian_with_cuda_from_the_wheels(
+    docker_engine: Engine, docker_base: str, tmp_path: Path
+) -> None:
+    """Locked for real (apt in the base, Python pins from the index through the host's
+    proxy), never built here: the image is several GB and no GPU is at hand."""
+    path = recipe_copy(tmp_path, "pytorch-gpu", docker_base)
+    lock = lock_recipe(path, docker_engine)
+    names = {p.name for p in lock.apt.packages}
+    assert {"python3", "python3-venv"} <= names  # added for [python]: the base has none
+    assert not any("cuda" in name or "nvidia" in name for name in names)  # CUDA: the wheels
+    assert lock.python is not None and lock.python.version == "3.11"
+    assert lock.python.platform == "x86_64-manylinux_2_36"
+    pins = {p.name: p.version for p in lock.python.packages}
     assert pins["torch"] == "2.6.0" and pins["torchvision"] == "0.21.0"
-    # PyTorch's CUDA libraries are the base image's CUDA 12.4, and cuDNN 9 like its cudnn tag.
+    # PyTorch's own CUDA 12.4 runtime and cuDNN 9, as pinned wheels with their hashes.
     assert pins["nvidia-cuda-runtime-cu12"].startswith("12.4.")
     assert pins["nvidia-cudnn-cu12"].startswith("9.")
-    assert all(p.hashes for p in python.packages)
+    assert all(p.hashes for p in lock.python.packages)
+    assert not [p.name for p in lock.python.packages if p.sdist_only]
+    assert longest_line(render(lock)) <= DOCKER_MAX_LINE
