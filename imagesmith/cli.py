@@ -644,6 +644,33 @@ def inspect(
         typer.echo(line)
 
 
+@app.command()
+@reports_errors
+def unpack(
+    image: Annotated[str, typer.Argument(help="An image imagesmith built (name:tag or ID).")],
+    directory: Annotated[
+        Path, typer.Argument(help="Write the spec and its files here (made if missing).")
+    ] = Path("."),
+    engine: EngineOpt = "auto",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace files that are already there.")
+    ] = False,
+) -> None:
+    """Take out of an image everything that rebuilds it: env.toml, env.lock, the requirements
+    file and the files [image] copy put in it (checked against the lock's tree hashes).
+
+    `imagesmith build DIR/env.toml` then gives the image's digest again. Add back the
+    run-time tables ([resources], [job], [registry]) before manifest, sbatch or push: they
+    are not part of the image. Nothing is written unless everything could be restored.
+    """
+    from imagesmith.unpack import unpack as run_unpack
+
+    written = run_unpack(chosen_engine(engine), image, directory, force=force, on_line=err)
+    for path in written:
+        typer.echo(f"wrote {as_typed(path.resolve())}")
+    typer.echo(f"  next: imagesmith build {as_typed((directory / 'env.toml').resolve())}")
+
+
 def read_image(engine: Engine, image: str) -> tuple[ImageInfo, Lock, str]:
     """The engine's facts about `image`, the lock it carries, and that lock's text."""
     from imagesmith.render import lock_in_image

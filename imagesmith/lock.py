@@ -22,7 +22,7 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -156,6 +156,9 @@ class PythonLock:
     packages: tuple[PythonPackage, ...] = ()
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
+    requirements_file_lines: tuple[str, ...] = ()
+    """The lines of the spec's requirements_file as locked (since 0.7.0), so that the spec
+    can be rebuilt from the image alone (`imagesmith unpack`)."""
 
     def requirements_txt(self) -> str:
         """The pinned, hashed requirements pip installs from (`--require-hashes`)."""
@@ -232,6 +235,7 @@ class Lock:
                     "platform": self.python.platform,
                     "index_url": self.python.index_url,
                     "extra_index_urls": list(self.python.extra_index_urls),
+                    "requirements_file_lines": list(self.python.requirements_file_lines),
                     "packages": [
                         _drop_none({**vars(p), "hashes": list(p.hashes)})
                         for p in self.python.packages
@@ -346,6 +350,7 @@ def _lock_from_data(data: Mapping[str, Any], path: Path) -> Lock:
             platform=python["platform"],
             index_url=python.get("index_url"),
             extra_index_urls=tuple(python.get("extra_index_urls", [])),
+            requirements_file_lines=tuple(python.get("requirements_file_lines", [])),
             packages=tuple(
                 PythonPackage(
                     name=p["name"],
@@ -431,14 +436,25 @@ def write_lock(lock: Lock, path: Path) -> bool:
 
 def tree_hash(path: Path) -> str:
     """sha256 over the relative paths, executable bits and contents of a file or folder."""
-    digest = hashlib.sha256()
     root = path
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for file in files:
-        rel = "." if file == root else file.relative_to(root).as_posix()
-        mode = "x" if os.access(file, os.X_OK) else "-"
-        digest.update(f"{rel}\0{mode}\0".encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return tree_hash_of(
+        (
+            "." if file == root else file.relative_to(root).as_posix(),
+            os.access(file, os.X_OK),
+            hashlib.sha256(file.read_bytes()).digest(),
+        )
+        for file in files
+    )
+
+
+def tree_hash_of(files: Iterable[tuple[str, bool, bytes]]) -> str:
+    """The tree hash of (relative path, executable, sha256 of the content) in path order
+    ("." for a single file): what `tree_hash` gives for the same files on disk."""
+    digest = hashlib.sha256()
+    for rel, executable, content in files:
+        digest.update(f"{rel}\0{'x' if executable else '-'}\0".encode())
+        digest.update(content)
     return "sha256:" + digest.hexdigest()
 
 

@@ -112,6 +112,7 @@ def lock_spec(
             format=LOCK_FORMAT,
             imagesmith_version=__version__ if moved else previous.imagesmith_version,
             imagesmith_wheel=tool_digest() if moved else previous.imagesmith_wheel,
+            python=_with_file_lines(previous.python, spec) if moved else previous.python,
             spec_hash=spec.spec_hash,
             spec_data=spec.image_data,
             spec_path=spec.path,
@@ -159,6 +160,7 @@ def lock_spec(
             previous=previous.python if previous and not upgrade else None,
             upgrade_packages=upgrade_packages,
         )
+    python = _with_file_lines(python, spec)
     if python is not None:
         for package in python.packages:
             if package.sdist_only:
@@ -179,6 +181,14 @@ def lock_spec(
         python=python,
         copy=copy_locks(spec),
     )
+
+
+def _with_file_lines(python: PythonLock | None, spec: Spec) -> PythonLock | None:
+    """`python` carrying the lines of the spec's requirements_file (the image then holds
+    all a rebuild needs, with no file beside the spec)."""
+    if python is None or spec.python is None:
+        return python
+    return replace(python, requirements_file_lines=spec.python.file_requirements)
 
 
 def _system_unchanged(previous: Lock, spec: Spec, platform: str) -> bool:

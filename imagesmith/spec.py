@@ -68,6 +68,8 @@ class Python:
     requirements_file: str | None = None
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
+    file_requirements: tuple[str, ...] = ()
+    """The lines of requirements_file alone (the end of `requirements`)."""
 
 
 @dataclass(frozen=True)
@@ -809,6 +811,7 @@ def spec_from_valid_data(
         python = Python(
             requirements=_strings(python_data.get("requirements", [])) + tuple(file_requirements),
             requirements_file=req_file,
+            file_requirements=tuple(file_requirements),
             index_url=python_data.get("index_url"),
             extra_index_urls=_strings(python_data.get("extra_index_urls", [])),
         )

@@ -8,7 +8,7 @@ be found: which config field, which layer, which files.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from imagesmith.build import build_canonical
 from imagesmith.canonical import diff_archives
@@ -88,13 +88,16 @@ def verify_image(image: str, engine: Engine, *, on_line: LineCallback = lambda _
     problem = format_problem(lock, subject=f"the lock {image} carries")
     if problem:
         raise LockFormatError(problem)
-    if lock.copy:
-        raise InputError(
-            f"{image} copies files from beside its spec; run `imagesmith verify env.toml` "
-            "in the spec's folder instead"
-        )
     on_line(f"verify: rebuilding {image} from the lock it carries, with no cache")
-    rebuilt = build_canonical(lock, engine, no_cache=True, on_line=on_line)
+    with tempfile.TemporaryDirectory(prefix="imagesmith-verify-spec-") as folder:
+        if lock.copy:
+            # The files [image] copy took from beside the spec: out of the image's own
+            # COPY layers, each checked against the tree hash the lock pins.
+            from imagesmith.unpack import copied_tree
+
+            lock = replace(lock, spec_path=Path(folder) / "env.toml")
+            copied_tree(engine, image, lock, Path(folder))
+        rebuilt = build_canonical(lock, engine, no_cache=True, on_line=on_line)
     differences: list[str] = []
     if rebuilt.image_id != info.id:
         with tempfile.TemporaryDirectory(prefix="imagesmith-verify-") as tmp:
