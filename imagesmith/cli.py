@@ -278,7 +278,10 @@ EngineOpt = Annotated[
         "--engine",
         "-e",
         metavar="ENGINE",
-        help="docker, podman, or auto (Docker if a daemon answers, else podman).",
+        help=(
+            "docker, podman, auto (Docker if a daemon answers, else podman), or an engine "
+            "a package registers (entry points: imagesmith.engines)."
+        ),
         envvar="IMAGESMITH_ENGINE",
     ),
 ]

@@ -1,11 +1,28 @@
-"""Container engines behind one interface: `get_engine("auto" | "docker" | "podman")`."""
+"""Container engines behind one interface: `get_engine("auto" | "docker" | "podman" | ...)`.
+
+Engines are found by name: the two that come with imagesmith, then any a package
+registers under the `imagesmith.engines` entry-point group (an `Engine` subclass that
+takes no arguments), the way repo2docker finds repo2podman. A third engine (buildah, a
+remote BuildKit) then lives in its own package, or in `engine/`, and nothing else
+changes. "auto" chooses between the built-in two.
+"""
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib import metadata
 
 from imagesmith.engine.base import Engine, ImageInfo, RunResult
 from imagesmith.errors import EngineError, ImagesmithError, InputError, NoLocalImageError
 
-ENGINE_NAMES = ("auto", "docker", "podman")
+ENTRY_POINT_GROUP = "imagesmith.engines"
+BUILTIN = {
+    "docker": "imagesmith.engine.docker:DockerEngine",
+    "podman": "imagesmith.engine.podman:PodmanEngine",
+}
+ENGINE_NAMES = ("auto", *BUILTIN)
+"""The names that always exist; `engine_names()` adds the registered ones."""
 DOCKER_ANSWERED = "Docker daemon answered"
 NO_DOCKER = "no Docker daemon answered"
 
@@ -15,6 +32,7 @@ __all__ = [
     "ImageInfo",
     "RunResult",
     "choose_engine",
+    "engine_names",
     "get_engine",
     "look_in_the_other_engine",
 ]
@@ -30,16 +48,8 @@ def get_engine(name: str = "auto") -> Engine:
 
 def choose_engine(name: str = "auto") -> tuple[Engine, str]:
     """The engine called `name`, and for "auto" why it was chosen ("" for a named engine)."""
-    if name not in ENGINE_NAMES:
-        raise InputError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
-    if name == "docker":
-        from imagesmith.engine.docker import DockerEngine
-
-        return DockerEngine(), ""
-    if name == "podman":
-        from imagesmith.engine.podman import PodmanEngine
-
-        return PodmanEngine(), ""
+    if name != "auto":
+        return _factory(name)(), ""
 
     from imagesmith.engine.docker import DockerEngine, connect, docker_host
     from imagesmith.engine.podman import PodmanEngine, podman_binary
@@ -70,3 +80,30 @@ def look_in_the_other_engine(missing: NoLocalImageError) -> NoLocalImageError:
     else:
         note = f"{other} has no such image either: build or pull it first"
     return NoLocalImageError(missing.engine, missing.ref, note=note)
+
+
+def _registered() -> dict[str, metadata.EntryPoint]:
+    """Engines other packages register (read only when a name is not built in)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def engine_names() -> tuple[str, ...]:
+    """Every name `--engine` takes: auto, the built-in engines, the registered ones."""
+    return (*ENGINE_NAMES, *sorted(set(_registered()) - set(BUILTIN)))
+
+
+def _factory(name: str) -> Callable[[], Engine]:
+    if name in BUILTIN:
+        module, _, attribute = BUILTIN[name].partition(":")
+        found: object = getattr(importlib.import_module(module), attribute)
+    else:
+        entry = _registered().get(name)
+        if entry is None:
+            raise InputError(f"unknown engine {name!r}: choose one of {', '.join(engine_names())}")
+        try:
+            found = entry.load()
+        except Exception as exc:  # a broken plug-in: one line, never a traceback
+            raise EngineError(f"engine {name!r} ({entry.value}) cannot be loaded: {exc}") from None
+    if not (isinstance(found, type) and issubclass(found, Engine)):
+        raise EngineError(f"engine {name!r} is not an imagesmith Engine ({found!r})")
+    return found
