@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagesmith.artifacts import MANIFEST_TYPE, artifact_manifest, push_empty_config
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, RegistryError
 from imagesmith.lock import Lock
@@ -35,7 +36,6 @@ from imagesmith.render import content_tag
 LineCallback = Callable[[str], None]
 
 ARTIFACT_TYPE = "application/vnd.imagesmith.inputs.v1"
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 DEB_TYPE = "application/vnd.debian.binary-package"
 WHEEL_TYPE = "application/vnd.imagesmith.python-wheel"
 TOOL_TYPE = "application/vnd.imagesmith.tool-wheel"
@@ -167,20 +167,12 @@ def archive_manifest(
         }
         for f in sorted(files, key=lambda f: (f.media_type, f.name, f.digest))
     ]
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_TYPE,
-        "artifactType": ARTIFACT_TYPE,
-        "config": {
-            "mediaType": EMPTY_TYPE,
-            "digest": "sha256:" + hashlib.sha256(EMPTY).hexdigest(),
-            "size": len(EMPTY),
-        },
-        "layers": layers,
-        "subject": {"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject_size},
-        "annotations": {LOCK_HASH: lock_hash},
-    }
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return artifact_manifest(
+        artifact_type=ARTIFACT_TYPE,
+        layers=layers,
+        subject={"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject_size},
+        annotations={LOCK_HASH: lock_hash},
+    )
 
 
 def push_inputs(
@@ -204,10 +196,7 @@ def push_inputs(
         pusher.push_blob(item.digest, item.path)
         new_files += 1
         new_bytes += item.size
-    with tempfile.TemporaryDirectory(prefix="imagesmith-empty-") as tmp:
-        empty = Path(tmp) / "config"
-        empty.write_bytes(EMPTY)
-        pusher.push_blob("sha256:" + hashlib.sha256(EMPTY).hexdigest(), empty)
+    push_empty_config(pusher)
     manifest = archive_manifest(
         files, subject_digest=subject_digest, subject_size=subject_size, lock_hash=lock.lock_hash
     )

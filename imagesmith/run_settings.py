@@ -17,24 +17,20 @@ as information only.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from imagesmith.artifacts import MANIFEST_TYPE, artifact_manifest, push_empty_config
 from imagesmith.errors import RegistryError
 
 LineCallback = Callable[[str], None]
 
 ARTIFACT_TYPE = "application/vnd.imagesmith.run-settings.v1+json"
 ANNOTATION = "dev.imagesmith.run-settings"
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY = b"{}"
 NOTE = (
     "information only: not part of the image or its digest; manifest and sbatch read "
     "the current env.toml"
@@ -116,24 +112,16 @@ def _write_local(record: FirstPublished) -> None:
 
 def settings_manifest(record: FirstPublished, *, subject_digest: str, subject_size: int) -> bytes:
     """The artifact manifest that carries `record` beside the image it describes."""
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_TYPE,
-        "artifactType": ARTIFACT_TYPE,
-        "config": {
-            "mediaType": EMPTY_TYPE,
-            "digest": "sha256:" + hashlib.sha256(EMPTY).hexdigest(),
-            "size": len(EMPTY),
-        },
-        "layers": [],
-        "subject": {"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject_size},
-        "annotations": {
+    return artifact_manifest(
+        artifact_type=ARTIFACT_TYPE,
+        layers=[],
+        subject={"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject_size},
+        annotations={
             ANNOTATION: json.dumps(
                 record.to_json(), sort_keys=True, separators=(",", ":"), default=str
             )
         },
-    }
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    )
 
 
 def record_from_manifest(body: bytes, *, lock_hash: str) -> FirstPublished | None:
@@ -184,10 +172,7 @@ def publish(
     if in_registry is None:
         ref = parse_reference(repository)
         pusher = Pusher(RegistryClient(ref.registry), ref.path, on_line)
-        with tempfile.TemporaryDirectory(prefix="imagesmith-empty-") as tmp:
-            empty = Path(tmp) / "config"
-            empty.write_bytes(EMPTY)
-            pusher.push_blob("sha256:" + hashlib.sha256(EMPTY).hexdigest(), empty)
+        push_empty_config(pusher)
         manifest = settings_manifest(first, subject_digest=digest, subject_size=subject_size)
         pusher.push_manifest(settings_tag(lock_hash), manifest, MANIFEST_TYPE)
     else:

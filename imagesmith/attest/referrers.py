@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagesmith.artifacts import EMPTY, MANIFEST_TYPE, artifact_manifest
 from imagesmith.errors import RegistryError
 from imagesmith.reference import ImageReference
 from imagesmith.registry import Credentials, Pusher, RegistryClient
 
-MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_EMPTY = "application/vnd.oci.empty.v1+json"
-EMPTY_CONFIG = b"{}"
 KIND_ANNOTATION = "dev.imagesmith.attestation"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 
@@ -50,27 +48,13 @@ def _json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
-def artifact_manifest(att: Attestation, subject: dict[str, Any], created: str) -> bytes:
-    return _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "artifactType": att.artifact_type,
-            "config": {
-                "mediaType": MEDIA_EMPTY,
-                "digest": _digest(EMPTY_CONFIG),
-                "size": len(EMPTY_CONFIG),
-            },
-            "layers": [
-                {
-                    "mediaType": att.media_type,
-                    "digest": _digest(att.content),
-                    "size": len(att.content),
-                }
-            ],
-            "subject": subject,
-            "annotations": {CREATED_ANNOTATION: created, KIND_ANNOTATION: att.kind},
-        }
+def attestation_manifest(att: Attestation, subject: dict[str, Any], created: str) -> bytes:
+    layer = {"mediaType": att.media_type, "digest": _digest(att.content), "size": len(att.content)}
+    return artifact_manifest(
+        artifact_type=att.artifact_type,
+        layers=[layer],
+        subject=subject,
+        annotations={CREATED_ANNOTATION: created, KIND_ANNOTATION: att.kind},
     )
 
 
@@ -164,7 +148,7 @@ class Referrers:
     def fetch(self, descriptor: dict[str, Any]) -> bytes:
         """The document a referrer holds (its one layer), checked against its digest."""
         _, _, manifest = self._get(
-            f"/v2/{self.repository.path}/manifests/{descriptor['digest']}", MEDIA_MANIFEST
+            f"/v2/{self.repository.path}/manifests/{descriptor['digest']}", MANIFEST_TYPE
         )
         if _digest(manifest) != descriptor["digest"]:
             raise RegistryError(f"{self.client.registry} served another manifest for a referrer")
@@ -177,28 +161,28 @@ class Referrers:
     def attach(self, attestations: Sequence[Attestation], *, created: str) -> list[str]:
         """Push each attestation with the image as subject; the referrer manifests' digests."""
         _, media, subject_bytes = self._get(
-            f"/v2/{self.repository.path}/manifests/{self.subject_digest}", MEDIA_MANIFEST
+            f"/v2/{self.repository.path}/manifests/{self.subject_digest}", MANIFEST_TYPE
         )
         if _digest(subject_bytes) != self.subject_digest:
             raise RegistryError(f"{self.repository}@{self.subject_digest} is not in the registry")
         subject = {
-            "mediaType": media or MEDIA_MANIFEST,
+            "mediaType": media or MANIFEST_TYPE,
             "digest": self.subject_digest,
             "size": len(subject_bytes),
         }
         descriptors: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="imagesmith-attest-") as folder:
-            for data in (EMPTY_CONFIG, *(a.content for a in attestations)):
+            for data in (EMPTY, *(a.content for a in attestations)):
                 path = Path(folder) / _digest(data).removeprefix("sha256:")
                 path.write_bytes(data)
                 self.pusher.push_blob(_digest(data), path)
         for att in attestations:
-            manifest = artifact_manifest(att, subject, created)
+            manifest = attestation_manifest(att, subject, created)
             digest = _digest(manifest)
-            self.pusher.push_manifest(digest, manifest, MEDIA_MANIFEST)
+            self.pusher.push_manifest(digest, manifest, MANIFEST_TYPE)
             descriptors.append(
                 {
-                    "mediaType": MEDIA_MANIFEST,
+                    "mediaType": MANIFEST_TYPE,
                     "digest": digest,
                     "size": len(manifest),
                     "artifactType": att.artifact_type,

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from imagesmith.artifacts import MANIFEST_TYPE as MEDIA_MANIFEST
 from imagesmith.attest.inventory import inventory
-from imagesmith.attest.referrers import MEDIA_INDEX, MEDIA_MANIFEST, Referrers
+from imagesmith.attest.referrers import MEDIA_INDEX, Referrers
 from imagesmith.attest.sbom import render_sbom
 from imagesmith.attest.signing import load_public_key, verify_envelope
 from imagesmith.build import build

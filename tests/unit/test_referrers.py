@@ -7,7 +7,7 @@ import json
 from imagesmith.attest.referrers import (
     KIND_ANNOTATION,
     Attestation,
-    artifact_manifest,
+    attestation_manifest,
     merged_index,
     referrers_tag,
 )
@@ -49,9 +49,9 @@ def test_merged_index_keeps_others_and_replaces_our_earlier_entries() -> None:
     assert merged_index(index["manifests"], ours) == index
 
 
-def test_artifact_manifest_is_an_oci_1_1_artifact_with_the_image_as_subject() -> None:
+def test_attestation_manifest_is_an_oci_1_1_artifact_with_the_image_as_subject() -> None:
     att = Attestation("spdx", "application/spdx+json", "application/spdx+json", b'{"x": 1}\n')
-    data = artifact_manifest(att, SUBJECT, "2025-05-20T00:00:00Z")
+    data = attestation_manifest(att, SUBJECT, "2025-05-20T00:00:00Z")
     manifest = json.loads(data)
     assert manifest["artifactType"] == "application/spdx+json"
     assert manifest["config"] == {
@@ -61,4 +61,4 @@ def test_artifact_manifest_is_an_oci_1_1_artifact_with_the_image_as_subject() ->
     }
     assert manifest["layers"][0]["size"] == len(att.content)
     assert manifest["subject"] == SUBJECT
-    assert artifact_manifest(att, SUBJECT, "2025-05-20T00:00:00Z") == data  # same bytes
+    assert attestation_manifest(att, SUBJECT, "2025-05-20T00:00:00Z") == data  # same bytes
