@@ -128,7 +128,6 @@ from imagesmith.errors import InputError, OperationError
 from imagesmith.integrity import (
     CorruptEntry,
     check_file,
-    fsync_file,
     link_over,
     write_bytes_durably,
 )
@@ -696,22 +695,6 @@ class CachedLayer:
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    if dest.exists():
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or no hard links there
-            shutil.copyfile(src, tmp)
-            fsync_file(tmp)
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class LayerCache:
     """Canonical layers already written, found again by the engine layers they came from.
 
@@ -1145,7 +1128,9 @@ def _canonicalize_into(
                 if hit.digest is None:
                     dropped.append(i)
                 else:
-                    _link_or_copy(cache.blob(hit.digest), layout.blobs / digest_hex(hit.digest))
+                    kept = layout.blobs / digest_hex(hit.digest)
+                    if not kept.exists():  # content-addressed: one there is the same
+                        link_over(cache.blob(hit.digest), kept)
                     layers.append(_LayerOut(hit.digest, hit.diff_id, hit.size))
                     created_by.append(created_by_in[i])
                 reused = hit

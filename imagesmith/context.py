@@ -43,6 +43,7 @@ from imagesmith.integrity import (
     file_sha256,
     fsync_dir,
     fsync_file,
+    link_over,
     write_bytes_durably,
 )
 from imagesmith.lock import Lock, PythonLock
@@ -325,14 +326,6 @@ def _prune_trees(*, keep: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, dest)
-
-
 def _copy_tree(src: Path, dest: Path) -> None:
     if src.is_dir():
         shutil.copytree(src, dest, symlinks=True)
@@ -350,7 +343,7 @@ def _clamp_times(root: Path, epoch: int) -> None:
 def _add_debs(lock: Lock, debs: Mapping[str, Path], folder: Path) -> None:
     """The checked .debs (`imagesmith.debs.fetch_debs`), linked into the context's apt/."""
     for package in lock.apt.packages:
-        _link_or_copy(debs[package.name], folder / CONTEXT_APT / package.file_name)
+        link_over(debs[package.name], folder / CONTEXT_APT / package.file_name)
 
 
 def system_context(
@@ -386,7 +379,7 @@ def assemble_context(
         _add_debs(lock, debs, folder)
     if lock.python is not None and lock.python.packages:
         tree = python_tree(lock.python, lock.source_date_epoch, on_line=on_line, archive=archive)
-        _link_or_copy(tree, folder / CONTEXT_PYTHON / VENV_TAR)
+        link_over(tree, folder / CONTEXT_PYTHON / VENV_TAR)
     for index, item in enumerate(spec.image.copy):
         _copy_tree(spec.folder / item.src, folder / copy_context_path(index, item.src))
     _clamp_times(folder, lock.source_date_epoch)
