@@ -78,7 +78,8 @@ def run_all(
     """`build_one` for each spec, `jobs` at a time; the outcomes in the order of `specs`.
 
     An `ImagesmithError` is that spec's failure; anything else is a bug and propagates
-    once the specs already running have finished. `on_done` hears each outcome as it comes.
+    once the specs already running have finished. `on_done` hears each outcome as it comes
+    (those that end together in the order of `specs`).
     """
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: give 1 or more")
@@ -98,15 +99,19 @@ def run_all(
         return outcome
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="spec") as pool:
-        running: dict[Future[Outcome[T]], int] = {
-            pool.submit(one, index): index for index in range(len(specs))
-        }
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                index = running.pop(future)
-                outcomes[index] = future.result()
-                on_done(outcomes[index])
+        futures = [pool.submit(one, index) for index in range(len(specs))]
+        running: dict[Future[Outcome[T]], int] = {f: i for i, f in enumerate(futures)}
+        try:
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for index in sorted(running.pop(future) for future in done):
+                    outcomes[index] = futures[index].result()
+                    on_done(outcomes[index])
+        except BaseException:  # interrupted, or a bug: start nothing more
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
     return [outcomes[index] for index in range(len(specs))]
 
 
