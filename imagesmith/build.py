@@ -56,9 +56,15 @@ class BuildResult:
     lock_hash: str
     locked: bool
     """Whether this build had to (re)make env.lock first."""
+    substituted_from: str | None = None
+    """`REGISTRY/PATH:lock-HASH` when the image was taken from there instead of built."""
 
     def as_json(self) -> dict[str, object]:
+        extra: dict[str, object] = {}
+        if self.substituted_from is not None:
+            extra["substituted_from"] = self.substituted_from
         return {
+            **extra,
             "image_id": self.image_id,
             "digest": self.digest,
             "tags": list(self.tags),
@@ -316,10 +322,13 @@ def build(
     relock: bool = False,
     platform: str = "linux/amd64",
     on_line: LineCallback = lambda _: None,
+    substitute: bool = False,
 ) -> BuildResult:
     """Build `spec` (see the module doc). Without `no_cache`, a build whose inputs are
     those the last build recorded, and whose image the engine still holds, is answered
-    from the record without running the engine (`unchanged_build`)."""
+    from the record without running the engine (`unchanged_build`). With `substitute`,
+    an image of the lock that `[registry] repository` holds is taken from there instead
+    of building it (imagesmith/substitute.py)."""
     started = time.monotonic()
     started_at = time.time()
     lock, locked = ensure_lock(spec, engine, relock=relock, platform=platform, on_line=on_line)
@@ -331,8 +340,15 @@ def build(
             return dataclasses.replace(done, seconds=time.monotonic() - started, locked=locked)
     from imagesmith.input_archive import Archive
 
-    archive = Archive.for_lock(spec.registry_repository, lock)
-    canonical = build_canonical(lock, engine, no_cache=no_cache, on_line=on_line, archive=archive)
+    taken = _substituted(spec, lock, engine, on_line=on_line) if substitute else None
+    if taken is not None:
+        canonical, source = taken
+    else:
+        archive = Archive.for_lock(spec.registry_repository, lock)
+        canonical = build_canonical(
+            lock, engine, no_cache=no_cache, on_line=on_line, archive=archive
+        )
+        source = None
     applied: list[str] = []
     try:
         for tag in tags:
@@ -368,7 +384,22 @@ def build(
         size=info.size,
         lock_hash=lock.lock_hash,
         locked=locked,
+        substituted_from=source,
     )
+
+
+def _substituted(
+    spec: Spec, lock: Lock, engine: Engine, *, on_line: LineCallback
+) -> tuple[Canonical, str] | None:
+    """The image from the registry (`substitute`), when it is the one this build would make."""
+    from imagesmith.substitute import substitute
+
+    if build_epoch(lock) != lock.source_date_epoch:
+        on_line(
+            "substitution: skipped, SOURCE_DATE_EPOCH differs from the lock's; building locally"
+        )
+        return None
+    return substitute(spec.registry_repository, lock, engine, on_line=on_line)
 
 
 def _rfc3339(epoch: int) -> str:

@@ -23,6 +23,8 @@ from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError, Op
 from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
+    from imagesmith.build import BuildResult
+    from imagesmith.catalogue import Outcome
     from imagesmith.engine.base import Engine, ImageInfo
     from imagesmith.lock import Lock
     from imagesmith.records import PushRecord
@@ -479,7 +481,18 @@ class Progress:
         if self._status is None:
             err(line)
         elif line.startswith(
-            ("STEP", "Step", "lock", "base", "apt", "python", "canonical", "cache")
+            (
+                "STEP",
+                "Step",
+                "lock",
+                "base",
+                "apt",
+                "python",
+                "canonical",
+                "cache",
+                "substitut",
+                "push",
+            )
         ):
             self._status.console.print(line, markup=False, highlight=False)
             self._status.update(line[:100])
@@ -491,10 +504,20 @@ class Progress:
             self._status.stop()
 
 
+SpecsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="env.toml files, or folders: a folder stands for FOLDER/env.toml and "
+        "FOLDER/*/env.toml (one level down, sorted). Default: env.toml.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 @reports_errors
 def build(
-    spec_path: SpecArg = Path("env.toml"),
+    spec_paths: SpecsArg = None,
     engine: EngineOpt = "auto",
     tag: Annotated[
         list[str] | None,
@@ -507,50 +530,215 @@ def build(
     as_json: JsonOpt = False,
     platform: PlatformOpt = "linux/amd64",
     then_push: Annotated[
-        bool, typer.Option("--push", help="Push to \\[registry] repository after the build.")
+        bool,
+        typer.Option(
+            "--push",
+            help="Push to \\[registry] repository after the build; takes the image from there "
+            "instead of building when the registry holds it already (as --substitute).",
+        ),
+    ] = False,
+    substitute: Annotated[
+        bool,
+        typer.Option(
+            "--substitute",
+            help="When \\[registry] repository holds this lock's image (tag lock-HASH), "
+            "pull it by digest instead of building (docs/ci.md: what that trusts).",
+        ),
     ] = False,
     no_inputs: NoInputsOpt = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, metavar="N", help="Build N specs at once (many specs only)."
+        ),
+    ] = 1,
+    fail_fast: Annotated[
+        bool,
+        typer.Option("--fail-fast", help="Many specs: after a failure, start no further spec."),
+    ] = False,
 ) -> None:
     """Build the lab's image: lock (if there is no lock yet), render, build, make canonical, tag.
 
-    Prints the image's tags and digest; the digest depends on env.lock alone.
+    Prints the image's tags and digest; the digest depends on env.lock alone. Given many
+    specs (or a folder), builds each of them, with one line per spec, and exits 0 only when
+    all succeeded.
     """
-    from imagesmith.build import build as run_build
-    from imagesmith.reports import build_report
-    from imagesmith.spec import load_spec
+    from imagesmith.catalogue import spec_paths as named_specs
 
-    spec = load_spec(spec_path)
-    the_engine = chosen_engine(engine)
-    progress = Progress()
-    try:
-        result = run_build(
-            spec,
-            the_engine,
+    arguments = spec_paths or [Path("env.toml")]
+    if len(arguments) > 1 or arguments[0].is_dir():
+        specs = named_specs(arguments)
+        _build_many(
+            specs,
+            engine=chosen_engine(engine),
             extra_tags=tag or (),
             no_cache=no_cache,
             relock=relock,
             platform=platform,
-            on_line=progress,
+            then_push=then_push,
+            substitute=substitute or then_push,
+            no_inputs=no_inputs,
+            jobs=jobs,
+            fail_fast=fail_fast,
+            as_json=as_json,
         )
+        return
+    _build_one(
+        arguments[0],
+        engine=chosen_engine(engine),
+        extra_tags=tag or (),
+        no_cache=no_cache,
+        relock=relock,
+        platform=platform,
+        then_push=then_push,
+        substitute=substitute or then_push,
+        no_inputs=no_inputs,
+        as_json=as_json,
+    )
+
+
+def _build_and_push(
+    spec_path: Path,
+    the_engine: Engine,
+    *,
+    extra_tags: list[str] | tuple[str, ...],
+    no_cache: bool,
+    relock: bool,
+    platform: str,
+    then_push: bool,
+    substitute: bool,
+    no_inputs: bool,
+    on_line: Callable[[str], None],
+) -> tuple[BuildResult, str | None]:
+    """Build one spec (and push it with `then_push`): the result and the pinned reference.
+
+    An image taken from the registry is there already, with the input archive and the
+    attestations of the push that put it there: only its tags and the push record are
+    written then.
+    """
+    from imagesmith.build import build as run_build
+    from imagesmith.spec import load_spec
+
+    spec = load_spec(spec_path)
+    result = run_build(
+        spec,
+        the_engine,
+        extra_tags=extra_tags,
+        no_cache=no_cache,
+        relock=relock,
+        platform=platform,
+        on_line=on_line,
+        substitute=substitute,
+    )
+    if not then_push:
+        return result, None
+    from imagesmith.lock import read_lock
+    from imagesmith.push import push as run_push
+
+    taken = result.substituted_from is not None
+    pushed = run_push(
+        spec,
+        read_lock(spec.lock_path),
+        inputs=not no_inputs and not taken,
+        attestations=not taken,
+        on_line=on_line,
+    ).pinned
+    on_line(f"pushed {pushed}")
+    return result, pushed
+
+
+def _build_one(spec_path: Path, *, engine: Engine, as_json: bool, **options: Any) -> None:
+    progress = Progress()
+    try:
+        result, pushed = _build_and_push(spec_path, engine, on_line=progress, **options)
     finally:
         progress.stop()
-    pushed = None
-    if then_push:
-        from imagesmith.lock import read_lock
-        from imagesmith.push import push as run_push
-
-        built_lock = read_lock(spec.lock_path)
-        pushed = run_push(spec, built_lock, inputs=not no_inputs, on_line=err).pinned
-        err(f"pushed {pushed}")
     if as_json:
+        from imagesmith.reports import build_report
+
         print_json(build_report(result, pushed=pushed))
         return
-    typer.echo(f"built {result.tags[0]} with {result.engine} in {result.seconds:.1f} s")
+    if result.substituted_from is not None:
+        typer.echo(
+            f"substituted from {result.substituted_from} into {result.engine} "
+            f"in {result.seconds:.1f} s (no build step)"
+        )
+    else:
+        typer.echo(f"built {result.tags[0]} with {result.engine} in {result.seconds:.1f} s")
     typer.echo(f"  digest: {result.digest}")
     typer.echo(f"  image:  {result.image_id}")
     typer.echo(f"  tags:   {', '.join(result.tags)}")
     typer.echo(f"  size:   {result.size / 1e6:.1f} MB")
     typer.echo(f"  run it: {result.engine} run --rm -it {result.tags[0]}")
+
+
+def _build_many(
+    specs: list[Path],
+    *,
+    engine: Engine,
+    jobs: int,
+    fail_fast: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Build each spec (`jobs` at once); one line per spec on stdout as each ends, the
+    progress on stderr prefixed with the spec; exit 0 only when every spec succeeded."""
+    import threading
+
+    from imagesmith.catalogue import exit_code, run_all
+    from imagesmith.engine import get_engine
+
+    said = threading.Lock()
+
+    def build_spec(path: Path) -> tuple[BuildResult, str | None]:
+        label = as_typed(path)
+
+        def on_line(line: str) -> None:
+            with said:
+                err(f"[{label}] {redacted(line)}")
+
+        # An engine of its own per spec: docker-py's client is not shared across threads.
+        mine = get_engine(engine.name) if jobs > 1 else engine
+        return _build_and_push(path, mine, on_line=on_line, **options)
+
+    def done(outcome: Outcome[tuple[BuildResult, str | None]]) -> None:
+        with said:
+            if not outcome.ok and not outcome.skipped:
+                for line in outcome.problems:
+                    err(_shortened(f"[{as_typed(outcome.spec)}] error: {line}"), colour="red")
+            if not as_json:
+                typer.echo(catalogue_line(outcome))
+
+    outcomes = run_all(specs, build_spec, jobs=jobs, fail_fast=fail_fast, on_done=done)
+    code = exit_code(outcomes)
+    built = sum(o.ok for o in outcomes)
+    err(
+        f"{len(outcomes)} specs: {built} built, {sum(o.skipped for o in outcomes)} not started, "
+        f"{len(outcomes) - built - sum(o.skipped for o in outcomes)} failed"
+    )
+    if as_json:
+        from imagesmith.reports import catalogue_report
+
+        print_json(catalogue_report(outcomes, exit_code=code))
+    if code:
+        raise typer.Exit(code)
+
+
+def catalogue_line(outcome: Outcome[tuple[BuildResult, str | None]]) -> str:
+    """The one line a spec gets in a many-spec build's output."""
+    spec = as_typed(outcome.spec)
+    if outcome.skipped:
+        return f"skipped {spec}: {outcome.problems[0]}"
+    if outcome.value is None:
+        first = outcome.problems[0] if outcome.problems else "failed"
+        return _shortened(f"failed  {spec}: {first} (exit {outcome.exit_code})")
+    result, pushed = outcome.value
+    how = f"from {result.substituted_from}" if result.substituted_from else f"with {result.engine}"
+    verb = "substituted" if result.substituted_from else "built"
+    line = (
+        f"ok      {spec}: {verb} {result.tags[0]} {how} in {result.seconds:.1f} s, {result.digest}"
+    )
+    return line + (f", pushed {pushed}" if pushed else "")
 
 
 @app.command()

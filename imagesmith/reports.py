@@ -15,6 +15,7 @@ from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
     from imagesmith.build import BuildResult
+    from imagesmith.catalogue import Outcome
     from imagesmith.engine.base import ImageInfo
     from imagesmith.lock import Lock
     from imagesmith.records import PushRecord
@@ -133,6 +134,27 @@ def build_report(result: BuildResult, *, pushed: str | None) -> Report:
     if pushed is not None:
         report["pushed"] = pushed
     return report
+
+
+def catalogue_report(
+    outcomes: Sequence[Outcome[tuple[BuildResult, str | None]]], *, exit_code: int
+) -> Report:
+    """`build --json` of many specs: the envelope and, under `specs`, one object per spec in
+    the order given, each what `build --json` prints for that spec alone plus `spec`."""
+    specs: list[Report] = []
+    for outcome in outcomes:
+        spec = as_typed(outcome.spec)
+        if outcome.value is None:
+            one = failure("build", outcome.exit_code, outcome.problems)
+            if outcome.skipped:
+                one["skipped"] = True
+        else:
+            result, pushed = outcome.value
+            one = build_report(result, pushed=pushed)
+        specs.append({**one, "spec": spec})
+    failed = [s for s in specs if not s["ok"]]
+    problems = [f"{s['spec']}: {'not built' if s.get('skipped') else 'failed'}" for s in failed]
+    return {**envelope("build", exit_code=exit_code, problems=problems), "specs": specs}
 
 
 def push_report(record: PushRecord) -> Report:

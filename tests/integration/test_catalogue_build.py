@@ -1,0 +1,213 @@
+"""Many specs in one `imagesmith build`, and the registry as a shared cache (substitution),
+on Docker and podman against a real registry on 127.0.0.1 (issue 15, items 1 and 2).
+
+The specs are tiny (the test base, one small apt package) so that the engines' caches make
+repeated runs quick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imagesmith.build import build
+from imagesmith.cli import app
+from imagesmith.engine.base import Engine
+from imagesmith.engine.podman import PodmanEngine
+from imagesmith.errors import EngineError
+from imagesmith.lock import read_lock
+from imagesmith.push import push
+from imagesmith.records import read_build_record
+from imagesmith.spec import load_spec
+from tests.integration.conftest import Registry, _free_port
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+@pytest.fixture
+def logged_in(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    monkeypatch.setenv("IMAGESMITH_REGISTRY_USER", registry.username)
+    monkeypatch.setenv("IMAGESMITH_REGISTRY_PASSWORD", registry.password)
+    return registry
+
+
+def _write_spec(folder: Path, name: str, base: str, package: str, repository: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = f'name = "{name}"\nversion = "1.0"\n[base]\nimage = "{base}"\n'
+    text += f'[apt]\npackages = ["{package}"]\n[image]\ncmd = ["/bin/sh", "-c", "echo ok"]\n'
+    if repository:
+        text += f'[registry]\nrepository = "{repository}"\n'
+    (folder / "env.toml").write_text(text)
+    return folder / "env.toml"
+
+
+def _remove_built(engine: Engine, spec_path: Path) -> None:
+    """The tags and image a build recorded for `spec_path`, gone from `engine`."""
+    record = spec_path.with_suffix(".build.json")
+    if not record.exists():
+        return
+    built = json.loads(record.read_text())
+    for ref in (*built["tags"], built["image_id"]):
+        with contextlib.suppress(EngineError):
+            engine.remove_image(ref, force=True)
+
+
+@contextlib.contextmanager
+def second_podman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PodmanEngine]:
+    """Another builder: podman with a storage of its own and an empty imagesmith cache."""
+    storage = tmp_path / "second-machine"
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage / "root"}"\n'
+        f'runroot = "{storage / "run"}"\n'
+    )
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(storage / "cache"))
+    try:
+        yield PodmanEngine()
+    finally:
+        second_store = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
+        subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
+        subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
+        shutil.rmtree(storage, ignore_errors=True)
+        monkeypatch.delenv("CONTAINERS_STORAGE_CONF", raising=False)
+
+
+def _no_build(**_: object) -> str:
+    raise AssertionError("the engine was asked to build")
+
+
+def test_a_second_builder_takes_the_image_from_the_registry_with_no_build_step(
+    engine: Engine,
+    base_image: str,
+    logged_in: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first-cache"))
+    name = f"it-subst-{uuid.uuid4().hex[:8]}"
+    repository = f"{logged_in.host}/lab/{name}"
+    spec = load_spec(_write_spec(tmp_path / "lab", name, base_image, "hello", repository))
+    try:
+        lines: list[str] = []
+        began = time.monotonic()
+        first = build(spec, engine, substitute=True, on_line=lines.append)
+        cold = time.monotonic() - began
+        assert first.substituted_from is None
+        assert f"substitution: {repository} has no lock-" in "\n".join(lines)
+        push(spec, read_lock(spec.lock_path), inputs=False, attestations=False)
+
+        with second_podman(tmp_path, monkeypatch) as second:
+            # The command CI runs on a fresh runner; any engine build would fail the test.
+            began = time.monotonic()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(PodmanEngine, "build", _no_build)
+                result = runner.invoke(
+                    app, ["build", str(spec.path), "--engine", "podman", "--push", "--json"]
+                )
+            warm = time.monotonic() - began
+            print(f"{engine.name} cold build {cold:.1f} s; podman substitution {warm:.1f} s")
+            assert result.exit_code == 0, result.output
+            assert f"substitution: taking {repository}:lock-" in result.stderr
+            taken = json.loads(result.stdout)
+            assert taken["substituted_from"] == f"{repository}:{first.tags[1].split(':')[1]}"
+            assert (taken["digest"], taken["image_id"]) == (first.digest, first.image_id)
+            assert taken["pushed"] == f"{repository}@{first.digest}"
+            assert not second.image_exists(read_lock(spec.lock_path).base.digest)  # no base
+            assert second.run(first.tags[0], ["/usr/bin/hello"]).output.strip() == "Hello, world!"
+            record = read_build_record(spec.path, first.lock_hash)
+            assert record is not None and record.digest == first.digest
+            # manifest works after it: the Job runs the image by that digest.
+            job = runner.invoke(app, ["manifest", str(spec.path)])
+            assert job.exit_code == 0 and f"@{first.digest}" in job.stdout, job.output
+
+        if engine.name == "docker":  # the same into Docker itself, with an empty cache
+            _remove_built(engine, spec.path)
+            monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "docker-cache"))
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(engine, "build", _no_build)
+                again = build(spec, engine, substitute=True)
+            assert (again.digest, again.image_id) == (first.digest, first.image_id)
+            assert again.substituted_from is not None
+    finally:
+        _remove_built(engine, spec.path)
+
+
+def test_an_unreachable_registry_skips_substitution_in_one_line_and_builds(
+    docker_or_podman: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    from tests.integration.conftest import ensure_test_base
+
+    engine = docker_or_podman
+    base = ensure_test_base(engine, request)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    name = f"it-unreach-{uuid.uuid4().hex[:8]}"
+    repository = f"127.0.0.1:{_free_port()}/lab/{name}"
+    path = _write_spec(tmp_path / "lab", name, base, "hello", repository)
+    try:
+        result = runner.invoke(app, ["build", str(path), "--engine", engine.name, "--substitute"])
+        assert result.exit_code == 0, result.output
+        skipped = [line for line in result.stderr.splitlines() if "substitution" in line]
+        assert len(skipped) == 1 and "skipped, cannot reach registry" in skipped[0], skipped
+        assert skipped[0].endswith("building locally")
+        assert result.stdout.startswith(f"built {name}:1.0 with {engine.name}")
+    finally:
+        _remove_built(engine, path)
+
+
+def test_many_specs_in_one_command_a_failure_fails_only_itself(
+    engine: Engine, base_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tag = uuid.uuid4().hex[:8]
+    good = [
+        _write_spec(tmp_path / "cat" / "a", f"it-cat-a-{tag}", base_image, "hello"),
+        _write_spec(tmp_path / "cat" / "b", f"it-cat-b-{tag}", base_image, "tree"),
+    ]
+    bad = _write_spec(
+        tmp_path / "cat" / "c", f"it-cat-c-{tag}", base_image, "no-such-package-imagesmith"
+    )
+    try:
+        result = runner.invoke(
+            app,
+            ["build", str(tmp_path / "cat"), "--jobs", "2", "--engine", engine.name, "--json"],
+        )
+        report = json.loads(result.stdout)
+        # The command's exit code is the failed spec's: 2, a package the suite lacks is bad input.
+        assert result.exit_code == report["specs"][2]["exit_code"] == 2, result.output
+        assert [s["spec"] for s in report["specs"]] == [str(p) for p in (*good, bad)]
+        a, b, c = report["specs"]
+        assert a["ok"] and b["ok"] and not c["ok"], result.output
+        assert any("no-such-package" in p for p in c["problems"])
+        assert report["problems"] == [f"{bad}: failed"]
+        assert a["digest"] != b["digest"]
+        for one in (a, b):
+            assert engine.image_exists(one["tags"][0])
+
+        # --fail-fast: the failing spec first, one job: the others do not start.
+        result = runner.invoke(
+            app,
+            ["build", str(bad), *map(str, good), "--fail-fast", "--engine", engine.name],
+        )
+        assert result.exit_code == 2, result.output
+        lines = result.stdout.splitlines()
+        assert len(lines) == 3, result.stdout
+        assert lines[0].startswith(f"failed  {bad}: ")
+        assert lines[1] == f"skipped {good[0]}: not built: another spec failed first (--fail-fast)"
+        assert lines[2].startswith(f"skipped {good[1]}: ")
+    finally:
+        for path in (*good, bad):
+            _remove_built(engine, path)
