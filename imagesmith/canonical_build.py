@@ -110,7 +110,7 @@ def _rewrite(
         archive.unlink(missing_ok=True)
 
 
-def _staging() -> Path:
+def new_staging() -> Path:
     images = _images_dir()
     images.mkdir(parents=True, exist_ok=True)
     # Beside the layouts' final place: blobs hard-link to and from the layer cache, and a
@@ -164,7 +164,7 @@ class Prewarm:
                 continue
             if local is None:
                 continue
-            staging = _staging()
+            staging = new_staging()
             try:
                 canonicalize_local(
                     local,
@@ -255,7 +255,7 @@ def _load_archive(engine: Engine, layout: Path, workdir: Path, *, present: int) 
         archive.unlink(missing_ok=True)
 
 
-def _install_layout(staging: Path, layout: Path) -> None:
+def install_layout(staging: Path, layout: Path) -> None:
     """Move the layout just written into its place in the cache.
 
     When a layout for the same digest is there already (an earlier build, or one running
@@ -309,7 +309,7 @@ def make_canonical(
     if prewarm is not None:
         prewarm.finish()
     cache = LayerCache(cache_dir() / "layers", on_corrupt=on_line)
-    staging = _staging() / "layout"
+    staging = new_staging() / "layout"
     # Now, on the cache's own clock (a new folder's mtime): every cache entry this rewrite
     # writes or uses is modified from here on, so pruning below keeps exactly those.
     started = staging.parent.stat().st_mtime
@@ -322,7 +322,7 @@ def make_canonical(
                 f"expected {image.config_digest}"
             )
         layout = layout_dir(image.manifest_digest)
-        _install_layout(staging, layout)
+        install_layout(staging, layout)
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
     touch(layout)

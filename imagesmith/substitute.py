@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesmith.cachegc import touch
-from imagesmith.canonical_build import Canonical, _install_layout, _staging, plain_layers_dir
+from imagesmith.canonical_build import Canonical, install_layout, new_staging, plain_layers_dir
 from imagesmith.context import layout_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, ImagesmithError, RegistryError
@@ -173,7 +173,7 @@ def substitute(
         return None
     on_line(f"substitution: taking {found.source} ({found.digest[:19]}) from the registry")
     layout = layout_dir(found.digest)
-    staging = _staging()
+    staging = new_staging()
     try:
         work = Path(tempfile.mkdtemp(prefix="work-", dir=staging))
         diff_ids = fetch_layout(found, lock, staging / "layout")
@@ -183,7 +183,7 @@ def substitute(
             raise EngineError(
                 f"{engine.name} loaded {found.source} as {image_id}, expected {config_digest}"
             )
-        _install_layout(staging / "layout", layout)
+        install_layout(staging / "layout", layout)
     except ImagesmithError as exc:
         on_line(f"substitution: skipped, {exc}; building locally")
         return None

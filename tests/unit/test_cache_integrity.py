@@ -321,14 +321,14 @@ def test_an_index_serving_other_bytes_than_the_lock_is_refused(
 
 
 def test_a_new_build_replaces_the_corrupt_blobs_of_a_kept_layout(tmp_path: Path) -> None:
-    from imagesmith.canonical_build import _install_layout
+    from imagesmith.canonical_build import install_layout
 
     src = docker_image(tmp_path / "a.tar")
     kept = canon(src, tmp_path, "kept")
     fresh = canon(src, tmp_path, "staging")
     for digest in kept.layer_digests:
         flip_one_byte(kept.layout / "blobs" / "sha256" / digest.split(":")[1])
-    _install_layout(fresh.layout, kept.layout)
+    install_layout(fresh.layout, kept.layout)
     assert all_blobs_whole(kept.layout / "blobs" / "sha256")
     assert (kept.layout / "index.json").read_bytes() == (fresh.layout / "index.json").read_bytes()
 
