@@ -44,6 +44,7 @@ from imagesmith.resources import data_path
 from imagesmith.spec import (
     Spec,
     canonical_hash,
+    draft_validator,
     json_path,
     parse_toml,
     read_input_text,
@@ -290,9 +291,7 @@ def parse_lock(text: str, *, path: Path) -> Lock:
             return _lock_from_data(body, path)
         except (KeyError, TypeError, ValueError, AttributeError):
             pass
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(lock_schema())
+    validator = draft_validator(lock_schema())
     first = itertools.islice(validator.iter_errors(data), 20)  # enough to see what is wrong
     errors = sorted(first, key=lambda e: list(map(str, e.absolute_path)))
     if errors:

@@ -267,11 +267,20 @@ def _type_of(value: Any) -> str:
     return type(value).__name__
 
 
+def draft_validator(schema: Mapping[str, Any]) -> Any:
+    """A Draft 2020-12 validator for `schema`, importing jsonschema only when one is needed.
+
+    jsonschema imports rfc3987_syntax when it is installed (for a `format` none of our
+    schemas uses), and that builds a grammar for seconds at import: it is kept out."""
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
+
+
 def _schema_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(json path, message) for every schema violation, worded for a user."""
-    import jsonschema  # 0.1 s to import: only when a spec has to be checked against it
-
-    validator = jsonschema.Draft202012Validator(env_schema())
+    validator = draft_validator(env_schema())
     for error in validator.iter_errors(data):
         yield from _explain(error)
 

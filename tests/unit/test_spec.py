@@ -529,3 +529,22 @@ def test_a_lock_made_before_the_rule_does_not_let_credentials_through(
     monkeypatch.setattr("imagesmith.spec._validated_when_locked", lambda *_: True)
     with pytest.raises(SpecError, match=r"\$\.python\.index_url: holds a user name or password"):
         load_spec(spec)
+
+
+def test_checking_a_spec_does_not_import_a_slow_optional_module(tmp_path: Path) -> None:
+    """jsonschema imports rfc3987_syntax when it is installed, which builds a grammar for
+    seconds; imagesmith never needs it (no schema of ours uses `format`)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "rfc3987_syntax.py").write_text("raise SystemExit('imported rfc3987_syntax')\n")
+    spec = tmp_path / "env.toml"
+    spec.write_text(OK + 'versoin = "1"\n')  # invalid: the schema check runs
+    result = subprocess.run(
+        [sys.executable, "-c", "from imagesmith.cli import main; main()", "validate", str(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "unknown key" in result.stderr and "rfc3987" not in result.stderr
