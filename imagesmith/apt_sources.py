@@ -11,14 +11,13 @@ fault (exit 2); a source that cannot be reached is the network's (exit 1).
 from __future__ import annotations
 
 import base64
-import ipaddress
 import re
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from imagesmith.errors import ImagesmithError, OperationError, ResolveError
 from imagesmith.lock import AptSourceLock
 from imagesmith.openpgp import KeyFileError, PublicKey, read_key
+from imagesmith.reference import is_loopback_url
 from imagesmith.spec import AptSource, Spec
 
 _DEBIAN = r"https?://deb\.debian\.org/debian"
@@ -76,17 +75,6 @@ def needs_host_network(spec: Spec) -> bool:
     only from the host's network namespace)."""
     urls = [spec.apt_mirror or "", *(source.url for source in spec.apt_sources)]
     return any(is_loopback_url(url) for url in urls if url)
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether `url` names this machine's loopback (a proxy could not reach it)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def probe_setup(spec: Spec) -> tuple[str, dict[str, str]]:

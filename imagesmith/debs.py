@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from imagesmith.apt_sources import is_loopback_url
 from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import LockError, OperationError
 from imagesmith.lock import AptLock, AptPackage
+from imagesmith.reference import is_loopback_url
 
 if TYPE_CHECKING:
     from imagesmith.input_archive import Archive

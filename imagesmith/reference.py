@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 # The grammar of github.com/distribution/reference, written as one regex per part.
 _ALNUM = r"[a-z0-9]+"
@@ -77,3 +79,24 @@ def parse_reference(text: str) -> ImageReference:
     if tag is None and digest is None:
         tag = "latest"
     return ImageReference(registry=registry, path=path, tag=tag, digest=digest)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address, with or without `:port`, IPv6 in brackets) is
+    this machine's loopback: localhost, 127.0.0.0/8 or ::1. Registries there are spoken
+    to over plain HTTP, and apt sources there are reached without a proxy."""
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url`'s host is this machine's loopback."""
+    return is_loopback(urlsplit(url).hostname or "")

@@ -27,7 +27,7 @@ from typing import IO, TypeVar
 
 from imagesmith.errors import RegistryError
 from imagesmith.integrity import CorruptEntry, check_bytes, check_file
-from imagesmith.reference import DEFAULT_REGISTRY, ImageReference
+from imagesmith.reference import DEFAULT_REGISTRY, ImageReference, is_loopback
 
 T = TypeVar("T")
 MANIFEST_TYPES = (
@@ -44,11 +44,6 @@ TIMEOUT = 30
 class Credentials:
     username: str
     password: str
-
-
-def is_loopback(registry: str) -> bool:
-    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry
-    return host in {"localhost", "127.0.0.1", "[::1]"} or host.startswith("127.")
 
 
 def api_host(registry: str) -> str:

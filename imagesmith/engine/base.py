@@ -279,13 +279,6 @@ def disk_full_message(where: str) -> str:
     )
 
 
-def is_loopback_registry(registry: str) -> bool:
-    """Whether `registry` (host[:port]) is on this machine, where plain HTTP is accepted."""
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    host = host.strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 def split_ref(ref: str) -> tuple[str, str]:
     """`(repository, tag_or_digest)` as the engines' APIs want it; the tag defaults to latest."""
     try:

@@ -28,12 +28,11 @@ from imagesmith.engine.base import (
     check_tags,
     disk_full_message,
     is_disk_full,
-    is_loopback_registry,
     proxy_warning,
 )
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
 from imagesmith.overlay import LocalImage, local_image
-from imagesmith.reference import parse_reference
+from imagesmith.reference import is_loopback, parse_reference
 
 INSTALL_HINT = "podman is not installed: apt-get install podman (or use --engine docker)"
 RLIMIT_HINT = (
@@ -498,7 +497,7 @@ class PodmanEngine(Engine):
         except ValueError as exc:
             raise InputError(str(exc)) from None
         args: list[str] = []
-        if is_loopback_registry(registry):
+        if is_loopback(registry):
             args.append("--tls-verify=false")
         if not auth:
             yield args

@@ -320,3 +320,26 @@ def test_sources_and_keys_are_resolution_inputs_and_their_absence_changes_nothin
 )
 def test_where_a_deb_lives(url: str, filename: str, root: str, path: str) -> None:
     assert _download(url, filename) == (root, path)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("localhost:5000", True),
+        ("127.0.0.1", True),
+        ("127.0.0.1:5000", True),
+        ("127.1.2.3:80", True),
+        ("[::1]:5000", True),
+        ("::1", True),
+        ("registry.example.edu:5000", False),
+        ("127.example.edu", False),  # a name that starts with 127. is not an address
+        ("10.0.0.1:5000", False),
+    ],
+)
+def test_one_rule_tells_this_machine_from_others(host: str, loopback: bool) -> None:
+    from imagesmith.reference import is_loopback, is_loopback_url
+
+    assert is_loopback(host) is loopback
+    in_url = f"[{host}]" if host.count(":") > 1 and not host.startswith("[") else host
+    assert is_loopback_url(f"http://{in_url}/lab") is loopback
