@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from imagesmith.integrity import LineLog
 from imagesmith.lock import (
     Lock,
     check_format,
+    environment_epoch,
     format_problem,
     read_lock,
     stale_reason,
@@ -77,12 +77,8 @@ class BuildResult:
 
 def build_epoch(lock: Lock) -> int:
     """SOURCE_DATE_EPOCH for this build: the environment's when set, else the lock's."""
-    text = os.environ.get("SOURCE_DATE_EPOCH")
-    if text is None or text == "":
-        return lock.source_date_epoch
-    if not text.isdigit():
-        raise InputError(f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds since 1970")
-    return int(text)
+    from_environment = environment_epoch()
+    return lock.source_date_epoch if from_environment is None else from_environment
 
 
 def image_tags(lock: Lock, extra: Sequence[str]) -> tuple[str, ...]:

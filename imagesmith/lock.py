@@ -377,6 +377,17 @@ def read_lock(path: Path) -> Lock:
     return parse_lock(text, path=path)
 
 
+def environment_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH from the environment, which wins over a lock's for `lock` and
+    `build` alike; None when unset or empty, InputError when not whole seconds."""
+    text = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise InputError(f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds since 1970")
+    return int(text)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` so that readers see the old file or the new one, never half.
 

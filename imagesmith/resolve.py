@@ -7,7 +7,6 @@ with no network and no containers.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -30,6 +29,7 @@ from imagesmith.lock import (
     PythonPackage,
     content_hash,
     copy_locks,
+    environment_epoch,
 )
 from imagesmith.reference import parse_reference
 from imagesmith.spec import Spec
@@ -73,11 +73,9 @@ def inputs_hash(spec: Spec, platform: str) -> str:
 
 def source_date_epoch(spec: Spec, previous: Lock | None) -> int:
     """SOURCE_DATE_EPOCH for a new lock: the environment's, the snapshot's, or today 00:00 UTC."""
-    text = os.environ.get("SOURCE_DATE_EPOCH")
-    if text is not None:
-        if not text.isdigit():
-            raise ResolveError(f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds")
-        return int(text)
+    from_environment = environment_epoch()
+    if from_environment is not None:
+        return from_environment
     if previous is not None:
         return previous.source_date_epoch
     if spec.apt_snapshot:

@@ -14,6 +14,7 @@ import tomllib
 from imagesmith.errors import LockError, OperationError, SpecError, StaleLockError
 from imagesmith.lock import content_hash, fresh_lock, parse_lock, read_lock, write_lock
 from imagesmith.spec import load_spec, spec_hash
+from tests.conftest import EXAMPLE
 from tests.fixtures.make_lock import make_lock
 
 
@@ -200,3 +201,30 @@ def test_schema_takes_where_each_deb_lives_and_refuses_nonsense(example_dir: Pat
     first.update(path="/etc/passwd", size=-1, source="ftp://mirror.example.edu/debian/")
     found = sorted(e.json_path for e in validator.iter_errors(data))
     assert found == [f"$.apt.packages[0].{key}" for key in ("path", "size", "source")]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("", None), ("1747699200", 1747699200)]
+)
+def test_the_environments_epoch_is_read_in_one_place(
+    value: str | None, expected: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagesmith.build import build_epoch
+    from imagesmith.lock import environment_epoch
+
+    if value is None:
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    else:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    assert environment_epoch() == expected
+    lock = make_lock(EXAMPLE / "env.toml")
+    assert build_epoch(lock) == (expected if expected is not None else lock.source_date_epoch)
+
+
+def test_an_epoch_that_is_not_seconds_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesmith.errors import InputError
+    from imagesmith.lock import environment_epoch
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "2025-05-20")
+    with pytest.raises(InputError, match=r"^SOURCE_DATE_EPOCH='2025-05-20' is not a whole"):
+        environment_epoch()
