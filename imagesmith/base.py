@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagesmith.cachegc import cache_budget
-from imagesmith.engine.base import TAIL_LINES, Engine, LineCallback
+from imagesmith.engine.base import TAIL_LINES, Engine
 from imagesmith.errors import BuildError, EngineError, InputError
 from imagesmith.labels import BASE_EPOCH, BASE_ROOTFS, BASE_SUITE
+from imagesmith.progress import LineCallback
 
 #: SOURCE_DATE_EPOCH per suite when none is given: the suite's first stable release
 #: (x.0) at 00:00 UTC. A date that never changes, so neither does a rebuild's timestamps.

@@ -13,7 +13,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from imagesmith.lock import (
     stale_reason,
     write_lock,
 )
+from imagesmith.progress import LineCallback
 from imagesmith.records import BuildRecord, build_record_path, read_build_record, write_record
 from imagesmith.render import build_args, content_tag, render
 from imagesmith.spec import Spec
@@ -41,8 +42,6 @@ from imagesmith.userpath import as_typed
 if TYPE_CHECKING:
     from imagesmith.canonical_build import Canonical
     from imagesmith.input_archive import Archive
-
-LineCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)

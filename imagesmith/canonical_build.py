@@ -36,9 +36,9 @@ from imagesmith.errors import EngineError
 from imagesmith.integrity import fsync_dir, link_over, write_bytes_durably
 from imagesmith.oci import write_docker_archive
 from imagesmith.overlay import NotReadable
+from imagesmith.progress import LineCallback
 from imagesmith.render import APT_DROP_PATHS
 
-LineCallback = Callable[[str], None]
 #: Left out of every layer above the base: apt's run-dependent files, and the .debs the
 #: system stage copies in and removes (their layer drops out, and so does the whiteout).
 DROP_PATHS = (*VOLATILE_PATHS, *APT_DROP_PATHS)

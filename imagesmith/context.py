@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,12 +47,12 @@ from imagesmith.integrity import (
     write_bytes_durably,
 )
 from imagesmith.lock import Lock, PythonLock
+from imagesmith.progress import LineCallback
 from imagesmith.render import CONTEXT_APT, CONTEXT_PYTHON, copy_context_path
 
 if TYPE_CHECKING:
     from imagesmith.input_archive import Archive
 
-LineCallback = Callable[[str], None]
 DEFAULT_INDEX = "https://pypi.org/simple"
 
 

@@ -24,7 +24,6 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,12 @@ from typing import TYPE_CHECKING, BinaryIO
 from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import LockError, OperationError
 from imagesmith.lock import AptLock, AptPackage
+from imagesmith.progress import LineCallback
 from imagesmith.reference import is_loopback_url
 
 if TYPE_CHECKING:
     from imagesmith.input_archive import Archive
 
-LineCallback = Callable[[str], None]
 SNAPSHOT_ARCHIVE = "http://snapshot.debian.org/archive"
 _WORKERS = 8
 _CHUNK = 1 << 20

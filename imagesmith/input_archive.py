@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +29,10 @@ from imagesmith.artifacts import MANIFEST_TYPE, artifact_manifest, push_empty_co
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, RegistryError
 from imagesmith.lock import Lock
+from imagesmith.progress import LineCallback
 from imagesmith.reference import ImageReference
 from imagesmith.registry import Pusher, RegistryClient
 from imagesmith.render import content_tag
-
-LineCallback = Callable[[str], None]
 
 ARTIFACT_TYPE = "application/vnd.imagesmith.inputs.v1"
 DEB_TYPE = "application/vnd.debian.binary-package"

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, OperationError, RegistryError
 from imagesmith.integrity import CorruptEntry
 from imagesmith.lock import Lock, write_atomically
+from imagesmith.progress import LineCallback
 from imagesmith.records import (
     BuildRecord,
     PushRecord,
@@ -29,12 +29,10 @@ from imagesmith.records import (
     write_record,
 )
 from imagesmith.reference import ImageReference, is_digest, parse_reference
-from imagesmith.registry import Credentials, RegistryClient, push_layout
+from imagesmith.registry import Credentials, RegistryClient, docker_config_path, push_layout
 from imagesmith.render import content_tag
 from imagesmith.spec import Spec
 from imagesmith.userpath import as_typed
-
-LineCallback = Callable[[str], None]
 
 
 def push_target(spec: Spec, to: str | None) -> tuple[ImageReference, tuple[str, ...]]:
@@ -212,11 +210,6 @@ def pull(engine: Engine, text: str | ImageReference) -> str:
     if digests and ref.digest not in digests:
         raise RegistryError(f"{engine.name} pulled {sorted(digests)}, not {ref.digest}")
     return pinned
-
-
-def docker_config_path() -> Path:
-    folder = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    return Path(folder) / "config.json"
 
 
 def login(registry: str, username: str, password: str) -> Path:

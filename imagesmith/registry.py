@@ -55,11 +55,15 @@ def base_url(registry: str) -> str:
     return f"{scheme}://{api_host(registry)}"
 
 
+def docker_config_path() -> Path:
+    """The Docker CLI's config file: `$DOCKER_CONFIG/config.json`, else ~/.docker's."""
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+
+
 def _docker_config_paths() -> list[Path]:
-    paths = []
-    if os.environ.get("DOCKER_CONFIG"):
-        paths.append(Path(os.environ["DOCKER_CONFIG"]) / "config.json")
-    paths.append(Path.home() / ".docker" / "config.json")
+    """Where credentials are looked for: Docker's config (and ~/.docker's when
+    DOCKER_CONFIG points elsewhere), then podman's auth files."""
+    paths = list(dict.fromkeys([docker_config_path(), Path.home() / ".docker" / "config.json"]))
     if os.environ.get("REGISTRY_AUTH_FILE"):
         paths.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
     runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")

@@ -31,11 +31,11 @@ from imagesmith.lock import (
     copy_locks,
     environment_epoch,
 )
+from imagesmith.progress import LineCallback
 from imagesmith.reference import parse_reference
 from imagesmith.spec import Spec
 from imagesmith.tool_wheel import tool_digest
 
-LineCallback = Callable[[str], None]
 _ARCH_TO_WHEEL = {"amd64": "x86_64", "arm64": "aarch64"}
 DAY = 86400
 

@@ -18,7 +18,7 @@ as information only.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +26,7 @@ from typing import Any
 
 from imagesmith.artifacts import MANIFEST_TYPE, artifact_manifest, push_empty_config
 from imagesmith.errors import RegistryError
-
-LineCallback = Callable[[str], None]
+from imagesmith.progress import LineCallback
 
 ARTIFACT_TYPE = "application/vnd.imagesmith.run-settings.v1+json"
 ANNOTATION = "dev.imagesmith.run-settings"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ from imagesmith.errors import EngineError, ImagesmithError, RegistryError
 from imagesmith.labels import LOCK_HASH
 from imagesmith.lock import Lock
 from imagesmith.oci import Descriptor, LayoutWriter, sha256_bytes, write_docker_archive
+from imagesmith.progress import LineCallback
 from imagesmith.reference import ImageReference, parse_reference
 from imagesmith.registry import MANIFEST_TYPES, RegistryClient
 from imagesmith.render import content_tag
 
-LineCallback = Callable[[str], None]
 #: The manifest kinds a canonical image is pushed as (an index is never one).
 IMAGE_MANIFEST_TYPES = MANIFEST_TYPES[2:]
 

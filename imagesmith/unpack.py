@@ -18,7 +18,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -28,9 +28,8 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, OperationError
 from imagesmith.lock import CopyLock, Lock, tree_hash_of
 from imagesmith.oci import ImageSource, open_image
+from imagesmith.progress import LineCallback
 from imagesmith.render import lock_in_image
-
-LineCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ be found: which config field, which layer, which files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from imagesmith.build import build_canonical
@@ -16,11 +15,10 @@ from imagesmith.canonical_build import Canonical, layout_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, InputError, LockFormatError
 from imagesmith.lock import Lock, format_problem
+from imagesmith.progress import LineCallback
 from imagesmith.records import read_build_record
 from imagesmith.spec import Spec
 from imagesmith.userpath import as_typed
-
-LineCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,18 @@ import abc
 import contextlib
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagesmith.errors import InputError
 from imagesmith.overlay import LocalImage
+from imagesmith.progress import LineCallback
 from imagesmith.reference import parse_reference
 
 #: How many trailing lines of build output a BuildError carries.
 TAIL_LINES = 20
-
-LineCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)

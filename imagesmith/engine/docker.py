@@ -21,7 +21,6 @@ import urllib3.exceptions
 from imagesmith.engine.base import (
     Engine,
     ImageInfo,
-    LineCallback,
     OutputTail,
     RunResult,
     build_proxies,
@@ -34,6 +33,7 @@ from imagesmith.engine.base import (
 )
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError, RegistryError
 from imagesmith.overlay import LocalImage, local_image
+from imagesmith.progress import LineCallback
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 #: Seconds a quick liveness probe waits for the daemon.
@@ -104,7 +104,9 @@ def _context_configured() -> bool:
         return False
     if os.environ.get("DOCKER_CONTEXT", "default") != "default":
         return True
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    from imagesmith.registry import docker_config_path
+
+    config = docker_config_path()
     try:
         current = json.loads(config.read_text()).get("currentContext", "default")
     except (OSError, ValueError, AttributeError):

@@ -20,7 +20,6 @@ from typing import IO, Any
 from imagesmith.engine.base import (
     Engine,
     ImageInfo,
-    LineCallback,
     OutputTail,
     RunResult,
     build_proxies,
@@ -32,6 +31,7 @@ from imagesmith.engine.base import (
 )
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
 from imagesmith.overlay import LocalImage, local_image
+from imagesmith.progress import LineCallback
 from imagesmith.reference import is_loopback, parse_reference
 
 INSTALL_HINT = "podman is not installed: apt-get install podman (or use --engine docker)"
