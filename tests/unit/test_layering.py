@@ -1,0 +1,81 @@
+"""The layers of imagesmith, as docs/architecture.md draws them, kept by its imports (every
+import, at the top of a module or inside a function): the model knows no engine, the
+engines know no pipeline, and nothing imports the command line."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "imagesmith"
+
+#: Knows nothing else of imagesmith.
+FOUNDATION = {
+    "imagesmith",
+    "imagesmith.errors",
+    "imagesmith.progress",
+    "imagesmith.labels",
+    "imagesmith.reference",
+    "imagesmith.openpgp",
+    "imagesmith.quantity",
+    "imagesmith.slurmtime",
+    "imagesmith.resources",
+    "imagesmith.userpath",
+}
+#: The spec and the lock: data and its rules, no engine, no network.
+MODEL = FOUNDATION | {"imagesmith.spec", "imagesmith.lock"}
+#: What an engine may use besides the model: image files and the registry client.
+ENGINE_MAY_USE = MODEL | {
+    "imagesmith.overlay",
+    "imagesmith.integrity",
+    "imagesmith.oci",
+    "imagesmith.registry",
+}
+
+
+def _imports() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "recipes" in path.relative_to(PACKAGE).parts:
+            continue
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts).removesuffix(".__init__")
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        found[module] = {n for n in names if n.split(".")[0] == "imagesmith"} - {module}
+    return found
+
+
+IMPORTS = _imports()
+
+
+@pytest.mark.parametrize(("layer", "allowed"), [(FOUNDATION, FOUNDATION), (MODEL, MODEL)])
+def test_the_model_imports_only_the_model(layer: set[str], allowed: set[str]) -> None:
+    wrong = {m: sorted(IMPORTS[m] - allowed) for m in layer if IMPORTS[m] - allowed}
+    assert wrong == {}
+
+
+def test_engines_know_no_pipeline() -> None:
+    engines = [m for m in IMPORTS if m.startswith("imagesmith.engine")]
+    assert {"imagesmith.engine.docker", "imagesmith.engine.podman"} <= set(engines)
+    wrong = {
+        m: sorted(d for d in IMPORTS[m] if not d.startswith("imagesmith.engine"))
+        for m in engines
+        if {d for d in IMPORTS[m] if not d.startswith("imagesmith.engine")} - ENGINE_MAY_USE
+    }
+    assert wrong == {}
+
+
+def test_nothing_imports_the_command_line() -> None:
+    assert [m for m, names in IMPORTS.items() if "imagesmith.cli" in names] == []
+
+
+def test_the_check_sees_imports_inside_functions() -> None:
+    # engine/docker.py reads the Docker config path from the registry client lazily.
+    assert "imagesmith.registry" in IMPORTS["imagesmith.engine.docker"]
