@@ -50,10 +50,15 @@ class SourceUnreachable(OperationError):
 
 
 def _key(spec: Spec, source: AptSource) -> PublicKey:
-    try:
-        return read_key(spec.folder / source.key)
-    except (OSError, KeyFileError) as exc:  # validated with the spec; changed since
-        raise ResolveError(f"apt source {source.url}: key {source.key}: {exc}") from None
+    from imagesmith.spec import key_problem
+
+    problem = key_problem(spec.folder, source.key)  # None when it reads as a key
+    if problem is None:
+        try:
+            return read_key(spec.folder / source.key)
+        except (OSError, KeyFileError) as exc:  # changed in between
+            problem = f"{source.key}: {exc}"
+    raise ResolveError(f"apt source {source.url}: key {problem}")
 
 
 def source_locks(spec: Spec) -> tuple[AptSourceLock, ...]:

@@ -409,7 +409,7 @@ def _semantic_problems(
             else:
                 for problem in read_requirements_file(target)[1]:
                     yield where, problem
-    yield from _apt_problems(data.get("apt"), folder)
+    yield from _apt_problems(data.get("apt"), folder, keys=not data_checked)
     job, env = data.get("job"), data.get("env")
     secret_env = job.get("secret_env") if isinstance(job, dict) else None
     if isinstance(secret_env, dict) and isinstance(env, dict):
@@ -502,9 +502,11 @@ def url_has_credentials(url: str) -> bool:
     return _URL_USERINFO.match(url) is not None
 
 
-def _apt_problems(apt: Any, folder: Path) -> Iterator[tuple[str, str]]:
+def _apt_problems(apt: Any, folder: Path, *, keys: bool) -> Iterator[tuple[str, str]]:
     """[apt] mirror and [[apt.sources]]: key files that are there and are keys, a suite
-    layout apt accepts, no credentials in a URL."""
+    layout apt accepts, no credentials in a URL. Without `keys` (the spec is the one its
+    lock pinned the keys' fingerprints for), the key files are not looked at: a build
+    needs none of them, only `lock` does (and checks them then)."""
     if not isinstance(apt, dict):
         return
     if isinstance(apt.get("mirror"), str) and apt.get("snapshot"):
@@ -538,7 +540,7 @@ def _apt_problems(apt: Any, folder: Path) -> Iterator[tuple[str, str]]:
                     "directories ending with '/'",
                 )
         key = source.get("key")
-        if isinstance(key, str) and key:
+        if keys and isinstance(key, str) and key:
             problem = key_problem(folder, key)
             if problem:
                 yield json_path(["apt", "sources", index, "key"]), problem

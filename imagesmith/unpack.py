@@ -71,7 +71,15 @@ def unpack(
         problems += missing
     if problems:
         raise OperationError("\n".join(problems))
-    return _write_all(folder, files, force=force)
+    written = _write_all(folder, files, force=force)
+    for source in lock.apt.sources:
+        # Only their fingerprints travel: build needs no key, `lock` does.
+        on_line(
+            f"unpack: {source.key} (the key of apt source {source.url}, "
+            f"{', '.join(source.fingerprints)}) is not in the image; `build` needs none, "
+            "`lock` needs it beside env.toml"
+        )
+    return written
 
 
 def copied_tree(engine: Engine, image: str, lock: Lock, folder: Path) -> None:

@@ -265,8 +265,34 @@ def test_complaints_about_other_sources_are_not_ours(tmp_path: Path) -> None:
 def test_a_key_changed_since_validation_is_one_line(tmp_path: Path) -> None:
     spec = load_spec(_spec(tmp_path))
     (tmp_path / "lab.asc").write_text("not a key any more")
-    with pytest.raises(ResolveError, match=r"^apt source http://127.0.0.1:8901/lab: key lab.asc"):
+    with pytest.raises(ResolveError) as caught:
         source_locks(spec)
+    assert str(caught.value) == (
+        'apt source http://127.0.0.1:8901/lab: key "lab.asc" is not an OpenPGP key '
+        "(bad packet header)"
+    )
+
+
+def test_a_build_needs_no_key_file_but_lock_does(tmp_path: Path) -> None:
+    """The lock pins the keys' fingerprints: with a matching lock, the spec is good to
+    build without its key files (as after `imagesmith unpack`); resolving needs them."""
+    from imagesmith.lock import write_lock
+
+    spec = load_spec(_spec(tmp_path))
+    lock = replace(make_lock(spec.path), apt=AptLock(suite="bookworm", sources=source_locks(spec)))
+    write_lock(lock, spec.lock_path)
+    (tmp_path / "lab.asc").unlink()
+    assert load_spec(spec.path).apt_sources == spec.apt_sources
+    with pytest.raises(ResolveError) as caught:
+        source_locks(spec)
+    assert str(caught.value).startswith(
+        'apt source http://127.0.0.1:8901/lab: key "lab.asc" does not exist (looked for'
+    )
+    spec.lock_path.unlink()  # no lock: the spec itself is checked, key files included
+    problems = _problems(spec.path)
+    assert problems == [
+        f'env.toml: $.apt.sources[0].key: "lab.asc" does not exist (looked for {tmp_path / "lab.asc"})'
+    ]
 
 
 # -- the lock ------------------------------------------------------------------------
