@@ -793,7 +793,12 @@ def _build_on_slurm(
             if on is not None
             else "--partition and --wait go with --on slurm"
         )
-    if engine not in ("auto", "podman"):
+    context = click.get_current_context(silent=True)
+    typed = context is not None and context.get_parameter_source("engine") in (
+        ParameterSource.COMMANDLINE,
+        None,
+    )
+    if engine not in ("auto", "podman") and typed:  # IMAGESMITH_ENGINE is for local builds
         usage.append(f"--engine {engine}: --on slurm builds with podman on the nodes")
     if jobs != 1 or fail_fast:
         usage.append("--jobs and --fail-fast: with --on slurm, Slurm decides what runs at once")

@@ -230,6 +230,7 @@ def test_submitting_prints_the_job_and_keeps_the_script_without_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _cluster(tmp_path, monkeypatch)
+    monkeypatch.setenv("IMAGESMITH_ENGINE", "docker")  # for local builds: the tasks use podman
     monkeypatch.setenv("IMAGESMITH_REGISTRY_USER", "robot-user")
     monkeypatch.setenv("IMAGESMITH_REGISTRY_PASSWORD", SECRET)
     specs = [_spec(tmp_path / n, n, '[build]\ncpus = 1\nmemory = "512Mi"\n') for n in ("a", "b")]
