@@ -217,6 +217,11 @@ def _in_queue(job_id: str) -> bool:
             timeout=60,
             check=False,
         )
+    except FileNotFoundError:
+        raise OperationError(
+            f"--wait: squeue is not on PATH, so the tasks cannot be followed; job {job_id} "
+            "goes on (its results land in the run folder)"
+        ) from None
     except (OSError, subprocess.TimeoutExpired):
         return True  # ask again later; the result files still count
     if done.returncode != 0:

@@ -322,3 +322,18 @@ def test_wait_prints_each_digest_and_names_the_failed_spec_and_its_log(
     assert [s["ok"] for s in report["specs"]] == [True, False]
     assert report["specs"][0]["digest"] == DIGEST
     assert report["problems"] == [f"{b}: failed"]
+
+
+def test_wait_without_squeue_is_one_line_and_the_job_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cluster(tmp_path, monkeypatch)
+    (tmp_path / "bin" / "squeue").unlink()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    spec = _spec(tmp_path / "a", "a")
+    result = runner.invoke(app, ["build", str(spec), "--on", "slurm", "--wait"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "error: --wait: squeue is not on PATH, so the tasks cannot be followed; job 4242 goes "
+        "on (its results land in the run folder)"
+    )
