@@ -556,16 +556,58 @@ def build(
         bool,
         typer.Option("--fail-fast", help="Many specs: after a failure, start no further spec."),
     ] = False,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            metavar="slurm",
+            help="Build where the jobs run: `slurm` submits one sbatch job array, one task per "
+            "spec, each building with podman on its node and pushing by digest "
+            "(docs/catalogue.md).",
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option("--partition", "-p", metavar="P", help="--on slurm: the Slurm partition."),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="--on slurm: follow the tasks, print each spec's digest, exit non-zero when "
+            "one failed.",
+        ),
+    ] = False,
 ) -> None:
     """Build the lab's image: lock (if there is no lock yet), render, build, make canonical, tag.
 
     Prints the image's tags and digest; the digest depends on env.lock alone. Given many
     specs (or a folder), builds each of them, with one line per spec, and exits 0 only when
-    all succeeded.
+    all succeeded. With `--on slurm`, the specs build as Slurm array tasks instead.
     """
     from imagesmith.catalogue import spec_paths as named_specs
 
     arguments = spec_paths or [Path("env.toml")]
+    if on is not None or partition is not None or wait:
+        _build_on_slurm(
+            arguments,
+            on=on,
+            partition=partition,
+            wait=wait,
+            as_json=as_json,
+            engine=engine,
+            jobs=jobs,
+            fail_fast=fail_fast,
+            substitute=substitute,
+            build_options=[
+                *(f"--tag={t}" for t in tag or ()),
+                *(["--no-cache"] if no_cache else []),
+                *(["--relock"] if relock else []),
+                f"--platform={platform}",
+                *(["--no-inputs"] if no_inputs else []),
+            ],
+        )
+        return
     if len(arguments) > 1 or arguments[0].is_dir():
         specs = named_specs(arguments)
         _build_many(
@@ -720,6 +762,118 @@ def _build_many(
         from imagesmith.reports import catalogue_report
 
         print_json(catalogue_report(outcomes, exit_code=code))
+    if code:
+        raise typer.Exit(code)
+
+
+def _build_on_slurm(
+    arguments: list[Path],
+    *,
+    on: str | None,
+    partition: str | None,
+    wait: bool,
+    as_json: bool,
+    engine: str,
+    jobs: int,
+    fail_fast: bool,
+    substitute: bool,
+    build_options: list[str],
+) -> None:
+    """`build --on slurm`: refuse what cannot work (one line each), then submit one array;
+    with `wait`, follow it and exit as a many-spec build does."""
+    from imagesmith import slurm_build
+    from imagesmith.catalogue import exit_code
+    from imagesmith.catalogue import spec_paths as named_specs
+    from imagesmith.spec import load_spec
+
+    usage = []
+    if on != "slurm":
+        usage.append(
+            f"--on {on}: not a place imagesmith builds; give --on slurm"
+            if on is not None
+            else "--partition and --wait go with --on slurm"
+        )
+    context = click.get_current_context(silent=True)
+    typed = context is not None and context.get_parameter_source("engine") in (
+        ParameterSource.COMMANDLINE,
+        None,
+    )
+    if engine not in ("auto", "podman") and typed:  # IMAGESMITH_ENGINE is for local builds
+        usage.append(f"--engine {engine}: --on slurm builds with podman on the nodes")
+    if jobs != 1 or fail_fast:
+        usage.append("--jobs and --fail-fast: with --on slurm, Slurm decides what runs at once")
+    if as_json and not wait:
+        usage.append("--json with --on slurm needs --wait (the results come as the tasks end)")
+    if usage:
+        raise InputError("\n".join(usage))
+    del substitute  # every task pushes, so every task substitutes
+    sbatch_path = slurm_build.sbatch_program()
+    paths = named_specs(arguments)
+    specs, problems = [], []
+    for path in paths:
+        try:
+            specs.append(load_spec(path))
+        except ImagesmithError as exc:
+            label = as_typed(path)
+            for line in exc.lines():
+                for said in (f"{path.name}: ", f"{path}: "):
+                    line = line.removeprefix(said)
+                problems.append(f"{label}: {line}")
+    problems += slurm_build.refusals(specs)
+    if problems:
+        raise InputError("\n".join(problems))
+    resources = slurm_build.TaskResources.for_specs(specs)
+    run_folder = Path.cwd() / slurm_build.RUN_FOLDER
+    script = slurm_build.render_array(
+        [spec.path for spec in specs],
+        resources=resources,
+        run_folder=run_folder,
+        partition=partition,
+        imagesmith=slurm_build.imagesmith_command(),
+        build_options=build_options,
+    )
+    submitted = slurm_build.submit(script, run_folder=run_folder, sbatch=sbatch_path, on_line=err)
+    job = submitted.job_id
+    err(f"{len(specs)} specs as tasks 0-{len(specs) - 1}; {resources.describe()}")
+    if not wait:
+        typer.echo(f"submitted Slurm job {job}: {len(specs)} specs, one array task each")
+        for task, path in enumerate(paths):
+            typer.echo(f"  task {task}: {as_typed(path)}")
+        typer.echo(f"  script:  {as_typed(submitted.script)}")
+        typer.echo(
+            f"  logs:    {as_typed(run_folder)}/{job}_TASK.log, "
+            f"results: {as_typed(run_folder)}/{job}_TASK.json"
+        )
+        typer.echo(f"  follow:  squeue --jobs {job}   (or submit with --wait)")
+        return
+
+    def done(task: int, outcome: Outcome[dict[str, Any]]) -> None:
+        if not as_json:
+            typer.echo(slurm_build.outcome_line(task, outcome))
+        if not outcome.ok:
+            for line in outcome.problems:
+                err(_shortened(f"[{as_typed(outcome.spec)}] error: {line}"), colour="red")
+
+    try:
+        outcomes = slurm_build.follow(submitted, paths, on_done=done)
+    except KeyboardInterrupt:
+        err(f"stopped following; job {job} goes on (squeue --jobs {job}, scancel {job})")
+        raise typer.Exit(130) from None
+    code = exit_code(outcomes)
+    built = sum(o.ok for o in outcomes)
+    err(f"{len(outcomes)} specs: {built} built, {len(outcomes) - built} failed (job {job})")
+    if as_json:
+        from imagesmith.reports import envelope, failure
+
+        reports = [
+            {
+                **(o.value if o.value is not None else failure("build", o.exit_code, o.problems)),
+                "spec": as_typed(o.spec),
+            }
+            for o in outcomes
+        ]
+        failed = [f"{r['spec']}: failed" for r in reports if not r["ok"]]
+        print_json({**envelope("build", exit_code=code, problems=failed), "specs": reports})
     if code:
         raise typer.Exit(code)
 

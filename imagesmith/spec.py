@@ -44,10 +44,11 @@ DEFAULT_VERSION = "latest"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-#: Tables that say how the image is run and published, not what is in it: read from the
-#: current env.toml by `manifest`, `sbatch` and `push`, and left out of the lock, its
+#: Tables that say how the image is run, built on a cluster and published, not what is in
+#: it: read from the current env.toml by `manifest`, `sbatch`, `push` and
+#: `build --on slurm`, and left out of the lock, its
 #: spec_hash and so the image, so that changing them needs no new lock or image.
-RUNTIME_TABLES = ("resources", "job", "registry")
+RUNTIME_TABLES = ("resources", "job", "registry", "build")
 
 
 def image_part(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,6 +171,15 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class BuildSettings:
+    """What one task of `build --on slurm` asks Slurm for ([build])."""
+
+    cpus: int = 2
+    memory: str = "4Gi"
+    time: str = "1:00:00"
+
+
+@dataclass(frozen=True)
 class AptSource:
     """One of the lab's own apt repositories ([[apt.sources]])."""
 
@@ -201,6 +211,7 @@ class Spec:
     its run-time tables) and of its requirements file."""
     apt_mirror: str | None = None
     apt_sources: tuple[AptSource, ...] = ()
+    build: BuildSettings = field(default_factory=BuildSettings)
 
     @property
     def image_data(self) -> dict[str, Any]:
@@ -443,12 +454,26 @@ def _semantic_problems(
             else:
                 yield from _links_out(folder, target, where, src)
     job = data.get("job")
-    if isinstance(job, dict) and isinstance(job.get("time"), str):
-        from imagesmith.slurmtime import parse_slurm_time
+    for table in ("job", "build"):
+        settings = data.get(table)
+        if isinstance(settings, dict) and isinstance(settings.get("time"), str):
+            from imagesmith.slurmtime import parse_slurm_time
+
+            try:
+                if parse_slurm_time(settings["time"]) == 0:
+                    yield (
+                        json_path([table, "time"]),
+                        f"{_show(settings['time'])} is a zero time limit",
+                    )
+            except ValueError:
+                pass  # the schema's pattern reports it
+    build = data.get("build")
+    if isinstance(build, dict) and "memory" in build:
+        from imagesmith.quantity import quantity_value
 
         try:
-            if parse_slurm_time(job["time"]) == 0:
-                yield json_path(["job", "time"]), f"{_show(job['time'])} is a zero time limit"
+            if quantity_value(normalize_quantity(build["memory"])) < 2**20:
+                yield json_path(["build", "memory"]), f"{_show(build['memory'])} is under 1Mi"
         except ValueError:
             pass  # the schema's pattern reports it
     mounts = job.get("mounts") if isinstance(job, dict) else None
@@ -877,6 +902,13 @@ def spec_from_valid_data(
             for m in job_data.get("mounts", [])
         ),
     )
+    build_data = data.get("build", {})
+    defaults = BuildSettings()
+    build = BuildSettings(
+        cpus=build_data.get("cpus", defaults.cpus),
+        memory=normalize_quantity(build_data.get("memory", defaults.memory)),
+        time=build_data.get("time", defaults.time),
+    )
     apt = data.get("apt", {})
     return Spec(
         path=path,
@@ -901,6 +933,7 @@ def spec_from_valid_data(
         registry_repository=data.get("registry", {}).get("repository"),
         resources=resources,
         job=job,
+        build=build,
         data=data,
         spec_hash=spec_hash(data, file_requirements),
     )
