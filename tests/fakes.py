@@ -5,7 +5,9 @@ It keeps images as docker-archive bytes, so everything after `Engine.build` runs
 back, and the fake gives a loaded image the ID the real engines give it (the sha256 of
 its config), which `make_canonical` checks. What the fake does not do is run the
 Containerfile: a build makes one layer from the build context (the Containerfile and the
-files beside it, so a changed input changes the image) and a config with the labels.
+files beside it, so a changed input changes the image) and a config with what the
+Containerfile's ENV, LABEL, USER, WORKDIR and CMD lines set (so the image carries its lock
+in a label, as a real build's does).
 
 Failures are injected where the orchestration has to clean up after them:
 `fail_build_at=N` (the Nth `build` call fails, after leaving an untagged intermediate
@@ -81,6 +83,60 @@ def docker_archive(config: Mapping[str, Any], layers: Sequence[bytes]) -> tuple[
         manifest = [{"Config": cfg_name, "RepoTags": [], "Layers": names}]
         _add(tar, "manifest.json", json.dumps(manifest).encode())
     return buf.getvalue(), cfg
+
+
+def _words(text: str) -> list[str]:
+    """The words of an ENV/LABEL argument as a builder reads them: double quotes group,
+    and inside them a backslash escapes only a backslash, a quote or a dollar sign (the
+    quoting `imagesmith.render.quote_value` writes)."""
+    words: list[str] = []
+    word, quoted, i = "", False, 0
+    while i < len(text):
+        c = text[i]
+        if quoted and c == "\\" and text[i + 1 : i + 2] in ('"', "\\", "$"):
+            word, i = word + text[i + 1], i + 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c.isspace() and not quoted:
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += c
+        i += 1
+    return [*words, word] if word else words
+
+
+def stage_config(containerfile: str, target: str | None = None) -> dict[str, Any]:
+    """The image config (Env, Labels, User, WorkingDir, Cmd) the Containerfile's last stage,
+    or stage `target`, ends with: what its ENV, LABEL, USER, WORKDIR and CMD lines set, on
+    top of the stage it starts FROM when that is one of its own. RUN and COPY do nothing."""
+    text = containerfile.replace("\\\n", "")
+    stages: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] = {}
+    for line in text.splitlines():
+        instruction, _, rest = line.strip().partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            base, _, name = rest.partition(" AS ")
+            current = json.loads(json.dumps(stages.get(base.strip(), {})))  # a copy
+            if name.strip():
+                stages[name.strip()] = current
+        elif instruction in ("ENV", "LABEL"):
+            pairs = dict(w.split("=", 1) for w in _words(rest))
+            if instruction == "ENV":
+                env = dict(e.split("=", 1) for e in current.get("Env", []))
+                current["Env"] = [f"{k}={v}" for k, v in {**env, **pairs}.items()]
+            else:
+                current["Labels"] = {**current.get("Labels", {}), **pairs}
+        elif instruction == "USER":
+            current["User"] = rest.strip()
+        elif instruction == "WORKDIR":
+            current["WorkingDir"] = rest.strip()
+        elif instruction == "CMD":
+            current["Cmd"] = json.loads(rest)
+    return stages[target] if target is not None else current
 
 
 @dataclass
@@ -167,7 +223,9 @@ class FakeEngine(Engine):
                 "fake: build failed at step 2/2", step="STEP 2/2: COPY", output_tail=["boom"]
             )
         say("STEP 2/2: COPY . /imagesmith-fake/")
-        image_id = self._store(self._image(dict(labels or {}), [layer_from(files)]))
+        config = stage_config(path.read_text(encoding="utf-8"), target)
+        config["Labels"] = {**config.get("Labels", {}), **(labels or {})}
+        image_id = self._store(self._image(config, [layer_from(files)]))
         for ref in tags:
             self.tag(image_id, ref)
         return image_id
@@ -285,12 +343,12 @@ class FakeEngine(Engine):
     def tags_of(self, image_id: str) -> list[str]:
         return sorted(t for t, i in self.tags.items() if i == image_id)
 
-    def _image(self, labels: Mapping[str, str], layers: Sequence[bytes]) -> FakeImage:
+    def _image(self, inner: Mapping[str, Any], layers: Sequence[bytes]) -> FakeImage:
         config: dict[str, Any] = {
             "architecture": "amd64",
             "os": "linux",
             "created": "2025-06-15T15:06:40Z",
-            "config": {"Env": ["PATH=/usr/bin:/bin"], "Labels": dict(labels)},
+            "config": {"Env": ["PATH=/usr/bin:/bin"], **inner},
             "history": [{"created": "2025-06-15T15:06:40Z", "created_by": "COPY . /"}],
         }
         return FakeImage(*docker_archive(config, layers))

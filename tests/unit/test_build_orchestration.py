@@ -1,4 +1,5 @@
-"""`build` and `verify` orchestration through `FakeEngine` (tests/fakes.py): no engine, no network.
+"""`build`, `verify SPEC` and `verify IMAGE` orchestration through `FakeEngine` (tests/fakes.py):
+no engine, no network.
 
 Everything but the engine is real: the lock check, the record, the render, the context,
 the canonical rewrite, the layout in the cache and the load of the canonical image. The
@@ -21,9 +22,9 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import BuildError, EngineError
 from imagesmith.lock import read_lock
 from imagesmith.records import build_record_path, read_build_record
-from imagesmith.render import content_tag
+from imagesmith.render import content_tag, lock_in_image
 from imagesmith.spec import Spec, load_spec
-from imagesmith.verify import verify
+from imagesmith.verify import verify, verify_image
 from tests.fakes import FakeEngine
 from tests.support import TINY_SPEC, locked, write_spec
 
@@ -234,3 +235,49 @@ def test_verify_cli_exits_0_when_the_rebuild_is_identical(
     result = runner.invoke(app, ["verify", str(spec.path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["identical"] is True
+
+
+# -- verify IMAGE: from the lock the image carries ----------------------------------------
+
+
+@pytest.fixture
+def plain_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Spec:
+    """A locked spec that copies nothing (verify IMAGE would take copied files out of the
+    image's layers, which the fake does not hold as a real build's)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path / "lab", TINY_SPEC + '[env]\nMARK = "one"\n')
+    locked(path)
+    return load_spec(path)
+
+
+def test_the_built_image_carries_its_lock_in_a_label(plain_spec: Spec) -> None:
+    engine = FakeEngine()
+    result = build(plain_spec, engine)
+    info = engine.inspect_image("tiny:1.0")
+    _, carried = lock_in_image("tiny:1.0", info.labels, path=plain_spec.lock_path)
+    assert carried == read_lock(plain_spec.lock_path)
+    assert info.id == result.image_id and info.env["MARK"] == "one"
+
+
+def test_verify_image_is_identical_for_a_reproducible_build(plain_spec: Spec) -> None:
+    engine = FakeEngine()
+    built = build(plain_spec, engine)
+    verdict = verify_image("tiny:1.0", engine)
+    assert verdict.identical and verdict.differences == ()
+    assert verdict.reference == verdict.rebuilt == built.image_id
+    assert engine.tags_of(built.image_id) == sorted(built.tags)
+
+
+def test_verify_image_cli_exits_1_with_the_differences(
+    plain_spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine(drift=True)
+    _inject(monkeypatch, engine)
+    built = build(plain_spec, engine)
+    result = runner.invoke(app, ["verify", "tiny:1.0"])
+    assert result.exit_code == 1, result.output
+    assert f"NOT reproducible: expected {built.image_id}" in result.stderr
+    assert "imagesmith-fake/build-number" in result.stderr
+    assert engine.tags_of(built.image_id) == sorted(built.tags)

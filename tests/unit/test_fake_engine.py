@@ -14,7 +14,8 @@ from imagesmith.engine import get_engine
 from imagesmith.engine.base import RunResult
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError
 from imagesmith.oci import open_image
-from tests.fakes import FakeEngine, docker_archive, layer_from
+from imagesmith.render import quote_value
+from tests.fakes import FakeEngine, docker_archive, layer_from, stage_config
 from tests.support import ImageTracker
 
 
@@ -115,3 +116,29 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 def test_the_fake_plugs_in_through_the_engine_registry(registered: None) -> None:
     engine = get_engine("fake")
     assert isinstance(engine, FakeEngine) and engine.name == "fake"
+
+
+ODD = 'a "q" $HOME \\ ünï'
+
+
+def test_the_last_stage_config_follows_env_label_user_workdir_and_cmd() -> None:
+    containerfile = (
+        "FROM debian@sha256:00 AS system\n"
+        'ENV A=1 B="two words"\n'
+        f"LABEL {quote_value('x')}={quote_value('1')} \\\n    {quote_value('y')}={quote_value(ODD)}\n"
+        "RUN true\n"
+        "FROM system\n"
+        "ENV A=3\nUSER 10001:10001\nWORKDIR /work\n"
+        'CMD ["python3", "-c", "print(1)"]\n'
+    )
+    assert stage_config(containerfile) == {
+        "Env": ["A=3", "B=two words"],
+        "Labels": {"x": "1", "y": ODD},
+        "User": "10001:10001",
+        "WorkingDir": "/work",
+        "Cmd": ["python3", "-c", "print(1)"],
+    }
+    assert stage_config(containerfile, "system") == {
+        "Env": ["A=1", "B=two words"],
+        "Labels": {"x": "1", "y": ODD},
+    }
