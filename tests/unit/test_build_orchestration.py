@@ -54,6 +54,11 @@ def relock(spec: Spec, old: str, new: str) -> Spec:
     return load_spec(spec.path)
 
 
+def _inject(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> None:
+    """The CLI's engine is `engine`, whatever --engine says (`cli.chosen_engine`)."""
+    monkeypatch.setattr("imagesmith.engine.choose_engine", lambda name="auto": (engine, "test"))
+
+
 def test_a_build_tags_records_and_keeps_the_canonical_layout(spec: Spec) -> None:
     engine = FakeEngine()
     result = build(spec, engine)
@@ -173,6 +178,18 @@ def test_a_failed_tag_of_a_new_build_gives_the_version_tag_back_to_the_last_imag
     assert engine.tags_of(first.image_id) == sorted(first.tags)
 
 
+def test_a_failed_build_through_the_cli_is_one_line_and_exit_1(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine(fail_build_at=1)
+    _inject(monkeypatch, engine)
+    result = runner.invoke(app, ["build", str(spec.path)])
+    assert result.exit_code == 1, result.output
+    assert "fake: build failed at step 2/2" in result.stderr
+    assert "Traceback" not in result.output
+    assert engine.tags == {} and not build_record_path(spec.path).exists()
+
+
 # -- verify ------------------------------------------------------------------------------
 
 
@@ -201,10 +218,6 @@ def test_verify_lists_what_differs_and_removes_the_rebuild(spec: Spec) -> None:
     assert not any("table.csv" in line for line in verdict.differences)
     # Only the build's images stay: the rebuild's canonical and built images are gone.
     assert len(engine.images) == 2 and engine.tags_of(built.image_id) == sorted(built.tags)
-
-
-def _inject(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> None:
-    monkeypatch.setattr("imagesmith.engine.choose_engine", lambda name="auto": (engine, "test"))
 
 
 def test_verify_cli_exits_1_and_prints_the_differences(
