@@ -154,6 +154,8 @@ class FakeEngine(Engine):
     """An engine that holds images in memory (see the module doc)."""
 
     name: str = "fake"
+    load_compressed: bool = True
+    """False: `make_canonical` hands `load` plain layers, as it does podman."""
     fail_build_at: int | None = None
     fail_load: bool = False
     fail_tag_at: int | None = None
@@ -171,6 +173,8 @@ class FakeEngine(Engine):
     """The arguments of each `build` call, failed ones too."""
     calls: list[str] = field(default_factory=list)
     """The name of every method called, in order."""
+    loaded: list[list[str]] = field(default_factory=list)
+    """The layer member names of each archive `load` read (`<hex>.tar.gz` or plain `.tar`)."""
     pushed: list[str] = field(default_factory=list)
     ran: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     _tag_calls: int = 0
@@ -314,6 +318,7 @@ class FakeEngine(Engine):
             raise EngineError(f"fake: cannot load {archive.name}")
         with open_image(archive) as src:
             config, repo_tags = src.config, list(src.repo_tags)
+            self.loaded.append(list(src.layer_names))
             for i in range(len(src.layer_names)):
                 src.open_layer(i).read()  # an unreadable layer fails the load, as it would
         image_id = self._store(FakeImage(archive.read_bytes(), config))

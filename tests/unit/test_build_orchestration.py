@@ -97,6 +97,21 @@ def test_the_same_inputs_build_the_same_digest_in_a_fresh_engine_and_cache(
     assert changed.digest != first.digest
 
 
+def test_plain_layers_for_the_load_make_the_same_image(
+    spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route podman takes (`load_compressed` false: plain layers kept from the rewrite)
+    loads the same canonical image as Docker's (gzip layers)."""
+    docker_like, podman_like = FakeEngine(), FakeEngine(load_compressed=False)
+    gzip = build(spec, docker_like)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-cache"))
+    build_record_path(spec.path).unlink()
+    plain = build(spec, podman_like)
+    assert (plain.digest, plain.image_id) == (gzip.digest, gzip.image_id)
+    assert all(name.endswith(".tar.gz") for name in docker_like.loaded[0])
+    assert not any(name.endswith(".gz") for name in podman_like.loaded[0])
+
+
 def test_a_no_op_build_answers_from_the_record_without_building(spec: Spec) -> None:
     engine = FakeEngine()
     first = build(spec, engine)
