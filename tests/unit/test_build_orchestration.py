@@ -1,5 +1,6 @@
-"""`build`, `verify SPEC` and `verify IMAGE` orchestration through `FakeEngine` (tests/fakes.py):
-no engine, no network.
+"""`build`, `verify SPEC`, `verify IMAGE` and `push` orchestration through `FakeEngine`
+(tests/fakes.py): no engine, no network. `push` talks to a registry, not to the engine:
+there the stand-in is `registry.push_layout`, the one call that sends a layout.
 
 Everything but the engine is real: the lock check, the record, the render, the context,
 the canonical rewrite, the layout in the cache and the load of the canonical image. The
@@ -9,8 +10,12 @@ counterparts: tests/integration/test_noop_build.py, test_engine_faults.py, test_
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -19,9 +24,11 @@ from imagesmith.build import build, image_tags
 from imagesmith.canonical_build import layout_dir
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.errors import BuildError, EngineError
+from imagesmith.errors import BuildError, EngineError, InputError, RegistryError
 from imagesmith.lock import read_lock
-from imagesmith.records import build_record_path, read_build_record
+from imagesmith.push import push
+from imagesmith.records import build_record_path, read_build_record, read_push_record
+from imagesmith.reference import ImageReference
 from imagesmith.render import content_tag, lock_in_image
 from imagesmith.spec import Spec, load_spec
 from imagesmith.verify import verify, verify_image
@@ -309,3 +316,66 @@ def test_verify_image_cli_exits_1_with_the_differences(
     assert f"NOT reproducible: expected {built.image_id}" in result.stderr
     assert "imagesmith-fake/build-number" in result.stderr
     assert engine.tags_of(built.image_id) == sorted(built.tags)
+
+
+# -- push: after a fake build, at the registry boundary -----------------------------------
+
+TO = "registry.example.edu/lab/tiny"
+
+
+class Registry:
+    """Stands in for `registry.push_layout`: checks each blob of the layout it is given
+    against its digest and answers the digest of the layout's manifest, as a registry
+    that stored those bytes does (or `answer`, a registry that changed them)."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        self.answer = answer
+        self.pushes: list[tuple[Path, str, tuple[str, ...]]] = []
+
+    def __call__(
+        self, layout: Path, repository: ImageReference, tags: Sequence[str], **_: Any
+    ) -> str:
+        for blob in (layout / "blobs" / "sha256").iterdir():
+            assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+        self.pushes.append((layout, repository.familiar_repository, tuple(tags)))
+        index = json.loads((layout / "index.json").read_text())
+        return self.answer or str(index["manifests"][0]["digest"])
+
+
+def test_push_sends_the_layout_the_build_recorded_and_records_it(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry()
+    monkeypatch.setattr("imagesmith.push.push_layout", registry)
+    built = build(spec, FakeEngine())
+    lock = read_lock(spec.lock_path)
+    record = push(spec, lock, to=TO, inputs=False, attestations=False)
+    assert registry.pushes == [(layout_dir(built.digest), TO, ("1.0", content_tag(lock)))]
+    assert record.pinned == f"{TO}@{built.digest}"
+    assert read_push_record(spec.path, lock.lock_hash) == record
+
+
+def test_a_registry_that_holds_another_digest_leaves_no_push_record(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("imagesmith.push.push_layout", Registry(answer="sha256:" + "9" * 64))
+    build(spec, FakeEngine())
+    lock = read_lock(spec.lock_path)
+    with pytest.raises(RegistryError, match="the registry holds sha256:9999"):
+        push(spec, lock, to=TO, inputs=False, attestations=False)
+    assert read_push_record(spec.path, lock.lock_hash) is None
+
+
+def test_push_without_a_build_or_its_layout_says_what_to_run(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry()
+    monkeypatch.setattr("imagesmith.push.push_layout", registry)
+    lock = read_lock(spec.lock_path)
+    with pytest.raises(InputError, match="no image built from this env.lock yet"):
+        push(spec, lock, to=TO, inputs=False, attestations=False)
+    built = build(spec, FakeEngine())
+    shutil.rmtree(layout_dir(built.digest))
+    with pytest.raises(InputError, match="no longer in imagesmith's cache"):
+        push(spec, lock, to=TO, inputs=False, attestations=False)
+    assert registry.pushes == []
