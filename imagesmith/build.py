@@ -344,15 +344,8 @@ def build(
             lock, engine, no_cache=no_cache, on_line=on_line, archive=archive
         )
         source = None
-    applied: list[str] = []
-    try:
-        for tag in tags:
-            engine.tag(canonical.image_id, tag)
-            applied.append(tag)
-    except BaseException:
-        for tag in applied:
-            engine.remove_image(tag)
-        raise
+    # Cut short, this puts back the tags it moved: `name:version` names the last image again.
+    engine._apply_tags(canonical.image_id, tags)
     info = engine.inspect_image(canonical.image_id)
     uid, gid = spec.image.uid, spec.image.group_id
     write_record(

@@ -32,6 +32,7 @@ from imagesmith.manifests import (
 from imagesmith.slurm import apply_overrides, parse_sbatch
 from imagesmith.spec import CopyItem, Mount, SecretRef, Spec, load_spec
 from tests.conftest import EXAMPLE, REPO
+from tests.fixtures.golden import check_golden
 
 IMAGE = "registry.example.edu/lab/analysis@sha256:" + "ab" * 32
 LOCK_HASH = "sha256:" + "0123456789abcdef" * 4
@@ -782,12 +783,7 @@ def _from_fixture(spec: Spec, fixture: str, **options: Any) -> str:
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_from_sbatch_fixture_matches_its_golden_manifest(spec: Spec, fixture: str) -> None:
     text = _from_fixture(spec, fixture)
-    path = GOLDEN / f"{Path(fixture).stem}.yaml"
-    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"missing golden file {path}; rerun with IMAGESMITH_UPDATE_GOLDEN=1"
-    assert text == path.read_text(encoding="utf-8")
+    check_golden(GOLDEN / f"{Path(fixture).stem}.yaml", text)
 
 
 def _array_spec(spec: Spec, array: str, **job: Any) -> Spec:
@@ -950,10 +946,7 @@ def _mapped_manifest(spec: Spec, fixture: str = "gpu-train.sh", **options: Any) 
 
 def test_mapped_partition_and_gpu_model_match_the_golden_manifest(spec: Spec) -> None:
     text = _mapped_manifest(spec)
-    path = GOLDEN / "gpu-train-mapped.yaml"
-    if os.environ.get("IMAGESMITH_UPDATE_GOLDEN") == "1":
-        path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8")
+    check_golden(GOLDEN / "gpu-train-mapped.yaml", text)
     job = documents(text)[0]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-gpu-queue"
     assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from imagesmith.reference import parse_reference
 from imagesmith.render import render
 from imagesmith.spec import Spec, load_spec
 from tests.conftest import RECIPES, REPO
+from tests.support import tool
 
 ALL = sorted(p.name for p in RECIPES.iterdir() if (p / "env.toml").is_file())
 NEW = ("jupyter", "python-science", "pytorch-gpu", "r-base")
@@ -74,13 +74,6 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
         workload["spec"]["template"]["spec"] if workload["kind"] == "Job" else workload["spec"]
     )
     return found
-
-
-def tool(name: str) -> str:
-    for candidate in (REPO / ".venv-tools" / "bin" / name, shutil.which(name)):
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} is not installed: scripts/setup-venv.sh puts it in .venv-tools")
 
 
 def test_the_lab_recipes_are_there() -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +12,9 @@ import pytest
 
 from imagesmith.errors import LockError
 from imagesmith.render import decode_embedded_lock, image_labels, quote_value, render
-from tests.conftest import EXAMPLE, REPO
+from tests.conftest import EXAMPLE
 from tests.fixtures.make_lock import make_lock
+from tests.support import tool
 
 # The golden Containerfiles, rendered from committed locks: tests/unit/test_golden.py.
 
@@ -139,20 +137,6 @@ def test_a_lock_that_does_not_say_where_debs_live_is_refused(tmp_path: Path) -> 
         render(replace(lock, apt=replace(lock.apt, packages=old)))
 
 
-def _tool(name: str) -> str:
-    """A linter from PATH, the test venv or the tools venv; a missing one fails the test."""
-    search = os.pathsep.join(
-        [
-            str(Path(sys.executable).parent),
-            str(REPO / ".venv-tools" / "bin"),
-            os.environ.get("PATH", ""),
-        ]
-    )
-    found = shutil.which(name, path=search)
-    assert found, f"{name} is not installed: run scripts/setup-venv.sh"
-    return found
-
-
 def _lintable(tmp_path: Path) -> Path:
     path = tmp_path / "Containerfile"
     path.write_text(render(make_lock(EXAMPLE / "env.toml")))
@@ -160,7 +144,7 @@ def _lintable(tmp_path: Path) -> Path:
 
 
 def test_hadolint_has_nothing_to_say(tmp_path: Path) -> None:
-    hadolint = _tool("hadolint")
+    hadolint = tool("hadolint")
     result = subprocess.run(
         [hadolint, "--failure-threshold", "style", _lintable(tmp_path)],
         capture_output=True,
@@ -171,7 +155,7 @@ def test_hadolint_has_nothing_to_say(tmp_path: Path) -> None:
 
 
 def test_checkov_passes_except_healthcheck(tmp_path: Path) -> None:
-    checkov = _tool("checkov")
+    checkov = tool("checkov")
     result = subprocess.run(
         [
             checkov,
@@ -217,6 +201,6 @@ def test_values_a_line_cannot_spell_travel_as_build_args(tmp_path: Path) -> None
     containerfile = tmp_path / "Containerfile"
     containerfile.write_text(text)
     result = subprocess.run(
-        [_tool("hadolint"), str(containerfile)], capture_output=True, text=True, check=False
+        [tool("hadolint"), str(containerfile)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout
