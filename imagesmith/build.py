@@ -345,7 +345,7 @@ def build(
         )
         source = None
     # Cut short, this puts back the tags it moved: `name:version` names the last image again.
-    engine._apply_tags(canonical.image_id, tags)
+    engine.apply_tags(canonical.image_id, tags)
     info = engine.inspect_image(canonical.image_id)
     uid, gid = spec.image.uid, spec.image.group_id
     write_record(

@@ -168,9 +168,9 @@ class Engine(abc.ABC):
     def info(self) -> dict[str, Any]:
         """The engine's own description of itself; EngineError when it does not answer."""
 
-    # -- helpers shared by the implementations -------------------------------------------
+    # -- shared by the implementations and the pipeline ----------------------------------
 
-    def _apply_tags(self, image_id: str, tags: Sequence[str]) -> None:
+    def apply_tags(self, image_id: str, tags: Sequence[str]) -> None:
         """Tag `image_id` with every tag; if that is cut short, undo the tags already set.
 
         Undo means: a tag that named another image before names it again, a new tag is

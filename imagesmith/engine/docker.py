@@ -270,7 +270,7 @@ class DockerEngine(Engine):
         out.flush()
         if image_id is None:
             image_id = self._built_id(out.tail)
-        self._apply_tags(image_id, tag_list)
+        self.apply_tags(image_id, tag_list)
         return image_id
 
     def _stream_build(

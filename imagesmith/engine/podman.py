@@ -244,7 +244,7 @@ class PodmanEngine(Engine):
                 message = _error_line(text) if returncode != 0 else "no image ID written"
             raise BuildError(f"podman build failed: {message}", step=out.step, output_tail=out.tail)
         image_id = _sha(image_id)
-        self._apply_tags(image_id, tag_list)
+        self.apply_tags(image_id, tag_list)
         return image_id
 
     def _stream(self, cmd: list[str], out: OutputTail, env: Mapping[str, str]) -> int:
