@@ -233,11 +233,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_problems(cache: Path) -> list[str]:
+def cache_problems(cache: Path, *, killed: bool = False) -> list[str]:
     """Every entry of imagesmith's cache (XDG_CACHE_HOME/imagesmith) hashed again against
     the digest it is stored under or with: the .debs, layer blobs, canonical layouts'
-    blobs, wheels and venv archives. Also any temporary file a writer left behind.
-    Empty when the cache is whole."""
+    blobs, wheels and venv archives. Also any temporary file a writer left behind, unless
+    `killed`: a killed process leaves its staging folders (`.staging-*`, `*.partial-PID`),
+    which no later run takes for an entry, but none removes either (known, reported)."""
     problems: list[str] = []
     named = [
         *(cache / "debs").glob("*"),
@@ -265,6 +266,8 @@ def cache_problems(cache: Path) -> list[str]:
             problems.append(f"{layout}: a layout without index.json")
     for path in cache.rglob("*"):
         name = path.name
+        if killed and (name.startswith(".staging-") or ".partial-" in name):
+            continue
         if (
             name.startswith(".staging-")
             or name.endswith((".tmp", ".partial"))
