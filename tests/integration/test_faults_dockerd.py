@@ -164,7 +164,8 @@ def test_daemon_stopped_mid_build_then_started_again(
         assert proc.wait() == 1, "".join(seen) + out
     errors = [line for line in seen if line.startswith("error")]
     assert errors == [seen[-1]], "".join(seen)
-    assert errors[0].startswith("error: docker: "), errors
+    # Which one depends on the moment: the build's stream cut, or no daemon to ask next.
+    assert errors[0].startswith(("error: docker: ", "error: no Docker daemon answers")), errors
     assert "Traceback" not in "".join(seen)
     assert not spec.with_suffix(".build.json").exists()
 
