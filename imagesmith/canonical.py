@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import functools
 import hashlib
@@ -124,6 +125,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from imagesmith import __version__
+from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import InputError, OperationError
 from imagesmith.integrity import (
     CorruptEntry,
@@ -940,6 +942,9 @@ def _staged(out: Path) -> Iterator[Path]:
         yield staging
         _install(staging, out)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # said of the cache folder, not of a staging one
+            where = next(p for p in out.parents if not p.name.startswith("."))
+            raise OperationError(f"canonical: {disk_full_message(str(where))}") from None
         raise OperationError(f"cannot write canonical image to {out}: {exc}") from exc
     finally:
         if staging.exists():

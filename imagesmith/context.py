@@ -144,8 +144,13 @@ def fetch_wheels(
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        if "[Errno 28]" in result.stderr:  # ENOSPC, under pip's traceback
+            raise OperationError(f"python: {disk_full_message(str(folder.parent))}")
+        lines = result.stderr.strip().splitlines()
+        errors = [line for line in lines if line.startswith("ERROR")]
         detail = errors[0] if errors else result.stderr.strip()[-300:]
+        if detail == "ERROR: Exception:" and lines:  # pip's traceback follows: its last line
+            detail = lines[-1]
         if "THESE PACKAGES DO NOT MATCH THE HASHES" in result.stderr:
             raise OperationError(f"python: a downloaded wheel does not match env.lock: {detail}")
         if "No matching distribution" in result.stderr:

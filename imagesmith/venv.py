@@ -19,6 +19,7 @@ it, hash-based, per PEP 552).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tarfile
@@ -79,6 +80,10 @@ def install_wheels(wheels: list[Path], staging: Path, *, python_version: str) ->
             with WheelFile.open(path) as wheel:
                 destination = _destination(python_version, staging, _dist_name(wheel))
                 install(wheel, destination, {"INSTALLER": INSTALLER})
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the caller says which disk is full
+                raise
+            raise OperationError(f"python: cannot install {path.name}: {exc}") from None
         except Exception as exc:  # installer raises plain ValueError/InvalidWheelSource...
             raise OperationError(f"python: cannot install {path.name}: {exc}") from None
     root = staging / VENV.lstrip("/")

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   docker.io podman catatonit buildah skopeo umoci mmdebstrap
   docker-registry apache2-utils uidmap slirp4netns fuse-overlayfs busybox shellcheck
-  dpkg-dev gnupg
+  dpkg-dev gnupg iproute2
 )
 CONTAINERS_CONF=${CONTAINERS_CONF:-/etc/containers/containers.conf}
 
