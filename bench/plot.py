@@ -111,7 +111,8 @@ def _scaling(ax: Any, results: dict[str, Any]) -> None:
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("apt packages and Python packages (each)")
     ax.set_ylabel("seconds (median)")
-    ax.set_title(f"Scaling ({scaling.get('engine', 'docker')})")
+    source = f"\nfrom the {scaling['from']}" if scaling.get("from") else ""
+    ax.set_title(f"Scaling ({scaling.get('engine', 'docker')}){source}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
         f"imagesmith bench, {results.get('date', '?')}: {machine.get('nproc', '?')} cores, "
         f"{machine.get('ram', '?')}, kernel {machine.get('kernel', '?')}, "
         f"{machine.get('docker', '?')}, {machine.get('podman', '?')}; "
-        f"median of {results.get('runs', '?')} run(s)",
+        "medians (runs per figure: bench/README.md)",
         fontsize=9,
     )
     fig.tight_layout()

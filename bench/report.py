@@ -616,7 +616,7 @@ def _scaling_section(fig: dict[str, Any]) -> list[str]:
     base_build = _seconds(points.get("5", {}).get("build", []))
     for size in fig.get("sizes", []):
         point = points.get(str(size))
-        if not point:
+        if not point or not point.get("build"):
             continue
         lock, build = _seconds(point["lock"]), _seconds(point["build"])
         closure = point.get("closure", {})
@@ -683,7 +683,8 @@ def render_readme(results: dict[str, Any]) -> str:
             "first run)",
         ]
     out += [
-        f"- measured again once after a network failure (the first attempt is not counted): {r}"
+        f"- measured again once after a failure (the failed attempt is not counted): "
+        f"{r if len(r) <= 400 else r[:400] + ' …'}"
         for r in results.get("retries", [])
     ]
     out += [f"- note: {note}" for note in results.get("notes", [])]
