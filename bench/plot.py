@@ -17,7 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 KINDS = (("cold", "cold"), ("noop", "no-op"), ("pin", "pin change"))
-COLORS = {"imagesmith": "#1f77b4", "hand-written": "#ff7f0e"}
+COLORS = {
+    "imagesmith": "#1f77b4",
+    "hand-written": "#ff7f0e",
+    "single-stage hand-written": "#2ca02c",
+}
 
 
 def _median(values: list[Any], key: str = "seconds") -> float:
@@ -35,17 +39,23 @@ def _builds(ax: Any, results: dict[str, Any]) -> None:
         ax.text(0.5, 0.5, "no build figures yet", ha="center", va="center")
         ax.set_axis_off()
         return
-    labels, width = [], 0.38
+    labels = []
     for group, (engine, fig) in enumerate(builds.items()):
         for offset, (key, name) in enumerate(KINDS):
             x = group * (len(KINDS) + 1) + offset
             labels.append((x, f"{engine}\n{name}"))
-            for side, (who, values) in enumerate(
-                (("imagesmith", fig["imagesmith"][key]), ("hand-written", fig["handwritten"][key]))
-            ):
+            bars = [
+                ("imagesmith", fig["imagesmith"][key]),
+                ("hand-written", fig["handwritten"][key]),
+            ]
+            single = fig.get("handwritten_single", {}).get(key, [])
+            if single:
+                bars.append(("single-stage hand-written", single))
+            width = 0.8 / len(bars)
+            for side, (who, values) in enumerate(bars):
                 value = _median(values)
                 text = f"{value:.2f}" if value < 10 else f"{value:.1f}"
-                pos = x + (side - 0.5) * width
+                pos = x + (side - (len(bars) - 1) / 2) * width
                 ax.bar(pos, value, width, color=COLORS[who], label=who if x == 0 else None)
                 ax.annotate(
                     text, (pos, value), ha="center", va="bottom", fontsize=7,
@@ -54,7 +64,7 @@ def _builds(ax: Any, results: dict[str, Any]) -> None:
     ax.set_xticks([x for x, _ in labels], [text for _, text in labels], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("seconds (median, whole process; log scale)")
-    ax.set_title("Build: imagesmith vs hand-written Containerfile")
+    ax.set_title("Build: imagesmith vs hand-written Containerfiles")
     ax.legend(fontsize=8)
 
 
@@ -101,7 +111,8 @@ def _scaling(ax: Any, results: dict[str, Any]) -> None:
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("apt packages and Python packages (each)")
     ax.set_ylabel("seconds (median)")
-    ax.set_title(f"Scaling ({scaling.get('engine', 'docker')})")
+    source = f"\nfrom the {scaling['from']}" if scaling.get("from") else ""
+    ax.set_title(f"Scaling ({scaling.get('engine', 'docker')}){source}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
@@ -118,7 +129,7 @@ def main(argv: list[str]) -> int:
         f"imagesmith bench, {results.get('date', '?')}: {machine.get('nproc', '?')} cores, "
         f"{machine.get('ram', '?')}, kernel {machine.get('kernel', '?')}, "
         f"{machine.get('docker', '?')}, {machine.get('podman', '?')}; "
-        f"median of {results.get('runs', '?')} run(s)",
+        "medians (runs per figure: bench/README.md)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -10,8 +10,10 @@ HOW_TO_RUN = """\
 ## How to run
 
 ```sh
-.venv/bin/python bench/run.py --quick --engines docker  # 1 run each, no scaling (~8 min)
-.venv/bin/python bench/run.py                           # 3 runs, docker+podman, scaling (~1 h)
+.venv/bin/python bench/run.py --quick --engines docker  # 1 run each, no scaling (~12 min)
+.venv/bin/python bench/run.py --quick                   # the same on docker and podman (~25 min)
+.venv/bin/python bench/run.py                           # 3 runs, docker+podman, scaling (~1.5 h)
+.venv/bin/python bench/run.py --figures push --merge    # lock,build,push,scaling: any subset
 .venv/bin/python bench/run.py --scaling-runs 3          # medians for the scaling points too
 .venv/bin/python bench/run.py --figures build --merge   # redo some figures, keep the rest
 .venv/bin/python bench/run.py --render-only             # README + PNG again from results.json
@@ -20,7 +22,8 @@ HOW_TO_RUN = """\
 
 Needs the Docker daemon (`bash scripts/start-dockerd.sh`; the benchmark starts it when it
 does not answer) and/or podman, and the base image `imagesmith/debian:bookworm` in each
-engine (made with `imagesmith base --engine E` when missing). The first run creates two
+engine (made with `imagesmith base --engine E` when missing; it is shared and kept), and
+`docker-registry` (Debian's package) for the push figures. The first run creates two
 bench-only virtual environments: `bench/.venv-plot` (matplotlib) and
 `bench/.venv-piptools` (pip-tools, the reference for Python resolution); imagesmith's
 `.venv` is not touched. Everything else happens in a temporary folder; every image is
@@ -28,7 +31,10 @@ named `imagesmith-bench…` (spec names cannot contain `/`, so imagesmith's imag
 `imagesmith-bench-<run id>-…`, the hand-written ones `imagesmith-bench/hand-<run id>`) and
 removed at the end, by tag and by the IDs the build logs show being created (never a
 prune, never `--force`; the list is kept in `bench/.work/` as it grows, so the next run
-removes what a killed run left). The run writes `bench/results.json` (raw numbers),
+removes what a killed run left). The push figures start their own `docker-registry`
+processes on free ports of 127.0.0.1 (no authentication, storage in the temporary folder)
+and stop them after each run (noted in `bench/.work/` too while they run). The run writes
+`bench/results.json` (raw numbers),
 this README and `bench/build-times.png`, after each figure, so an interrupted run leaves
 what it had measured.
 """
@@ -85,6 +91,19 @@ the host, and installs them there too, into the tree it copies to /opt/venv).
   (the layer cache from the cold build holds the base and apt layers);
   hand-written: the same edit in requirements.txt, `pip download` again (warm pip cache)
   and the engine build (apt layer cached).
+- *single-stage* (`bench/handwritten-single/Containerfile`): the fastest layout an expert
+  writes, the second reference for the cold build: python3 from Debian installed once,
+  the wheels downloaded on the host the same way and installed from the context, all in
+  one `COPY` and one `RUN`, no second stage (so the wheel files stay in the `COPY` layer:
+  speed over size). Same apt packages (plus `python3 python3-venv`) and Python
+  requirements as the example. Cold: `pip download` with an empty pip cache + engine
+  build `--no-cache`, right after the two-stage one in each run. Target: imagesmith's cold
+  build <= 0.7x it; and against the two-stage reference no slower than on the last
+  measured version (0.5.0, 2026-11-29: 0.78x on Docker, 0.85x on podman).
+- *cold, .debs cached*: at the end of each run, `imagesmith build --no-cache` again with an
+  imagesmith cache that holds only the `.deb`s (`$XDG_CACHE_HOME/imagesmith/debs`, copied
+  from the cold build's): the engine's cache unused, the wheels fetched again, the layers
+  rewritten. Against the cold build of the same run (reported, no target).
 - *size*: `docker image inspect -f {{.Size}}` / `podman image inspect` of the final images.
   Target: imagesmith <= hand-written.
 - *canonical share*: the part of imagesmith's cold build after its `canonical:` progress
@@ -100,6 +119,27 @@ the host, and installs them there too, into the tree it copies to /opt/venv).
   overlap the system stage's build when they are not cached), *engine build* until
   `canonical:`, *canonical* to the end.
 
+**Push and the input archive**, per engine (`imagesmith push` reads the canonical image
+from imagesmith's cache and talks to the registry itself, so the engine matters only for
+the builds). Two images of the example with `[registry] repository` on the run's own
+`docker-registry`: the *first*, and a *second* that is the same spec with
+`pyyaml==6.0.1` (the same apt closure and base, other wheels), both built first (untimed).
+Each run starts two empty registries on 127.0.0.1: one gets `push --no-inputs` of the
+first then the second image (`--to`), the other `push` with inputs (the input archive:
+every `.deb` and wheel the lock pins, and the local-only base, as blobs under one OCI
+artifact `lock-<hash>.inputs`) of the same two. Both pushes also attach the SBOMs and
+provenance (the default). *Bytes added*: `du -sb` of the registry's storage after the push
+minus before.
+- *rebuild on an empty machine*: then the first image is removed from the engine, and
+  `imagesmith build --no-cache` runs in a folder holding only `env.toml` and `env.lock`,
+  with an empty `XDG_CACHE_HOME` and `UV_CACHE_DIR`, and Debian's archive and PyPI
+  unreachable (`http_proxy`/`https_proxy`/`HTTP_PROXY`/`HTTPS_PROXY` =
+  `http://127.0.0.1:9`, a port that answers nothing, `no_proxy=127.0.0.1,localhost`), so
+  every `.deb` and wheel comes from the registry. The base `imagesmith/debian:bookworm`
+  stays in the engine (other people's builds use it; an engine without it pulls it from
+  the archive's `base-<image ID>` tag). The digest must equal the first build's: a
+  different one fails the figure. Reference: the cold build of the build figure.
+
 **Scaling** (Docker only; skipped with `--quick`): specs with the first 5, 20 and 80 entries
 of `bench/scaling-apt.txt` (Debian bookworm packages) and `bench/scaling-python.txt` (PyPI
 packages with cp311 manylinux or pure-Python wheels) each: cold `imagesmith lock` (no lock,
@@ -109,6 +149,23 @@ build takes minutes on 2 cores; the figure is about the curve's shape). *of whic
 is the part after the engine build; the more apt packages, the longer the background rewrite
 of the apt layer outlasts the Python stage, and the more of it shows there.
 """
+
+ATTEST = """\
+## SBOM and provenance (`bench/attest_time.py`)
+
+`.venv/bin/python bench/attest_time.py LOCK [RUNS]` times both SBOMs and the provenance
+made from a lock, and attaching them to a pushed image as OCI referrers (its own
+`docker-registry` on 127.0.0.1). For the lab-analysis example (71 apt packages, 7 Python
+distributions), three runs on 2 cores shared with other work, imagesmith 0.6.0:
+generation 0.010-0.035 s, first attach 0.14-0.32 s, re-push 0.06-0.07 s; together under
+1.1% of the example's cold build (33.2 s on Docker, measured on 0.5.0 on 2026-11-29; target
+<= 3%). Details in [docs/sbom.md](../docs/sbom.md#measured).
+"""
+
+# imagesmith's cold build / the two-stage reference on the last version measured before
+# the single-stage reference came (0.5.0, bench run of 2026-11-29): "no slower than today".
+TWO_STAGE_BEFORE = {"docker": 0.78, "podman": 0.85}
+SINGLE_STAGE_TARGET = 0.7
 
 
 def _median(values: Sequence[float]) -> float:
@@ -250,6 +307,7 @@ def _build_section(
             "<= 0.9x",
             _met(cold_ratio <= 0.9) if cold_ratio is not None else "—",
         ],
+        *_single_stage_rows(engine, fig, cold, cold_ratio, targets),
         [
             "no-op rebuild (first after the cold build)",
             _fmt(noop),
@@ -288,6 +346,20 @@ def _build_section(
             "<= 1.0x",
             _met(size_ratio <= 1.0) if size_ratio is not None else "—",
         ],
+        *(
+            [
+                [
+                    "image size vs single-stage",
+                    _fmt(size_i, unit="MB"),
+                    _fmt(fig["size"]["handwritten_single"], unit="MB"),
+                    _fmt_ratio(_ratio(size_i, fig["size"]["handwritten_single"]), 3),
+                    "—",
+                    "—",
+                ]
+            ]
+            if fig["size"].get("handwritten_single")
+            else []
+        ),
         [
             "canonical step in the cold build",
             f"{_fmt(canonical, digits=1)} = {_median(share) * 100:.0f}% of the cold build"
@@ -321,6 +393,7 @@ def _build_section(
     phase_rows = []
     kinds = (
         ("cold", "cold"),
+        ("cold, .debs cached", "cold_debs_cached"),
         ("no-op", "noop"),
         ("no-op again", "noop_again"),
         ("pin change", "pin"),
@@ -375,6 +448,167 @@ def _build_section(
     return out
 
 
+def _single_stage_rows(
+    engine: str,
+    fig: dict[str, Any],
+    cold: list[float],
+    cold_ratio: float | None,
+    targets: list[list[str]],
+) -> list[list[str]]:
+    """The cold build against the single-stage reference, and with the .debs cached."""
+    rows: list[list[str]] = []
+    single = fig.get("handwritten_single", {})
+    if single.get("cold"):
+        ratio = _ratio(cold, single["cold"])
+        rows.append(
+            [
+                "cold build vs single-stage hand-written",
+                _fmt(cold, digits=1),
+                f"{_fmt(single['cold'], digits=1)} = pip download "
+                f"{_fmt(single['fetch'], digits=1)} + {engine} build "
+                f"{_fmt(single['engine'], digits=1)}",
+                _fmt_ratio(ratio),
+                f"<= {SINGLE_STAGE_TARGET}x",
+                _met(ratio <= SINGLE_STAGE_TARGET) if ratio is not None else "—",
+            ]
+        )
+        if ratio is not None:
+            targets.append(
+                [
+                    f"{engine}: cold build <= {SINGLE_STAGE_TARGET}x single-stage hand-written",
+                    _fmt_ratio(ratio),
+                    _met(ratio <= SINGLE_STAGE_TARGET),
+                ]
+            )
+        before = TWO_STAGE_BEFORE.get(engine)
+        if before is not None and cold_ratio is not None:
+            targets.append(
+                [
+                    f"{engine}: cold build vs two-stage hand-written no slower than on 0.5.0 "
+                    f"(<= {before:.2f}x)",
+                    _fmt_ratio(cold_ratio),
+                    _met(round(cold_ratio, 2) <= before),
+                ]
+            )
+    cached = _seconds(fig["imagesmith"].get("cold_debs_cached", []))
+    if cached:
+        rows.append(
+            [
+                "cold build, .debs already in the host cache (engine cache unused)",
+                _fmt(cached, digits=1),
+                f"the cold build: {_fmt(cold, digits=1)}",
+                _fmt_ratio(_ratio(cached, cold)),
+                "(reported)",
+                "—",
+            ]
+        )
+    return rows
+
+
+def _mb(values: Sequence[Any], key: str) -> str:
+    numbers = [float(v[key]) / 1e6 for v in values]
+    if not numbers:
+        return "—"
+    text = f"{_median(numbers):.1f} MB"
+    if len(numbers) > 1 and max(numbers) - min(numbers) > 0.05:
+        text += f" ({min(numbers):.1f}–{max(numbers):.1f})"
+    return text
+
+
+def _push_section(
+    engine: str, fig: dict[str, Any], cold: list[float], targets: list[list[str]]
+) -> list[str]:
+    push = fig["push"]
+    rows = []
+    for key, what in (("first", "first image"), ("second", "second image (pyyaml==6.0.1)")):
+        with_inputs, bare = push.get(f"{key}_inputs", []), push.get(f"{key}_no_inputs", [])
+        if not with_inputs or not bare:
+            continue
+        rows.append(
+            [
+                f"push, {what}",
+                _fmt(_seconds(with_inputs)),
+                _mb(with_inputs, "bytes_added"),
+                _fmt(_seconds(bare)),
+                _mb(bare, "bytes_added"),
+                _fmt_ratio(_ratio(_seconds(with_inputs), _seconds(bare))),
+            ]
+        )
+    closure = fig.get("closure", {})
+    out = [f"## 3. Push and the input archive: {engine}", ""]
+    out += _table(
+        [
+            "push",
+            "with inputs",
+            "registry bytes added",
+            "`--no-inputs`",
+            "registry bytes added",
+            "time ratio",
+        ],
+        rows,
+    )
+    first, second = closure.get("first", {}), closure.get("second", {})
+    if first and second:
+        out += [
+            "",
+            f"The first lock pins {first.get('apt')} apt packages and {first.get('python')} "
+            f"Python distributions, the second {second.get('apt')} and {second.get('python')}.",
+        ]
+    rebuilds = fig.get("rebuild", [])
+    if rebuilds:
+        seconds = _seconds(rebuilds)
+        same = all(r.get("same_digest") for r in rebuilds)
+        verdict = (
+            "**yes**"
+            if same
+            else "**NO: " + ", ".join(r["digest"] for r in rebuilds if not r["same_digest"]) + "**"
+        )
+        out += [
+            "",
+            *_table(
+                ["figure", "imagesmith", "reference", "ratio", "same digest as the first build"],
+                [
+                    [
+                        "rebuild from the registry's archive on an empty machine "
+                        "(`build --no-cache`, public sources unreachable)",
+                        _fmt(seconds, digits=1),
+                        f"the cold build: {_fmt(cold, digits=1)}" if cold else "—",
+                        _fmt_ratio(_ratio(seconds, cold)),
+                        verdict,
+                    ]
+                ],
+            ),
+            "",
+            f"Fetched from the registry into the empty cache: {rebuilds[0].get('debs_fetched')} "
+            f".debs, {rebuilds[0].get('wheels_fetched')} wheels (first run). First build's "
+            f"digest: `{fig.get('first_digest')}`.",
+        ]
+        targets.append(
+            [
+                f"{engine}: rebuild from the input archive gives the same digest",
+                _fmt(seconds, digits=1),
+                "**yes**" if same else "**no**",
+            ]
+        )
+    return out
+
+
+def _load_lines(results: dict[str, Any]) -> list[str]:
+    loads = results.get("load", {})
+    if not loads:
+        return []
+    parts = []
+    for name, load in loads.items():
+        start = "/".join(f"{v:.1f}" for v in load.get("start", []))
+        end = "/".join(f"{v:.1f}" for v in load.get("end", [])) or "?"
+        parts.append(f"{name} {start} → {end}")
+    return [
+        "- the machine was shared: other engineers ran their tests on it (same Docker daemon "
+        "and podman store, 2 cores) during this run, so the figures carry their load. Load "
+        "average (1/5/15 min) at the start → end of each figure: " + "; ".join(parts)
+    ]
+
+
 def _scaling_section(fig: dict[str, Any]) -> list[str]:
     rows = []
     points = fig.get("points", {})
@@ -382,7 +616,7 @@ def _scaling_section(fig: dict[str, Any]) -> list[str]:
     base_build = _seconds(points.get("5", {}).get("build", []))
     for size in fig.get("sizes", []):
         point = points.get(str(size))
-        if not point:
+        if not point or not point.get("build"):
             continue
         lock, build = _seconds(point["lock"]), _seconds(point["build"])
         closure = point.get("closure", {})
@@ -398,7 +632,7 @@ def _scaling_section(fig: dict[str, Any]) -> list[str]:
                 _fmt([float(b["size"]) for b in point["build"]], unit="MB"),
             ]
         )
-    out = [f"## 3. Scaling ({fig.get('engine', 'docker')}, cold lock and cold build)", ""]
+    out = [f"## 4. Scaling ({fig.get('engine', 'docker')}, cold lock and cold build)", ""]
     out += _table(
         [
             "apt + Python packages (each)",
@@ -422,9 +656,10 @@ def render_readme(results: dict[str, Any]) -> str:
     out = [
         "# imagesmith benchmark",
         "",
-        "`bench/run.py` measures imagesmith's lock and build against references taken in the "
-        "same run: pip-compile for Python resolution, a hand-written best-practice "
-        "Containerfile for builds. This file is generated by it.",
+        "`bench/run.py` measures imagesmith's lock, build and push against references taken "
+        "in the same run: pip-compile for Python resolution, two hand-written best-practice "
+        "Containerfiles (two-stage and single-stage) for builds, `push --no-inputs` for the "
+        "input archive. This file is generated by it.",
         "",
         HOW_TO_RUN,
         "## Latest run",
@@ -437,6 +672,7 @@ def render_readme(results: dict[str, Any]) -> str:
         f"- engines: {machine.get('docker', '?')}; {machine.get('podman', '?')}",
         f"- tools: {machine.get('imagesmith', '?')}, {machine.get('uv', '?')}, "
         f"pip-compile {machine.get('pip-compile', '?')}, Python {machine.get('python', '?')}",
+        *_load_lines(results),
         "",
     ]
     for merged in results.get("merged", []):
@@ -446,8 +682,13 @@ def render_readme(results: dict[str, Any]) -> str:
             f"(`{merged['command']}`, took {took:.0f} min; the other figures are from the "
             "first run)",
         ]
+    out += [
+        f"- measured again once after a failure (the failed attempt is not counted): "
+        f"{r if len(r) <= 400 else r[:400] + ' …'}"
+        for r in results.get("retries", [])
+    ]
     out += [f"- note: {note}" for note in results.get("notes", [])]
-    if results.get("merged") or results.get("notes"):
+    if results.get("merged") or results.get("notes") or results.get("retries"):
         out.append("")
     targets: list[list[str]] = []
     sections: list[str] = []
@@ -457,6 +698,12 @@ def render_readme(results: dict[str, Any]) -> str:
         if fig["imagesmith"]["cold"] and fig["handwritten"]["cold"] and fig["imagesmith"]["pin"]:
             steps = results.get("handwritten_steps_run", {})
             sections += [*_build_section(engine, fig, targets, steps), ""]
+    for engine, fig in results.get("push", {}).items():
+        if any(fig["push"].values()) or fig.get("rebuild"):
+            cold = _seconds(
+                results.get("build", {}).get(engine, {}).get("imagesmith", {}).get("cold", [])
+            )
+            sections += [*_push_section(engine, fig, cold, targets), ""]
     if results.get("scaling", {}).get("points"):
         sections += [*_scaling_section(results["scaling"]), ""]
     if targets:
@@ -474,5 +721,5 @@ def render_readme(results: dict[str, Any]) -> str:
             for item in left
         ]
         out += [""]
-    out += [METHOD]
+    out += [METHOD, ATTEST]
     return "\n".join(out).rstrip() + "\n"
