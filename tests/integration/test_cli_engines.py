@@ -67,15 +67,20 @@ def test_engine_choice_is_said_once_with_its_reason(
     assert "podman has no such image either" in auto.stderr
 
 
-def test_pull_says_the_engine_once(podman_engine: Engine, tmp_path: Path) -> None:
+def test_pull_asks_the_registry_before_choosing_an_engine(
+    podman_engine: Engine, tmp_path: Path
+) -> None:
     from imagesmith.cli import app
 
     result = runner.invoke(
         app, ["pull", "127.0.0.1:1/none@sha256:" + "0" * 64, "--engine", "podman", "--json"]
     )
     assert result.exit_code == 1, result.output
-    assert _engine_lines(result.stderr) == ["engine: podman (--engine)"]
-    assert check_schema(json.loads(result.stdout))["command"] == "pull"
+    # The registry does not answer: pull stops there, before it chooses (or names) an engine.
+    assert _engine_lines(result.stderr) == []
+    assert "127.0.0.1:1" in result.stderr
+    report = check_schema(json.loads(result.stdout))
+    assert report["command"] == "pull" and report["ok"] is False
 
 
 def test_json_of_the_engine_commands_on_a_real_build(
