@@ -38,7 +38,9 @@ from tests.unit.test_canonical import canon, docker_image
 
 SERVICE = "imagesmith-test-registry"
 ISSUER = "imagesmith-test-issuer"
-EXAMPLE = Path(__file__).resolve().parents[2] / "recipes" / "lab-analysis"
+EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "example"
+)  # needs no file beside it
 
 
 def _b64url(data: bytes) -> str:
