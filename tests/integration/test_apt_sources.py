@@ -37,8 +37,11 @@ def lab_repo(tmp_path: Path) -> Iterator[SignedRepo]:
     repo = SignedRepo(tmp_path / "repo", tmp_path / "gnupg")
     repo.add("lab-tools", "1.0")
     repo.publish()
-    with repo.served():
-        yield repo
+    try:
+        with repo.served():
+            yield repo
+    finally:
+        repo.close()
 
 
 def _spec(
@@ -157,6 +160,7 @@ def test_bad_sources_get_one_line_each_and_the_right_exit(
     folder = tmp_path / "lab"
     _spec(folder, lab_repo, base_image)
     other.export_key(folder / "other.gpg", armor=False)
+    other.close()
 
     def lock(old: str, new: str) -> subprocess.CompletedProcess[str]:
         text = (folder / "env.toml").read_text()
