@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,13 +226,14 @@ class StageWatcher:
             self._last_stage = _STAGE_NAME.search(line) is None
 
 
-def _load(engine: Engine, layout: Path, image: CanonicalImage, workdir: Path) -> str:
-    """Load the canonical image; the layers the engine has already stay out of the archive.
+def load_layout(engine: Engine, layout: Path, diff_ids: Sequence[str], workdir: Path) -> str:
+    """Load the canonical layout (its layers' `diff_ids`, bottom first); the layers the
+    engine has already stay out of the archive.
 
     Should one of those go meanwhile (an image removed), the load fails and is done
     again with every layer.
     """
-    present = engine.present_layers(image.diff_ids)
+    present = engine.present_layers(diff_ids)
     try:
         return _load_archive(engine, layout, workdir, present=present)
     except EngineError:
@@ -315,7 +316,7 @@ def make_canonical(
     started = staging.parent.stat().st_mtime
     try:
         image = _rewrite(engine, built_id, staging, epoch=epoch, workdir=workdir, cache=cache)
-        loaded = _load(engine, staging, image, workdir)
+        loaded = load_layout(engine, staging, image.diff_ids, workdir)
         if loaded != image.config_digest:
             raise EngineError(
                 f"{engine.name} loaded the canonical image as {loaded}, "

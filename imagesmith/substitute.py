@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from imagesmith.cachegc import touch
-from imagesmith.canonical_build import Canonical, install_layout, new_staging, plain_layers_dir
+from imagesmith.canonical_build import Canonical, install_layout, load_layout, new_staging
 from imagesmith.context import layout_dir
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, ImagesmithError, RegistryError
 from imagesmith.labels import LOCK_HASH
 from imagesmith.lock import Lock
-from imagesmith.oci import Descriptor, LayoutWriter, sha256_bytes, write_docker_archive
+from imagesmith.oci import Descriptor, LayoutWriter, sha256_bytes
 from imagesmith.progress import LineCallback
 from imagesmith.reference import ImageReference, parse_reference
 from imagesmith.registry import MANIFEST_TYPES, RegistryClient
@@ -130,27 +130,6 @@ def fetch_layout(found: Substitute, lock: Lock, out: Path) -> list[str]:
     writer.write_index(Descriptor(found.media_type, found.digest, len(found.manifest)), [])
     diff_ids: list[str] = config["rootfs"]["diff_ids"]
     return diff_ids
-
-
-def load_layout(engine: Engine, layout: Path, diff_ids: list[str], workdir: Path) -> str:
-    """Load the layout into the engine; the layers it holds already stay out of the archive."""
-    present = engine.present_layers(diff_ids)
-    for attempt_present in dict.fromkeys((present, 0)):
-        archive = write_docker_archive(
-            layout,
-            workdir / "substitute.tar",
-            compressed=engine.load_compressed,
-            plain_layers=plain_layers_dir(engine, workdir),
-            present=attempt_present,
-        )
-        try:
-            return engine.load(archive)
-        except EngineError:
-            if attempt_present == 0:
-                raise
-        finally:
-            archive.unlink(missing_ok=True)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def substitute(
