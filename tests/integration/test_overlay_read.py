@@ -89,7 +89,7 @@ def test_load_leaves_out_the_layers_the_engine_has(
     """`make_canonical` loads only the layers the engine lacks (the others are empty
     members of the archive); should the engine lack one it was thought to have, the
     load fails and is done again with every layer."""
-    from imagesmith.canonical_build import _load
+    from imagesmith.canonical_build import load_layout
 
     context = tmp_path / "context"
     context.mkdir()
@@ -102,7 +102,7 @@ def test_load_leaves_out_the_layers_the_engine_has(
     # top one, with the epoch as its times, is new.
     first = canonicalize_local(local, tmp_path / "first", epoch=EPOCH, drop_paths=VOLATILE_PATHS)
     assert engine.present_layers(first.diff_ids) == 1
-    loaded = images.add(_load(engine, first.layout, first, tmp_path))
+    loaded = images.add(load_layout(engine, first.layout, first.diff_ids, tmp_path))
     assert loaded == first.config_digest
     assert engine.present_layers(first.diff_ids) == 2
     assert engine.present_layers([*first.diff_ids[:1], "sha256:" + "0" * 64]) == 1
@@ -120,7 +120,7 @@ def test_load_leaves_out_the_layers_the_engine_has(
         return len(diff_ids)
 
     monkeypatch.setattr(engine, "present_layers", claim_all)
-    again = images.add(_load(engine, second.layout, second, tmp_path))
+    again = images.add(load_layout(engine, second.layout, second.diff_ids, tmp_path))
     assert attempts == [2] and again == second.config_digest
     run = engine.run(again, ["cat", "/marker"])
     assert run.exit_code == 0 and run.output.strip() == marker
