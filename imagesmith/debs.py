@@ -22,8 +22,6 @@ import hashlib
 import http.client
 import os
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +29,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from imagesmith.engine.base import disk_full_message
 from imagesmith.errors import LockError, OperationError
+from imagesmith.httpget import Fetcher, HTTPStatusError
 from imagesmith.lock import AptLock, AptPackage
 from imagesmith.progress import LineCallback
-from imagesmith.reference import is_loopback_url
 
 if TYPE_CHECKING:
     from imagesmith.input_archive import Archive
@@ -42,7 +40,6 @@ SNAPSHOT_ARCHIVE = "http://snapshot.debian.org/archive"
 _WORKERS = 8
 _CHUNK = 1 << 20
 _TIMEOUT = 30
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def deb_cache() -> Path:
@@ -124,7 +121,11 @@ def fetch_debs(
         raise OperationError(f"apt: cannot write {root}: {exc.strerror or exc}") from None
     packages = sorted(apt.packages, key=lambda p: p.name)
     found: dict[str, Path] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="debs") as pool:
+    fetcher = Fetcher(timeout=_TIMEOUT)
+    with (
+        contextlib.closing(fetcher),
+        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="debs") as pool,
+    ):
         # The cache first: each file hashed again (a disk can rot; an edit must not pass).
         checked = list(pool.map(lambda p: _cached(root, p), packages))
         todo: list[AptPackage] = []
@@ -146,7 +147,8 @@ def fetch_debs(
             started = time.monotonic()
             urls = [places(p, apt.snapshot, snapshot_archive) for p in todo]
             futures = [
-                pool.submit(_fetch, root, p, u, archive) for p, u in zip(todo, urls, strict=True)
+                pool.submit(_fetch, fetcher, root, p, u, archive)
+                for p, u in zip(todo, urls, strict=True)
             ]
             missing: list[_Missing] = []
             mismatch: HashMismatch | None = None
@@ -193,7 +195,11 @@ def _cached(root: Path, package: AptPackage) -> tuple[Path | None, bool]:
 
 
 def _fetch(
-    root: Path, package: AptPackage, urls: list[str], archive: Archive | None = None
+    fetcher: Fetcher,
+    root: Path,
+    package: AptPackage,
+    urls: list[str],
+    archive: Archive | None = None,
 ) -> Path | _Missing:
     """Download one .deb into the cache; _Missing when no place has it."""
     final = root / str(package.sha256)
@@ -219,7 +225,7 @@ def _fetch(
             tried.append(reason)
         for url in urls:
             try:
-                reason = _download(url, out, package)
+                reason = _download(fetcher, url, out, package)
             except HashMismatch:
                 partial.unlink(missing_ok=True)
                 raise
@@ -231,7 +237,7 @@ def _fetch(
         return _Missing(package, tuple(tried))
 
 
-def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
+def _download(fetcher: Fetcher, url: str, out: BinaryIO, package: AptPackage) -> str | None:
     """Fetch `url` into `out`, resuming what it holds; None when done, else why not.
 
     Raises HashMismatch when the complete file is not the one the lock pins.
@@ -243,14 +249,11 @@ def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
     have = out.tell()
     if have and digest.hexdigest() == package.sha256:  # complete, but never renamed
         return None
-    request = urllib.request.Request(url, headers={"User-Agent": "imagesmith"})
+    headers = {"User-Agent": "imagesmith"}
     if have:
-        request.add_header("Range", f"bytes={have}-")
+        headers["Range"] = f"bytes={have}-"
     try:
-        # A repository on loopback (the lab's, or a test's) is reached directly, whatever
-        # proxy the environment names: the proxy could not reach this machine's loopback.
-        urlopen = _DIRECT.open if is_loopback_url(url) else urllib.request.urlopen
-        with urlopen(request, timeout=_TIMEOUT) as response:
+        with fetcher.get(url, headers) as response:
             if have and response.status != 206:  # the server sends it whole: start over
                 digest, have = hashlib.sha256(), 0
                 out.seek(0)
@@ -261,15 +264,14 @@ def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
             # http.client ends a body cut short as if it were complete: what it still
             # expected says whether it was (None: the server sent no length).
             missing: int | None = response.length
-    except urllib.error.HTTPError as exc:
+    except HTTPStatusError as exc:
         if exc.code == 416 and have:  # the partial file is longer than the real one
-            return _start_over(url, out, package)
-        return f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            return _start_over(fetcher, url, out, package)
+        return str(exc)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise OperationError(f"apt: {disk_full_message(str(deb_cache()))}") from None
-        reason = getattr(exc, "reason", None) or exc
-        return f"cannot fetch: {reason}"
+        return f"cannot fetch: {exc}"
     finally:
         out.flush()
         os.fsync(out.fileno())
@@ -280,7 +282,7 @@ def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
     actual = digest.hexdigest()
     if actual != package.sha256:
         if have:  # the bytes kept from before may be the bad ones: once more, from zero
-            return _start_over(url, out, package)
+            return _start_over(fetcher, url, out, package)
         raise HashMismatch(
             f"apt: {package.name} {package.version} from {url} does not match env.lock: "
             f"expected sha256:{package.sha256}, got sha256:{actual}"
@@ -288,10 +290,10 @@ def _download(url: str, out: BinaryIO, package: AptPackage) -> str | None:
     return None
 
 
-def _start_over(url: str, out: BinaryIO, package: AptPackage) -> str | None:
+def _start_over(fetcher: Fetcher, url: str, out: BinaryIO, package: AptPackage) -> str | None:
     out.seek(0)
     out.truncate()
-    return _download(url, out, package)
+    return _download(fetcher, url, out, package)
 
 
 def _write_error(root: Path, exc: OSError) -> OperationError:

@@ -6,14 +6,17 @@ never the network.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +37,11 @@ class Archive:
     ignore_range: bool = False
     cut_after: int | None = None
     """Send this many bytes of the next response, then drop the connection."""
+    drop_idle: bool = False
+    """Close each connection after its response without saying so (a server's idle timeout)."""
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    connections: int = 0
     active: int = 0
     most_active: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,12 +53,20 @@ def archive() -> Iterator[Archive]:
     state = Archive()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps connections alive, as real archives do
+
         def log_message(self, format: str, *args: object) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with state.lock:
+                state.connections += 1
 
         def do_GET(self) -> None:
             with state.lock:
                 state.requests.append((self.path, self.headers.get("Range")))
+                state.headers.append(dict(self.headers))
                 state.active += 1
                 state.most_active = max(state.most_active, state.active)
             try:
@@ -76,6 +91,8 @@ def archive() -> Iterator[Archive]:
                     self.close_connection = True
                     return
                 self.wfile.write(body[start:])
+                if state.drop_idle:
+                    self.close_connection = True
             finally:
                 with state.lock:
                     state.active -= 1
@@ -246,3 +263,74 @@ def test_a_lock_that_does_not_say_where_a_deb_lives_is_refused(tmp_path: Path) -
         " apt package x",
     ]
     assert not list(tmp_path.iterdir())
+
+
+def test_each_worker_keeps_one_connection_and_each_host_is_looked_up_once(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many .debs from one host: a few kept-alive connections and one DNS query, not one
+    of each per file (a resolver that loses a query costs 5 s each time)."""
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def counted(host: str, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counted)
+    port = archive.url.rsplit(":", 1)[1]
+    packages = []
+    for i in range(30):
+        body = bytes([i]) * (1000 + i)
+        package = deb(f"pkg{i:02}", body, f"http://localhost:{port}/debian")
+        archive.files[f"/debian/{package.path}"] = body
+        packages.append(package)
+    found = fetch_debs(AptLock(suite="bookworm", packages=tuple(packages)), cache=tmp_path,
+                       workers=3)  # fmt: skip
+    assert len(found) == 30 and len(archive.requests) == 30
+    assert archive.connections <= 3
+    assert lookups == ["localhost"]
+
+
+def test_a_connection_the_server_closed_while_idle_is_opened_again(
+    archive: Archive, tmp_path: Path
+) -> None:
+    archive.drop_idle = True
+    bodies = {f"pkg{i}": bytes([i]) * 5000 for i in range(5)}
+    packages = [served(archive, name, body) for name, body in bodies.items()]
+    found = fetch_debs(AptLock(suite="bookworm", packages=tuple(packages)), cache=tmp_path,
+                       workers=1)  # fmt: skip
+    assert {name: path.read_bytes() for name, path in found.items()} == bodies
+    assert archive.connections == 5
+
+
+def test_the_environments_proxy_is_used_except_for_loopback_and_no_proxy(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that is not loopback goes through `http_proxy` (the whole URL as the
+    request target, its credentials as Proxy-Authorization); `no_proxy` hosts do not."""
+    body = b"through the proxy" * 100
+    package = deb("proxied", body, "http://debs.example.invalid/debian")
+    archive.files[f"http://debs.example.invalid/debian/{package.path}"] = body
+    monkeypatch.setenv("http_proxy", archive.url.replace("http://", "http://lab:s%40cret@"))
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    found = fetch_debs(AptLock(suite="bookworm", packages=(package,)), cache=tmp_path)
+    assert found["proxied"].read_bytes() == body
+    assert archive.requests == [(f"http://debs.example.invalid/debian/{package.path}", None)]
+    expected = "Basic " + base64.b64encode(b"lab:s@cret").decode()
+    assert archive.headers[0]["Proxy-Authorization"] == expected
+
+    # Loopback never goes through it: the proxy could not reach this machine's loopback.
+    local = served(archive, "local", b"direct" * 10)
+    archive.requests.clear()
+    fetch_debs(AptLock(suite="bookworm", packages=(local,)), cache=tmp_path)
+    assert archive.requests == [(f"/debian/{local.path}", None)]
+
+    # A no_proxy host is asked directly (here: a name that does not resolve).
+    monkeypatch.setenv("no_proxy", "example.invalid")
+    other = deb("other", b"x" * 10, "http://debs.example.invalid/debian")
+    with pytest.raises(
+        OperationError, match=r"other 1\.0-1 .*debs\.example\.invalid.*cannot fetch"
+    ):
+        fetch_debs(AptLock(suite="bookworm", packages=(other,)), cache=tmp_path)
