@@ -36,6 +36,7 @@ from imagesmith.lock import (
 from imagesmith.progress import LineCallback
 from imagesmith.records import BuildRecord, build_record_path, read_build_record, write_record
 from imagesmith.render import build_args, content_tag, render
+from imagesmith.scratch import scratch
 from imagesmith.spec import Spec
 from imagesmith.userpath import as_typed
 
@@ -142,8 +143,7 @@ def build_canonical(
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
     ensure_base(engine, lock, archive)
     args = build_args(lock)
-    with tempfile.TemporaryDirectory(prefix="imagesmith-build-") as tmp:
-        work = Path(tmp)
+    with scratch(Path(tempfile.gettempdir()), "imagesmith-build-") as work:
         prewarm = Prewarm(engine, epoch=epoch, workdir=work)
         stages = StageWatcher(prewarm.add)
 

@@ -15,7 +15,6 @@ import os
 import queue
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from imagesmith.oci import write_docker_archive
 from imagesmith.overlay import NotReadable
 from imagesmith.progress import LineCallback
 from imagesmith.render import APT_DROP_PATHS
+from imagesmith.scratch import make_scratch, release
 
 #: Left out of every layer above the base: apt's run-dependent files, and the .debs the
 #: system stage copies in and removes (their layer drops out, and so does the whiteout).
@@ -111,11 +111,11 @@ def _rewrite(
 
 
 def new_staging() -> Path:
-    images = _images_dir()
-    images.mkdir(parents=True, exist_ok=True)
+    """A staging folder for a canonical layout, locked until `scratch.release` (the ones
+    killed processes left are removed meanwhile: `imagesmith.scratch`)."""
     # Beside the layouts' final place: blobs hard-link to and from the layer cache, and a
     # layout moves in with a rename. Dot folders are skipped by the cache's pruning.
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=images))
+    return make_scratch(_images_dir(), ".staging-")
 
 
 class Prewarm:
@@ -177,7 +177,7 @@ class Prewarm:
             except Exception:  # an optimisation only (see the class doc)
                 pass
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                release(staging)
 
     def finish(self, *, cancel: bool = False) -> None:
         """Wait for the work queued so far; with `cancel`, skip what has not started."""
@@ -325,7 +325,7 @@ def make_canonical(
         layout = layout_dir(image.manifest_digest)
         install_layout(staging, layout)
     finally:
-        shutil.rmtree(staging.parent, ignore_errors=True)
+        release(staging.parent)
     touch(layout)
     budget = cache_budget()
     removed = prune(cache_dir(), budget=budget, keep_newer_than=started)

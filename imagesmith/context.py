@@ -49,11 +49,16 @@ from imagesmith.integrity import (
 from imagesmith.lock import Lock, PythonLock
 from imagesmith.progress import LineCallback
 from imagesmith.render import CONTEXT_APT, CONTEXT_PYTHON, copy_context_path
+from imagesmith.scratch import disown, make_scratch, release
 
 if TYPE_CHECKING:
     from imagesmith.input_archive import Archive
 
 DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+#: The name of a wheel folder or Python tree being made, before its key.
+_PARTIAL = ".partial-"
 
 
 def cache_dir() -> Path:
@@ -115,9 +120,21 @@ def fetch_wheels(
         except (OSError, ValueError, TypeError, AttributeError):
             pass  # a damaged record: fetched again
         shutil.rmtree(folder, ignore_errors=True)
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = make_scratch(folder.parent, folder.name + _PARTIAL, siblings=f"*{_PARTIAL}*")
+    try:
+        return _fetch_into(partial, folder, python, requirements, on_line, archive)
+    finally:
+        release(partial)
+
+
+def _fetch_into(
+    partial: Path,
+    folder: Path,
+    python: PythonLock,
+    requirements: str,
+    on_line: LineCallback | None,
+    archive: Archive | None,
+) -> Path:
     from_archive = _wheels_from_archive(python, archive, partial / "wheels", on_line)
     if len(from_archive) == len(python.packages):
         return _complete(partial, folder, python)
@@ -143,7 +160,6 @@ def fetch_wheels(
         on_line(f"python: fetching {len(python.packages)} wheels on the host")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        shutil.rmtree(partial, ignore_errors=True)
         if "[Errno 28]" in result.stderr:  # ENOSPC, under pip's traceback
             raise OperationError(f"python: {disk_full_message(str(folder.parent))}")
         lines = result.stderr.strip().splitlines()
@@ -166,6 +182,7 @@ def _complete(partial: Path, folder: Path, python: PythonLock) -> Path:
     try:
         _record_wheels(partial, python)
         shutil.rmtree(folder, ignore_errors=True)
+        disown(partial)
         partial.rename(folder)
         fsync_dir(folder.parent)
     except CorruptEntry as exc:
@@ -174,8 +191,6 @@ def _complete(partial: Path, folder: Path, python: PythonLock) -> Path:
         ) from None
     except OSError as exc:
         raise OperationError(f"python: cannot write {folder}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
@@ -289,10 +304,11 @@ def python_tree(
     wheels = sorted(
         (fetch_wheels(python, on_line=on_line, archive=archive) / "wheels").glob("*.whl")
     )
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     try:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        partial = make_scratch(folder.parent, folder.name + _PARTIAL, siblings=f"*{_PARTIAL}*")
+    except OSError as exc:
+        raise _tree_write_error(folder, exc) from None
+    try:
         root = install_wheels(wheels, partial / "root", python_version=python.version)
         digest = write_tree_tar(root, partial / VENV_TAR, epoch=epoch)
         shutil.rmtree(partial / "root")
@@ -300,6 +316,7 @@ def python_tree(
         if folder.exists() and not (folder / TREE_SUM).is_file():
             shutil.rmtree(folder, ignore_errors=True)  # not whole, or another version's
         try:
+            disown(partial)
             partial.rename(folder)
             fsync_dir(folder.parent)
         except OSError:
@@ -307,13 +324,17 @@ def python_tree(
             if not (folder / TREE_SUM).is_file():
                 raise
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise OperationError(f"python: {disk_full_message(str(cache_dir()))}") from None
-        raise OperationError(f"python: cannot write {folder}: {exc.strerror or exc}") from None
+        raise _tree_write_error(folder, exc) from None
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        release(partial)
     _prune_trees(keep=folder)
     return folder / VENV_TAR
+
+
+def _tree_write_error(folder: Path, exc: OSError) -> OperationError:
+    if exc.errno == errno.ENOSPC:
+        return OperationError(f"python: {disk_full_message(str(cache_dir()))}")
+    return OperationError(f"python: cannot write {folder}: {exc.strerror or exc}")
 
 
 def _prune_trees(*, keep: Path) -> None:

@@ -16,7 +16,6 @@ to substitute (no tag, an unreachable registry, bytes that do not match) is one 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from imagesmith.progress import LineCallback
 from imagesmith.reference import ImageReference, parse_reference
 from imagesmith.registry import MANIFEST_TYPES, RegistryClient
 from imagesmith.render import content_tag
+from imagesmith.scratch import release
 
 #: The manifest kinds a canonical image is pushed as (an index is never one).
 IMAGE_MANIFEST_TYPES = MANIFEST_TYPES[2:]
@@ -166,6 +166,6 @@ def substitute(
         on_line(f"substitution: skipped, {exc}; building locally")
         return None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        release(staging)
     touch(layout)
     return Canonical(image_id=image_id, digest=found.digest, layout=layout), found.source

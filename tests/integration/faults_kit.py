@@ -237,8 +237,9 @@ def cache_problems(cache: Path, *, killed: bool = False) -> list[str]:
     """Every entry of imagesmith's cache (XDG_CACHE_HOME/imagesmith) hashed again against
     the digest it is stored under or with: the .debs, layer blobs, canonical layouts'
     blobs, wheels and venv archives. Also any temporary file a writer left behind, unless
-    `killed`: a killed process leaves its staging folders (`.staging-*`, `*.partial-PID`),
-    which no later run takes for an entry, but none removes either (known, reported)."""
+    `killed`: a killed process leaves its scratch folders (`.staging-*`, `*.partial-*`),
+    which no later run takes for an entry; the next one that makes a scratch folder of the
+    same kind removes them (imagesmith.scratch), but a `lock` or `push` makes none."""
     problems: list[str] = []
     named = [
         *(cache / "debs").glob("*"),
