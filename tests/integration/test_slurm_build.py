@@ -105,17 +105,19 @@ def test_an_array_builds_each_spec_on_its_node_with_the_local_digest(
         assert done.returncode == 2, said
         lines = done.stdout.splitlines()
         assert len(lines) == 3, said
+        # One line per spec, in the order the tasks finish.
+        by_spec = {line.split()[1].removesuffix(":"): line for line in lines}
         for index, n in enumerate(("a", "b")):
-            assert lines[index].startswith(f"ok      {n}/env.toml: {local[n]} (task {index}, "), (
-                said
-            )
-            assert lines[index].endswith(f"pushed {repositories[n]}@{local[n]}"), said
+            line = by_spec[f"{n}/env.toml"]
+            assert line.startswith(f"ok      {n}/env.toml: {local[n]} (task {index}, "), said
+            assert line.endswith(f"pushed {repositories[n]}@{local[n]}"), said
             record = json.loads(push_record_path(paths[n]).read_text())
             assert (record["repository"], record["digest"]) == (repositories[n], local[n])
             assert _manifest_status(registry, repositories[n], local[n]) == 200
         log = f"imagesmith-slurm/{job_id}_2.log"
-        assert lines[2].startswith("failed  c/env.toml: "), said
-        assert packages["c"] in lines[2] and lines[2].endswith(f"(task 2, exit 2); log: {log}")
+        failed = by_spec["c/env.toml"]
+        assert failed.startswith("failed  c/env.toml: "), said
+        assert packages["c"] in failed and failed.endswith(f"(task 2, exit 2); log: {log}")
         assert packages["c"] in (tmp_path / log).read_text()
         assert "3 specs: 2 built, 1 failed" in done.stderr
         # The password reached the tasks through the environment only.
