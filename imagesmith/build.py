@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from imagesmith import __version__
 from imagesmith.cachegc import cache_budget, touch
 from imagesmith.engine.base import Engine
-from imagesmith.errors import EngineError, InputError, StaleLockError
+from imagesmith.errors import EngineError, ImagesmithError, InputError, StaleLockError
 from imagesmith.integrity import LineLog
 from imagesmith.lock import (
     Lock,
@@ -125,6 +125,7 @@ def build_canonical(
     no_cache: bool = False,
     on_line: LineCallback = lambda _: None,
     archive: Archive | None = None,
+    share: str | None = None,
 ) -> Canonical:
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
@@ -132,16 +133,19 @@ def build_canonical(
     When the Python packages have to be downloaded or installed on the host, the engine
     builds the system stage (apt) meanwhile, and the full build then starts from that
     stage's image. `archive`: the lock's input archive in the lab's registry, where
-    inputs are looked for before their original sources.
+    inputs are looked for before their original sources. `share`: the registry
+    repository through which system stages are shared (`imagesmith.system_stage`): the
+    stage is taken from there when it holds it, else built here on its own and kept
+    for `push`.
     """
     from imagesmith.canonical_build import Prewarm, StageWatcher, make_canonical
     from imagesmith.context import assemble_context, python_tree_cached
     from imagesmith.debs import fetch_debs
     from imagesmith.input_archive import ensure_base
+    from imagesmith.system_stage import keep_stage, take_stage
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
-    ensure_base(engine, lock, archive)
     args = build_args(lock)
     with scratch(Path(tempfile.gettempdir()), "imagesmith-build-") as work:
         prewarm = Prewarm(engine, epoch=epoch, workdir=work)
@@ -155,36 +159,54 @@ def build_canonical(
             containerfile = render(lock, epoch=epoch)
             python = lock.python
             debs: dict[str, Path] | None
-            if (
-                python
-                and python.packages
-                and not python_tree_cached(python, lock.source_date_epoch)
-            ):
-                system_id = _system_while_fetching(
-                    lock,
-                    engine,
-                    containerfile,
-                    work / "system",
-                    args=args,
-                    no_cache=no_cache,
-                    on_line=on_line,
-                    on_build_line=line,
-                    archive=archive,
-                )
+            sharing = share is not None and python is not None and bool(python.packages)
+            system_id = (
+                take_stage(share, lock, engine, epoch=epoch, on_line=on_line) if sharing else None
+            )
+            built_stage = False
+            if system_id is not None:
                 prewarm.add(system_id)
                 containerfile = render(lock, system_image=system_id, epoch=epoch)
-                debs = None  # the system stage is built: the .debs are in it already
+                debs = None  # the stage taken from the registry holds the base and the .debs
             else:
-                debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
+                ensure_base(engine, lock, archive)
+                if (
+                    python
+                    and python.packages
+                    and (sharing or not python_tree_cached(python, lock.source_date_epoch))
+                ):
+                    built_stage = sharing
+                    system_id = _system_while_fetching(
+                        lock,
+                        engine,
+                        containerfile,
+                        work / "system",
+                        args=args,
+                        no_cache=no_cache,
+                        on_line=on_line,
+                        on_build_line=line,
+                        archive=archive,
+                    )
+                    prewarm.add(system_id)
+                    containerfile = render(lock, system_image=system_id, epoch=epoch)
+                    debs = None  # the system stage is built: the .debs are in it already
+                else:
+                    debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
             context = assemble_context(
                 lock, containerfile, work / "context", debs=debs, on_line=on_line, archive=archive
             )
             built_id = engine.build(
                 context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
             )
-            return make_canonical(
+            canonical = make_canonical(
                 engine, built_id, epoch=epoch, workdir=work, on_line=on_line, prewarm=prewarm
             )
+            if built_stage and system_id is not None:
+                try:
+                    keep_stage(engine, system_id, lock, epoch=epoch, workdir=work)
+                except (ImagesmithError, OSError) as exc:  # a cache only: the image is built
+                    on_line(f"system stage: not kept for sharing ({exc})")
+            return canonical
         finally:
             prewarm.finish(cancel=True)
 
@@ -341,7 +363,12 @@ def build(
     else:
         archive = Archive.for_lock(spec.registry_repository, lock)
         canonical = build_canonical(
-            lock, engine, no_cache=no_cache, on_line=on_line, archive=archive
+            lock,
+            engine,
+            no_cache=no_cache,
+            on_line=on_line,
+            archive=archive,
+            share=spec.registry_repository if substitute else None,
         )
         source = None
     # Cut short, this puts back the tags it moved: `name:version` names the last image again.

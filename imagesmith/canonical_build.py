@@ -279,6 +279,23 @@ def install_layout(staging: Path, layout: Path) -> None:
             link_over(path, layout / path.relative_to(staging))
 
 
+def rewrite_into(engine: Engine, image_id: str, *, epoch: int, workdir: Path) -> Canonical:
+    """The canonical form of the engine's `image_id` kept in the cache as an OCI layout,
+    for pushing; nothing is loaded (see `make_canonical` for the image a build gives)."""
+    cache = LayerCache(cache_dir() / "layers")
+    staging = new_staging()
+    try:
+        image = _rewrite(
+            engine, image_id, staging / "layout", epoch=epoch, workdir=workdir, cache=cache
+        )
+        layout = layout_dir(image.manifest_digest)
+        install_layout(staging / "layout", layout)
+    finally:
+        release(staging)
+    touch(layout)
+    return Canonical(image_id=image.config_digest, digest=image.manifest_digest, layout=layout)
+
+
 def make_canonical(
     engine: Engine,
     built_id: str,

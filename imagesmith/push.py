@@ -99,6 +99,7 @@ def push(
         gid=built.gid,
     )
     write_record(push_record_path(spec.path), record)
+    _push_system_stage(lock, ref, on_line=on_line)
     if inputs:
         try:
             _push_input_archive(lock, built, ref, layout, digest, on_line=on_line)
@@ -122,6 +123,20 @@ def push(
         if on_line:
             on_line(f"push: attached {len(attached)} attestations (SPDX, CycloneDX, provenance)")
     return record
+
+
+def _push_system_stage(lock: Lock, ref: ImageReference, *, on_line: LineCallback | None) -> None:
+    """The system stage this machine built for `lock` (a `build --push` or `--substitute`
+    keeps it), for other locks with the same base and apt closure; a cache only, so a
+    failure is one line and the push goes on."""
+    from imagesmith.build import build_epoch
+    from imagesmith.system_stage import push_stage
+
+    try:
+        push_stage(lock, build_epoch(lock), ref, on_line=on_line)
+    except (OperationError, CorruptEntry, OSError) as exc:
+        if on_line:
+            on_line(f"push: the system stage was not stored ({exc}); the image is pushed")
 
 
 def _push_input_archive(

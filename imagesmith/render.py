@@ -236,6 +236,12 @@ def _system_stage(lock: Lock, built: str | None, epoch: int) -> list[str]:
     return out
 
 
+def system_stage_text(lock: Lock, epoch: int) -> str:
+    """The system stage's lines of the Containerfile (base, apt closure, user): two locks
+    with the same text build the same stage (`imagesmith.system_stage`)."""
+    return "\n".join(_system_stage(lock, None, epoch))
+
+
 def _python_steps(lock: Lock) -> list[str]:
     if lock.python is None:
         return []

@@ -211,3 +211,54 @@ def test_many_specs_in_one_command_a_failure_fails_only_itself(
     finally:
         for path in (*good, bad):
             _remove_built(engine, path)
+
+
+def test_a_lock_with_the_same_apt_closure_takes_the_system_stage_from_the_registry(
+    engine: Engine,
+    base_image: str,
+    logged_in: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`build --push` keeps the system stage and `push` stores it as `system-KEY`; after a
+    Python pin changes, a fresh builder (podman, its own storage and cache) takes that
+    stage from the registry and runs no apt step, and the image has the digest a build
+    from scratch gives."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first-cache"))
+    name = f"it-stage-{uuid.uuid4().hex[:8]}"
+    repository = f"{logged_in.host}/lab/{name}"
+    path = _write_spec(tmp_path / "lab", name, base_image, "hello", repository)
+    text = path.read_text()
+    path.write_text(text + '[python]\nrequirements = ["six==1.17.0"]\n')
+    made: list[str] = []  # tags and images in `engine`, removed at the end
+    try:
+        spec = load_spec(path)
+        built = build(spec, engine, substitute=True)
+        made += [*built.tags, built.image_id]
+        pushed: list[str] = []
+        push(
+            spec, read_lock(spec.lock_path), inputs=False, attestations=False, on_line=pushed.append
+        )
+        stage_lines = [line for line in pushed if line.startswith("push: system stage ")]
+        assert len(stage_lines) == 1 and f"{repository}:system-" in stage_lines[0], pushed
+
+        # Another Python pin: the same base, apt closure and user, so the same stage.
+        path.write_text(text + '[python]\nrequirements = ["six==1.16.0"]\n')
+        changed = build(load_spec(path), engine, relock=True)  # from scratch, no registry
+        made += [*changed.tags, changed.image_id]
+        assert changed.digest != built.digest
+
+        with second_podman(tmp_path, monkeypatch) as second:
+            lines: list[str] = []
+            again = build(load_spec(path), second, substitute=True, on_line=lines.append)
+            told = "\n".join(lines)
+            assert f"system stage: taking {repository}:system-" in told, told
+            assert "apt-get install" not in told and "Unpacking" not in told, told
+            assert again.substituted_from is None  # the image itself was built here
+            assert again.digest == changed.digest
+            run = second.run(again.tags[0], ["python3", "-c", "import six; print(six.__version__)"])
+            assert run.output.strip() == "1.16.0"
+    finally:
+        for ref in made:
+            with contextlib.suppress(EngineError):
+                engine.remove_image(ref, force=True)
