@@ -649,6 +649,45 @@ def _scaling_section(fig: dict[str, Any]) -> list[str]:
     return out
 
 
+def _recipes_section(recipes: list[dict[str, Any]]) -> list[str]:
+    """Ready recipes locked and built once each (bench/recipe_build.py)."""
+    rows = [
+        [
+            f"`{r['recipe']}`",
+            r["engine"],
+            f"{r['lock_seconds']:.1f} s",
+            f"{r['build_seconds']:.1f} s",
+            f"{r['image_bytes'] / 1e6:,.0f} MB",
+            f"{r['apt_packages']} / {r['python_distributions']}",
+            f"{r['wheel_bytes'] / 1e6:,.0f} MB",
+            f"{r['imagesmith']}, {r['date']}",
+        ]
+        for r in recipes
+    ]
+    return [
+        "## 5. Recipes built once",
+        "",
+        "`bench/recipe_build.py RECIPE [--engine E]`: the recipe with its base replaced by "
+        "`imagesmith/debian:bookworm`, locked, then built with `--no-cache` and empty "
+        "imagesmith and uv caches (one run; no reference: these figures say what a user "
+        "of the recipe waits for and stores).",
+        "",
+        *_table(
+            [
+                "recipe",
+                "engine",
+                "lock",
+                "cold build",
+                "image size",
+                "apt / Python pinned",
+                "wheels fetched",
+                "measured with",
+            ],
+            rows,
+        ),
+    ]
+
+
 def render_readme(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     minutes = results.get("elapsed_seconds", 0) / 60
@@ -706,6 +745,8 @@ def render_readme(results: dict[str, Any]) -> str:
             sections += [*_push_section(engine, fig, cold, targets), ""]
     if results.get("scaling", {}).get("points"):
         sections += [*_scaling_section(results["scaling"]), ""]
+    if results.get("recipes"):
+        sections += [*_recipes_section(results["recipes"]), ""]
     if targets:
         out += ["### Targets", "", *_table(["target", "measured", "met"], targets), ""]
     out += sections
