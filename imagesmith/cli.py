@@ -1702,7 +1702,7 @@ def command_name(command: CommandInfo) -> str:
 def app_for(args: Sequence[str]) -> typer.Typer:
     """`app` with only the commands that the command line `args` can reach.
 
-    Typer builds each command from its function's signature (about 2 ms each) before it
+    Typer builds each command from its function's signature (1-2 ms each) before it
     looks at the command line, and a run needs one: `imagesmith render ...` gets a group
     holding `render` alone, `imagesmith --version` (answered before any command is looked
     up) an empty one. Anything else (`--help`, no command, a name that is none of ours,
