@@ -53,7 +53,7 @@ lab-analysis spec, CPU time, 2 cores shared with other work):
 - `imagesmith.spec` and `imagesmith.lock`, 15-17 ms, nearly all of it Python creating
   their 18 dataclasses; `hashlib` (OpenSSL) 2.5 ms, `tomllib` 2 ms;
 - building the one command named (typer reads its signature), 2 ms; before, all 18
-  commands were built for every run, 25 ms;
+  commands were built for every run, 15-20 ms;
 - reading env.toml and env.lock (parsed and hash-checked once per command; before,
   twice), 5 ms; rendering, with the lock in a label, 4.5 ms; writing the file, 1-2 ms.
 
