@@ -24,7 +24,6 @@ from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.quantity import normalize_quantity
 from imagesmith.resources import data_path
-from imagesmith.slurmtime import JobArray, parse_job_array
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,6 +32,8 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
+
+    from imagesmith.slurmtime import JobArray
 
 DEFAULT_USER = "lab"
 # Above the ranges hosts hand out (1000+ for people), so the container's user cannot be
@@ -500,6 +501,8 @@ def _semantic_problems(
             "names a GPU model, but [resources] gpu asks for none; set gpu = 1 or more",
         )
     if isinstance(job, dict) and isinstance(job.get("array"), str):
+        from imagesmith.slurmtime import parse_job_array  # here: few specs have an array
+
         try:
             parse_job_array(job["array"])
         except ValueError as exc:
@@ -908,7 +911,7 @@ def spec_from_valid_data(
             name: SecretRef(ref["secret"], ref["key"])
             for name, ref in sorted(job_data.get("secret_env", {}).items())
         },
-        array=parse_job_array(job_data["array"]) if "array" in job_data else None,
+        array=_job_array(job_data["array"]) if "array" in job_data else None,
         queue=job_data.get("queue"),
         queue_map=dict(sorted(job_data.get("queue_map", {}).items())),
         account=job_data.get("account"),
@@ -959,3 +962,9 @@ def spec_from_valid_data(
         data=data,
         spec_hash=spec_hash(data, file_requirements),
     )
+
+
+def _job_array(text: str) -> JobArray:
+    from imagesmith.slurmtime import parse_job_array  # here: few specs have an array
+
+    return parse_job_array(text)
