@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import json
@@ -10,13 +11,14 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import click
 import typer
 from click.core import ParameterSource
+from typer.models import CommandInfo
 
 from imagesmith import __version__
 from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError, OperationError
@@ -349,9 +351,6 @@ def lock(
 
     Re-running on an unchanged spec changes nothing and needs no network.
     """
-    from imagesmith.lock import read_lock, write_lock
-    from imagesmith.reports import lock_report
-    from imagesmith.resolve import lock_spec
     from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -359,6 +358,11 @@ def lock(
     if check:
         check_lock(spec, as_json=as_json)
         return
+    # Only now: resolving needs the engines' modules, which --check (CI's check) does not.
+    from imagesmith.lock import read_lock, write_lock
+    from imagesmith.reports import lock_report
+    from imagesmith.resolve import lock_spec
+
     previous = read_lock(lock_path) if lock_path.exists() else None
     if previous is not None and previous.platform != platform:
         previous = None
@@ -1687,5 +1691,37 @@ def verify_provenance(
     typer.echo(f"verified: {', '.join(found)} (key {public.keyid[:16]})")
 
 
+def command_name(command: CommandInfo) -> str:
+    """The name a command is called by, as typer derives it from the function."""
+    if command.name:
+        return command.name
+    assert command.callback is not None, "every command of the app has its function"
+    return command.callback.__name__.lower().replace("_", "-")
+
+
+def app_for(args: Sequence[str]) -> typer.Typer:
+    """`app` with only the commands that the command line `args` can reach.
+
+    Typer builds each command from its function's signature (1-2 ms each) before it
+    looks at the command line, and a run needs one: `imagesmith render ...` gets a group
+    holding `render` alone, `imagesmith --version` (answered before any command is looked
+    up) an empty one. Anything else (`--help`, no command, a name that is none of ours,
+    shell completion) gets the whole app, so it lists, suggests and completes as before.
+    """
+    if any(name.startswith("_") and "_COMPLETE" in name for name in os.environ):
+        return app
+    first = args[0] if args else None
+    needed: list[CommandInfo]
+    if first == "--version":
+        needed = []
+    else:
+        needed = [command for command in app.registered_commands if command_name(command) == first]
+        if not needed:
+            return app
+    lean = copy.copy(app)  # the same settings and callback, its own list of commands
+    lean.registered_commands = needed
+    return lean
+
+
 def main() -> None:
-    app()
+    app_for(sys.argv[1:])()

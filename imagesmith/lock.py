@@ -46,7 +46,7 @@ from imagesmith.spec import (
     canonical_hash,
     draft_validator,
     json_path,
-    parse_toml,
+    parse_lock_text,
     read_input_text,
     spec_from_valid_data,
 )
@@ -280,13 +280,13 @@ def lock_schema() -> dict[str, Any]:
 def parse_lock(text: str, *, path: Path) -> Lock:
     label = path.name
     try:
-        data = parse_toml(text, label)
+        data, intact = parse_lock_text(text, label)
     except SpecError as exc:
         raise LockError(f"{exc.problems[0]}; run `imagesmith lock` to regenerate it") from None
     # An intact lock in this format is what imagesmith wrote after checking it: skip the
     # schema (and its 0.1 s import); anything odd still gets the full check below.
     body = {k: v for k, v in data.items() if k != "lock_hash"}
-    if data.get("lock_version") == LOCK_VERSION and data.get("lock_hash") == content_hash(body):
+    if data.get("lock_version") == LOCK_VERSION and intact:
         try:
             return _lock_from_data(body, path)
         except (KeyError, TypeError, ValueError, AttributeError):

@@ -8,7 +8,6 @@ nothing is returned until there are none.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -25,7 +24,6 @@ from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.quantity import normalize_quantity
 from imagesmith.resources import data_path
-from imagesmith.slurmtime import JobArray, parse_job_array
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +32,8 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
+
+    from imagesmith.slurmtime import JobArray
 
 DEFAULT_USER = "lab"
 # Above the ranges hosts hand out (1000+ for people), so the container's user cannot be
@@ -306,6 +306,8 @@ def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
         known = sorted(schema.get("properties", {}))
         allowed = set(known)
         instance: Any = error.instance
+        import difflib  # here: only a spec with a problem needs it
+
         for key in sorted(k for k in instance if k not in allowed):
             close = difflib.get_close_matches(key, known, n=1)
             suggestion = f" (did you mean {close[0]}?)" if close else ""
@@ -499,6 +501,8 @@ def _semantic_problems(
             "names a GPU model, but [resources] gpu asks for none; set gpu = 1 or more",
         )
     if isinstance(job, dict) and isinstance(job.get("array"), str):
+        from imagesmith.slurmtime import parse_job_array  # here: few specs have an array
+
         try:
             parse_job_array(job["array"])
         except ValueError as exc:
@@ -648,16 +652,37 @@ def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str
     return canonical_hash({"spec": image_part(data), "requirements_file": list(extra_requirements)})
 
 
+#: What the last reader of a lock parsed, left for the next reader of the same text, who
+#: takes it. A command reads env.lock twice (load_spec, to see whether the lock vouches
+#: for the spec; then the command, for its pins), and parsing and hashing a 50 kB lock
+#: takes 5 ms of `render`'s 0.1 s. Taken, never shared: the taker may change what it gets.
+_parsed_lock: dict[str, tuple[dict[str, Any], bool]] = {}
+
+
+def parse_lock_text(text: str, label: str) -> tuple[dict[str, Any], bool]:
+    """A lock's `text` parsed (SpecError if it is not TOML), and whether its lock_hash is
+    the hash of the rest (an intact lock, not a hand-edited or damaged one)."""
+    left = _parsed_lock.pop(text, None)
+    if left is not None:
+        return left
+    data = parse_toml(text, label)
+    body = {key: value for key, value in data.items() if key != "lock_hash"}
+    return data, data.get("lock_hash") == canonical_hash(body)
+
+
 def _locked_spec_hash(spec_path: Path) -> str | None:
     """The spec_hash recorded by the intact env.lock beside `spec_path`, if there is one."""
     try:
-        data = parse_toml(read_input_text(spec_path.with_suffix(".lock")), "")
+        text = read_input_text(spec_path.with_suffix(".lock"))
+        data, intact = parse_lock_text(text, "")
     except (OSError, UnicodeDecodeError, SpecError):
         return None
-    stored, recorded = data.pop("lock_hash", None), data.get("spec_hash")
-    if not isinstance(recorded, str) or stored != canonical_hash(data):
+    recorded, version = data.get("spec_hash"), data.get("imagesmith_version")
+    _parsed_lock.clear()
+    _parsed_lock[text] = (data, intact)  # for the command, which reads this lock next
+    if not isinstance(recorded, str) or not intact:
         return None
-    if data.get("imagesmith_version") != __version__:
+    if version != __version__:
         return None  # another version may have checked against another schema
     return recorded
 
@@ -886,7 +911,7 @@ def spec_from_valid_data(
             name: SecretRef(ref["secret"], ref["key"])
             for name, ref in sorted(job_data.get("secret_env", {}).items())
         },
-        array=parse_job_array(job_data["array"]) if "array" in job_data else None,
+        array=_job_array(job_data["array"]) if "array" in job_data else None,
         queue=job_data.get("queue"),
         queue_map=dict(sorted(job_data.get("queue_map", {}).items())),
         account=job_data.get("account"),
@@ -937,3 +962,9 @@ def spec_from_valid_data(
         data=data,
         spec_hash=spec_hash(data, file_requirements),
     )
+
+
+def _job_array(text: str) -> JobArray:
+    from imagesmith.slurmtime import parse_job_array  # here: few specs have an array
+
+    return parse_job_array(text)
