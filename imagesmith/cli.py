@@ -546,7 +546,9 @@ def build(
         typer.Option(
             "--substitute",
             help="When \\[registry] repository holds this lock's image (tag lock-HASH), "
-            "pull it by digest instead of building (docs/ci.md: what that trusts).",
+            "pull it by digest instead of building; else take its system stage from there "
+            "when it holds that (tag system-KEY), or build the stage apart for push to store "
+            "(docs/catalogue.md: what that trusts).",
         ),
     ] = False,
     no_inputs: NoInputsOpt = False,
