@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib import metadata
+from typing import TYPE_CHECKING
 
 from imagesmith.engine.base import Engine, ImageInfo, RunResult
 from imagesmith.errors import EngineError, ImagesmithError, InputError, NoLocalImageError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 ENTRY_POINT_GROUP = "imagesmith.engines"
 BUILTIN = {
@@ -82,8 +85,10 @@ def look_in_the_other_engine(missing: NoLocalImageError) -> NoLocalImageError:
     return NoLocalImageError(missing.engine, missing.ref, note=note)
 
 
-def _registered() -> dict[str, metadata.EntryPoint]:
+def _registered() -> dict[str, EntryPoint]:
     """Engines other packages register (read only when a name is not built in)."""
+    from importlib import metadata  # 10+ ms to import: not on every command's path
+
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
