@@ -357,7 +357,9 @@ def build(
             return dataclasses.replace(done, seconds=time.monotonic() - started, locked=locked)
     from imagesmith.input_archive import Archive
 
-    taken = _substituted(spec, lock, engine, on_line=on_line) if substitute else None
+    taken, answered = (
+        _substituted(spec, lock, engine, on_line=on_line) if substitute else (None, False)
+    )
     if taken is not None:
         canonical, source = taken
     else:
@@ -368,7 +370,8 @@ def build(
             no_cache=no_cache,
             on_line=on_line,
             archive=archive,
-            share=spec.registry_repository if substitute else None,
+            # A registry that did not answer for the image is not asked for its stage.
+            share=spec.registry_repository if answered else None,
         )
         source = None
     # Cut short, this puts back the tags it moved: `name:version` names the last image again.
@@ -405,15 +408,16 @@ def build(
 
 def _substituted(
     spec: Spec, lock: Lock, engine: Engine, *, on_line: LineCallback
-) -> tuple[Canonical, str] | None:
-    """The image from the registry (`substitute`), when it is the one this build would make."""
+) -> tuple[tuple[Canonical, str] | None, bool]:
+    """The image from the registry (`substitute`), when it is the one this build would
+    make; and whether the registry may be asked for the system stage."""
     from imagesmith.substitute import substitute
 
     if build_epoch(lock) != lock.source_date_epoch:
         on_line(
             "substitution: skipped, SOURCE_DATE_EPOCH differs from the lock's; building locally"
         )
-        return None
+        return None, bool(spec.registry_repository)
     return substitute(spec.registry_repository, lock, engine, on_line=on_line)
 
 

@@ -141,21 +141,22 @@ def fetch_layout(found: Substitute, out: Path, *, lock: Lock | None = None) -> l
 
 def substitute(
     repository: str | None, lock: Lock, engine: Engine, *, on_line: LineCallback
-) -> tuple[Canonical, str] | None:
+) -> tuple[tuple[Canonical, str] | None, bool]:
     """The canonical image of `lock` taken from `repository` and loaded into `engine`, and
     where it came from; None (with one line saying why, unless the registry simply lacks
-    it) when the build has to run."""
+    it) when the build has to run. Second: whether the registry answered, so that the
+    build asks it for more (a system stage) or not."""
     if not repository:
         on_line("substitution: skipped, no [registry] repository; building locally")
-        return None
+        return None, False
     try:
         found = find_substitute(repository, lock)
     except ImagesmithError as exc:  # unreachable, unauthorized, or not an image of this lock
         on_line(f"substitution: skipped, {exc}; building locally")
-        return None
+        return None, isinstance(exc, NotSubstituted)
     if found is None:
         on_line(f"substitution: {repository} has no {content_tag(lock)}; building")
-        return None
+        return None, True
     on_line(f"substitution: taking {found.source} ({found.digest[:19]}) from the registry")
     layout = layout_dir(found.digest)
     staging = new_staging()
@@ -171,8 +172,8 @@ def substitute(
         install_layout(staging / "layout", layout)
     except ImagesmithError as exc:
         on_line(f"substitution: skipped, {exc}; building locally")
-        return None
+        return None, True
     finally:
         release(staging)
     touch(layout)
-    return Canonical(image_id=image_id, digest=found.digest, layout=layout), found.source
+    return (Canonical(image_id=image_id, digest=found.digest, layout=layout), found.source), True

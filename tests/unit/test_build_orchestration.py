@@ -379,3 +379,37 @@ def test_push_without_a_build_or_its_layout_says_what_to_run(
     with pytest.raises(InputError, match="no longer in imagesmith's cache"):
         push(spec, lock, to=TO, inputs=False, attestations=False)
     assert registry.pushes == []
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_the_system_stage_is_asked_for_only_when_the_registry_answered(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch, answers: bool
+) -> None:
+    """`--substitute` asks the registry for the image first; one that did not answer is not
+    asked again for the system stage (one line and one timeout, not two)."""
+    import imagesmith.build
+    import imagesmith.substitute
+    from imagesmith.registry import RegistryUnreachable
+
+    repository = "127.0.0.1:9/lab/tiny"
+    spec.path.write_text(spec.path.read_text() + f'[registry]\nrepository = "{repository}"\n')
+    spec = load_spec(spec.path)
+
+    def find(repo: str, lock: Any) -> None:
+        if not answers:
+            raise RegistryUnreachable(f"cannot reach registry {repo.split('/')[0]}")
+
+    shared: list[str | None] = []
+    real = imagesmith.build.build_canonical
+
+    def recording(*args: Any, share: str | None = None, **kwargs: Any) -> Any:
+        shared.append(share)
+        return real(*args, share=share, **kwargs)
+
+    monkeypatch.setattr(imagesmith.substitute, "find_substitute", find)
+    monkeypatch.setattr(imagesmith.build, "build_canonical", recording)
+    lines: list[str] = []
+    build(spec, FakeEngine(), substitute=True, on_line=lines.append)
+    assert shared == [repository if answers else None]
+    said = [line for line in lines if line.startswith(("substitution", "system stage"))]
+    assert len(said) == 1 and said[0].startswith("substitution: "), said
