@@ -18,6 +18,8 @@ HOW_TO_RUN = """\
 .venv/bin/python bench/run.py --figures build --merge   # redo some figures, keep the rest
 .venv/bin/python bench/run.py --render-only             # README + PNG again from results.json
 .venv/bin/python bench/run.py --runs 5 --engines podman # any subset
+.venv/bin/python bench/recipe_build.py pytorch-gpu      # a recipe locked and built once (section 5)
+.venv/bin/python bench/stage_share.py                   # the system stage from the registry (section 6)
 ```
 
 Needs the Docker daemon (`bash scripts/start-dockerd.sh`; the benchmark starts it when it
@@ -649,6 +651,39 @@ def _scaling_section(fig: dict[str, Any]) -> list[str]:
     return out
 
 
+def _stage_share_section(fig: dict[str, Any]) -> list[str]:
+    """A build that takes its system stage from the registry (bench/stage_share.py)."""
+    runs = fig["runs"]
+    shared = [r["shared"]["seconds"] for r in runs]
+    cold = [r["cold"]["seconds"] for r in runs]
+    same = all(r["shared"]["digest"] == r["cold"]["digest"] for r in runs)
+    no_apt = all(r["shared"]["stage_taken"] and not r["shared"]["apt_step"] for r in runs)
+    return [
+        "## 6. The system stage shared through the registry (podman)",
+        "",
+        "`bench/stage_share.py`: `recipes/lab-analysis` (base replaced) built with `build "
+        "--push` into a local registry; then a Python pin changes (pyyaml==6.0.1) and the new "
+        "lock is built by two fresh builders, each with a podman storage and an imagesmith "
+        "cache of its own: one with `--substitute` (it takes the system stage from the "
+        "registry), one with `--no-cache` and no substitution. "
+        f"{fig['engine']}, {fig['imagesmith']}, {fig['date']}, {len(runs)} run(s).",
+        "",
+        *_table(
+            ["build of the changed lock", "imagesmith", "reference", "ratio", "same digest"],
+            [
+                [
+                    "fresh builder, system stage taken from the registry"
+                    + ("" if no_apt else " (**an apt step ran**)"),
+                    _fmt(shared),
+                    f"the same lock built cold by a fresh builder: {_fmt(cold)}",
+                    _fmt_ratio(_ratio(shared, cold)),
+                    "**yes**" if same else "**no**",
+                ]
+            ],
+        ),
+    ]
+
+
 def _recipes_section(recipes: list[dict[str, Any]]) -> list[str]:
     """Ready recipes locked and built once each (bench/recipe_build.py)."""
     rows = [
@@ -751,6 +786,8 @@ def render_readme(results: dict[str, Any]) -> str:
         sections += [*_scaling_section(results["scaling"]), ""]
     if results.get("recipes"):
         sections += [*_recipes_section(results["recipes"]), ""]
+    if results.get("stage_share", {}).get("runs"):
+        sections += [*_stage_share_section(results["stage_share"]), ""]
     if targets:
         out += ["### Targets", "", *_table(["target", "measured", "met"], targets), ""]
     out += sections
