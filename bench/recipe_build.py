@@ -53,6 +53,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="a folder name under recipes/")
     parser.add_argument("--engine", default="docker", choices=("docker", "podman"))
+    parser.add_argument(
+        "--run",
+        metavar="CMD",
+        help="a shell command to run in the image before it is removed (its output is kept)",
+    )
     args = parser.parse_args(argv)
     source = REPO / "recipes" / args.recipe
     if not (source / "env.toml").is_file():
@@ -79,6 +84,15 @@ def main(argv: list[str]) -> int:
         report = json.loads(built.stdout.strip().splitlines()[-1])
         tag = report["tags"][0]
         size = image_size(args.engine, tag)
+        ran = None
+        if args.run:
+            done = subprocess.run(
+                [args.engine, "run", "--rm", "--user", "0", tag, "/bin/sh", "-c", args.run],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            ran = {"command": args.run, "exit": done.returncode, "output": done.stdout.strip()}
         apt, python = _lock_counts((folder / "env.lock").read_text())
         wheel_bytes = _wheel_bytes(work / "xdg")
         for ref in report["tags"]:
@@ -97,6 +111,7 @@ def main(argv: list[str]) -> int:
         "python_distributions": python,
         "wheel_bytes": wheel_bytes,
         "digest": report["digest"],
+        "ran": ran,
     }
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text())

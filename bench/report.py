@@ -18,8 +18,8 @@ HOW_TO_RUN = """\
 .venv/bin/python bench/run.py --figures build --merge   # redo some figures, keep the rest
 .venv/bin/python bench/run.py --render-only             # README + PNG again from results.json
 .venv/bin/python bench/run.py --runs 5 --engines podman # any subset
-.venv/bin/python bench/recipe_build.py pytorch-gpu      # a recipe locked and built once (section 5)
-.venv/bin/python bench/stage_share.py                   # the system stage from the registry (section 6)
+.venv/bin/python bench/recipe_build.py pytorch-gpu      # one recipe, built once (section 5)
+.venv/bin/python bench/stage_share.py                   # stage from the registry (section 6)
 ```
 
 Needs the Docker daemon (`bash scripts/start-dockerd.sh`; the benchmark starts it when it
@@ -699,6 +699,12 @@ def _recipes_section(recipes: list[dict[str, Any]]) -> list[str]:
         ]
         for r in recipes
     ]
+    ran = [
+        f"- `{r['recipe']}` on {r['engine'].split()[0]}: `{r['ran']['command']}` in the image "
+        f"exited {r['ran']['exit']}: `{r['ran']['output'][-200:]}`"
+        for r in recipes
+        if r.get("ran")
+    ]
     return [
         "## 5. Recipes built once",
         "",
@@ -720,6 +726,7 @@ def _recipes_section(recipes: list[dict[str, Any]]) -> list[str]:
             ],
             rows,
         ),
+        *([""] + ran if ran else []),
     ]
 
 
