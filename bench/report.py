@@ -726,7 +726,7 @@ def _recipes_section(recipes: list[dict[str, Any]]) -> list[str]:
             ],
             rows,
         ),
-        *([""] + ran if ran else []),
+        *(["", *ran] if ran else []),
     ]
 
 
