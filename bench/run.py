@@ -194,6 +194,14 @@ def example_spec(name: str) -> str:
     return text
 
 
+def example_files(folder: Path) -> None:
+    """The files beside the recipe's env.toml that its spec names (`[image] copy`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in EXAMPLE.parent.iterdir():
+        if path.is_file() and path.name not in ("env.toml", "env.lock", "README.md"):
+            shutil.copy(path, folder / path.name)
+
+
 def with_repository(text: str, repository: str) -> str:
     """The spec with its [registry] repository replaced."""
     text, count = re.subn(r'(?m)^repository = "[^"]*"', f'repository = "{repository}"', text)
@@ -307,6 +315,7 @@ def imagesmith_build(
 def figure_lock(bench: Bench) -> None:
     engine = "docker" if "docker" in bench.engines else bench.engines[0]
     folder = bench.fresh("lock")
+    example_files(folder)
     (folder / "env.toml").write_text(example_spec(f"imagesmith-bench-{bench.rid}-lock"))
     lock_cmd: list[str | Path] = [IMAGESMITH, "lock", "env.toml", "--engine", engine]
     figure: dict[str, Any] = {"engine": engine, "cold": [], "warm": [], "startup": []}
@@ -481,6 +490,7 @@ def figure_build(bench: Bench, engine: str) -> None:
     single_tag = f"imagesmith-bench/hand1-{bench.rid}:{engine}"
     bench.ledger.add_tags(engine, [tag, single_tag])
     spec_text = example_spec(f"imagesmith-bench-{bench.rid}-{engine}")
+    example_files(spec_dir)
     (spec_dir / "env.toml").write_text(spec_text)
     init_env = bench_env(
         XDG_CACHE_HOME=str(bench.work / f"build-{engine}/init-cache"),
@@ -635,6 +645,8 @@ def figure_push(bench: Bench, engine: str) -> None:
     # The builds both pushes read from (untimed). The second image is the same spec with one
     # Python pin changed: the same apt closure, the same base, other wheels.
     spec_text = with_repository(example_spec(name), "127.0.0.1:9/not-yet")
+    for folder in (first_dir, second_dir):
+        example_files(folder)
     (first_dir / "env.toml").write_text(spec_text)
     first = imagesmith_build(bench, engine, first_dir, env)
     (second_dir / "env.toml").write_text(spec_text.replace(PIN_BEFORE, PIN_AFTER, 1))
