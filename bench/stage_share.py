@@ -72,7 +72,11 @@ def one_run(work: Path, registry_host: str) -> dict[str, Any]:
     shutil.copytree(REPO / "recipes" / "lab-analysis", folder)
     spec = folder / "env.toml"
     text = re.sub(r'(?m)^image = "[^"]*"', f'image = "{BASE}"', spec.read_text(), count=1)
-    text += f'\n[registry]\nrepository = "{registry_host}/lab/stage-bench"\n'
+    text, count = re.subn(
+        r'(?m)^repository = "[^"]*"', f'repository = "{registry_host}/lab/stage-bench"', text
+    )
+    if count != 1:
+        raise SystemExit("recipes/lab-analysis/env.toml no longer has one [registry] repository")
     spec.write_text(text)
     first_env = bench_env(XDG_CACHE_HOME=str(work / "first-cache"))
     build = [IMAGESMITH, "build", "env.toml", "--engine", "podman", "--json"]
