@@ -142,7 +142,7 @@ def build_canonical(
     from imagesmith.context import assemble_context, python_tree_cached
     from imagesmith.debs import fetch_debs
     from imagesmith.input_archive import ensure_base
-    from imagesmith.system_stage import keep_stage, take_stage
+    from imagesmith.system_stage import keep_stage, shareable, take_stage
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
@@ -159,23 +159,18 @@ def build_canonical(
             containerfile = render(lock, epoch=epoch)
             python = lock.python
             debs: dict[str, Path] | None
-            sharing = share is not None and python is not None and bool(python.packages)
-            system_id = (
-                take_stage(share, lock, engine, epoch=epoch, on_line=on_line) if sharing else None
-            )
+            sharing = share is not None and shareable(lock)
+            system_id = None
+            if share is not None and sharing:  # (`share` again for the type checker)
+                system_id = take_stage(share, lock, engine, epoch=epoch, on_line=on_line)
             built_stage = False
-            if system_id is not None:
-                prewarm.add(system_id)
-                containerfile = render(lock, system_image=system_id, epoch=epoch)
-                debs = None  # the stage taken from the registry holds the base and the .debs
-            else:
-                ensure_base(engine, lock, archive)
+            if system_id is None:
+                ensure_base(engine, lock, archive)  # a stage taken from the registry holds it
                 if (
                     python
                     and python.packages
                     and (sharing or not python_tree_cached(python, lock.source_date_epoch))
                 ):
-                    built_stage = sharing
                     system_id = _system_while_fetching(
                         lock,
                         engine,
@@ -187,11 +182,13 @@ def build_canonical(
                         on_build_line=line,
                         archive=archive,
                     )
-                    prewarm.add(system_id)
-                    containerfile = render(lock, system_image=system_id, epoch=epoch)
-                    debs = None  # the system stage is built: the .debs are in it already
-                else:
-                    debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
+                    built_stage = sharing
+            if system_id is not None:
+                prewarm.add(system_id)
+                containerfile = render(lock, system_image=system_id, epoch=epoch)
+                debs = None  # the stage, built here or taken, holds the .debs already
+            else:
+                debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
             context = assemble_context(
                 lock, containerfile, work / "context", debs=debs, on_line=on_line, archive=archive
             )

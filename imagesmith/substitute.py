@@ -25,7 +25,7 @@ from imagesmith.cachegc import touch
 from imagesmith.canonical_build import Canonical, install_layout, load_layout, new_staging
 from imagesmith.context import layout_dir
 from imagesmith.engine.base import Engine
-from imagesmith.errors import EngineError, ImagesmithError, RegistryError
+from imagesmith.errors import EngineError, ImagesmithError, OperationError, RegistryError
 from imagesmith.labels import LOCK_HASH
 from imagesmith.lock import Lock
 from imagesmith.oci import Descriptor, LayoutWriter, sha256_bytes
@@ -139,6 +139,31 @@ def fetch_layout(found: Substitute, out: Path, *, lock: Lock | None = None) -> l
     return diff_ids
 
 
+def load_from_registry(found: Substitute, engine: Engine, *, lock: Lock | None = None) -> str:
+    """Fetch the image `found` names (every blob checked; with `lock`, its config must
+    carry that lock), load it into `engine`, check that the engine's image ID is the
+    config's digest, and keep it in the cache as the canonical layout a build keeps; the
+    image ID. ImagesmithError (one line) when any of that fails."""
+    layout = layout_dir(found.digest)
+    staging = new_staging()
+    try:
+        work = Path(tempfile.mkdtemp(prefix="work-", dir=staging))
+        diff_ids = fetch_layout(found, staging / "layout", lock=lock)
+        image_id = load_layout(engine, staging / "layout", diff_ids, work)
+        config_digest = json.loads(found.manifest)["config"]["digest"]
+        if image_id != config_digest:
+            raise EngineError(
+                f"{engine.name} loaded {found.source} as {image_id}, expected {config_digest}"
+            )
+        install_layout(staging / "layout", layout)
+    except OSError as exc:  # the cache's disk: full, or not writable
+        raise OperationError(f"cannot keep {found.source} in {layout.parent}: {exc}") from None
+    finally:
+        release(staging)
+    touch(layout)
+    return image_id
+
+
 def substitute(
     repository: str | None, lock: Lock, engine: Engine, *, on_line: LineCallback
 ) -> tuple[tuple[Canonical, str] | None, bool]:
@@ -158,22 +183,10 @@ def substitute(
         on_line(f"substitution: {repository} has no {content_tag(lock)}; building")
         return None, True
     on_line(f"substitution: taking {found.source} ({found.digest[:19]}) from the registry")
-    layout = layout_dir(found.digest)
-    staging = new_staging()
     try:
-        work = Path(tempfile.mkdtemp(prefix="work-", dir=staging))
-        diff_ids = fetch_layout(found, staging / "layout", lock=lock)
-        image_id = load_layout(engine, staging / "layout", diff_ids, work)
-        config_digest = json.loads(found.manifest)["config"]["digest"]
-        if image_id != config_digest:
-            raise EngineError(
-                f"{engine.name} loaded {found.source} as {image_id}, expected {config_digest}"
-            )
-        install_layout(staging / "layout", layout)
+        image_id = load_from_registry(found, engine, lock=lock)
     except ImagesmithError as exc:
         on_line(f"substitution: skipped, {exc}; building locally")
         return None, True
-    finally:
-        release(staging)
-    touch(layout)
+    layout = layout_dir(found.digest)
     return (Canonical(image_id=image_id, digest=found.digest, layout=layout), found.source), True

@@ -25,23 +25,16 @@ import json
 from pathlib import Path
 
 from imagesmith.cachegc import touch
-from imagesmith.canonical_build import (
-    Canonical,
-    install_layout,
-    load_layout,
-    new_staging,
-    rewrite_into,
-)
+from imagesmith.canonical_build import Canonical, rewrite_into
 from imagesmith.context import cache_dir, layout_dir
 from imagesmith.engine.base import Engine
-from imagesmith.errors import EngineError, ImagesmithError
+from imagesmith.errors import ImagesmithError
 from imagesmith.integrity import write_bytes_durably
 from imagesmith.lock import LOCK_FORMAT, Lock
 from imagesmith.progress import LineCallback
 from imagesmith.reference import ImageReference
 from imagesmith.registry import push_layout
 from imagesmith.render import system_stage_text
-from imagesmith.scratch import release
 
 TAG_PREFIX = "system-"
 
@@ -105,36 +98,26 @@ def push_stage(
     return tag
 
 
+def shareable(lock: Lock) -> bool:
+    """Whether `lock`'s system stage is worth sharing: it installs apt packages, and
+    Python steps come after it (else the stage is the image, which substitution shares)."""
+    return bool(lock.apt.packages) and lock.python is not None and bool(lock.python.packages)
+
+
 def take_stage(
-    repository: str | None, lock: Lock, engine: Engine, *, epoch: int, on_line: LineCallback
+    repository: str, lock: Lock, engine: Engine, *, epoch: int, on_line: LineCallback
 ) -> str | None:
     """The system stage of `lock` taken from `repository` and loaded into `engine` (its
     image ID); None, with one line saying why unless the registry simply lacks it, when
     the stage has to be built here."""
-    from imagesmith.substitute import NotSubstituted, fetch_layout, find_manifest
+    from imagesmith.substitute import find_manifest, load_from_registry
 
-    if not repository or not lock.apt.packages:
-        return None
-    tag = stage_tag(lock, epoch)
-    staging = new_staging()
     try:
-        found = find_manifest(repository, tag)
+        found = find_manifest(repository, stage_tag(lock, epoch))
         if found is None:
             return None
         on_line(f"system stage: taking {found.source} ({found.digest[:19]}) from the registry")
-        work = staging / "work"
-        work.mkdir()
-        diff_ids = fetch_layout(found, staging / "layout")
-        image_id = load_layout(engine, staging / "layout", diff_ids, work)
-        config_digest = json.loads(found.manifest)["config"]["digest"]
-        if image_id != config_digest:
-            raise NotSubstituted(
-                f"{engine.name} loaded {found.source} as {image_id}, expected {config_digest}"
-            )
-        install_layout(staging / "layout", layout_dir(found.digest))
-        return image_id
-    except (ImagesmithError, EngineError) as exc:
+        return load_from_registry(found, engine)
+    except ImagesmithError as exc:
         on_line(f"system stage: not taken from the registry, {exc}; building it here")
         return None
-    finally:
-        release(staging)
