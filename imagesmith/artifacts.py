@@ -26,19 +26,20 @@ def artifact_manifest(
     *,
     artifact_type: str,
     layers: Sequence[Mapping[str, Any]],
-    subject: Mapping[str, Any],
+    subject: Mapping[str, Any] | None,
     annotations: Mapping[str, str],
 ) -> bytes:
-    """The manifest's bytes: sorted keys, no whitespace."""
+    """The manifest's bytes: sorted keys, no whitespace (no `subject` when it is None)."""
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
         "artifactType": artifact_type,
         "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY)},
         "layers": list(layers),
-        "subject": dict(subject),
         "annotations": dict(annotations),
     }
+    if subject is not None:
+        manifest["subject"] = dict(subject)
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -244,6 +244,10 @@ def init(
 
             raise write_error(Path(exc.filename or directory), exc) from None
         raise
+    from imagesmith.kube_build import BUILDER_RECIPE, write_wheel
+
+    if recipe == BUILDER_RECIPE:  # the builder installs the imagesmith that made it
+        copied.append(write_wheel(directory))
     written = [as_typed(path.resolve()) for path in copied]
     typer.echo(f"wrote {', '.join(written)} from recipe {recipe}")
     readme = [path for path in written if path.endswith("README.md")]
@@ -566,10 +570,39 @@ def build(
         str | None,
         typer.Option(
             "--on",
-            metavar="slurm",
+            metavar="slurm|kubernetes",
             help="Build where the jobs run: `slurm` submits one sbatch job array, one task per "
-            "spec, each building with podman on its node and pushing by digest "
-            "(docs/catalogue.md).",
+            "spec, each building with podman on its node and pushing by digest; `kubernetes` "
+            "stores each spec's build context in its registry and writes the Job that builds "
+            "them (docs/catalogue.md).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="--on kubernetes: write the build Job here (default: stdout).",
+        ),
+    ] = None,
+    builder: Annotated[
+        str | None,
+        typer.Option(
+            "--builder",
+            metavar="REF|SPEC",
+            help="--on kubernetes: the builder image the pods run (REPO@sha256:...), or the "
+            "env.toml of a builder recipe to build and push first; default: imagesmith builds "
+            "recipes/imagesmith-builder and pushes it beside the first spec's repository.",
+        ),
+    ] = None,
+    registry_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-secret",
+            metavar="NAME",
+            help="--on kubernetes: the Secret (kubernetes.io/dockerconfigjson) holding the "
+            "registry's credentials: the pods pull the builder and push with it.",
         ),
     ] = None,
     partition: Annotated[
@@ -589,11 +622,41 @@ def build(
 
     Prints the image's tags and digest; the digest depends on env.lock alone. Given many
     specs (or a folder), builds each of them, with one line per spec, and exits 0 only when
-    all succeeded. With `--on slurm`, the specs build as Slurm array tasks instead.
+    all succeeded. With `--on slurm`, the specs build as Slurm array tasks instead; with
+    `--on kubernetes`, as the pods of a Job this writes (apply it with `kubectl apply -f`).
     """
     from imagesmith.catalogue import spec_paths as named_specs
 
     arguments = spec_paths or [Path("env.toml")]
+    kubernetes_only = {
+        "--output": output is not None,
+        "--builder": builder is not None,
+        "--registry-secret": registry_secret is not None,
+    }
+    if on == "kubernetes":
+        _build_on_kubernetes(
+            arguments,
+            engine=engine,
+            output=output,
+            builder=builder,
+            registry_secret=registry_secret,
+            relock=relock,
+            platform=platform,
+            no_inputs=no_inputs,
+            refused={
+                "--partition": partition is not None,
+                "--wait": wait,
+                "--jobs": jobs != 1,
+                "--fail-fast": fail_fast,
+                "--tag": bool(tag),
+                "--no-cache": no_cache,
+                "--json": as_json,
+            },
+        )
+        return
+    if any(kubernetes_only.values()):
+        names = " and ".join(name for name, given in kubernetes_only.items() if given)
+        raise InputError(f"{names}: these go with --on kubernetes")
     if on is not None or partition is not None or wait:
         _build_on_slurm(
             arguments,
@@ -790,12 +853,11 @@ def _build_on_slurm(
     from imagesmith import slurm_build
     from imagesmith.catalogue import exit_code
     from imagesmith.catalogue import spec_paths as named_specs
-    from imagesmith.spec import load_spec
 
     usage = []
     if on != "slurm":
         usage.append(
-            f"--on {on}: not a place imagesmith builds; give --on slurm"
+            f"--on {on}: not a place imagesmith builds; give --on slurm or --on kubernetes"
             if on is not None
             else "--partition and --wait go with --on slurm"
         )
@@ -815,16 +877,7 @@ def _build_on_slurm(
     del substitute  # every task pushes, so every task substitutes
     sbatch_path = slurm_build.sbatch_program()
     paths = named_specs(arguments)
-    specs, problems = [], []
-    for path in paths:
-        try:
-            specs.append(load_spec(path))
-        except ImagesmithError as exc:
-            label = as_typed(path)
-            for line in exc.lines():
-                for said in (f"{path.name}: ", f"{path}: "):
-                    line = line.removeprefix(said)
-                problems.append(f"{label}: {line}")
+    specs, problems = _load_specs(paths)
     problems += slurm_build.refusals(specs)
     if problems:
         raise InputError("\n".join(problems))
@@ -882,6 +935,142 @@ def _build_on_slurm(
         print_json({**envelope("build", exit_code=code, problems=failed), "specs": reports})
     if code:
         raise typer.Exit(code)
+
+
+def _load_specs(paths: Sequence[Path]) -> tuple[list[Spec], list[str]]:
+    """The specs that load, and one line per problem of those that do not, each line
+    starting with the spec's path as the user typed it."""
+    from imagesmith.spec import load_spec
+
+    specs, problems = [], []
+    for path in paths:
+        try:
+            specs.append(load_spec(path))
+        except ImagesmithError as exc:
+            label = as_typed(path)
+            for line in exc.lines():
+                for said in (f"{path.name}: ", f"{path}: "):
+                    line = line.removeprefix(said)
+                problems.append(f"{label}: {line}")
+    return specs, problems
+
+
+def _build_on_kubernetes(
+    arguments: list[Path],
+    *,
+    engine: str,
+    output: Path | None,
+    builder: str | None,
+    registry_secret: str | None,
+    relock: bool,
+    platform: str,
+    no_inputs: bool,
+    refused: Mapping[str, bool],
+) -> None:
+    """`build --on kubernetes`: lock each spec here, store its build context (and the
+    inputs and local base a pod needs) in its registry, make sure of the builder image,
+    then write the Job. Nothing is built here but the builder, when it must be."""
+    from imagesmith import kube_build
+    from imagesmith.build import ensure_lock
+    from imagesmith.catalogue import spec_paths as named_specs
+    from imagesmith.input_archive import collect_inputs, inputs_tag, push_inputs, push_local_base
+
+    usage = [
+        f"{name}: not with --on kubernetes"
+        + {
+            "--partition": " (a Slurm option)",
+            "--wait": " (apply the Job, then `kubectl wait`)",
+            "--jobs": " (the Job runs one pod per spec, all at once)",
+            "--fail-fast": " (each pod builds one spec on its own)",
+            "--tag": " (each pod pushes by digest and tags lock-HASH)",
+            "--no-cache": " (each pod starts with empty storage)",
+            "--json": " (the Job file is the output; each pod prints its build's JSON)",
+        }[name]
+        for name, given in refused.items()
+        if given
+    ]
+    if usage:
+        raise InputError("\n".join(usage))
+    paths = named_specs(arguments)
+    specs, problems = _load_specs(paths)
+    problems += kube_build.refusals(specs)
+    if problems:
+        raise InputError("\n".join(problems))
+    problems = kube_build.unreachable(specs)
+    if problems:
+        raise OperationError("\n".join(problems))
+    the_engine = chosen_engine(engine)
+    image = _builder_image(builder, specs[0], the_engine, platform=platform)
+    targets = []
+    for spec in specs:
+        label = as_typed(spec.path)
+
+        def on_line(line: str, label: str = label) -> None:
+            err(f"[{label}] {redacted(line)}")
+
+        lock, _ = ensure_lock(spec, the_engine, relock=relock, platform=platform, on_line=on_line)
+        repository = kube_build.repository_of(spec)
+        push_local_base(the_engine, lock, repository, on_line=on_line)
+        if not no_inputs and not kube_build.has_tag(repository, inputs_tag(lock)):
+            files = collect_inputs(lock, on_line=on_line)
+            push_inputs(
+                files, repository, lock=lock, subject_digest=None, subject_size=0, on_line=on_line
+            )
+        context = kube_build.push_context(spec, lock, on_line=on_line)
+        on_line(f"context: {context}")
+        targets.append(kube_build.BuildTarget(spec, context))
+    job = kube_build.render_job(targets, builder=image, registry_secret=registry_secret)
+    _emit(kube_build.job_yaml(job, targets), output)
+    where = as_typed(output) if output is not None else "FILE"
+    kind = "Indexed Job" if len(targets) > 1 else "Job"
+    err(f"{kind} {job['metadata']['name']}: {len(targets)} spec(s), builder {image}")
+    err(f"  apply it: kubectl apply -f {where}")
+
+
+def _builder_image(given: str | None, first: Spec, engine: Engine, *, platform: str) -> str:
+    """The builder image the pods run, pinned by digest: `given` as a reference, or built
+    and pushed from `given` as a builder spec, or from the packaged recipe."""
+    from imagesmith import kube_build
+    from imagesmith.context import cache_dir
+
+    if given is not None and not (given.endswith(".toml") or Path(given).is_dir()):
+        return kube_build.pinned_builder(given)
+    if given is None:
+        folder = cache_dir() / "builder" / __version__
+        spec_path = kube_build.prepare_builder(
+            folder, repository=kube_build.builder_repository(first)
+        )
+    else:
+        spec_path = Path(given) / "env.toml" if Path(given).is_dir() else Path(given)
+        if not spec_path.is_file():
+            raise InputError(f"--builder {given}: no such builder spec")
+        from imagesmith.spec import load_spec
+
+        if load_spec(spec_path).registry_repository is None:
+            raise InputError(
+                f"--builder {given}: set [registry] repository in it (the pods pull the "
+                "builder from there)"
+            )
+        kube_build.write_wheel(spec_path.parent)
+    err(f"builder: {as_typed(spec_path)}")
+
+    def on_line(line: str) -> None:
+        err(f"[builder] {redacted(line)}")
+
+    _, pushed = _build_and_push(
+        spec_path,
+        engine,
+        extra_tags=(),
+        no_cache=False,
+        relock=True,  # the wheel in it is this imagesmith's: its lock follows
+        platform=platform,
+        then_push=True,
+        substitute=True,
+        no_inputs=False,
+        on_line=on_line,
+    )
+    assert pushed is not None, "then_push gives the pinned reference"
+    return pushed
 
 
 def catalogue_line(outcome: Outcome[tuple[BuildResult, str | None]]) -> str:
@@ -1428,6 +1617,57 @@ def pull(
             typer.echo(f"  attached: {line}")
     except RegistryError as exc:
         warn(f"cannot list what is attached to it: {exc}")
+
+
+@app.command("build-from")
+@reports_errors
+def build_from(
+    contexts: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="CONTEXT...",
+            help="Build contexts by digest (REPO@sha256:...), as `build --on kubernetes` "
+            "stored them.",
+        ),
+    ],
+    index: Annotated[
+        int | None,
+        typer.Option(
+            "--index",
+            metavar="N",
+            help="Build the Nth context (from 0); default: JOB_COMPLETION_INDEX, which an "
+            "Indexed Job sets, or the only one.",
+        ),
+    ] = None,
+    engine: EngineOpt = "auto",
+    platform: PlatformOpt = "linux/amd64",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch a build context from the registry, build it and push it by digest: what each
+    pod of a `build --on kubernetes` Job runs.
+
+    The context (the spec, its lock and the files they name) goes into ./context-HASH/,
+    checked against its digest; the build is `build --push` of that spec, so an image the
+    registry holds already is taken from there, and the digest is the one a local build
+    of the same lock prints.
+    """
+    from imagesmith import kube_build
+
+    chosen = kube_build.pick_context(contexts, index)
+    spec_path = kube_build.fetch_context(chosen, kube_build.context_folder(chosen))
+    err(f"context: {chosen} -> {as_typed(spec_path)}")
+    _build_one(
+        spec_path,
+        engine=chosen_engine(engine),
+        as_json=as_json,
+        extra_tags=(),
+        no_cache=False,
+        relock=False,
+        platform=platform,
+        then_push=True,
+        substitute=True,
+        no_inputs=False,
+    )
 
 
 @app.command("fetch-tool")

@@ -154,9 +154,15 @@ def input_file(
 
 
 def archive_manifest(
-    files: Sequence[InputFile], *, subject_digest: str, subject_size: int, lock_hash: str
+    files: Sequence[InputFile],
+    *,
+    subject_digest: str | None,
+    subject_size: int,
+    lock_hash: str,
 ) -> bytes:
-    """The artifact manifest for `files`: the same files and image give the same bytes."""
+    """The artifact manifest for `files`: the same files and image give the same bytes.
+    Without a subject (the image is not built yet: `build --on kubernetes`), the archive
+    is found by its tag alone."""
     layers = [
         {
             "mediaType": f.media_type,
@@ -169,7 +175,11 @@ def archive_manifest(
     return artifact_manifest(
         artifact_type=ARTIFACT_TYPE,
         layers=layers,
-        subject={"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject_size},
+        subject=(
+            {"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject_size}
+            if subject_digest is not None
+            else None
+        ),
         annotations={LOCK_HASH: lock_hash},
     )
 
@@ -179,7 +189,7 @@ def push_inputs(
     repository: ImageReference,
     *,
     lock: Lock,
-    subject_digest: str,
+    subject_digest: str | None,
     subject_size: int,
     on_line: LineCallback | None = None,
 ) -> PushedInputs:

@@ -208,7 +208,7 @@ def test_specs_without_a_registry_are_refused_one_line_each_and_nothing_is_submi
 @pytest.mark.parametrize(
     ("arguments", "said"),
     [
-        (["--on", "kubernetes"], "--on kubernetes: not a place imagesmith builds"),
+        (["--on", "nomad"], "--on nomad: not a place imagesmith builds"),
         (["--wait"], "--partition and --wait go with --on slurm"),
         (["--on", "slurm", "--engine", "docker"], "--engine docker: --on slurm builds with"),
         (["--on", "slurm", "--jobs", "2"], "--jobs and --fail-fast"),

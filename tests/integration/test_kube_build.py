@@ -1,0 +1,133 @@
+"""`build --on kubernetes` for real (issue 15, item 4): imagesmith builds the builder image
+from recipes/imagesmith-builder and pushes it, stores the spec's build context, inputs and
+local base in a registry on 127.0.0.1, and writes the Job; the Job passes
+`kubernetes-validate --strict`, and its pod, played with `podman kube play`, builds the
+spec from the registry alone and pushes the digest a local build prints.
+
+No Kubernetes API server can run on these machines, so the Job's pod template is played
+as a Pod (podman 4.3 plays no Job). Two changes are made to it for that, both about the
+test machine, not the Job: `hostNetwork: true`, so that the pod reaches the registry on
+127.0.0.1, and no `hostUsers: false`, because podman cannot mount /sys in a user
+namespace that does not own the (host's) network namespace. The pod keeps the Job's
+securityContext otherwise: no `privileged`, the capabilities it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from imagesmith.cli import app
+from imagesmith.engine.base import Engine
+from imagesmith.errors import EngineError
+from imagesmith.lock import read_lock
+from imagesmith.registry import RegistryClient
+from imagesmith.render import content_tag
+from tests.integration.conftest import ensure_test_base
+from tests.support import tool
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _builder_folder(folder: Path, base: str, repository: str) -> Path:
+    made = runner.invoke(app, ["init", "--recipe", "imagesmith-builder", str(folder)])
+    assert made.exit_code == 0, made.output
+    spec = folder / "env.toml"
+    text = spec.read_text().replace('image = "debian:bookworm"', f'image = "{base}"')
+    spec.write_text(text + f'\n[registry]\nrepository = "{repository}"\n')
+    return spec
+
+
+def _app_spec(folder: Path, base: str, repository: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "hello.py").write_text("print('hello from a pod-built image')\n")
+    spec = folder / "env.toml"
+    spec.write_text(
+        f'name = "kube-built"\nversion = "1.0"\n[base]\nimage = "{base}"\n'
+        '[apt]\npackages = ["jq"]\n[python]\nrequirements = ["six==1.17.0"]\n'
+        '[image]\ncopy = [{ src = "hello.py", dest = "/opt/hello.py" }]\n'
+        f'[registry]\nrepository = "{repository}"\n'
+    )
+    return spec
+
+
+def test_the_job_pod_builds_the_digest_a_local_build_prints(
+    podman_engine: Engine,
+    open_registry: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = ensure_test_base(podman_engine, request)
+    monkeypatch.chdir(tmp_path)
+    run = uuid.uuid4().hex[:8]
+    builder = _builder_folder(tmp_path / "builder", base, f"{open_registry}/lab/builder-{run}")
+    spec = _app_spec(tmp_path / "app", base, f"{open_registry}/lab/kube-{run}")
+    job_file = tmp_path / "build.yaml"
+    pod_file = tmp_path / "pod.yaml"
+    made: list[str] = []
+    try:
+        written = runner.invoke(
+            app,
+            [
+                "build", str(spec), "--on", "kubernetes", "--builder", str(builder),
+                "--engine", "podman", "-o", str(job_file),
+            ],
+        )  # fmt: skip
+        assert written.exit_code == 0, written.output
+        checked = subprocess.run(
+            [tool("kubernetes-validate"), "--strict", str(job_file)], capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        job = yaml.safe_load(job_file.read_text())
+        pod_spec = job["spec"]["template"]["spec"]
+        assert pod_spec.pop("hostUsers") is False
+        pod_spec["hostNetwork"] = True
+        container = pod_spec["containers"][0]
+        made.append(container["image"])
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"kb-{run}"}}
+        pod_file.write_text(yaml.safe_dump({**pod, "spec": pod_spec}))
+        played = _podman("kube", "play", "--tls-verify=false", str(pod_file), timeout=300)
+        assert played.returncode == 0, played.stdout + played.stderr
+        name = f"kb-{run}-build"
+        waited = _podman("wait", name, timeout=900)
+        logs = _podman("logs", name).stdout + _podman("logs", name).stderr
+        assert waited.stdout.strip() == "0", logs
+        pod_digest = re.search(r"digest: (sha256:[0-9a-f]{64})", logs)
+        assert pod_digest is not None, logs
+        assert "substituted" not in logs  # the registry held no image for it: a real build
+
+        local = runner.invoke(app, ["build", str(spec), "--engine", "podman", "--json"])
+        assert local.exit_code == 0, local.output
+        assert f'"digest": "{pod_digest.group(1)}"' in local.stdout
+
+        lock = read_lock(spec.with_suffix(".lock"))
+        repository = f"lab/kube-{run}"
+        held, _, _ = RegistryClient(open_registry).manifest(repository, content_tag(lock))
+        assert held == pod_digest.group(1)
+    finally:
+        _podman("kube", "down", str(pod_file))
+        for built in (builder, spec):  # the host's builds: their tags and images
+            record = built.with_suffix(".build.json")
+            if record.exists():
+                data = json.loads(record.read_text())
+                made += [*data["tags"], data["image_id"]]
+        for ref in made:
+            with contextlib.suppress(EngineError):
+                podman_engine.remove_image(ref, force=True)
