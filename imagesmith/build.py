@@ -25,10 +25,13 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, ImagesmithError, InputError, StaleLockError
 from imagesmith.integrity import LineLog
 from imagesmith.lock import (
+    DEFAULT_PLATFORM,
     Lock,
     check_format,
     environment_epoch,
     format_problem,
+    pins_to_keep,
+    platform_problem,
     read_lock,
     stale_reason,
     write_lock,
@@ -103,16 +106,26 @@ def ensure_lock(
     if previous is not None:
         if not relock:
             check_format(previous, spec)
-        reason = format_problem(previous, subject=path.name) or stale_reason(spec, previous)
+        reason = (
+            format_problem(previous, subject=path.name)
+            or stale_reason(spec, previous)
+            or platform_problem(previous, platform, subject=path.name)
+        )
         if reason is None:
             return previous, False
         if not relock:
             raise StaleLockError(
-                f"{reason}; run `imagesmith lock {as_typed(spec.path)}` or build with --relock"
+                f"{reason}; run `imagesmith lock {as_typed(spec.path)}"
+                f"{'' if platform == DEFAULT_PLATFORM else f' --platform {platform}'}` "
+                "or build with --relock"
             )
     on_line(f"lock: {'re-locking' if previous else 'locking'} {spec.path.name}")
     lock = lock_spec(
-        spec, engine=lambda: engine, platform=platform, previous=previous, on_line=on_line
+        spec,
+        engine=lambda: engine,
+        platform=platform,
+        previous=pins_to_keep(previous, platform),
+        on_line=on_line,
     )
     write_lock(lock, path)
     return lock, True

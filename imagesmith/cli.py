@@ -363,13 +363,11 @@ def lock(
         check_lock(spec, as_json=as_json)
         return
     # Only now: resolving needs the engines' modules, which --check (CI's check) does not.
-    from imagesmith.lock import read_lock, write_lock
+    from imagesmith.lock import pins_to_keep, read_lock, write_lock
     from imagesmith.reports import lock_report
     from imagesmith.resolve import lock_spec
 
-    previous = read_lock(lock_path) if lock_path.exists() else None
-    if previous is not None and previous.platform != platform:
-        previous = None
+    previous = pins_to_keep(read_lock(lock_path) if lock_path.exists() else None, platform)
     started = time.monotonic()
     new = lock_spec(
         spec,
@@ -1640,11 +1638,10 @@ def build_from(
         ),
     ] = None,
     engine: EngineOpt = "auto",
-    platform: PlatformOpt = "linux/amd64",
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a build context from the registry, build it and push it by digest: what each
-    pod of a `build --on kubernetes` Job runs.
+    pod of a `build --on kubernetes` Job runs (for the platform its lock pins).
 
     The context (the spec, its lock and the files they name) goes into ./context-HASH/,
     checked against its digest; the build is `build --push` of that spec, so an image the
@@ -1656,6 +1653,9 @@ def build_from(
     chosen = kube_build.pick_context(contexts, index)
     spec_path = kube_build.fetch_context(chosen, kube_build.context_folder(chosen))
     err(f"context: {chosen} -> {as_typed(spec_path)}")
+    from imagesmith.lock import read_lock
+
+    platform = read_lock(spec_path.with_suffix(".lock")).platform
     _build_one(
         spec_path,
         engine=chosen_engine(engine),

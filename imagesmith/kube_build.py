@@ -167,8 +167,8 @@ def push_context(spec: Spec, lock: Lock, *, on_line: LineCallback | None = None)
 
 
 def fetch_context(text: str, into: Path) -> Path:
-    """Fetch the context `REPO@sha256:...` into the folder `into` (made, or emptied of
-    nothing: it must not exist); the path of the spec inside it."""
+    """Fetch the context `REPO@sha256:...` into the folder `into`, which must not exist
+    (it appears whole, or not at all); the path of the spec inside it."""
     from imagesmith.registry import RegistryClient
 
     try:
@@ -197,12 +197,18 @@ def fetch_context(text: str, into: Path) -> Path:
     sink = io.BytesIO()
     if not client.download_blob(ref.path, blob, sink):
         raise RegistryError(f"{text}: the registry does not hold the context's {blob[:19]}")
-    into.mkdir(parents=True)
-    _extract(sink.getvalue(), into, label=text)
-    spec = into / str(spec_file)
-    if not spec.is_file():
-        raise RegistryError(f"{text}: the context holds no {spec_file}")
-    return spec
+    part = into.with_name(f".{into.name}.partial")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    try:
+        _extract(sink.getvalue(), part, label=text)
+        if not (part / str(spec_file)).is_file():
+            raise RegistryError(f"{text}: the context holds no {spec_file}")
+        part.rename(into)  # whole or not at all
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    return into / str(spec_file)
 
 
 def _safe(name: str) -> bool:

@@ -65,6 +65,10 @@ HEADER = (
 )
 
 
+DEFAULT_PLATFORM = "linux/amd64"
+"""The platform a lock is made for unless --platform says another."""
+
+
 @dataclass(frozen=True)
 class BaseImageLock:
     reference: str
@@ -499,6 +503,19 @@ def check_format(lock: Lock, spec: Spec) -> None:
             f"{problem}, or run `imagesmith lock {spec.path.name}` to move the lock to "
             f"format {LOCK_FORMAT} (the same pins where the archive still has them, a new digest)"
         )
+
+
+def platform_problem(lock: Lock, platform: str, *, subject: str) -> str | None:
+    """Why `lock` cannot build an image for `platform` (its wheels and base are another's)."""
+    if lock.platform == platform:
+        return None
+    return f"{subject} pins {lock.platform}, not {platform}"
+
+
+def pins_to_keep(previous: Lock | None, platform: str) -> Lock | None:
+    """The previous lock whose pins a new lock for `platform` may keep: only one made for
+    the same platform (another's base digest and wheels would be wrong)."""
+    return previous if previous is not None and previous.platform == platform else None
 
 
 def stale_reason(spec: Spec, lock: Lock) -> str | None:

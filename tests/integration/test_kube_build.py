@@ -121,6 +121,17 @@ def test_the_job_pod_builds_the_digest_a_local_build_prints(
         repository = f"lab/kube-{run}"
         held, _, _ = RegistryClient(open_registry).manifest(repository, content_tag(lock))
         assert held == pod_digest.group(1)
+
+        # `build-from` given what is not a build context: one line, nothing left behind.
+        before = sorted(p.name for p in tmp_path.iterdir())
+        image = f"{open_registry}/{repository}@{held}"
+        wrong = runner.invoke(app, ["build-from", image, "--engine", "podman"])
+        assert wrong.exit_code == 1, wrong.output
+        assert wrong.stderr.strip().endswith(f"{image}: not an imagesmith build context")
+        tagged = runner.invoke(app, ["build-from", f"{open_registry}/{repository}:latest"])
+        assert tagged.exit_code == 2, tagged.output
+        assert "name the build context by digest" in tagged.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
     finally:
         _podman("kube", "down", str(pod_file))
         for built in (builder, spec):  # the host's builds: their tags and images

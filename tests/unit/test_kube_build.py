@@ -273,3 +273,19 @@ def test_an_unreachable_registry_is_one_line_before_anything_is_built(tmp_path: 
     assert f"127.0.0.1:{port}/lab/a: cannot reach registry 127.0.0.1:{port}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not spec.with_suffix(".lock").exists()  # nothing locked, nothing built
+
+
+def test_the_packaged_builder_pushes_beside_the_spec_with_this_imagesmith(tmp_path: Path) -> None:
+    from imagesmith.tool_wheel import tool_wheel, wheel_name
+
+    folder = tmp_path / "builder"
+    spec = kube_build.prepare_builder(folder, repository="reg.example/lab/imagesmith-builder")
+    loaded = load_spec(spec)
+    assert loaded.registry_repository == "reg.example/lab/imagesmith-builder"
+    assert [p.name for p in (folder / "wheel").glob("*.whl")] == [wheel_name()]
+    # An older imagesmith's wheel goes: the image installs exactly one.
+    (folder / "wheel" / wheel_name()).unlink()
+    (folder / "wheel" / "imagesmith-0.1.0-py3-none-any.whl").write_bytes(b"old")
+    again = kube_build.prepare_builder(folder, repository="elsewhere.example/x")
+    assert load_spec(again).registry_repository == "reg.example/lab/imagesmith-builder"
+    assert [p.read_bytes() for p in (folder / "wheel").glob("*.whl")] == [tool_wheel()[1]]

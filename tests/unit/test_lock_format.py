@@ -178,3 +178,54 @@ def test_verify_image_refuses_a_0_5_0_image_without_building() -> None:
     (line,) = caught.value.lines()
     assert line.startswith("the lock old:1 carries was written by imagesmith 0.5.0")
     assert "install imagesmith 0.5.0 to rebuild it bit for bit" in line
+
+
+# -- a lock made for another platform -------------------------------------------------------
+
+
+def test_a_lock_for_another_platform_is_stale_for_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build --platform P` never builds from a lock made for another platform (its base
+    digest and wheels are that platform's); with --relock it locks again keeping none of
+    its pins, as `imagesmith lock --platform P` does."""
+    from imagesmith import build as build_module
+    from imagesmith.errors import StaleLockError
+
+    spec_path = tmp_path / "env.toml"
+    spec_path.write_text('name = "tiny"\n[base]\nimage = "debian:bookworm"\n')
+    arm = dataclasses.replace(make_lock(spec_path), platform="linux/arm64")
+    write_lock(arm, tmp_path / "env.lock")
+    spec = load_spec(spec_path)
+    with pytest.raises(StaleLockError, match="env.lock pins linux/arm64, not linux/amd64"):
+        build_module.ensure_lock(
+            spec,
+            None,  # type: ignore[arg-type]
+            relock=False,
+            platform="linux/amd64",
+            on_line=print,
+        )
+    same, made = build_module.ensure_lock(
+        spec,
+        None,  # type: ignore[arg-type]
+        relock=False,
+        platform="linux/arm64",
+        on_line=print,
+    )
+    assert same == read_lock(tmp_path / "env.lock") and not made
+    kept: list[Any] = []
+
+    def fake_lock_spec(spec: Any, *, previous: Any, platform: str, **_: Any) -> Any:
+        kept.append(previous)
+        return dataclasses.replace(arm, platform=platform)
+
+    monkeypatch.setattr("imagesmith.resolve.lock_spec", fake_lock_spec)
+    relocked, made = build_module.ensure_lock(
+        spec,
+        None,  # type: ignore[arg-type]
+        relock=True,
+        platform="linux/amd64",
+        on_line=print,
+    )
+    assert made and relocked.platform == "linux/amd64"
+    assert kept == [None]  # none of the arm64 pins carried over
