@@ -1035,9 +1035,11 @@ def _builder_image(given: str | None, first: Spec, engine: Engine, *, platform: 
         return kube_build.pinned_builder(given)
     if given is None:
         folder = cache_dir() / "builder" / __version__
-        spec_path = kube_build.prepare_builder(
-            folder, repository=kube_build.builder_repository(first)
-        )
+        with kube_build.builder_lock(folder):
+            spec_path = kube_build.prepare_builder(
+                folder, repository=kube_build.builder_repository(first)
+            )
+            return _built_builder(spec_path, engine, platform=platform)
     else:
         spec_path = Path(given) / "env.toml" if Path(given).is_dir() else Path(given)
         if not spec_path.is_file():
@@ -1050,6 +1052,11 @@ def _builder_image(given: str | None, first: Spec, engine: Engine, *, platform: 
                 "builder from there)"
             )
         kube_build.write_wheel(spec_path.parent)
+    return _built_builder(spec_path, engine, platform=platform)
+
+
+def _built_builder(spec_path: Path, engine: Engine, *, platform: str) -> str:
+    """Build (or take from the registry) and push the builder spec; its pinned reference."""
     err(f"builder: {as_typed(spec_path)}")
 
     def on_line(line: str) -> None:

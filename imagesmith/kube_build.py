@@ -20,6 +20,7 @@ No Kubernetes API is called: the user applies the file (`kubectl apply -f`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -320,21 +321,33 @@ def builder_repository(spec: Spec) -> str:
     return f"{ref.registry}/{parent + '/' if parent else ''}{BUILDER_REPOSITORY}"
 
 
-def prepare_builder(folder: Path, *, repository: str | None) -> Path:
-    """Make the builder's spec folder: the packaged recipe (unless `folder` holds one
-    already) and the running imagesmith's wheel in its wheel/ (replacing any other
-    imagesmith wheel there); with `repository`, the packaged copy pushes there. The path
-    of its env.toml."""
+def prepare_builder(folder: Path, *, repository: str) -> Path:
+    """Make the packaged builder's spec folder (the path of its env.toml): the recipe's
+    files, written again each time (a run killed half-way leaves no half recipe for the
+    next), `[registry] repository` set to `repository`, and the running imagesmith's
+    wheel in wheel/. Its env.lock, when there is one, stays: the builder is re-locked
+    only when that is stale."""
+    from imagesmith.lock import write_atomically
     from imagesmith.recipebook import copy_recipe
 
     spec = folder / "env.toml"
-    if not spec.is_file():
-        copy_recipe(BUILDER_RECIPE, folder, force=True)
-        if repository is not None:
-            with spec.open("a", encoding="utf-8") as out:
-                out.write(f'\n[registry]\nrepository = "{repository}"\n')
+    copy_recipe(BUILDER_RECIPE, folder, force=True)
+    text = spec.read_text(encoding="utf-8")
+    write_atomically(spec, text + f'\n[registry]\nrepository = "{repository}"\n')
     write_wheel(folder)
     return spec
+
+
+@contextlib.contextmanager
+def builder_lock(folder: Path) -> Iterator[None]:
+    """Held while a builder folder is prepared and built: two `build --on kubernetes` at
+    once take turns (the second finds the builder in the registry)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".imagesmith-builder.lock").open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def write_wheel(folder: Path) -> Path:

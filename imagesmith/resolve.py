@@ -19,6 +19,7 @@ from imagesmith import __version__
 from imagesmith.apt_sources import needs_host_network, probe_setup, source_locks, update_problems
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, RegistryError, ResolveError
+from imagesmith.labels import BASE_ROOTFS, LOCK_HASH
 from imagesmith.lock import (
     LOCK_FORMAT,
     AptLock,
@@ -220,7 +221,12 @@ def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:
         return BaseImageLock(reference=text, repository=ref.familiar_repository, digest=ref.digest)
     if engine.image_exists(text):
         info = engine.inspect_image(text)
-        for repo_digest in info.repo_digests:
+        # A base `imagesmith base` made (its labels, and no image built on it) is pinned
+        # by its ID even under a public name (`debian:bookworm`): podman lists a digest
+        # of its own for every name an image has, which no registry serves; the input
+        # archive carries such a base to other machines.
+        made_here = BASE_ROOTFS in info.labels and LOCK_HASH not in info.labels
+        for repo_digest in () if made_here else info.repo_digests:
             name, _, digest = repo_digest.partition("@")
             if parse_reference(name).repository == ref.repository and digest:
                 return BaseImageLock(

@@ -14,8 +14,6 @@ securityContext otherwise: no `privileged`, the capabilities it names.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import subprocess
 import uuid
@@ -27,11 +25,11 @@ from typer.testing import CliRunner
 
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.errors import EngineError
 from imagesmith.lock import read_lock
 from imagesmith.registry import RegistryClient
 from imagesmith.render import content_tag
 from tests.integration.conftest import ensure_test_base
+from tests.integration.test_catalogue_build import second_podman
 from tests.support import tool
 
 pytestmark = pytest.mark.integration
@@ -42,15 +40,6 @@ def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     return subprocess.run(
         ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def _builder_folder(folder: Path, base: str, repository: str) -> Path:
-    made = runner.invoke(app, ["init", "--recipe", "imagesmith-builder", str(folder)])
-    assert made.exit_code == 0, made.output
-    spec = folder / "env.toml"
-    text = spec.read_text().replace('image = "debian:bookworm"', f'image = "{base}"')
-    spec.write_text(text + f'\n[registry]\nrepository = "{repository}"\n')
-    return spec
 
 
 def _app_spec(folder: Path, base: str, repository: str) -> Path:
@@ -73,72 +62,77 @@ def test_the_job_pod_builds_the_digest_a_local_build_prints(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = ensure_test_base(podman_engine, request)
+    """On a fresh machine (a podman store and an imagesmith cache of its own) whose base
+    is its local `debian:bookworm`: `build --on kubernetes` with no --builder makes the
+    builder from the packaged recipe, as a user's first run does."""
+    saved = tmp_path / "base.tar"
+    podman_engine.save(ensure_test_base(podman_engine, request), saved)
     monkeypatch.chdir(tmp_path)
     run = uuid.uuid4().hex[:8]
-    builder = _builder_folder(tmp_path / "builder", base, f"{open_registry}/lab/builder-{run}")
-    spec = _app_spec(tmp_path / "app", base, f"{open_registry}/lab/kube-{run}")
+    spec = _app_spec(tmp_path / "app", "debian:bookworm", f"{open_registry}/lab/kube-{run}")
     job_file = tmp_path / "build.yaml"
     pod_file = tmp_path / "pod.yaml"
-    made: list[str] = []
-    try:
-        written = runner.invoke(
-            app,
-            [
-                "build", str(spec), "--on", "kubernetes", "--builder", str(builder),
-                "--engine", "podman", "-o", str(job_file),
-            ],
-        )  # fmt: skip
-        assert written.exit_code == 0, written.output
-        checked = subprocess.run(
-            [tool("kubernetes-validate"), "--strict", str(job_file)], capture_output=True, text=True
-        )
-        assert checked.returncode == 0, checked.stdout + checked.stderr
+    with second_podman(tmp_path, monkeypatch) as fresh:
+        fresh.tag(fresh.load(saved), "docker.io/library/debian:bookworm")
+        try:
+            written = runner.invoke(
+                app,
+                [
+                    "build",
+                    str(spec),
+                    "--on",
+                    "kubernetes",
+                    "--engine",
+                    "podman",
+                    "-o",
+                    str(job_file),
+                ],
+            )
+            assert written.exit_code == 0, written.output
+            builder = f"{open_registry}/lab/imagesmith-builder@sha256:"
+            assert f"builder {builder}" in written.stderr  # beside the spec's repository
+            checked = subprocess.run(
+                [tool("kubernetes-validate"), "--strict", str(job_file)],
+                capture_output=True,
+                text=True,
+            )
+            assert checked.returncode == 0, checked.stdout + checked.stderr
 
-        job = yaml.safe_load(job_file.read_text())
-        pod_spec = job["spec"]["template"]["spec"]
-        assert pod_spec.pop("hostUsers") is False
-        pod_spec["hostNetwork"] = True
-        container = pod_spec["containers"][0]
-        made.append(container["image"])
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"kb-{run}"}}
-        pod_file.write_text(yaml.safe_dump({**pod, "spec": pod_spec}))
-        played = _podman("kube", "play", "--tls-verify=false", str(pod_file), timeout=300)
-        assert played.returncode == 0, played.stdout + played.stderr
-        name = f"kb-{run}-build"
-        waited = _podman("wait", name, timeout=900)
-        logs = _podman("logs", name).stdout + _podman("logs", name).stderr
-        assert waited.stdout.strip() == "0", logs
-        pod_digest = re.search(r"digest: (sha256:[0-9a-f]{64})", logs)
-        assert pod_digest is not None, logs
-        assert "substituted" not in logs  # the registry held no image for it: a real build
+            job = yaml.safe_load(job_file.read_text())
+            pod_spec = job["spec"]["template"]["spec"]
+            assert pod_spec.pop("hostUsers") is False
+            pod_spec["hostNetwork"] = True
+            assert pod_spec["containers"][0]["image"].startswith(builder)
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"kb-{run}"}}
+            pod_file.write_text(yaml.safe_dump({**pod, "spec": pod_spec}))
+            played = _podman("kube", "play", "--tls-verify=false", str(pod_file), timeout=300)
+            assert played.returncode == 0, played.stdout + played.stderr
+            name = f"kb-{run}-build"
+            waited = _podman("wait", name, timeout=900)
+            logs = _podman("logs", name).stdout + _podman("logs", name).stderr
+            assert waited.stdout.strip() == "0", logs
+            pod_digest = re.search(r"digest: (sha256:[0-9a-f]{64})", logs)
+            assert pod_digest is not None, logs
+            assert "substituted" not in logs  # the registry held no image for it: a real build
 
-        local = runner.invoke(app, ["build", str(spec), "--engine", "podman", "--json"])
-        assert local.exit_code == 0, local.output
-        assert f'"digest": "{pod_digest.group(1)}"' in local.stdout
+            local = runner.invoke(app, ["build", str(spec), "--engine", "podman", "--json"])
+            assert local.exit_code == 0, local.output
+            assert f'"digest": "{pod_digest.group(1)}"' in local.stdout
 
-        lock = read_lock(spec.with_suffix(".lock"))
-        repository = f"lab/kube-{run}"
-        held, _, _ = RegistryClient(open_registry).manifest(repository, content_tag(lock))
-        assert held == pod_digest.group(1)
+            lock = read_lock(spec.with_suffix(".lock"))
+            repository = f"lab/kube-{run}"
+            held, _, _ = RegistryClient(open_registry).manifest(repository, content_tag(lock))
+            assert held == pod_digest.group(1)
 
-        # `build-from` given what is not a build context: one line, nothing left behind.
-        before = sorted(p.name for p in tmp_path.iterdir())
-        image = f"{open_registry}/{repository}@{held}"
-        wrong = runner.invoke(app, ["build-from", image, "--engine", "podman"])
-        assert wrong.exit_code == 1, wrong.output
-        assert wrong.stderr.strip().endswith(f"{image}: not an imagesmith build context")
-        tagged = runner.invoke(app, ["build-from", f"{open_registry}/{repository}:latest"])
-        assert tagged.exit_code == 2, tagged.output
-        assert "name the build context by digest" in tagged.stderr
-        assert sorted(p.name for p in tmp_path.iterdir()) == before
-    finally:
-        _podman("kube", "down", str(pod_file))
-        for built in (builder, spec):  # the host's builds: their tags and images
-            record = built.with_suffix(".build.json")
-            if record.exists():
-                data = json.loads(record.read_text())
-                made += [*data["tags"], data["image_id"]]
-        for ref in made:
-            with contextlib.suppress(EngineError):
-                podman_engine.remove_image(ref, force=True)
+            # `build-from` given what is not a build context: one line, nothing left behind.
+            before = sorted(p.name for p in tmp_path.iterdir())
+            image = f"{open_registry}/{repository}@{held}"
+            wrong = runner.invoke(app, ["build-from", image, "--engine", "podman"])
+            assert wrong.exit_code == 1, wrong.output
+            assert wrong.stderr.strip().endswith(f"{image}: not an imagesmith build context")
+            tagged = runner.invoke(app, ["build-from", f"{open_registry}/{repository}:latest"])
+            assert tagged.exit_code == 2, tagged.output
+            assert "name the build context by digest" in tagged.stderr
+            assert sorted(p.name for p in tmp_path.iterdir()) == before
+        finally:
+            _podman("kube", "down", str(pod_file))  # the private store goes with second_podman

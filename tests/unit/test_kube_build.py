@@ -286,6 +286,8 @@ def test_the_packaged_builder_pushes_beside_the_spec_with_this_imagesmith(tmp_pa
     # An older imagesmith's wheel goes: the image installs exactly one.
     (folder / "wheel" / wheel_name()).unlink()
     (folder / "wheel" / "imagesmith-0.1.0-py3-none-any.whl").write_bytes(b"old")
+    (folder / "storage.conf").unlink()  # as a run killed half-way may leave it
     again = kube_build.prepare_builder(folder, repository="elsewhere.example/x")
-    assert load_spec(again).registry_repository == "reg.example/lab/imagesmith-builder"
+    assert load_spec(again).registry_repository == "elsewhere.example/x"
+    assert (folder / "storage.conf").is_file()
     assert [p.read_bytes() for p in (folder / "wheel").glob("*.whl")] == [tool_wheel()[1]]

@@ -229,3 +229,37 @@ def test_a_lock_for_another_platform_is_stale_for_this_one(
     )
     assert made and relocked.platform == "linux/amd64"
     assert kept == [None]  # none of the arm64 pins carried over
+
+
+# -- a base `imagesmith base` made, under a name a public registry serves too -------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "local"),
+    [
+        ({"dev.imagesmith.base.rootfs-sha256": "x"}, True),  # made here: pinned by its ID
+        ({"dev.imagesmith.base.rootfs-sha256": "x", "dev.imagesmith.lock-hash": "y"}, False),
+        ({}, False),  # pulled: the registry's digest
+    ],
+)
+def test_a_base_made_here_is_pinned_by_its_id_whatever_podman_lists(
+    labels: dict[str, str], local: bool
+) -> None:
+    """podman lists `docker.io/library/debian@sha256:<its own manifest>` for a local image
+    tagged debian:bookworm; no registry serves that digest, so a lock pinning it would
+    not build anywhere else."""
+    from imagesmith.resolve import resolve_base
+
+    image_id = "sha256:" + "1" * 64
+    listed = "docker.io/library/debian@sha256:" + "2" * 64
+
+    class Store:
+        def image_exists(self, ref: str) -> bool:
+            return ref == "debian:bookworm"
+
+        def inspect_image(self, ref: str) -> ImageInfo:
+            return ImageInfo(id=image_id, repo_digests=(listed,), labels=labels)
+
+    base = resolve_base("debian:bookworm", Store(), "linux/amd64")  # type: ignore[arg-type]
+    assert base.local is local
+    assert base.pinned == (image_id if local else "debian@sha256:" + "2" * 64)
