@@ -992,6 +992,8 @@ def _build_on_kubernetes(
     paths = named_specs(arguments)
     specs, problems = _load_specs(paths)
     problems += kube_build.refusals(specs)
+    if registry_secret is not None:
+        problems += kube_build.secret_problems(registry_secret)
     if problems:
         raise InputError("\n".join(problems))
     problems = kube_build.unreachable(specs)

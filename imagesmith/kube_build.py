@@ -57,6 +57,9 @@ CACHE = "/cache"
 WORK = "/work"
 REGISTRY_SECRET_MOUNT = "/run/secrets/imagesmith-registry"
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+_SECRET_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 #: The build pod's capabilities: the builder's RUN steps' set (its containers.conf),
 #: plus MKNOD (device nodes of a base's /dev) and SYS_ADMIN (overlay and chroot mounts).
 CAPABILITIES = (
@@ -406,6 +409,8 @@ def render_job(
     profile (the default one denies mount); its storage and cache are emptyDir volumes."""
     if not targets:
         raise InputError("--on kubernetes: no specs to build")
+    if registry_secret is not None and secret_problems(registry_secret):
+        raise InputError(secret_problems(registry_secret)[0])
     cpus = max(t.spec.build.cpus for t in targets)
     memory = max((t.spec.build.memory for t in targets), key=_mebibytes)
     container: dict[str, Any] = {
@@ -502,6 +507,16 @@ def job_yaml(job: dict[str, Any], targets: Sequence[BuildTarget]) -> str:
     for index, target in enumerate(targets):
         lines.append(f"# index {index}: {as_typed(target.spec.path)} -> {target.context}")
     return "\n".join(lines) + "\n" + yaml.safe_dump(job, sort_keys=False)
+
+
+def secret_problems(name: str) -> list[str]:
+    """A line when `name` cannot name a Secret (a DNS subdomain)."""
+    if _SECRET_NAME.match(name):
+        return []
+    return [
+        f"--registry-secret {name!r}: not a Secret name (lowercase letters, digits, '-' "
+        "and '.', at most 253 characters)"
+    ]
 
 
 def refusals(specs: Sequence[Spec]) -> list[str]:

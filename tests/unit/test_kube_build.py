@@ -192,6 +192,7 @@ def test_init_of_the_builder_recipe_writes_this_imagesmiths_wheel(tmp_path: Path
         (["--wait"], "--wait: not with --on kubernetes"),
         (["--jobs", "2"], "--jobs: not with --on kubernetes"),
         (["--json"], "--json: not with --on kubernetes"),
+        (["--registry-secret", "Lab_Registry"], "--registry-secret 'Lab_Registry': not a Secret"),
     ],
 )
 def test_slurm_and_local_options_are_refused(tmp_path: Path, extra: list[str], said: str) -> None:
