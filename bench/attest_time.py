@@ -24,10 +24,10 @@ from imagesmith.attest.inventory import inventory
 from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
 from imagesmith.attest.publish import attach_attestations
 from imagesmith.attest.sbom import render_sbom
-from imagesmith.lock import read_lock
-from imagesmith.records import BuildRecord
-from imagesmith.reference import parse_reference
-from imagesmith.registry import Pusher, RegistryClient
+from imagesmith.model.lock import read_lock
+from imagesmith.model.records import BuildRecord
+from imagesmith.model.reference import parse_reference
+from imagesmith.registry.client import Pusher, RegistryClient
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

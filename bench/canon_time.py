@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from imagesmith.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
+from imagesmith.image.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
 from imagesmith.engine import get_engine
-from imagesmith.lock import read_lock
-from imagesmith.oci import write_docker_archive
+from imagesmith.model.lock import read_lock
+from imagesmith.image.oci import write_docker_archive
 
 
 def main(argv: list[str]) -> int:

@@ -50,7 +50,7 @@ lab-analysis spec, CPU time, 2 cores shared with other work):
 - the interpreter, 11 ms; an editable install (`pip install -e`, as `.venv` is) adds its
   import finder to every start, 10-15 ms more than a regular install;
 - `import typer` (with click), 35-40 ms: the floor of any typer command;
-- `imagesmith.spec` and `imagesmith.lock`, 15-17 ms, nearly all of it Python creating
+- `imagesmith.model.spec` and `imagesmith.model.lock`, 15-17 ms, nearly all of it Python creating
   their 18 dataclasses; `hashlib` (OpenSSL) 2.5 ms, `tomllib` 2 ms;
 - building the one command named (typer reads its signature), 2 ms; before, all 18
   commands were built for every run, 15-20 ms;
@@ -82,7 +82,7 @@ def timed(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> tuple[float, f
 def locked_example(folder: Path) -> Path:
     """The lab-analysis recipe in `folder`, with a lock made offline: its env.toml."""
     sys.path.insert(0, str(HERE.parent))
-    from imagesmith.lock import write_lock
+    from imagesmith.model.lock import write_lock
     from imagesmith.recipebook import copy_recipe
     from tests.fixtures.make_lock import make_lock
 

@@ -39,7 +39,7 @@ _ATTRIBUTES = {
 def _code_defaults() -> Any:
     """The Spec imagesmith makes from the smallest spec that has every table (empty)."""
     sys.path.insert(0, str(ROOT))
-    from imagesmith.spec import spec_from_valid_data
+    from imagesmith.model.spec import spec_from_valid_data
 
     data = {"name": "x", "base": {"image": "x"}, "python": {}}
     return spec_from_valid_data(data, path=ROOT / "env.toml")
@@ -155,8 +155,8 @@ def _row(key: str, node: Mapping[str, Any], default: str, note: str = "") -> str
 
 def _manifest_declares_ports() -> bool:
     """Whether `imagesmith manifest` turns [image] ports into containerPort today."""
-    from imagesmith.manifests import render_manifest
-    from imagesmith.spec import spec_from_valid_data
+    from imagesmith.outputs.kubernetes import render_manifest
+    from imagesmith.model.spec import spec_from_valid_data
 
     data = {"name": "x", "base": {"image": "x"}, "image": {"ports": [8888]}}
     spec = spec_from_valid_data(data, path=ROOT / "env.toml")
@@ -166,7 +166,7 @@ def _manifest_declares_ports() -> bool:
 
 def _notes() -> dict[tuple[str, ...], str]:
     """What a key does beyond its schema description, and what leaving it out means."""
-    from imagesmith.context import DEFAULT_INDEX
+    from imagesmith.inputs.context import DEFAULT_INDEX
 
     ports = (
         "The manifest declares them as containerPort"

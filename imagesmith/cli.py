@@ -25,13 +25,13 @@ from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError, Op
 from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
-    from imagesmith.build import BuildResult
-    from imagesmith.catalogue import Outcome
     from imagesmith.engine.base import Engine, ImageInfo
-    from imagesmith.lock import Lock
-    from imagesmith.records import PushRecord
+    from imagesmith.model.lock import Lock
+    from imagesmith.model.records import PushRecord
+    from imagesmith.model.spec import Spec
+    from imagesmith.pipeline.build import BuildResult
+    from imagesmith.pipeline.catalogue import Outcome
     from imagesmith.reports import Report
-    from imagesmith.spec import Spec
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -168,8 +168,8 @@ def _main(
 @reports_errors
 def validate(spec_path: SpecArg = Path("env.toml"), as_json: JsonOpt = False) -> None:
     """Check env.toml and list every problem in it, one per line (exit 2 if any)."""
+    from imagesmith.model.spec import load_spec
     from imagesmith.reports import validate_report
-    from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
     if as_json:
@@ -198,10 +198,10 @@ def render(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Containerfile that env.lock pins (needs an up-to-date lock; no engine)."""
-    from imagesmith.lock import fresh_lock
-    from imagesmith.render import render as render_lock
+    from imagesmith.model.lock import fresh_lock
+    from imagesmith.model.spec import load_spec
+    from imagesmith.render.containerfile import render as render_lock
     from imagesmith.reports import render_report
-    from imagesmith.spec import load_spec
 
     lock = fresh_lock(load_spec(spec_path))
     text = render_lock(lock)
@@ -240,11 +240,11 @@ def init(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if isinstance(exc, OSError):
-            from imagesmith.lock import write_error
+            from imagesmith.model.lock import write_error
 
             raise write_error(Path(exc.filename or directory), exc) from None
         raise
-    from imagesmith.kube_build import BUILDER_RECIPE, write_wheel
+    from imagesmith.cluster.kube_build import BUILDER_RECIPE, write_wheel
 
     if recipe == BUILDER_RECIPE:  # the builder installs the imagesmith that made it
         copied.append(write_wheel(directory))
@@ -355,7 +355,7 @@ def lock(
 
     Re-running on an unchanged spec changes nothing and needs no network.
     """
-    from imagesmith.spec import load_spec
+    from imagesmith.model.spec import load_spec
 
     spec = load_spec(spec_path)
     lock_path = spec.lock_path
@@ -363,9 +363,9 @@ def lock(
         check_lock(spec, as_json=as_json)
         return
     # Only now: resolving needs the engines' modules, which --check (CI's check) does not.
-    from imagesmith.lock import pins_to_keep, read_lock, write_lock
+    from imagesmith.locking.resolve import lock_spec
+    from imagesmith.model.lock import pins_to_keep, read_lock, write_lock
     from imagesmith.reports import lock_report
-    from imagesmith.resolve import lock_spec
 
     previous = pins_to_keep(read_lock(lock_path) if lock_path.exists() else None, platform)
     started = time.monotonic()
@@ -409,7 +409,7 @@ def check_lock(spec: Spec, *, as_json: bool) -> None:
     exit 2, like every other command that reads it.
     """
     from imagesmith.errors import LockFormatError
-    from imagesmith.lock import check_format, read_lock, stale_reason
+    from imagesmith.model.lock import check_format, read_lock, stale_reason
     from imagesmith.reports import lock_check_report
 
     lock_path = spec.lock_path
@@ -623,7 +623,7 @@ def build(
     all succeeded. With `--on slurm`, the specs build as Slurm array tasks instead; with
     `--on kubernetes`, as the pods of a Job this writes (apply it with `kubectl apply -f`).
     """
-    from imagesmith.catalogue import spec_paths as named_specs
+    from imagesmith.pipeline.catalogue import spec_paths as named_specs
 
     arguments = spec_paths or [Path("env.toml")]
     kubernetes_only = {
@@ -725,8 +725,8 @@ def _build_and_push(
     attestations of the push that put it there: only its tags and the push record are
     written then.
     """
-    from imagesmith.build import build as run_build
-    from imagesmith.spec import load_spec
+    from imagesmith.model.spec import load_spec
+    from imagesmith.pipeline.build import build as run_build
 
     spec = load_spec(spec_path)
     result = run_build(
@@ -741,8 +741,8 @@ def _build_and_push(
     )
     if not then_push:
         return result, None
-    from imagesmith.lock import read_lock
-    from imagesmith.push import push as run_push
+    from imagesmith.model.lock import read_lock
+    from imagesmith.pipeline.push import push as run_push
 
     taken = result.substituted_from is not None
     pushed = run_push(
@@ -794,8 +794,8 @@ def _build_many(
     progress on stderr prefixed with the spec; exit 0 only when every spec succeeded."""
     import threading
 
-    from imagesmith.catalogue import exit_code, run_all
     from imagesmith.engine import get_engine
+    from imagesmith.pipeline.catalogue import exit_code, run_all
 
     said = threading.Lock()
 
@@ -848,9 +848,9 @@ def _build_on_slurm(
 ) -> None:
     """`build --on slurm`: refuse what cannot work (one line each), then submit one array;
     with `wait`, follow it and exit as a many-spec build does."""
-    from imagesmith import slurm_build
-    from imagesmith.catalogue import exit_code
-    from imagesmith.catalogue import spec_paths as named_specs
+    from imagesmith.cluster import slurm_build
+    from imagesmith.pipeline.catalogue import exit_code
+    from imagesmith.pipeline.catalogue import spec_paths as named_specs
 
     usage = []
     if on != "slurm":
@@ -938,7 +938,7 @@ def _build_on_slurm(
 def _load_specs(paths: Sequence[Path]) -> tuple[list[Spec], list[str]]:
     """The specs that load, and one line per problem of those that do not, each line
     starting with the spec's path as the user typed it."""
-    from imagesmith.spec import load_spec
+    from imagesmith.model.spec import load_spec
 
     specs, problems = [], []
     for path in paths:
@@ -968,10 +968,10 @@ def _build_on_kubernetes(
     """`build --on kubernetes`: lock each spec here, store its build context (and the
     inputs and local base a pod needs) in its registry, make sure of the builder image,
     then write the Job. Nothing is built here but the builder, when it must be."""
-    from imagesmith import kube_build
-    from imagesmith.build import ensure_lock
-    from imagesmith.catalogue import spec_paths as named_specs
-    from imagesmith.input_archive import collect_inputs, inputs_tag, push_inputs, push_local_base
+    from imagesmith.cluster import kube_build
+    from imagesmith.inputs.archive import collect_inputs, inputs_tag, push_inputs, push_local_base
+    from imagesmith.pipeline.build import ensure_lock
+    from imagesmith.pipeline.catalogue import spec_paths as named_specs
 
     usage = [
         f"{name}: not with --on kubernetes"
@@ -1030,8 +1030,8 @@ def _build_on_kubernetes(
 def _builder_image(given: str | None, first: Spec, engine: Engine, *, platform: str) -> str:
     """The builder image the pods run, pinned by digest: `given` as a reference, or built
     and pushed from `given` as a builder spec, or from the packaged recipe."""
-    from imagesmith import kube_build
-    from imagesmith.context import cache_dir
+    from imagesmith.cluster import kube_build
+    from imagesmith.inputs.context import cache_dir
 
     if given is not None and not (given.endswith(".toml") or Path(given).is_dir()):
         return kube_build.pinned_builder(given)
@@ -1046,7 +1046,7 @@ def _builder_image(given: str | None, first: Spec, engine: Engine, *, platform: 
         spec_path = Path(given) / "env.toml" if Path(given).is_dir() else Path(given)
         if not spec_path.is_file():
             raise InputError(f"--builder {given}: no such builder spec")
-        from imagesmith.spec import load_spec
+        from imagesmith.model.spec import load_spec
 
         if load_spec(spec_path).registry_repository is None:
             raise InputError(
@@ -1129,8 +1129,8 @@ def base(
     Runs mmdebstrap (deterministic with SOURCE_DATE_EPOCH) and imports the root
     filesystem with Containerfile.base; specs can then use it as base.image.
     """
-    from imagesmith.base import make_base
-    from imagesmith.spec import url_has_credentials
+    from imagesmith.model.spec import url_has_credentials
+    from imagesmith.pipeline.debian_base import make_base
 
     if mirror is not None and url_has_credentials(mirror):
         raise InputError(
@@ -1180,7 +1180,7 @@ def inspect(
     if show == "spec" and not as_json:
         sys.stdout.write(tomli_w.dumps(dict(the_lock.spec_data)))
         return
-    from imagesmith.run_settings import describe, find
+    from imagesmith.pipeline.run_settings import describe, find
 
     first, source = find(the_lock.lock_hash, info.repo_digests)
     if as_json:
@@ -1210,7 +1210,7 @@ def unpack(
     run-time tables ([resources], [job], [registry]) before manifest, sbatch or push: they
     are not part of the image. Nothing is written unless everything could be restored.
     """
-    from imagesmith.unpack import unpack as run_unpack
+    from imagesmith.pipeline.unpack import unpack as run_unpack
 
     written = run_unpack(chosen_engine(engine), image, directory, force=force, on_line=err)
     for path in written:
@@ -1220,7 +1220,7 @@ def unpack(
 
 def read_image(engine: Engine, image: str) -> tuple[ImageInfo, Lock, str]:
     """The engine's facts about `image`, the lock it carries, and that lock's text."""
-    from imagesmith.render import lock_in_image
+    from imagesmith.render.containerfile import lock_in_image
 
     info = engine.inspect_image(image)
     lock_text, the_lock = lock_in_image(image, info.labels, path=Path("env.lock"))
@@ -1247,7 +1247,7 @@ def print_summary(image: str, info: ImageInfo, the_lock: Lock) -> None:
 
 def _image_for(spec: Spec, the_lock: Lock) -> tuple[str, int, int]:
     """(repository@digest, uid, gid) of the lock's image: pushed if it was, else built here."""
-    from imagesmith.records import read_build_record, read_push_record
+    from imagesmith.model.records import read_build_record, read_push_record
 
     pushed = read_push_record(spec.path, the_lock.lock_hash)
     if pushed is not None:
@@ -1268,7 +1268,7 @@ def _image_for(spec: Spec, the_lock: Lock) -> tuple[str, int, int]:
 
 def _emit(text: str, output: Path | None, *, report: Report | None = None) -> None:
     """`text` to `output` (or stdout); with --json, `report` is what goes to stdout."""
-    from imagesmith.lock import write_atomically
+    from imagesmith.model.lock import write_atomically
 
     if output is not None:
         write_atomically(output, text)
@@ -1365,11 +1365,11 @@ def manifest(
     """
     import dataclasses
 
-    from imagesmith.lock import fresh_lock
-    from imagesmith.manifests import label_key_problem, manifest_warnings, render_manifest
+    from imagesmith.model.lock import fresh_lock
+    from imagesmith.model.spec import load_spec, read_input_text
+    from imagesmith.outputs.kubernetes import label_key_problem, manifest_warnings, render_manifest
+    from imagesmith.outputs.sbatch import parse_sbatch
     from imagesmith.reports import manifest_report
-    from imagesmith.slurm import parse_sbatch
-    from imagesmith.spec import load_spec, read_input_text
 
     if kind is not None and kind not in {"pod", "job"}:
         raise InputError(f"--kind must be pod or job, not {kind!r}")
@@ -1456,10 +1456,10 @@ def sbatch(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a Slurm batch script with the spec's resources that runs the image by digest."""
-    from imagesmith.lock import fresh_lock
-    from imagesmith.manifests import render_sbatch
+    from imagesmith.model.lock import fresh_lock
+    from imagesmith.model.spec import load_spec
+    from imagesmith.outputs.kubernetes import render_sbatch
     from imagesmith.reports import sbatch_report
-    from imagesmith.spec import load_spec
 
     spec = load_spec(spec_path)
     the_lock = fresh_lock(spec)
@@ -1505,10 +1505,10 @@ def push(
     or IMAGESMITH_REGISTRY_USER and IMAGESMITH_REGISTRY_PASSWORD (never on the command
     line).
     """
-    from imagesmith.lock import fresh_lock
-    from imagesmith.push import push as run_push
+    from imagesmith.model.lock import fresh_lock
+    from imagesmith.model.spec import load_spec
+    from imagesmith.pipeline.push import push as run_push
     from imagesmith.reports import push_report
-    from imagesmith.spec import load_spec
 
     signer = None
     pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None
@@ -1539,8 +1539,8 @@ def push(
 def _keep_run_settings(spec: Spec, record: PushRecord) -> None:
     """Keep the run-time tables of the first push of this lock, on this machine and beside
     the image; information only, so a failure here is a warning, not a failed push."""
-    from imagesmith.canonical_build import layout_dir
-    from imagesmith.run_settings import publish, settings_tag
+    from imagesmith.pipeline.canonical_build import layout_dir
+    from imagesmith.pipeline.run_settings import publish, settings_tag
 
     manifest = (
         layout_dir(record.digest) / "blobs" / "sha256" / record.digest.removeprefix("sha256:")
@@ -1583,12 +1583,12 @@ def pull(
 
     Also lists the SBOMs and provenance attached to it in the registry.
     """
-    from imagesmith.lock import read_lock
-    from imagesmith.push import pull as run_pull
-    from imagesmith.push import served_reference
-    from imagesmith.records import read_push_record
+    from imagesmith.model.lock import read_lock
+    from imagesmith.model.records import read_push_record
+    from imagesmith.model.spec import load_spec
+    from imagesmith.pipeline.push import pull as run_pull
+    from imagesmith.pipeline.push import served_reference
     from imagesmith.reports import pull_report
-    from imagesmith.spec import load_spec
 
     ref = image
     if image.endswith((".toml", ".lock")):
@@ -1657,12 +1657,12 @@ def build_from(
     registry holds already is taken from there, and the digest is the one a local build
     of the same lock prints.
     """
-    from imagesmith import kube_build
+    from imagesmith.cluster import kube_build
 
     chosen = kube_build.pick_context(contexts, index)
     spec_path = kube_build.fetch_context(chosen, kube_build.context_folder(chosen))
     err(f"context: {chosen} -> {as_typed(spec_path)}")
-    from imagesmith.lock import read_lock
+    from imagesmith.model.lock import read_lock
 
     platform = read_lock(spec_path.with_suffix(".lock")).platform
     _build_one(
@@ -1703,7 +1703,7 @@ def fetch_tool(
     `python3 -m venv v && v/bin/pip install ./imagesmith-VERSION-py3-none-any.whl`.
     The download is checked against the lock's sha256.
     """
-    from imagesmith.tool_wheel import fetch_tool_wheel
+    from imagesmith.inputs.tool_wheel import fetch_tool_wheel
 
     path, lock = fetch_tool_wheel(spec_path, repository=source, output=output)
     typer.echo(f"fetched imagesmith {lock.imagesmith_version}: {as_typed(path.resolve())}")
@@ -1723,7 +1723,7 @@ def login(
     ] = False,
 ) -> None:
     """Check credentials against a registry and store them in the docker config."""
-    from imagesmith.push import login as run_login
+    from imagesmith.pipeline.push import login as run_login
 
     if not password_stdin:
         raise InputError("pass the password on standard input with --password-stdin")
@@ -1749,11 +1749,11 @@ def verify(
     image: rebuilds from the lock the image carries and compares image IDs. Exit 0 when
     identical; exit 1 with what differs (config fields, layers, files) when not.
     """
-    from imagesmith.lock import fresh_lock
+    from imagesmith.model.lock import fresh_lock
+    from imagesmith.model.spec import load_spec
+    from imagesmith.pipeline.verify import verify as run_verify
+    from imagesmith.pipeline.verify import verify_image
     from imagesmith.reports import verify_report
-    from imagesmith.spec import load_spec
-    from imagesmith.verify import verify as run_verify
-    from imagesmith.verify import verify_image
 
     the_engine = chosen_engine(engine)
     progress = Progress()
@@ -1865,9 +1865,9 @@ def provenance(
 
     from imagesmith.attest.inventory import inventory
     from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
-    from imagesmith.lock import fresh_lock
-    from imagesmith.records import read_build_record, read_push_record
-    from imagesmith.spec import load_spec
+    from imagesmith.model.lock import fresh_lock
+    from imagesmith.model.records import read_build_record, read_push_record
+    from imagesmith.model.spec import load_spec
 
     signer = None
     pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None

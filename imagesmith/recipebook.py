@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from imagesmith.errors import InputError
-from imagesmith.resources import data_path
+from imagesmith.package_data import data_path
 
 
 def available_recipes() -> dict[str, str]:
@@ -52,7 +52,7 @@ def copy_recipe(name: str, directory: Path, *, force: bool) -> list[Path]:
         names = ", ".join(str(target) for target in existing)
         verb = "exists" if len(existing) == 1 else "exist"
         raise InputError(f"{names} already {verb}; pass --force to overwrite")
-    from imagesmith.lock import write_error
+    from imagesmith.model.lock import write_error
 
     written: list[Path] = []
     for target, source in sorted(targets.items(), key=lambda item: item[0].name != "env.toml"):

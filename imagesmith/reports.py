@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
-    from imagesmith.build import BuildResult
-    from imagesmith.catalogue import Outcome
     from imagesmith.engine.base import ImageInfo
-    from imagesmith.lock import Lock
-    from imagesmith.records import PushRecord
-    from imagesmith.run_settings import FirstPublished
-    from imagesmith.spec import Spec
-    from imagesmith.verify import Verdict
+    from imagesmith.model.lock import Lock
+    from imagesmith.model.records import PushRecord
+    from imagesmith.model.spec import Spec
+    from imagesmith.pipeline.build import BuildResult
+    from imagesmith.pipeline.catalogue import Outcome
+    from imagesmith.pipeline.run_settings import FirstPublished
+    from imagesmith.pipeline.verify import Verdict
 
 Report = dict[str, Any]
 
@@ -190,7 +190,7 @@ def inspect_report(
 ) -> Report:
     """`run_settings`: what the image was first pushed with, and where that was found
     (information only: not in the image or its digest)."""
-    from imagesmith.run_settings import report
+    from imagesmith.pipeline.run_settings import report
 
     return {
         **envelope("inspect"),

@@ -30,7 +30,7 @@ from typing import Any
 
 from imagesmith.engine.base import Engine, ImageInfo, LineCallback, RunResult, check_context
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError
-from imagesmith.oci import open_image
+from imagesmith.image.oci import open_image
 
 #: The mtime of every entry the fake writes (the engines' own clock, before canonical clamps).
 BUILD_TIME = 1_750_000_000
@@ -88,7 +88,7 @@ def docker_archive(config: Mapping[str, Any], layers: Sequence[bytes]) -> tuple[
 def _words(text: str) -> list[str]:
     """The words of an ENV/LABEL argument as a builder reads them: double quotes group,
     and inside them a backslash escapes only a backslash, a quote or a dollar sign (the
-    quoting `imagesmith.render.quote_value` writes)."""
+    quoting `imagesmith.render.containerfile.quote_value` writes)."""
     words: list[str] = []
     word, quoted, i = "", False, 0
     while i < len(text):

@@ -21,8 +21,8 @@ import pytest
 
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
-from imagesmith.lock import Lock, write_lock
-from imagesmith.records import PushRecord, push_record_path, write_record
+from imagesmith.model.lock import Lock, write_lock
+from imagesmith.model.records import PushRecord, push_record_path, write_record
 from tests.fixtures.make_lock import make_lock
 
 REPO = Path(__file__).resolve().parent.parent

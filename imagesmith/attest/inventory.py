@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from imagesmith.attest.purl import deb_purl, oci_purl, pypi_name, pypi_purl
-from imagesmith.lock import AptPackage, Lock
+from imagesmith.model.lock import AptPackage, Lock
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from imagesmith import __version__
 from imagesmith.attest.inventory import Inventory
-from imagesmith.lock import Lock
+from imagesmith.model.lock import Lock
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

@@ -10,10 +10,10 @@ from imagesmith.attest.inventory import inventory
 from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
 from imagesmith.attest.referrers import Attestation, Referrers
 from imagesmith.attest.sbom import MEDIA_TYPES, render_sbom
-from imagesmith.canonical import rfc3339
-from imagesmith.lock import Lock
-from imagesmith.records import BuildRecord
-from imagesmith.reference import ImageReference
+from imagesmith.image.canonical import rfc3339
+from imagesmith.model.lock import Lock
+from imagesmith.model.records import BuildRecord
+from imagesmith.model.reference import ImageReference
 
 MEDIA_IN_TOTO = "application/vnd.in-toto+json"
 MEDIA_DSSE = "application/vnd.dsse.envelope.v1+json"
@@ -66,7 +66,7 @@ def attach_attestations(
 
 def attached_summary(pinned: str) -> list[str]:
     """One line per referrer of `REGISTRY/PATH@sha256:…`: its artifact type and digest."""
-    from imagesmith.reference import parse_reference
+    from imagesmith.model.reference import parse_reference
 
     ref = parse_reference(pinned)
     assert ref.digest is not None
@@ -80,7 +80,7 @@ def verify_attached_provenance(pinned: str, key: Any) -> dict[str, Any]:
     """The provenance attached to `REGISTRY/PATH@sha256:…`, once `key` verified its
     signature and its subject is that digest; VerificationFailed otherwise."""
     from imagesmith.attest.signing import VerificationFailed, verify_envelope
-    from imagesmith.reference import parse_reference
+    from imagesmith.model.reference import parse_reference
 
     ref = parse_reference(pinned)
     assert ref.digest is not None

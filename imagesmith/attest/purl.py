@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from imagesmith.lock import AptPackage, BaseImageLock, PythonPackage
-from imagesmith.reference import parse_reference
+from imagesmith.model.lock import AptPackage, BaseImageLock, PythonPackage
+from imagesmith.model.reference import parse_reference
 
 # Debian suites by code name; an unknown one is passed through as the distro as it is.
 DEBIAN_RELEASES = {

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagesmith.artifacts import EMPTY, MANIFEST_TYPE, artifact_manifest
 from imagesmith.errors import RegistryError
-from imagesmith.reference import ImageReference
-from imagesmith.registry import Credentials, Pusher, RegistryClient
+from imagesmith.model.reference import ImageReference
+from imagesmith.registry.artifacts import EMPTY, MANIFEST_TYPE, artifact_manifest
+from imagesmith.registry.client import Credentials, Pusher, RegistryClient
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 KIND_ANNOTATION = "dev.imagesmith.attestation"
@@ -203,7 +203,7 @@ def attached_document(text: str, fmt: str) -> bytes:
     """The SBOM of format `fmt` attached to the image `REGISTRY/PATH@sha256:…`."""
     from imagesmith.attest.sbom import MEDIA_TYPES
     from imagesmith.errors import InputError
-    from imagesmith.reference import is_digest, parse_reference
+    from imagesmith.model.reference import is_digest, parse_reference
 
     try:
         ref = parse_reference(text)

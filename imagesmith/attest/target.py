@@ -17,7 +17,7 @@ from imagesmith.attest.inventory import (
 )
 from imagesmith.engine.base import Engine
 from imagesmith.errors import InputError, OperationError
-from imagesmith.lock import Lock, parse_lock
+from imagesmith.model.lock import Lock, parse_lock
 
 # The label that carries the lock; the older prefix is still read so older images work.
 LOCK_LABELS = ("dev.imagesmith.lock", "io.imagesmith.lock")
@@ -30,7 +30,7 @@ def is_spec_target(target: str) -> bool:
 
 def lock_from_labels(image: str, labels: Mapping[str, str]) -> Lock:
     """The lock an image carries in its labels; InputError naming the label when it has none."""
-    from imagesmith.render import decode_embedded_lock
+    from imagesmith.render.containerfile import decode_embedded_lock
 
     for label in LOCK_LABELS:
         embedded = labels.get(label)
@@ -49,8 +49,8 @@ def lock_from_labels(image: str, labels: Mapping[str, str]) -> Lock:
 
 def lock_for_spec(target: str) -> Lock:
     """The up-to-date lock of env.toml (or the lock file itself when given env.lock)."""
-    from imagesmith.lock import fresh_lock, read_lock
-    from imagesmith.spec import load_spec
+    from imagesmith.model.lock import fresh_lock, read_lock
+    from imagesmith.model.spec import load_spec
 
     path = Path(target)
     if path.suffix == ".lock":

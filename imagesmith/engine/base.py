@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagesmith.engine.overlay import LocalImage
 from imagesmith.errors import InputError
-from imagesmith.overlay import LocalImage
+from imagesmith.model.reference import parse_reference
 from imagesmith.progress import LineCallback
-from imagesmith.reference import parse_reference
 
 #: How many trailing lines of build output a BuildError carries.
 TAIL_LINES = 20
@@ -132,7 +132,7 @@ class Engine(abc.ABC):
         """The image's config and layer directories in the engine's store, when this process
         can read them there (the engine runs here, on a native overlay store); else None.
 
-        Lets `canonical_build` skip `save` (see `imagesmith.overlay`).
+        Lets `canonical_build` skip `save` (see `imagesmith.engine.overlay`).
         """
         return None
 
@@ -308,7 +308,7 @@ def build_proxies(proxies: Mapping[str, str]) -> tuple[dict[str, str], list[str]
     the password never reaches an image. A build that needs that proxy fails to reach
     the network instead, which the warning explains.
     """
-    from imagesmith.spec import url_has_credentials
+    from imagesmith.model.spec import url_has_credentials
 
     kept: dict[str, str] = {}
     dropped: list[str] = []

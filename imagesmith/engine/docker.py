@@ -31,8 +31,8 @@ from imagesmith.engine.base import (
     proxy_warning,
     split_ref,
 )
+from imagesmith.engine.overlay import LocalImage, local_image
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError, RegistryError
-from imagesmith.overlay import LocalImage, local_image
 from imagesmith.progress import LineCallback
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -104,7 +104,7 @@ def _context_configured() -> bool:
         return False
     if os.environ.get("DOCKER_CONTEXT", "default") != "default":
         return True
-    from imagesmith.registry import docker_config_path
+    from imagesmith.registry.client import docker_config_path
 
     config = docker_config_path()
     try:

@@ -29,10 +29,10 @@ from imagesmith.engine.base import (
     is_disk_full,
     proxy_warning,
 )
+from imagesmith.engine.overlay import LocalImage, local_image
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
-from imagesmith.overlay import LocalImage, local_image
+from imagesmith.model.reference import is_loopback, parse_reference
 from imagesmith.progress import LineCallback
-from imagesmith.reference import is_loopback, parse_reference
 
 INSTALL_HINT = "podman is not installed: apt-get install podman (or use --engine docker)"
 RLIMIT_HINT = (

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.base import build_base, default_tag, make_rootfs
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
+from imagesmith.pipeline.debian_base import build_base, default_tag, make_rootfs
 
 SUITE = "bookworm"
 #: Repository prefix of every throwaway image the tests make.
@@ -117,7 +117,7 @@ def session_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
 def ensure_test_base(engine: Engine, request: pytest.FixtureRequest) -> str:
     """The Debian base on `engine`, built when missing or made by an imagesmith whose base
     labels differ (the tests compare digests across engines: both bases must be alike)."""
-    from imagesmith.labels import BASE_SUITE
+    from imagesmith.model.labels import BASE_SUITE
 
     ref = os.environ.get("IMAGESMITH_TEST_BASE") or default_tag(SUITE)
     if engine.image_exists(ref) and BASE_SUITE not in engine.inspect_image(ref).labels:

@@ -239,7 +239,7 @@ def cache_problems(cache: Path, *, killed: bool = False) -> list[str]:
     blobs, wheels and venv archives. Also any temporary file a writer left behind, unless
     `killed`: a killed process leaves its scratch folders (`.staging-*`, `*.partial-*`),
     which no later run takes for an entry; the next one that makes a scratch folder of the
-    same kind removes them (imagesmith.scratch), but a `lock` or `push` makes none."""
+    same kind removes them (imagesmith.cache.scratch), but a `lock` or `push` makes none."""
     problems: list[str] = []
     named = [
         *(cache / "debs").glob("*"),

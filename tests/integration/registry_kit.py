@@ -29,9 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imagesmith.canonical_build import layout_dir
-from imagesmith.lock import write_lock
-from imagesmith.records import BuildRecord, build_record_path, write_record
+from imagesmith.model.lock import write_lock
+from imagesmith.model.records import BuildRecord, build_record_path, write_record
+from imagesmith.pipeline.canonical_build import layout_dir
 from tests.fixtures.make_lock import make_lock
 from tests.integration.conftest import running_registry
 from tests.unit.test_canonical import canon, docker_image

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
-from imagesmith.canonical_build import layout_dir
-from imagesmith.debs import fetch_debs
 from imagesmith.engine.base import Engine
 from imagesmith.errors import OperationError
-from imagesmith.lock import read_lock, write_lock
-from imagesmith.resolve import lock_spec
-from imagesmith.spec import load_spec
+from imagesmith.inputs.debs import fetch_debs
+from imagesmith.locking.resolve import lock_spec
+from imagesmith.model.lock import read_lock, write_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.canonical_build import layout_dir
 from tests.integration.conftest import ensure_test_base
 
 pytestmark = pytest.mark.integration
@@ -141,8 +141,8 @@ def test_the_saved_image_loses_the_folder_too_on_both_engines(
 ) -> None:
     """The same rules when the layers come from `docker save` / `podman save` instead of
     the overlay store: the COPY layer and the whiteout go, one digest on both engines."""
-    from imagesmith.canonical import canonicalize
-    from imagesmith.canonical_build import DROP_PATHS
+    from imagesmith.image.canonical import canonicalize
+    from imagesmith.pipeline.canonical_build import DROP_PATHS
 
     base = ensure_test_base(docker_engine, request)
     assert ensure_test_base(podman_engine, request) == base

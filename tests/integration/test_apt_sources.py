@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
-from imagesmith.debs import deb_cache
 from imagesmith.engine.base import Engine
 from imagesmith.errors import ImagesmithError
-from imagesmith.lock import read_lock
-from imagesmith.push import push
-from imagesmith.spec import load_spec
+from imagesmith.inputs.debs import deb_cache
+from imagesmith.model.lock import read_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.push import push
 from tests.fixtures.apt_repo import SignedRepo
 from tests.integration.conftest import ImageTracker, Registry
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith.artifacts import MANIFEST_TYPE as MEDIA_MANIFEST
 from imagesmith.attest.inventory import inventory
 from imagesmith.attest.referrers import MEDIA_INDEX, Referrers
 from imagesmith.attest.sbom import render_sbom
 from imagesmith.attest.signing import load_public_key, verify_envelope
-from imagesmith.build import build
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.lock import read_lock
-from imagesmith.reference import parse_reference
-from imagesmith.registry import Pusher, RegistryClient
-from imagesmith.spec import Spec, load_spec
+from imagesmith.model.lock import read_lock
+from imagesmith.model.reference import parse_reference
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.registry.artifacts import MANIFEST_TYPE as MEDIA_MANIFEST
+from imagesmith.registry.client import Pusher, RegistryClient
 from tests.integration.conftest import ensure_test_base
 from tests.unit.test_provenance import _check_slsa
 from tests.unit.test_sbom import _pyspdxtools

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from imagesmith import base
-from imagesmith.base import build_base, make_base, make_rootfs
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, InputError
-from imagesmith.labels import BASE_EPOCH, BASE_ROOTFS, BASE_SUITE
+from imagesmith.model.labels import BASE_EPOCH, BASE_ROOTFS, BASE_SUITE
+from imagesmith.pipeline import debian_base as base
+from imagesmith.pipeline.debian_base import build_base, make_base, make_rootfs
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ImageTracker

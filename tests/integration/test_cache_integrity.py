@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith import integrity
+from imagesmith.cache import integrity
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
-from imagesmith.registry import RegistryClient
+from imagesmith.registry.client import RegistryClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.registry]
 

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from imagesmith.base import build_base
-from imagesmith.canonical import CanonicalImage, canonicalize, diff_archives
 from imagesmith.engine.base import Engine
+from imagesmith.image.canonical import CanonicalImage, canonicalize, diff_archives
+from imagesmith.pipeline.debian_base import build_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.podman]
 

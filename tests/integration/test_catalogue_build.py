@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith.build import build
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
 from imagesmith.engine.podman import PodmanEngine
 from imagesmith.errors import EngineError
-from imagesmith.lock import read_lock
-from imagesmith.push import push
-from imagesmith.records import read_build_record
-from imagesmith.spec import load_spec
+from imagesmith.model.lock import read_lock
+from imagesmith.model.records import read_build_record
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.push import push
 from tests.integration.conftest import Registry, _free_port
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from imagesmith.engine.base import Engine
-from imagesmith.registry import RegistryClient
+from imagesmith.registry.client import RegistryClient
 from tests.conftest import REPO
 from tests.integration.conftest import ensure_test_base
 

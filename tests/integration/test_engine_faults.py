@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.base import Engine
-from imagesmith.records import build_record_path
+from imagesmith.model.records import build_record_path
 
 pytestmark = pytest.mark.integration
 

@@ -152,7 +152,7 @@ def test_killed_then_run_again_gives_the_unkilled_result(
 
     assert final["env.lock"] == reference.lock
     building = where.command.startswith("build")
-    # The build after the kill removed the killed one's scratch folders (imagesmith.scratch):
+    # The build after the kill removed the killed one's scratch folders (imagesmith.cache.scratch):
     # its staging, partial wheel and tree folders in the cache, its folder in TMPDIR.
     assert cache_problems(root / "cache" / "imagesmith", killed=not building) == []
     if building:

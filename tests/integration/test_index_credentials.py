@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from imagesmith.context import fetch_wheels
 from imagesmith.errors import ResolveError
-from imagesmith.resolve import resolve_python
-from imagesmith.spec import spec_from_valid_data
+from imagesmith.inputs.context import fetch_wheels
+from imagesmith.locking.resolve import resolve_python
+from imagesmith.model.spec import spec_from_valid_data
 from tests.unit.test_venv import make_wheel
 
 pytestmark = pytest.mark.integration

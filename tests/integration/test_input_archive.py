@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
-from imagesmith.debs import deb_cache
 from imagesmith.engine.base import Engine
 from imagesmith.engine.podman import PodmanEngine
 from imagesmith.errors import ImagesmithError, OperationError
-from imagesmith.input_archive import (
+from imagesmith.inputs.archive import (
     ARTIFACT_TYPE,
     DEB_TYPE,
     TITLE,
@@ -32,13 +30,15 @@ from imagesmith.input_archive import (
     inputs_tag,
     push_inputs,
 )
-from imagesmith.lock import AptPackage, Lock, read_lock
-from imagesmith.push import push
-from imagesmith.records import read_push_record
-from imagesmith.reference import parse_reference
-from imagesmith.registry import RegistryClient
-from imagesmith.spec import load_spec
-from imagesmith.tool_wheel import tool_digest, wheel_name
+from imagesmith.inputs.debs import deb_cache
+from imagesmith.inputs.tool_wheel import tool_digest, wheel_name
+from imagesmith.model.lock import AptPackage, Lock, read_lock
+from imagesmith.model.records import read_push_record
+from imagesmith.model.reference import parse_reference
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.push import push
+from imagesmith.registry.client import RegistryClient
 from tests.fixtures.make_lock import make_lock
 from tests.integration.conftest import ImageTracker, Registry
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
-from imagesmith.lock import read_lock
-from imagesmith.spec import Spec, load_spec
+from imagesmith.model.lock import read_lock
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build
 from tests.conftest import RECIPES
 
 pytestmark = [pytest.mark.integration]

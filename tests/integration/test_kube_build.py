@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.lock import read_lock
-from imagesmith.registry import RegistryClient
-from imagesmith.render import content_tag
+from imagesmith.model.lock import read_lock
+from imagesmith.registry.client import RegistryClient
+from imagesmith.render.containerfile import content_tag
 from tests.integration.conftest import ensure_test_base
 from tests.integration.test_catalogue_build import second_podman
 from tests.support import tool

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.lock import read_lock
-from imagesmith.render import embedded_lock
+from imagesmith.model.lock import read_lock
+from imagesmith.render.containerfile import embedded_lock
 from tests.integration.conftest import ImageTracker
 
 pytestmark = pytest.mark.integration

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
 from imagesmith.errors import BuildError, ResolveError
-from imagesmith.lock import read_lock
-from imagesmith.records import build_record_path
-from imagesmith.resolve import lock_spec
-from imagesmith.spec import load_spec
+from imagesmith.locking.resolve import lock_spec
+from imagesmith.model.lock import read_lock
+from imagesmith.model.records import build_record_path
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
 from tests.conftest import EXAMPLE
 
 pytestmark = pytest.mark.integration
@@ -203,7 +203,7 @@ def test_python_packages_are_prepared_while_the_system_stage_builds(
     """With wheels to download and install, the engine builds the system stage (apt)
     meanwhile and the full build starts from that stage's image: the same image as one
     build of the file, with or without the engine's cache."""
-    from imagesmith.context import cache_dir
+    from imagesmith.inputs.context import cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no wheels yet
     name = f"it-overlap-{uuid.uuid4().hex[:8]}"
@@ -242,7 +242,7 @@ def test_cache_over_budget_drops_the_least_recently_used_image(
     monkeypatch: pytest.MonkeyPatch,
     cleanup_builds: list[Path | str],
 ) -> None:
-    from imagesmith.canonical_build import layout_dir
+    from imagesmith.pipeline.canonical_build import layout_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("IMAGESMITH_CACHE_MAX", "1")  # one byte: only the newest build stays

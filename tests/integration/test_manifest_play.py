@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from imagesmith.manifests import render_manifest
-from imagesmith.spec import load_spec
+from imagesmith.model.spec import load_spec
+from imagesmith.outputs.kubernetes import render_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 

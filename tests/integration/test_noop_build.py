@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
-from imagesmith.spec import Spec, load_spec
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """Reading layers from the engine's overlay store gives the same canonical image as a save.
 
 `make_canonical` and the build's background rewrite read an image's layers in place
-(`Engine.local_image`, `imagesmith.overlay`) instead of `docker save` / `podman save`.
+(`Engine.local_image`, `imagesmith.engine.overlay`) instead of `docker save` / `podman save`.
 The image here has every kind of entry the two ways could disagree on: a whiteout of a
 base file and of a whole directory, a directory deleted and made again (opaque), hard
 links (one made by copying a lower file up), a symlink, a FIFO, a setuid file, an old
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
 from imagesmith.engine.base import Engine
+from imagesmith.image.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
 from tests.integration.conftest import ImageTracker
 
 EPOCH = 1_700_000_000
@@ -89,7 +89,7 @@ def test_load_leaves_out_the_layers_the_engine_has(
     """`make_canonical` loads only the layers the engine lacks (the others are empty
     members of the archive); should the engine lack one it was thought to have, the
     load fails and is done again with every layer."""
-    from imagesmith.canonical_build import load_layout
+    from imagesmith.pipeline.canonical_build import load_layout
 
     context = tmp_path / "context"
     context.mkdir()

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
 from imagesmith.errors import RegistryError
-from imagesmith.lock import read_lock
-from imagesmith.push import pull, push
-from imagesmith.records import push_record_path
-from imagesmith.registry import RegistryClient
-from imagesmith.spec import Spec, load_spec
+from imagesmith.model.lock import read_lock
+from imagesmith.model.records import push_record_path
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.push import pull, push
+from imagesmith.registry.client import RegistryClient
 from tests.integration.conftest import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.registry]
@@ -48,7 +48,7 @@ def small_spec(engine: Engine, base_image: str, tmp_path: Path) -> Iterator[Spec
 def _digest_in_registry(
     registry: str, path: str, reference: str, creds: Registry | None = None
 ) -> str:
-    from imagesmith.registry import Credentials
+    from imagesmith.registry.client import Credentials
 
     client = RegistryClient(
         registry, Credentials(creds.username, creds.password) if creds else None
@@ -106,7 +106,7 @@ def test_wrong_password_fails_clearly_and_records_nothing(
 def test_registry_down_fails_after_bounded_retries(
     engine: Engine, small_spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("imagesmith.registry.RETRIES", 3)
+    monkeypatch.setattr("imagesmith.registry.client.RETRIES", 3)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
@@ -202,9 +202,9 @@ def test_lock_resolves_a_base_from_the_registry_and_picks_the_platform_from_an_i
 ) -> None:
     import json
 
-    from imagesmith.canonical_build import layout_dir
-    from imagesmith.registry import Pusher
-    from imagesmith.resolve import resolve_base
+    from imagesmith.locking.resolve import resolve_base
+    from imagesmith.pipeline.canonical_build import layout_dir
+    from imagesmith.registry.client import Pusher
 
     record = push(small_spec, read_lock(small_spec.lock_path), to=f"{open_registry}/lab/base")
     ref = f"{open_registry}/lab/base:2.0"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.context import fetch_wheels
 from imagesmith.errors import ResolveError
-from imagesmith.resolve import resolve_python
-from imagesmith.spec import spec_from_valid_data
+from imagesmith.inputs.context import fetch_wheels
+from imagesmith.locking.resolve import resolve_python
+from imagesmith.model.spec import spec_from_valid_data
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +51,9 @@ def test_other_platform_resolves_for_arm64() -> None:
 def test_a_python_change_keeps_base_and_apt_pins_without_an_engine(tmp_path: Path) -> None:
     import shutil
 
-    from imagesmith.lock import write_lock
-    from imagesmith.resolve import lock_spec
-    from imagesmith.spec import load_spec
+    from imagesmith.locking.resolve import lock_spec
+    from imagesmith.model.lock import write_lock
+    from imagesmith.model.spec import load_spec
     from tests.conftest import EXAMPLE
     from tests.fixtures.make_lock import make_lock
 

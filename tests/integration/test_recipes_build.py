@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
-from imagesmith.lock import Lock, read_lock, write_lock
-from imagesmith.render import decode_embedded_lock, render
-from imagesmith.resolve import lock_spec
-from imagesmith.spec import load_spec
+from imagesmith.locking.resolve import lock_spec
+from imagesmith.model.lock import Lock, read_lock, write_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.render.containerfile import decode_embedded_lock, render
 from tests.conftest import RECIPES
 from tests.integration.conftest import ensure_test_base
 

@@ -29,9 +29,9 @@ from typer.testing import CliRunner
 
 from imagesmith.cli import app
 from imagesmith.errors import RegistryError
-from imagesmith.push import served_reference
-from imagesmith.records import push_record_path
-from imagesmith.registry import Credentials, RegistryClient
+from imagesmith.model.records import push_record_path
+from imagesmith.pipeline.push import served_reference
+from imagesmith.registry.client import Credentials, RegistryClient
 from tests.integration.conftest import Registry
 from tests.integration.registry_kit import (
     Fault,
@@ -403,7 +403,7 @@ def test_a_big_blob_is_streamed_to_the_registry_not_read_into_memory(
 ) -> None:
     import tracemalloc
 
-    from imagesmith.registry import Pusher
+    from imagesmith.registry.client import Pusher
 
     size = 48 << 20
     blob = tmp_path / "blob"

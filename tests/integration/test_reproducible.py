@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.base import build_base
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
-from imagesmith.lock import read_lock, write_lock
-from imagesmith.resolve import lock_spec
-from imagesmith.spec import load_spec
-from imagesmith.verify import verify
+from imagesmith.locking.resolve import lock_spec
+from imagesmith.model.lock import read_lock, write_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.debian_base import build_base
+from imagesmith.pipeline.verify import verify
 from tests.conftest import EXAMPLE
 
 pytestmark = pytest.mark.integration
@@ -78,7 +78,7 @@ def test_same_lock_same_digest_on_both_engines_and_after_no_cache_rebuilds(
 def test_verify_image_rebuilds_from_the_lock_it_carries(
     engine: Engine, base_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imagesmith.verify import verify_image
+    from imagesmith.pipeline.verify import verify_image
 
     (tmp_path / "env.toml").write_text(
         f'name = "it-verify-{engine.name}"\nversion = "1"\n[base]\nimage = "{base_image}"\n'

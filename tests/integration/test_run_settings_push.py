@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith.build import build
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.spec import Spec, load_spec
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build
 
 pytestmark = [pytest.mark.integration, pytest.mark.registry]
 runner = CliRunner()

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith.base import build_base
-from imagesmith.build import BuildResult, build
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.lock import write_lock
-from imagesmith.resolve import lock_spec
-from imagesmith.spec import load_spec
+from imagesmith.locking.resolve import lock_spec
+from imagesmith.model.lock import write_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import BuildResult, build
+from imagesmith.pipeline.debian_base import build_base
 from tests.integration.conftest import TEST_REPOSITORY
 from tests.unit.test_provenance import _check_slsa
 from tests.unit.test_sbom import _pyspdxtools

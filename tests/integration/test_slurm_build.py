@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
-from imagesmith.records import push_record_path
-from imagesmith.spec import load_spec
+from imagesmith.model.records import push_record_path
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
 from tests.integration.conftest import Registry, ensure_test_base
 from tests.integration.test_catalogue_build import _remove_built, _write_spec
 from tests.integration.test_slurm_cluster import _job_ids, run, slurm  # noqa: F401

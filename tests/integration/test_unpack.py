@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.build import build
 from imagesmith.engine.base import Engine
-from imagesmith.lock import read_lock
-from imagesmith.spec import load_spec
-from imagesmith.verify import verify_image
+from imagesmith.model.lock import read_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.pipeline.build import build
+from imagesmith.pipeline.verify import verify_image
 from tests.integration.conftest import ImageTracker
 
 pytestmark = pytest.mark.integration

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.apt_sources import (
+from imagesmith.errors import ResolveError, SpecError
+from imagesmith.locking.apt_sources import (
     SourceUnreachable,
     needs_host_network,
     probe_setup,
     source_locks,
     update_problems,
 )
-from imagesmith.errors import ResolveError, SpecError
-from imagesmith.lock import AptLock, AptSourceLock, parse_lock
-from imagesmith.openpgp import KeyFileError, parse_key, read_key
-from imagesmith.resolve import _download, inputs_hash
-from imagesmith.spec import load_spec
+from imagesmith.locking.resolve import _download, inputs_hash
+from imagesmith.model.lock import AptLock, AptSourceLock, parse_lock
+from imagesmith.model.openpgp import KeyFileError, parse_key, read_key
+from imagesmith.model.spec import load_spec
 from tests.fixtures.make_lock import make_lock
 
 KEYS = Path(__file__).resolve().parent.parent / "fixtures" / "keys"
@@ -276,7 +276,7 @@ def test_a_key_changed_since_validation_is_one_line(tmp_path: Path) -> None:
 def test_a_build_needs_no_key_file_but_lock_does(tmp_path: Path) -> None:
     """The lock pins the keys' fingerprints: with a matching lock, the spec is good to
     build without its key files (as after `imagesmith unpack`); resolving needs them."""
-    from imagesmith.lock import write_lock
+    from imagesmith.model.lock import write_lock
 
     spec = load_spec(_spec(tmp_path))
     lock = replace(make_lock(spec.path), apt=AptLock(suite="bookworm", sources=source_locks(spec)))
@@ -364,7 +364,7 @@ def test_where_a_deb_lives(url: str, filename: str, root: str, path: str) -> Non
     ],
 )
 def test_one_rule_tells_this_machine_from_others(host: str, loopback: bool) -> None:
-    from imagesmith.reference import is_loopback, is_loopback_url
+    from imagesmith.model.reference import is_loopback, is_loopback_url
 
     assert is_loopback(host) is loopback
     in_url = f"[{host}]" if host.count(":") > 1 and not host.startswith("[") else host

@@ -20,18 +20,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith.build import build, image_tags
-from imagesmith.canonical_build import layout_dir
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
 from imagesmith.errors import BuildError, EngineError, InputError, RegistryError
-from imagesmith.lock import read_lock
-from imagesmith.push import push
-from imagesmith.records import build_record_path, read_build_record, read_push_record
-from imagesmith.reference import ImageReference
-from imagesmith.render import content_tag, lock_in_image
-from imagesmith.spec import Spec, load_spec
-from imagesmith.verify import verify, verify_image
+from imagesmith.model.lock import read_lock
+from imagesmith.model.records import build_record_path, read_build_record, read_push_record
+from imagesmith.model.reference import ImageReference
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build, image_tags
+from imagesmith.pipeline.canonical_build import layout_dir
+from imagesmith.pipeline.push import push
+from imagesmith.pipeline.verify import verify, verify_image
+from imagesmith.render.containerfile import content_tag, lock_in_image
 from tests.fakes import FakeEngine
 from tests.support import TINY_SPEC, locked, write_spec
 
@@ -346,7 +346,7 @@ def test_push_sends_the_layout_the_build_recorded_and_records_it(
     spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = Registry()
-    monkeypatch.setattr("imagesmith.push.push_layout", registry)
+    monkeypatch.setattr("imagesmith.pipeline.push.push_layout", registry)
     built = build(spec, FakeEngine())
     lock = read_lock(spec.lock_path)
     record = push(spec, lock, to=TO, inputs=False, attestations=False)
@@ -358,7 +358,9 @@ def test_push_sends_the_layout_the_build_recorded_and_records_it(
 def test_a_registry_that_holds_another_digest_leaves_no_push_record(
     spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("imagesmith.push.push_layout", Registry(answer="sha256:" + "9" * 64))
+    monkeypatch.setattr(
+        "imagesmith.pipeline.push.push_layout", Registry(answer="sha256:" + "9" * 64)
+    )
     build(spec, FakeEngine())
     lock = read_lock(spec.lock_path)
     with pytest.raises(RegistryError, match="the registry holds sha256:9999"):
@@ -370,7 +372,7 @@ def test_push_without_a_build_or_its_layout_says_what_to_run(
     spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = Registry()
-    monkeypatch.setattr("imagesmith.push.push_layout", registry)
+    monkeypatch.setattr("imagesmith.pipeline.push.push_layout", registry)
     lock = read_lock(spec.lock_path)
     with pytest.raises(InputError, match="no image built from this env.lock yet"):
         push(spec, lock, to=TO, inputs=False, attestations=False)
@@ -387,9 +389,9 @@ def test_the_system_stage_is_asked_for_only_when_the_registry_answered(
 ) -> None:
     """`--substitute` asks the registry for the image first; one that did not answer is not
     asked again for the system stage (one line and one timeout, not two)."""
-    import imagesmith.build
-    import imagesmith.substitute
-    from imagesmith.registry import RegistryUnreachable
+    import imagesmith.pipeline.build
+    import imagesmith.pipeline.substitute
+    from imagesmith.registry.client import RegistryUnreachable
 
     repository = "127.0.0.1:9/lab/tiny"
     spec.path.write_text(spec.path.read_text() + f'[registry]\nrepository = "{repository}"\n')
@@ -400,14 +402,14 @@ def test_the_system_stage_is_asked_for_only_when_the_registry_answered(
             raise RegistryUnreachable(f"cannot reach registry {repo.split('/')[0]}")
 
     shared: list[str | None] = []
-    real = imagesmith.build.build_canonical
+    real = imagesmith.pipeline.build.build_canonical
 
     def recording(*args: Any, share: str | None = None, **kwargs: Any) -> Any:
         shared.append(share)
         return real(*args, share=share, **kwargs)
 
-    monkeypatch.setattr(imagesmith.substitute, "find_substitute", find)
-    monkeypatch.setattr(imagesmith.build, "build_canonical", recording)
+    monkeypatch.setattr(imagesmith.pipeline.substitute, "find_substitute", find)
+    monkeypatch.setattr(imagesmith.pipeline.build, "build_canonical", recording)
     lines: list[str] = []
     build(spec, FakeEngine(), substitute=True, on_line=lines.append)
     assert shared == [repository if answers else None]

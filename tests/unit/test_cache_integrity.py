@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
-from imagesmith import canonical, integrity
-from imagesmith.canonical import LayerCache
-from imagesmith.context import WHEEL_SUMS, fetch_wheels, python_tree, python_tree_cached
+from imagesmith.cache import integrity
+from imagesmith.cache.integrity import CorruptEntry, check_file, file_sha256, write_bytes_durably
 from imagesmith.errors import OperationError
-from imagesmith.integrity import CorruptEntry, check_file, file_sha256, write_bytes_durably
-from imagesmith.lock import PythonLock, PythonPackage
-from imagesmith.oci import LayoutWriter
+from imagesmith.image import canonical
+from imagesmith.image.canonical import LayerCache
+from imagesmith.image.oci import LayoutWriter
+from imagesmith.inputs.context import WHEEL_SUMS, fetch_wheels, python_tree, python_tree_cached
+from imagesmith.model.lock import PythonLock, PythonPackage
 from tests.unit.test_canonical import blob_bytes, canon, docker_image, sha
 from tests.unit.test_venv import make_wheel
 
@@ -177,7 +178,7 @@ def _tree_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Python
         fetched.append(1)
         return wheels
 
-    monkeypatch.setattr("imagesmith.context.fetch_wheels", fake_fetch)
+    monkeypatch.setattr("imagesmith.inputs.context.fetch_wheels", fake_fetch)
     python = PythonLock(
         version="3.11",
         platform="x86_64-manylinux_2_36",
@@ -321,7 +322,7 @@ def test_an_index_serving_other_bytes_than_the_lock_is_refused(
 
 
 def test_a_new_build_replaces_the_corrupt_blobs_of_a_kept_layout(tmp_path: Path) -> None:
-    from imagesmith.canonical_build import install_layout
+    from imagesmith.pipeline.canonical_build import install_layout
 
     src = docker_image(tmp_path / "a.tar")
     kept = canon(src, tmp_path, "kept")
@@ -334,8 +335,8 @@ def test_a_new_build_replaces_the_corrupt_blobs_of_a_kept_layout(tmp_path: Path)
 
 
 def test_push_refuses_a_corrupt_manifest_before_contacting_the_registry(tmp_path: Path) -> None:
-    from imagesmith.reference import parse_reference
-    from imagesmith.registry import push_layout
+    from imagesmith.model.reference import parse_reference
+    from imagesmith.registry.client import push_layout
 
     image = canon(docker_image(tmp_path / "a.tar"), tmp_path, "layout")
     flip_one_byte(image.layout / "blobs" / "sha256" / image.manifest_digest.split(":")[1], 5)
@@ -346,7 +347,7 @@ def test_push_refuses_a_corrupt_manifest_before_contacting_the_registry(tmp_path
 
 
 def test_writeback_sink_passes_every_byte_through(tmp_path: Path) -> None:
-    from imagesmith.integrity import WritebackSink
+    from imagesmith.cache.integrity import WritebackSink
 
     data = os.urandom(3 << 20) * 7  # crosses the 8 MiB writeback step twice
     path = tmp_path / "blob"
@@ -359,8 +360,8 @@ def test_writeback_sink_passes_every_byte_through(tmp_path: Path) -> None:
 
 
 def test_push_takes_a_missing_layout_blob_for_a_corrupt_one(tmp_path: Path) -> None:
-    from imagesmith.reference import parse_reference
-    from imagesmith.registry import push_layout
+    from imagesmith.model.reference import parse_reference
+    from imagesmith.registry.client import push_layout
 
     image = canon(docker_image(tmp_path / "a.tar"), tmp_path, "layout")
     (image.layout / "blobs" / "sha256" / image.manifest_digest.split(":")[1]).unlink()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imagesmith.cachegc import DEFAULT_BUDGET, ENV_VAR, cache_budget, prune
+from imagesmith.cache.gc import DEFAULT_BUDGET, ENV_VAR, cache_budget, prune
 from imagesmith.errors import InputError
 
 MB = 2**20
@@ -114,14 +114,14 @@ def test_base_refuses_a_malformed_budget_before_any_work(
 ) -> None:
     """`imagesmith base` checks the budget before mmdebstrap and the engine run, as build
     does: nothing is made only to fail at the end."""
-    from imagesmith.base import build_base, make_base
+    from imagesmith.pipeline.debian_base import build_base, make_base
 
     monkeypatch.setenv(ENV_VAR, "lots")
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("work started")
 
-    monkeypatch.setattr("imagesmith.base.make_rootfs", never)
+    monkeypatch.setattr("imagesmith.pipeline.debian_base.make_rootfs", never)
     engine: Any = object()  # never touched
     with pytest.raises(InputError, match="IMAGESMITH_CACHE_MAX"):
         make_base(engine)
@@ -139,7 +139,7 @@ def test_a_prune_killed_half_way_leaves_no_layout_without_its_blobs(
     def killed(_: Path) -> int:
         raise KeyboardInterrupt  # SIGKILL before the first file of the layout goes
 
-    monkeypatch.setattr("imagesmith.cachegc._unlink", killed)
+    monkeypatch.setattr("imagesmith.cache.gc._unlink", killed)
     with pytest.raises(KeyboardInterrupt):
         prune(tmp_path, budget=3 * MB, keep_newer_than=1e12)
     assert not old.exists()  # gone from its name before anything in it was removed

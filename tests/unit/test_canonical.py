@@ -1,4 +1,4 @@
-"""Unit tests for imagesmith.canonical on synthetic archives (no container engine)."""
+"""Unit tests for imagesmith.image.canonical on synthetic archives (no container engine)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from imagesmith.canonical import (
+from imagesmith.errors import InputError
+from imagesmith.image.canonical import (
     GZIP_LEVEL,
     VOLATILE_PATHS,
     CanonicalImage,
@@ -28,8 +29,7 @@ from imagesmith.canonical import (
     layer_keys,
     normalize_created_by,
 )
-from imagesmith.errors import InputError
-from imagesmith.oci import (
+from imagesmith.image.oci import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER_GZIP,
     MEDIA_OCI_MANIFEST,
@@ -737,7 +737,7 @@ def test_plain_archive_is_the_same_however_its_layers_are_found(
     they were written (`plain_dir`), decompressed here with the size the gzip trailer
     gives, and decompressed through a spool file when that size is wrong (a layer of
     4 GiB or more; simulated)."""
-    from imagesmith import oci
+    from imagesmith.image import oci
 
     kept = tmp_path / "kept"
     image = canonicalize(
@@ -984,7 +984,7 @@ def test_pyc_headers_follow_their_sources(tmp_path: Path, policy: str) -> None:
 
 
 def test_env_order_does_not_change_the_digest() -> None:
-    from imagesmith.canonical import canonical_config
+    from imagesmith.image.canonical import canonical_config
 
     raw = {"architecture": "amd64", "os": "linux"}
     docker = canonical_config(
@@ -1009,7 +1009,7 @@ def test_env_order_does_not_change_the_digest() -> None:
 def test_layer_cache_rewrites_only_new_layers_and_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imagesmith import canonical
+    from imagesmith.image import canonical
 
     written: list[int] = []
     real_write = canonical._write_layer
@@ -1072,7 +1072,7 @@ def test_layer_cache_keys_cover_every_input() -> None:
 
 
 def test_gunzip_reader_gives_back_every_byte_of_highly_compressible_data() -> None:
-    from imagesmith.oci import _Gunzip
+    from imagesmith.image.oci import _Gunzip
 
     data = b"\0" * (30 << 20) + os.urandom(3 << 20) + b"\0" * (5 << 20)
     reader = _Gunzip(io.BytesIO(gzip.compress(data, mtime=0)))

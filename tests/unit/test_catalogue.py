@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith import reports
-from imagesmith.build import BuildResult
-from imagesmith.catalogue import SKIPPED, Outcome, exit_code, run_all, spec_paths
 from imagesmith.cli import app, catalogue_line
 from imagesmith.errors import InputError, OperationError
-from imagesmith.labels import LOCK_HASH
-from imagesmith.substitute import NotSubstituted, Substitute, check_config
+from imagesmith.model.labels import LOCK_HASH
+from imagesmith.pipeline.build import BuildResult
+from imagesmith.pipeline.catalogue import SKIPPED, Outcome, exit_code, run_all, spec_paths
+from imagesmith.pipeline.substitute import NotSubstituted, Substitute, check_config
 from tests.unit.test_cli_output import check_schema
 
 runner = CliRunner()
@@ -214,7 +214,7 @@ def test_help_says_which_files_a_folder_stands_for() -> None:
 
 
 def test_an_image_of_another_lock_is_not_substituted() -> None:
-    from imagesmith.reference import parse_reference
+    from imagesmith.model.reference import parse_reference
 
     found = Substitute(parse_reference("r.example/lab/x"), "lock-cd", DIGEST, "m", b"{}")
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from imagesmith import __version__
 from imagesmith.cli import app
-from imagesmith.lock import write_lock
+from imagesmith.model.lock import write_lock
 from tests.fixtures.make_lock import make_lock
 
 runner = CliRunner()
@@ -106,7 +106,7 @@ def test_init_writes_a_valid_spec_and_refuses_to_overwrite(tmp_path: Path) -> No
 def test_init_copies_the_whole_recipe_and_overwrites_nothing_without_force(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imagesmith.resources import data_path
+    from imagesmith.package_data import data_path
 
     recipe = data_path("recipes", "jupyter")
     monkeypatch.chdir(tmp_path)
@@ -161,7 +161,7 @@ def test_manifest_refuses_without_a_digest(
 
 
 def test_manifest_uses_the_pushed_digest(example_dir: Path) -> None:
-    from imagesmith.records import PushRecord, push_record_path, write_record
+    from imagesmith.model.records import PushRecord, push_record_path, write_record
 
     spec = example_dir / "env.toml"
     lock = make_lock(spec)
@@ -189,7 +189,7 @@ def test_manifest_uses_the_pushed_digest(example_dir: Path) -> None:
 
 
 def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) -> None:
-    from imagesmith.records import PushRecord, push_record_path, write_record
+    from imagesmith.model.records import PushRecord, push_record_path, write_record
 
     spec = example_dir / "env.toml"
     lock = make_lock(spec)
@@ -219,7 +219,7 @@ def test_manifest_from_sbatch_warns_about_what_it_cannot_map(example_dir: Path) 
 
 def _pushed(spec: Path) -> None:
     """A lock and a push record beside `spec`, so manifest and sbatch have an image."""
-    from imagesmith.records import PushRecord, push_record_path, write_record
+    from imagesmith.model.records import PushRecord, push_record_path, write_record
 
     lock = make_lock(spec)
     write_lock(lock, spec.with_suffix(".lock"))
@@ -339,7 +339,7 @@ def test_init_makes_missing_folders_and_removes_them_when_the_write_fails(
 def test_run_time_settings_change_without_a_new_lock(example_dir: Path) -> None:
     """[resources], [job] and [registry] are read from env.toml when a job is written; they
     are not in the lock, so changing them leaves the lock (and the image's digest) alone."""
-    from imagesmith.records import PushRecord, push_record_path, write_record
+    from imagesmith.model.records import PushRecord, push_record_path, write_record
 
     spec = example_dir / "env.toml"
     lock = make_lock(spec)
@@ -383,7 +383,7 @@ def test_run_time_settings_change_without_a_new_lock(example_dir: Path) -> None:
 
 
 def _pushed_example(example_dir: Path) -> Path:
-    from imagesmith.records import PushRecord, push_record_path, write_record
+    from imagesmith.model.records import PushRecord, push_record_path, write_record
 
     spec = example_dir / "env.toml"
     lock = make_lock(spec)

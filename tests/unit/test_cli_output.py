@@ -20,14 +20,14 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith import reports
-from imagesmith.build import BuildResult
 from imagesmith.cli import app, colour_wanted
 from imagesmith.engine.base import ImageInfo
-from imagesmith.labels import LOCK
-from imagesmith.lock import write_lock
-from imagesmith.records import PushRecord, push_record_path, write_record
-from imagesmith.render import embedded_lock
-from imagesmith.verify import Verdict
+from imagesmith.model.labels import LOCK
+from imagesmith.model.lock import write_lock
+from imagesmith.model.records import PushRecord, push_record_path, write_record
+from imagesmith.pipeline.build import BuildResult
+from imagesmith.pipeline.verify import Verdict
+from imagesmith.render.containerfile import embedded_lock
 from tests.conftest import REPO
 from tests.fixtures.make_lock import make_lock
 

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from imagesmith import __version__
 from imagesmith.cli import app, app_for, command_name
 from imagesmith.errors import LockError
-from imagesmith.lock import fresh_lock, read_lock, write_lock
-from imagesmith.spec import load_spec
+from imagesmith.model.lock import fresh_lock, read_lock, write_lock
+from imagesmith.model.spec import load_spec
 from tests.fixtures.make_lock import make_lock
 
 NAMES = [command_name(command) for command in app.registered_commands]
@@ -121,9 +121,9 @@ HEAVY = (
     "requests",
     "jsonschema",
     "packaging",
-    "imagesmith.resolve",
+    "imagesmith.locking.resolve",
     "imagesmith.engine",
-    "imagesmith.build",
+    "imagesmith.pipeline.build",
     "rich",
 )
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from imagesmith.debs import HashMismatch, fetch_debs
 from imagesmith.errors import LockError, OperationError
-from imagesmith.lock import AptLock, AptPackage
+from imagesmith.inputs.debs import HashMismatch, fetch_debs
+from imagesmith.model.lock import AptLock, AptPackage
 
 #: Nothing listens there: a place that cannot be reached.
 UNREACHABLE = "http://127.0.0.1:9"

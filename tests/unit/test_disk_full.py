@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from imagesmith import canonical, venv
-from imagesmith.context import fetch_wheels
 from imagesmith.errors import OperationError
+from imagesmith.image import canonical
+from imagesmith.inputs import venv
+from imagesmith.inputs.context import fetch_wheels
 from tests.unit.test_cache_integrity import _local_index
 from tests.unit.test_venv import make_wheel
 
@@ -40,7 +41,7 @@ def test_pip_running_out_of_space_is_one_line_naming_the_disk(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     python, _ = _local_index(tmp_path)
-    monkeypatch.setattr("imagesmith.context.subprocess.run", _pip_says(PIP_ENOSPC))
+    monkeypatch.setattr("imagesmith.inputs.context.subprocess.run", _pip_says(PIP_ENOSPC))
     with pytest.raises(OperationError) as caught:
         fetch_wheels(python)
     message = str(caught.value)
@@ -56,7 +57,7 @@ def test_pip_failing_with_a_traceback_gives_its_last_line(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     python, _ = _local_index(tmp_path)
     said = PIP_ENOSPC.replace("OSError: [Errno 28] No space left on device", "KeyError: 'x'")
-    monkeypatch.setattr("imagesmith.context.subprocess.run", _pip_says(said))
+    monkeypatch.setattr("imagesmith.inputs.context.subprocess.run", _pip_says(said))
     with pytest.raises(OperationError, match=r"^python: fetching wheels failed: KeyError: 'x'$"):
         fetch_wheels(python)
 

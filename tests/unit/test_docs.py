@@ -354,8 +354,8 @@ def test_ci_examples_take_registry_credentials_from_the_secret_store(name: str) 
 
 from typer.testing import CliRunner  # noqa: E402
 
-from imagesmith.lock import write_lock  # noqa: E402
-from imagesmith.records import PushRecord, push_record_path, write_record  # noqa: E402
+from imagesmith.model.lock import write_lock  # noqa: E402
+from imagesmith.model.records import PushRecord, push_record_path, write_record  # noqa: E402
 from tests.fixtures.make_lock import make_lock  # noqa: E402
 
 runner = CliRunner()
@@ -646,8 +646,14 @@ def test_the_example_lock_in_lock_md_is_read_by_the_current_code(tmp_path: Path)
     import tomllib
 
     from imagesmith import __version__
-    from imagesmith.lock import LOCK_FORMAT, content_hash, format_problem, lock_schema, parse_lock
-    from imagesmith.spec import load_spec
+    from imagesmith.model.lock import (
+        LOCK_FORMAT,
+        content_hash,
+        format_problem,
+        lock_schema,
+        parse_lock,
+    )
+    from imagesmith.model.spec import load_spec
 
     text = block_after(DOCS / "lock.md", "A real lock, shortened", "toml")
     data = tomllib.loads(text)
@@ -683,7 +689,7 @@ def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
     its commented-out keys switched on, it names every key of the schema and validates."""
     import json
 
-    from imagesmith.spec import load_spec
+    from imagesmith.model.spec import load_spec
 
     text = (REPO / "recipes" / "lab-analysis" / "env.toml").read_text()
     on = re.sub(r"(?m)^# ((?:[a-z0-9_]+|[A-Z_]+) = |\[\[?[a-z_.]+\]\]?)", r"\1", text)

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith.cli import app
-from imagesmith.lock import write_lock
+from imagesmith.model.lock import write_lock
 from tests.fixtures.make_lock import make_lock
 
 runner = CliRunner()

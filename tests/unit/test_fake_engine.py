@@ -13,8 +13,8 @@ import pytest
 from imagesmith.engine import get_engine
 from imagesmith.engine.base import RunResult
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError
-from imagesmith.oci import open_image
-from imagesmith.render import quote_value
+from imagesmith.image.oci import open_image
+from imagesmith.render.containerfile import quote_value
 from tests.fakes import FakeEngine, docker_archive, layer_from, stage_config
 from tests.support import ImageTracker
 

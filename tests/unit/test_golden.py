@@ -2,7 +2,7 @@
 
 A lock in format N must render to the same Containerfile and the same engine output must
 canonicalise to the same digest for as long as this imagesmith says it builds format N
-(`imagesmith.lock.LOCK_FORMAT`). Two kinds of committed files hold that:
+(`imagesmith.model.lock.LOCK_FORMAT`). Two kinds of committed files hold that:
 
 - tests/golden/engine-export/: two tiny images, the same Containerfile built by Docker
   and by podman and saved (make.sh beside them made them), and `canonical.json`, the
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.canonical import VOLATILE_PATHS, canonicalize
 from imagesmith.errors import LockError
-from imagesmith.lock import LOCK_FORMAT, read_lock, write_lock
-from imagesmith.render import render
+from imagesmith.image.canonical import VOLATILE_PATHS, canonicalize
+from imagesmith.model.lock import LOCK_FORMAT, read_lock, write_lock
+from imagesmith.render.containerfile import render
 from tests.conftest import EXAMPLE
 from tests.fixtures.golden import GOLDEN, UPDATE_VAR, check_golden, updating
 from tests.fixtures.make_lock import make_lock
@@ -33,7 +33,7 @@ from tests.fixtures.make_lock import make_lock
 EXPORTS = GOLDEN / "engine-export"
 #: SOURCE_DATE_EPOCH of the golden canonicalisation (2023-11-14), before the exports' build.
 EPOCH = 1_700_000_000
-BUMP = "bump LOCK_FORMAT in imagesmith/lock.py: a format names one rendering and one canonical form"
+BUMP = "bump LOCK_FORMAT in imagesmith/model/lock.py: a format names one rendering and one canonical form"
 
 
 def _minimal_spec(folder: Path) -> Path:

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith.cli import app
-from imagesmith.lock import (
+from imagesmith.model.lock import (
     AptLock,
     AptPackage,
     AptSourceLock,
@@ -31,7 +31,7 @@ from imagesmith.lock import (
     lock_schema,
     parse_lock,
 )
-from imagesmith.spec import parse_toml
+from imagesmith.model.spec import parse_toml
 from tests.conftest import EXAMPLE
 from tests.fixtures.golden import GOLDEN, check_golden
 from tests.fixtures.make_lock import fake_sha

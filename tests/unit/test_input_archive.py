@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.input_archive import Archive
-from imagesmith.reference import parse_reference
+from imagesmith.inputs.archive import Archive
+from imagesmith.model.reference import parse_reference
 
 
 def _closed_port() -> int:
@@ -24,16 +24,18 @@ def test_a_registry_that_cannot_be_reached_is_tried_once_per_build(
 ) -> None:
     """A build asks the archive for every .deb (tens, from 8 threads): a registry that is
     down must cost one attempt, not one per file, and say why in each 'looked in' line."""
-    import imagesmith.registry
+    import imagesmith.registry.client
 
     attempts: list[str] = []
-    real = imagesmith.registry.RegistryClient.request
+    real = imagesmith.registry.client.RegistryClient.request
 
-    def counted(self: imagesmith.registry.RegistryClient, method: str, path: str, **kw: object):  # type: ignore[no-untyped-def]
+    def counted(
+        self: imagesmith.registry.client.RegistryClient, method: str, path: str, **kw: object
+    ):  # type: ignore[no-untyped-def]
         attempts.append(path)
         return real(self, method, path, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(imagesmith.registry.RegistryClient, "request", counted)
+    monkeypatch.setattr(imagesmith.registry.client.RegistryClient, "request", counted)
     archive = Archive(parse_reference(f"127.0.0.1:{_closed_port()}/lab/x"), "lock-0.inputs")
     started = time.monotonic()
     reasons = [archive.fetch(f"sha256:{i:064x}", tmp_path / f"{i}.deb") for i in range(40)]

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from imagesmith import kube_build
 from imagesmith.cli import app
+from imagesmith.cluster import kube_build
 from imagesmith.errors import InputError, RegistryError
-from imagesmith.spec import load_spec
+from imagesmith.model.spec import load_spec
 from tests.support import TINY_SPEC, locked, tool, write_spec
 
 runner = CliRunner()
@@ -177,7 +177,7 @@ def test_the_builder_goes_beside_the_first_repository(tmp_path: Path) -> None:
 
 
 def test_init_of_the_builder_recipe_writes_this_imagesmiths_wheel(tmp_path: Path) -> None:
-    from imagesmith.tool_wheel import tool_wheel, wheel_name
+    from imagesmith.inputs.tool_wheel import tool_wheel, wheel_name
 
     result = runner.invoke(app, ["init", "--recipe", "imagesmith-builder", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
@@ -277,7 +277,7 @@ def test_an_unreachable_registry_is_one_line_before_anything_is_built(tmp_path: 
 
 
 def test_the_packaged_builder_pushes_beside_the_spec_with_this_imagesmith(tmp_path: Path) -> None:
-    from imagesmith.tool_wheel import tool_wheel, wheel_name
+    from imagesmith.inputs.tool_wheel import tool_wheel, wheel_name
 
     folder = tmp_path / "builder"
     spec = kube_build.prepare_builder(folder, repository="reg.example/lab/imagesmith-builder")

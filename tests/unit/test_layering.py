@@ -1,6 +1,7 @@
 """The layers of imagesmith, as docs/architecture.md draws them, kept by its imports (every
-import, at the top of a module or inside a function): the model knows no engine, the
-engines know no pipeline, and nothing imports the command line."""
+import, at the top of a module or inside a function): each room (a subpackage) imports only
+the rooms below it, the model knows no engine, the engines know no pipeline, and nothing
+imports the command line."""
 
 from __future__ import annotations
 
@@ -16,22 +17,22 @@ FOUNDATION = {
     "imagesmith",
     "imagesmith.errors",
     "imagesmith.progress",
-    "imagesmith.labels",
-    "imagesmith.reference",
-    "imagesmith.openpgp",
-    "imagesmith.quantity",
-    "imagesmith.slurmtime",
-    "imagesmith.resources",
+    "imagesmith.model.labels",
+    "imagesmith.model.reference",
+    "imagesmith.model.openpgp",
+    "imagesmith.model.quantity",
+    "imagesmith.model.slurmtime",
+    "imagesmith.package_data",
     "imagesmith.userpath",
 }
 #: The spec and the lock: data and its rules, no engine, no network.
-MODEL = FOUNDATION | {"imagesmith.spec", "imagesmith.lock"}
+MODEL = FOUNDATION | {"imagesmith.model.spec", "imagesmith.model.lock"}
 #: What an engine may use besides the model: image files and the registry client.
 ENGINE_MAY_USE = MODEL | {
-    "imagesmith.overlay",
-    "imagesmith.integrity",
-    "imagesmith.oci",
-    "imagesmith.registry",
+    "imagesmith.engine.overlay",
+    "imagesmith.cache.integrity",
+    "imagesmith.image.oci",
+    "imagesmith.registry.client",
 }
 
 
@@ -80,4 +81,55 @@ def test_nothing_imports_the_command_line() -> None:
 
 def test_the_check_sees_imports_inside_functions() -> None:
     # engine/docker.py reads the Docker config path from the registry client lazily.
-    assert "imagesmith.registry" in IMPORTS["imagesmith.engine.docker"]
+    assert "imagesmith.registry.client" in IMPORTS["imagesmith.engine.docker"]
+
+
+#: The rooms, lowest first: each may import the rooms before it, never one after it.
+ROOMS = [
+    "model",
+    "render",
+    "outputs",
+    "cache",
+    "registry",
+    "engine",
+    "image",
+    "inputs",
+    "locking",
+    "attest",
+    "pipeline",
+    "cluster",
+]
+#: Top-level modules any room may use (the CLI's own, `cli` and `reports`, none may).
+UNDER_EVERY_ROOM = {
+    "imagesmith",
+    "imagesmith.errors",
+    "imagesmith.progress",
+    "imagesmith.userpath",
+    "imagesmith.package_data",
+    "imagesmith.recipebook",
+}
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else None
+
+
+def test_the_rooms_are_the_package() -> None:
+    rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert rooms == set(ROOMS)
+    top = {m for m in IMPORTS if _room(m) is None}
+    assert top == UNDER_EVERY_ROOM | {"imagesmith.cli", "imagesmith.reports", "imagesmith.__main__"}
+
+
+def test_each_room_imports_only_the_rooms_below_it() -> None:
+    wrong: dict[str, list[str]] = {}
+    for module, names in IMPORTS.items():
+        room = _room(module)
+        if room is None:
+            continue
+        allowed = set(ROOMS[: ROOMS.index(room) + 1])
+        for name in sorted(names - UNDER_EVERY_ROOM):
+            if _room(name) not in allowed:
+                wrong.setdefault(module, []).append(name)
+    assert wrong == {}

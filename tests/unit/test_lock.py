@@ -12,8 +12,8 @@ import tomli_w
 import tomllib
 
 from imagesmith.errors import LockError, OperationError, SpecError, StaleLockError
-from imagesmith.lock import content_hash, fresh_lock, parse_lock, read_lock, write_lock
-from imagesmith.spec import load_spec, spec_hash
+from imagesmith.model.lock import content_hash, fresh_lock, parse_lock, read_lock, write_lock
+from imagesmith.model.spec import load_spec, spec_hash
 from tests.conftest import EXAMPLE
 from tests.fixtures.make_lock import make_lock
 
@@ -143,14 +143,14 @@ def _checkers_imported(code: str, cwd: Path) -> set[str]:
 def test_unchanged_locked_spec_skips_the_schema_and_requirement_checks(example_dir: Path) -> None:
     write_lock(make_lock(example_dir / "env.toml"), example_dir / "env.lock")
     code = (
-        "from imagesmith.lock import fresh_lock; from imagesmith.spec import load_spec\n"
+        "from imagesmith.model.lock import fresh_lock; from imagesmith.model.spec import load_spec\n"
         "fresh_lock(load_spec('env.toml'))"
     )
     assert _checkers_imported(code, example_dir) == set()
     # Any change to the spec, and it is checked against the schema and PEP 508 again.
     spec = example_dir / "env.toml"
     spec.write_text(spec.read_text().replace('version = "1.0.0"', 'version = "1.0.1"'))
-    load = "from imagesmith.spec import load_spec; load_spec('env.toml')"
+    load = "from imagesmith.model.spec import load_spec; load_spec('env.toml')"
     assert _checkers_imported(load, example_dir) == {"jsonschema", "packaging"}
 
 
@@ -178,7 +178,7 @@ def test_intact_lock_reads_the_same_with_and_without_the_schema(
     path = example_dir / "env.lock"
     write_lock(make_lock(example_dir / "env.toml"), path)
     fast = read_lock(path)
-    monkeypatch.setattr("imagesmith.lock.LOCK_VERSION", -1)  # no fast path for this format
+    monkeypatch.setattr("imagesmith.model.lock.LOCK_VERSION", -1)  # no fast path for this format
     with pytest.raises(LockError, match="lock file version 1 is not the one"):
         read_lock(path)
     monkeypatch.undo()
@@ -190,7 +190,7 @@ def test_intact_lock_reads_the_same_with_and_without_the_schema(
 def test_schema_takes_where_each_deb_lives_and_refuses_nonsense(example_dir: Path) -> None:
     import jsonschema
 
-    from imagesmith.lock import lock_schema
+    from imagesmith.model.lock import lock_schema
 
     lock = make_lock(example_dir / "env.toml")
     data = {**lock.content(), "lock_hash": lock.lock_hash}
@@ -209,8 +209,8 @@ def test_schema_takes_where_each_deb_lives_and_refuses_nonsense(example_dir: Pat
 def test_the_environments_epoch_is_read_in_one_place(
     value: str | None, expected: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imagesmith.build import build_epoch
-    from imagesmith.lock import environment_epoch
+    from imagesmith.model.lock import environment_epoch
+    from imagesmith.pipeline.build import build_epoch
 
     if value is None:
         monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
@@ -223,7 +223,7 @@ def test_the_environments_epoch_is_read_in_one_place(
 
 def test_an_epoch_that_is_not_seconds_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from imagesmith.errors import InputError
-    from imagesmith.lock import environment_epoch
+    from imagesmith.model.lock import environment_epoch
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "2025-05-20")
     with pytest.raises(InputError, match=r"^SOURCE_DATE_EPOCH='2025-05-20' is not a whole"):

@@ -18,9 +18,9 @@ from imagesmith import __version__
 from imagesmith.cli import app
 from imagesmith.engine.base import ImageInfo
 from imagesmith.errors import InputError, LockFormatError
-from imagesmith.lock import LOCK_FORMAT, read_lock, write_lock
-from imagesmith.render import embedded_lock, lock_in_image, render
-from imagesmith.spec import load_spec
+from imagesmith.model.lock import LOCK_FORMAT, read_lock, write_lock
+from imagesmith.model.spec import load_spec
+from imagesmith.render.containerfile import embedded_lock, lock_in_image, render
 from tests.fixtures.make_lock import make_lock
 
 LEGACY = Path(__file__).resolve().parent.parent / "fixtures" / "lock-0.5.0"
@@ -83,7 +83,7 @@ def test_a_newer_format_is_refused_too(tmp_path: Path) -> None:
 
 
 def test_build_refuses_it_unless_told_to_relock(legacy: Path) -> None:
-    from imagesmith.build import ensure_lock
+    from imagesmith.pipeline.build import ensure_lock
 
     class NoEngine:
         def __getattr__(self, name: str) -> Any:
@@ -171,7 +171,7 @@ def test_inspect_shows_a_0_5_0_image(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_verify_image_refuses_a_0_5_0_image_without_building() -> None:
-    from imagesmith.verify import verify_image
+    from imagesmith.pipeline.verify import verify_image
 
     with pytest.raises(LockFormatError) as caught:
         verify_image("old:1", _LabelsOnly(_legacy_labels()))  # type: ignore[arg-type]
@@ -189,8 +189,8 @@ def test_a_lock_for_another_platform_is_stale_for_this_one(
     """`build --platform P` never builds from a lock made for another platform (its base
     digest and wheels are that platform's); with --relock it locks again keeping none of
     its pins, as `imagesmith lock --platform P` does."""
-    from imagesmith import build as build_module
     from imagesmith.errors import StaleLockError
+    from imagesmith.pipeline import build as build_module
 
     spec_path = tmp_path / "env.toml"
     spec_path.write_text('name = "tiny"\n[base]\nimage = "debian:bookworm"\n')
@@ -219,7 +219,7 @@ def test_a_lock_for_another_platform_is_stale_for_this_one(
         kept.append(previous)
         return dataclasses.replace(arm, platform=platform)
 
-    monkeypatch.setattr("imagesmith.resolve.lock_spec", fake_lock_spec)
+    monkeypatch.setattr("imagesmith.locking.resolve.lock_spec", fake_lock_spec)
     relocked, made = build_module.ensure_lock(
         spec,
         None,  # type: ignore[arg-type]
@@ -248,7 +248,7 @@ def test_a_base_made_here_is_pinned_by_its_id_whatever_podman_lists(
     """podman lists `docker.io/library/debian@sha256:<its own manifest>` for a local image
     tagged debian:bookworm; no registry serves that digest, so a lock pinning it would
     not build anywhere else."""
-    from imagesmith.resolve import resolve_base
+    from imagesmith.locking.resolve import resolve_base
 
     image_id = "sha256:" + "1" * 64
     listed = "docker.io/library/debian@sha256:" + "2" * 64

@@ -22,15 +22,15 @@ import pytest
 import yaml
 
 from imagesmith.errors import InputError
-from imagesmith.manifests import (
+from imagesmith.model.spec import CopyItem, Mount, SecretRef, Spec, load_spec
+from imagesmith.outputs.kubernetes import (
     ARRAY_LOOKUP,
     dns_label,
     label_value,
     render_manifest,
     render_sbatch,
 )
-from imagesmith.slurm import apply_overrides, parse_sbatch
-from imagesmith.spec import CopyItem, Mount, SecretRef, Spec, load_spec
+from imagesmith.outputs.sbatch import apply_overrides, parse_sbatch
 from tests.conftest import EXAMPLE, REPO
 from tests.fixtures.golden import check_golden
 
@@ -787,7 +787,7 @@ def test_from_sbatch_fixture_matches_its_golden_manifest(spec: Spec, fixture: st
 
 
 def _array_spec(spec: Spec, array: str, **job: Any) -> Spec:
-    from imagesmith.slurmtime import parse_job_array
+    from imagesmith.model.slurmtime import parse_job_array
 
     settings = dataclasses.replace(spec.job, array=parse_job_array(array), **job)
     return dataclasses.replace(spec, job=settings)
@@ -1007,7 +1007,7 @@ def test_queue_from_the_spec(spec: Spec, kind: str) -> None:
 
 
 def test_gpu_model_from_the_spec(spec: Spec) -> None:
-    from imagesmith.manifests import manifest_warnings
+    from imagesmith.outputs.kubernetes import manifest_warnings
 
     model = dataclasses.replace(
         spec, resources=dataclasses.replace(spec.resources, gpu_model="a100")
@@ -1147,7 +1147,7 @@ def test_singularity_is_the_older_name_of_apptainer(spec: Spec) -> None:
     ],
 )
 def test_enroot_names_the_registry_with_a_hash(image: str, enroot: str) -> None:
-    from imagesmith.manifests import enroot_image
+    from imagesmith.outputs.kubernetes import enroot_image
 
     assert enroot_image(image) == enroot
 
@@ -1229,7 +1229,7 @@ def _with_mounts(spec: Spec, *, host_path: bool) -> Spec:
 
 
 def test_mounts_become_volumes(spec: Spec) -> None:
-    from imagesmith.manifests import manifest_warnings
+    from imagesmith.outputs.kubernetes import manifest_warnings
 
     mounted = _with_mounts(spec, host_path=True)
     text = render_manifest(mounted, image=IMAGE, uid=1000, gid=1000)

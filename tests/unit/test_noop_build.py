@@ -14,13 +14,13 @@ from typing import Any, cast
 
 import pytest
 
-from imagesmith.build import build, build_inputs, image_tags
-from imagesmith.canonical_build import layout_dir
 from imagesmith.engine.base import Engine, ImageInfo
 from imagesmith.errors import EngineError, StaleLockError
-from imagesmith.lock import Lock, write_lock
-from imagesmith.records import BuildRecord, build_record_path, read_build_record, write_record
-from imagesmith.spec import Spec, load_spec
+from imagesmith.model.lock import Lock, write_lock
+from imagesmith.model.records import BuildRecord, build_record_path, read_build_record, write_record
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.pipeline.build import build, build_inputs, image_tags
+from imagesmith.pipeline.canonical_build import layout_dir
 from tests.fixtures.make_lock import make_lock
 
 IMAGE_ID = "sha256:" + "c" * 64
@@ -59,7 +59,7 @@ def built(
     def would_build(*_: Any, **__: Any) -> Any:
         raise WouldBuild
 
-    monkeypatch.setattr("imagesmith.build.build_canonical", would_build)
+    monkeypatch.setattr("imagesmith.pipeline.build.build_canonical", would_build)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     spec_path = example_dir / "env.toml"
     (example_dir / "scripts").mkdir()

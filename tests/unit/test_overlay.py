@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.canonical_build import StageWatcher
-from imagesmith.overlay import NotReadable, read_diff_dir
+from imagesmith.engine.overlay import NotReadable, read_diff_dir
+from imagesmith.pipeline.canonical_build import StageWatcher
 
 
 def _xattr_or_skip(path: Path, name: str, value: bytes) -> None:

@@ -34,8 +34,8 @@ from imagesmith.attest.signing import (
 )
 from imagesmith.cli import app
 from imagesmith.errors import InputError
-from imagesmith.lock import Lock, write_lock
-from imagesmith.records import BuildRecord, build_record_path, write_record
+from imagesmith.model.lock import Lock, write_lock
+from imagesmith.model.records import BuildRecord, build_record_path, write_record
 from tests.fixtures.make_lock import make_lock
 
 runner = CliRunner()

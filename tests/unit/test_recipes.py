@@ -28,12 +28,12 @@ import yaml
 from typer.testing import CliRunner
 
 from imagesmith.cli import app
-from imagesmith.lock import AptLock, AptPackage, BaseImageLock, Lock, PythonLock, copy_locks
-from imagesmith.manifests import render_manifest
+from imagesmith.model.lock import AptLock, AptPackage, BaseImageLock, Lock, PythonLock, copy_locks
+from imagesmith.model.reference import parse_reference
+from imagesmith.model.spec import Spec, load_spec
+from imagesmith.outputs.kubernetes import render_manifest
 from imagesmith.recipebook import available_recipes
-from imagesmith.reference import parse_reference
-from imagesmith.render import render
-from imagesmith.spec import Spec, load_spec
+from imagesmith.render.containerfile import render
 from tests.conftest import RECIPES, REPO
 from tests.support import tool
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith.cli import app
-from imagesmith.lock import write_lock
-from imagesmith.records import push_record_path
+from imagesmith.model.lock import write_lock
+from imagesmith.model.records import push_record_path
 from tests.fixtures.make_lock import make_lock
 
 runner = CliRunner()

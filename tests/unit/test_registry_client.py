@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.errors import RegistryError
-from imagesmith.registry import (
+from imagesmith.registry.client import (
     CredentialHelperError,
     Credentials,
     FileBody,
@@ -118,7 +118,7 @@ def test_retries_wait_what_the_registry_asks_then_back_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     waits: list[float] = []
-    monkeypatch.setattr("imagesmith.registry.time.sleep", waits.append)
+    monkeypatch.setattr("imagesmith.registry.client.time.sleep", waits.append)
     answers = iter([TransientError("429", retry_after=4.0), TransientError("503"), "done"])
 
     def action() -> str:

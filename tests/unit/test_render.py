@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.errors import LockError
-from imagesmith.render import decode_embedded_lock, image_labels, quote_value, render
+from imagesmith.render.containerfile import decode_embedded_lock, image_labels, quote_value, render
 from tests.conftest import EXAMPLE
 from tests.fixtures.make_lock import make_lock
 from tests.support import tool
@@ -181,7 +181,7 @@ def test_checkov_passes_except_healthcheck(tmp_path: Path) -> None:
 
 
 def test_values_a_line_cannot_spell_travel_as_build_args(tmp_path: Path) -> None:
-    from imagesmith.render import build_args
+    from imagesmith.render.containerfile import build_args
 
     (tmp_path / "env.toml").write_text(
         'name = "nl"\n[base]\nimage = "debian:bookworm"\n'

@@ -15,9 +15,9 @@ import pytest
 
 from imagesmith.engine.base import Engine, RunResult
 from imagesmith.errors import ResolveError
-from imagesmith.lock import BaseImageLock
-from imagesmith.resolve import BaseProbe, probe_base
-from imagesmith.spec import load_spec
+from imagesmith.locking.resolve import BaseProbe, probe_base
+from imagesmith.model.lock import BaseImageLock
+from imagesmith.model.spec import load_spec
 
 FIRST = "@@SUITE bookworm\n@@ARCH amd64\n@@GLIBC 2.36\n"
 GIT_SHA = "637a85ddd6247fab13bdd0592f2f39aff04ce4dbf0655d3ab553ac359a38ce6f"
@@ -97,7 +97,7 @@ def _no_engine() -> Engine:
 def test_a_previous_lock_without_deb_paths_is_resolved_again(example_dir: Path) -> None:
     from dataclasses import replace
 
-    from imagesmith.resolve import inputs_hash, lock_spec
+    from imagesmith.locking.resolve import inputs_hash, lock_spec
     from tests.fixtures.make_lock import make_lock
 
     spec = load_spec(example_dir / "env.toml")

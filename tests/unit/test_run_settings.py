@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from imagesmith import run_settings
 from imagesmith.cli import app
 from imagesmith.engine.base import ImageInfo
-from imagesmith.labels import LOCK
-from imagesmith.lock import Lock
-from imagesmith.render import embedded_lock
+from imagesmith.model.labels import LOCK
+from imagesmith.model.lock import Lock
+from imagesmith.pipeline import run_settings
+from imagesmith.pipeline.run_settings import FirstPublished, describe, settings_manifest
+from imagesmith.render.containerfile import embedded_lock
 from imagesmith.reports import inspect_report
-from imagesmith.run_settings import FirstPublished, describe, settings_manifest
 from tests.fixtures.make_lock import make_lock
 from tests.unit.test_cli_output import check_schema
 
@@ -36,7 +36,7 @@ def first_of(lock: Lock, **settings: Any) -> FirstPublished:
 
 
 def test_the_settings_are_the_run_time_tables_only(example_dir: Path) -> None:
-    from imagesmith.spec import load_spec
+    from imagesmith.model.spec import load_spec
 
     spec = load_spec(example_dir / "env.toml")
     settings = run_settings.runtime_settings(spec.data)

@@ -26,8 +26,8 @@ from imagesmith.attest.sbom import cyclonedx_document, render_sbom, spdx_documen
 from imagesmith.attest.target import lock_from_labels
 from imagesmith.cli import app
 from imagesmith.errors import InputError
-from imagesmith.lock import AptPackage, BaseImageLock, Lock, write_lock
-from imagesmith.render import embedded_lock
+from imagesmith.model.lock import AptPackage, BaseImageLock, Lock, write_lock
+from imagesmith.render.containerfile import embedded_lock
 from tests.conftest import RECIPES
 from tests.fixtures.make_lock import make_lock
 

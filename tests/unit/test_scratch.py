@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.scratch import OWNER, UNLOCKED_GRACE, disown, make_scratch, release, scratch
+from imagesmith.cache.scratch import OWNER, UNLOCKED_GRACE, disown, make_scratch, release, scratch
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from imagesmith.scratch import make_scratch
+from imagesmith.cache.scratch import make_scratch
 folder = make_scratch(Path(sys.argv[1]), sys.argv[2])
 (folder / "big").write_bytes(b"x" * 1000)
 print(folder, flush=True)

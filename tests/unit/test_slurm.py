@@ -8,11 +8,11 @@ from decimal import Decimal
 import pytest
 
 from imagesmith.errors import InputError
-from imagesmith.manifests import render_sbatch
-from imagesmith.quantity import quantity_value
-from imagesmith.slurm import SlurmRequest, apply_overrides, memory_megabytes, parse_sbatch
-from imagesmith.slurmtime import parse_job_array
-from imagesmith.spec import load_spec
+from imagesmith.model.quantity import quantity_value
+from imagesmith.model.slurmtime import parse_job_array
+from imagesmith.model.spec import load_spec
+from imagesmith.outputs.kubernetes import render_sbatch
+from imagesmith.outputs.sbatch import SlurmRequest, apply_overrides, memory_megabytes, parse_sbatch
 from tests.conftest import EXAMPLE, REPO
 
 SBATCH = REPO / "tests" / "fixtures" / "sbatch"

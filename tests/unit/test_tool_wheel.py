@@ -16,8 +16,8 @@ import pytest
 
 import imagesmith
 from imagesmith.errors import InputError, LockError
-from imagesmith.lock import write_lock
-from imagesmith.tool_wheel import build_wheel, fetch_tool_wheel, tool_digest, wheel_name
+from imagesmith.inputs.tool_wheel import build_wheel, fetch_tool_wheel, tool_digest, wheel_name
+from imagesmith.model.lock import write_lock
 from tests.fixtures.make_lock import make_lock
 
 PACKAGE = Path(imagesmith.__file__).resolve().parent
@@ -68,8 +68,8 @@ def test_pip_installs_it(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    installed = target / "imagesmith" / "lock.py"
-    assert installed.read_bytes() == (PACKAGE / "lock.py").read_bytes()
+    installed = target / "imagesmith" / "model" / "lock.py"
+    assert installed.read_bytes() == (PACKAGE / "model" / "lock.py").read_bytes()
     version = subprocess.run(
         [sys.executable, "-c", "import imagesmith; print(imagesmith.__version__)"],
         env={"PYTHONPATH": str(target)},

@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 from typing import IO, cast
 
-from imagesmith.lock import CopyLock, tree_hash
-from imagesmith.oci import ImageSource
-from imagesmith.unpack import _copied_files
+from imagesmith.image.oci import ImageSource
+from imagesmith.model.lock import CopyLock, tree_hash
+from imagesmith.pipeline.unpack import _copied_files
 
 
 class Layers:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.context import python_tree, python_tree_cached
 from imagesmith.errors import OperationError
-from imagesmith.lock import PythonLock, PythonPackage
-from imagesmith.venv import _destination, install_wheels
+from imagesmith.inputs.context import python_tree, python_tree_cached
+from imagesmith.inputs.venv import _destination, install_wheels
+from imagesmith.model.lock import PythonLock, PythonPackage
 
 SITE = "opt/venv/lib/python3.11/site-packages"
 
@@ -135,7 +135,7 @@ def test_tree_is_one_tar_cached_per_lock_and_epoch(
         fetched.append(python.packages[0].name)
         return wheels
 
-    monkeypatch.setattr("imagesmith.context.fetch_wheels", fake_fetch)
+    monkeypatch.setattr("imagesmith.inputs.context.fetch_wheels", fake_fetch)
     python = _fake_lock()
     assert not python_tree_cached(python, 1_700_000_000)
     tree = python_tree(python, 1_700_000_000)
@@ -172,7 +172,7 @@ def test_only_a_few_trees_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     wheels = tmp_path / "wheels"
     (wheels / "wheels").mkdir(parents=True)
     make_wheel(wheels / "wheels")
-    monkeypatch.setattr("imagesmith.context.fetch_wheels", lambda *_a, **_k: wheels)
+    monkeypatch.setattr("imagesmith.inputs.context.fetch_wheels", lambda *_a, **_k: wheels)
     python = _fake_lock()
     trees = [python_tree(python, 1_700_000_000 + day * 86400) for day in range(6)]
     assert all(t.exists() for t in trees)  # all used within the hour: none dropped
@@ -190,7 +190,7 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(
     wheels = tmp_path / "wheels"
     (wheels / "wheels").mkdir(parents=True)
     make_wheel(wheels / "wheels")
-    monkeypatch.setattr("imagesmith.context.fetch_wheels", lambda *_a, **_k: wheels)
+    monkeypatch.setattr("imagesmith.inputs.context.fetch_wheels", lambda *_a, **_k: wheels)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache would go below a file

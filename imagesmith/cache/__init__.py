@@ -1,0 +1,1 @@
+"""Imagesmith's cache: integrity checks, scratch folders, garbage collection."""

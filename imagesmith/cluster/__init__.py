@@ -1,0 +1,1 @@
+"""Builds where the jobs run: Slurm job arrays and Kubernetes Jobs."""

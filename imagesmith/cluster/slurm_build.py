@@ -1,0 +1,305 @@
+"""Many specs built as one Slurm job array: one task per spec, and following the tasks.
+
+Each task runs `imagesmith build SPEC --engine podman --push --json` on its node, with the
+imagesmith that submitted it (`sys.executable -m imagesmith`: the nodes must have it at that
+path, as a one-node cluster or a shared software tree does). Its log is Slurm's output file
+and its result the JSON that build prints, both in the run folder `imagesmith-slurm/` of
+the submit folder, named by job and task: `JOB_TASK.log`, `JOB_TASK.json`.
+
+Registry credentials reach the tasks only through the environment sbatch passes on
+(`--export=ALL`); the script names no credential.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagesmith.errors import InputError, OperationError
+from imagesmith.model.slurmtime import format_slurm_time, parse_slurm_time
+from imagesmith.model.spec import Spec
+from imagesmith.outputs.sbatch import memory_megabytes
+from imagesmith.pipeline.catalogue import Outcome
+from imagesmith.userpath import as_typed
+
+RUN_FOLDER = "imagesmith-slurm"
+JOB_NAME = "imagesmith-build"
+#: A partition name as Slurm writes them; re-checked before it reaches the script.
+_PARTITION = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+#: How often `--wait` looks at the queue and the run folder.
+POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """What each task of the array asks for: the most any of its specs' [build] asks."""
+
+    cpus: int
+    memory_mb: int
+    time_seconds: int
+
+    @classmethod
+    def for_specs(cls, specs: Sequence[Spec]) -> TaskResources:
+        return cls(
+            cpus=max(s.build.cpus for s in specs),
+            memory_mb=max(memory_megabytes(s.build.memory) for s in specs),
+            time_seconds=max(parse_slurm_time(s.build.time) for s in specs),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.cpus} CPUs, {self.memory_mb}M, {format_slurm_time(self.time_seconds)} per task"
+        )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    script: Path
+    run_folder: Path
+
+    def log(self, task: int) -> Path:
+        return self.run_folder / f"{self.job_id}_{task}.log"
+
+    def result(self, task: int) -> Path:
+        return self.run_folder / f"{self.job_id}_{task}.json"
+
+
+def sbatch_program() -> str:
+    """sbatch's path; an OperationError (exit 1) when this machine cannot submit."""
+    found = shutil.which("sbatch")
+    if found is None:
+        raise OperationError(
+            "--on slurm: sbatch is not on PATH; run this on a Slurm submit host "
+            "(or build here without --on)"
+        )
+    return found
+
+
+def refusals(specs: Sequence[Spec]) -> list[str]:
+    """One line per spec a task could not push: no [registry] repository."""
+    return [
+        f"{as_typed(spec.path)}: --on slurm pushes each image by digest; set [registry] repository"
+        for spec in specs
+        if spec.registry_repository is None
+    ]
+
+
+def imagesmith_command() -> list[str]:
+    """The imagesmith the tasks run: this one, by its Python's path."""
+    return [sys.executable, "-m", "imagesmith"]
+
+
+def render_array(
+    specs: Sequence[Path],
+    *,
+    resources: TaskResources,
+    run_folder: Path,
+    partition: str | None = None,
+    imagesmith: Sequence[str],
+    build_options: Sequence[str] = (),
+) -> str:
+    """The batch script: array task N builds `specs[N]` with podman and pushes it.
+
+    Every path and word is shell-quoted; `build_options` are passed to each build as they
+    are (the CLI's --tag, --no-cache, ...). Pure: same arguments, same bytes."""
+    if not specs:
+        raise InputError("--on slurm: no specs to build")
+    if partition is not None and not _PARTITION.match(partition):
+        raise InputError(
+            f"--partition {partition!r}: not a Slurm partition name "
+            "(letters, digits, '-', '_' and '.')"
+        )
+    directives = [
+        f"--job-name={JOB_NAME}",
+        f"--array=0-{len(specs) - 1}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={resources.cpus}",
+        f"--mem={resources.memory_mb}M",
+        f"--time={format_slurm_time(resources.time_seconds)}",
+        "--export=ALL",
+    ]
+    if partition is not None:
+        directives.append(f"--partition={partition}")
+    if "%" in str(run_folder):
+        raise InputError(f"{run_folder}: Slurm reads % in an output path; submit elsewhere")
+    build = " ".join(
+        [
+            shlex.join([*imagesmith, "build"]),
+            '"$spec"',
+            shlex.join(["--engine", "podman", "--push", "--json", *build_options]),
+        ]
+    )
+    lines = [
+        "#!/bin/bash",
+        f"# Generated by imagesmith build --on slurm: {len(specs)} specs, one array task each;",
+        "# each builds its spec with podman on its node and pushes it by digest.",
+        "# Registry credentials come from the environment sbatch passes on (--export=ALL),",
+        "# never from this file. Log: Slurm's output file; result: build --json, below.",
+        *(f"#SBATCH {line}" for line in directives),
+        "set -euo pipefail",
+        *_literal([str(path) for path in specs]),
+        "specs=(",
+        *(f"  {shlex.quote(str(path))}" for path in specs),
+        ")",
+        'spec="${specs[$SLURM_ARRAY_TASK_ID]}"',
+        f"result={shlex.quote(str(run_folder))}"
+        '/"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.json"',
+        'echo "imagesmith: task $SLURM_ARRAY_TASK_ID builds $spec on $(hostname)" >&2',
+        "status=0",
+        *_literal([*imagesmith, *build_options]),
+        f'{build} >"$result.part" || status=$?',
+        'mv -f "$result.part" "$result"',
+        'exit "$status"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _literal(words: Sequence[str]) -> list[str]:
+    """A shellcheck note for the next command when a single-quoted word in it holds `$` or
+    a backquote: meant literally, not a forgotten expansion."""
+    if any("$" in word or "`" in word for word in words):
+        return ["# shellcheck disable=SC2016"]
+    return []
+
+
+def submit(
+    script_text: str, *, run_folder: Path, sbatch: str, on_line: Callable[[str], None]
+) -> Submitted:
+    """Submit the script; keep it in the run folder as JOB.sh. Nothing is left behind
+    when sbatch refuses it."""
+    run_folder.mkdir(parents=True, exist_ok=True)
+    pending = run_folder / f"submitting-{os.getpid()}.sh"
+    pending.write_text(script_text, encoding="utf-8")
+    try:
+        done = subprocess.run(
+            [sbatch, "--parsable", f"--output={run_folder}/%A_%a.log", str(pending)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pending.unlink(missing_ok=True)
+        raise OperationError(f"sbatch: {exc}") from None
+    job_id = done.stdout.strip().split(";")[0]
+    if done.returncode != 0 or not job_id.isdigit():
+        pending.unlink(missing_ok=True)
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise OperationError(
+            f"sbatch refused the build array (exit {done.returncode}): "
+            f"{said[-1] if said else 'no message'}"
+        )
+    script = run_folder / f"{job_id}.sh"
+    pending.replace(script)  # Slurm keeps its own copy: renaming it changes nothing
+    on_line(f"submitted job {job_id}")
+    return Submitted(job_id=job_id, script=script, run_folder=run_folder)
+
+
+def _in_queue(job_id: str) -> bool:
+    """Whether any task of the job is still pending or running (or Slurm cannot say)."""
+    try:
+        done = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job_id, "--format", "%i"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise OperationError(
+            f"--wait: squeue is not on PATH, so the tasks cannot be followed; job {job_id} "
+            "goes on (its results land in the run folder)"
+        ) from None
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # ask again later; the result files still count
+    if done.returncode != 0:
+        # A job Slurm has forgotten is "Invalid job id"; any other failure: ask again.
+        return "invalid job id" not in done.stderr.lower()
+    return bool(done.stdout.split())
+
+
+def task_outcome(submitted: Submitted, task: int, spec: Path) -> Outcome[dict[str, Any]]:
+    """What the task's result file says; a missing or unreadable one is a failure that
+    points at the log."""
+    log = as_typed(submitted.log(task))
+    try:
+        report = json.loads(submitted.result(task).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict) or not isinstance(report.get("ok"), bool):
+        return Outcome(
+            spec,
+            exit_code=1,
+            problems=(
+                f"task {task} ended without a result (cancelled, out of time or memory, "
+                f"or imagesmith is not installed at the same path on the node); log: {log}",
+            ),
+        )
+    if report["ok"]:
+        return Outcome(spec, value=report)
+    code = report.get("exit_code")
+    problems = [str(p) for p in report.get("problems", []) if isinstance(p, str)]
+    return Outcome(
+        spec,
+        value=None,
+        exit_code=code if isinstance(code, int) and code > 0 else 1,
+        problems=(*problems, f"task {task} failed; log: {log}"),
+    )
+
+
+def follow(
+    submitted: Submitted,
+    specs: Sequence[Path],
+    *,
+    on_done: Callable[[int, Outcome[dict[str, Any]]], None],
+    poll_seconds: float = POLL_SECONDS,
+) -> list[Outcome[dict[str, Any]]]:
+    """Wait for every task: an outcome per spec as its result appears, or, once the job has
+    left the queue, for every task that wrote none."""
+    outcomes: dict[int, Outcome[dict[str, Any]]] = {}
+    while len(outcomes) < len(specs):
+        gone = not _in_queue(submitted.job_id)
+        for task, spec in enumerate(specs):
+            if task in outcomes:
+                continue
+            if submitted.result(task).exists() or gone:
+                outcomes[task] = task_outcome(submitted, task, spec)
+                on_done(task, outcomes[task])
+        if len(outcomes) < len(specs):
+            time.sleep(poll_seconds)
+    return [outcomes[task] for task in range(len(specs))]
+
+
+def outcome_line(task: int, outcome: Outcome[dict[str, Any]]) -> str:
+    """The one line a spec gets when its task ends."""
+    spec = as_typed(outcome.spec)
+    report = outcome.value
+    if report is None:
+        first = outcome.problems[0] if outcome.problems else "failed"
+        first, _, where = first.partition("; log: ")
+        if not where and outcome.problems:
+            where = outcome.problems[-1].rpartition("; log: ")[2]
+        tail = f"; log: {where}" if where else ""
+        return f"failed  {spec}: {first} (task {task}, exit {outcome.exit_code}){tail}"
+    how = (
+        f"substituted from {report['substituted_from']}"
+        if report.get("substituted_from")
+        else f"built with {report.get('engine', 'podman')}"
+    )
+    seconds = report.get("seconds")
+    took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    line = f"ok      {spec}: {report.get('digest')} (task {task}, {how}{took})"
+    pushed = report.get("pushed")
+    return line + (f", pushed {pushed}" if pushed else "")

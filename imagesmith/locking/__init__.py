@@ -1,0 +1,1 @@
+"""Resolving a spec into a lock: base digest, apt closure, Python pins."""

@@ -1,0 +1,165 @@
+"""The lab's own apt sources and mirror, as the probe inside the base gives them to apt.
+
+Each `[[apt.sources]]` entry becomes a deb822 file with `Signed-By` naming its key alone
+(the binary form of the spec's key file): apt's gpgv checks every Release against that
+key, and there is no `trusted=yes`. `[apt] mirror` replaces deb.debian.org in the base's
+own sources. What apt says about them on `apt-get update` is turned into one line per
+problem: a signature the key does not make or a suite that is not there is the spec's
+fault (exit 2); a source that cannot be reached is the network's (exit 1).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+
+from imagesmith.errors import ImagesmithError, OperationError, ResolveError
+from imagesmith.model.lock import AptSourceLock
+from imagesmith.model.openpgp import KeyFileError, PublicKey, read_key
+from imagesmith.model.reference import is_loopback_url
+from imagesmith.model.spec import AptSource, Spec
+
+_DEBIAN = r"https?://deb\.debian\.org/debian"
+_SIGNATURE = (
+    "NO_PUBKEY",
+    "is not signed",
+    "BADSIG",
+    "EXPKEYSIG",
+    "REVKEYSIG",
+    "couldn't be verified",
+    "signature",
+    "Signed-By",
+)
+_NOT_THERE = ("does not have a Release file", "404", "Not Found")
+_UNREACHABLE = (
+    "Could not connect",
+    "Could not resolve",
+    "Connection failed",
+    "Connection refused",
+    "timed out",
+    "Temporary failure",
+    "Unable to connect",
+    "No route to host",
+    "Failed to fetch",
+)
+
+
+class SourceUnreachable(OperationError):
+    """An apt source or mirror did not answer: the network's problem, not the spec's."""
+
+
+def _key(spec: Spec, source: AptSource) -> PublicKey:
+    from imagesmith.model.spec import key_problem
+
+    problem = key_problem(spec.folder, source.key)  # None when it reads as a key
+    if problem is None:
+        try:
+            return read_key(spec.folder / source.key)
+        except (OSError, KeyFileError) as exc:  # changed in between
+            problem = f"{source.key}: {exc}"
+    raise ResolveError(f"apt source {source.url}: key {problem}")
+
+
+def source_locks(spec: Spec) -> tuple[AptSourceLock, ...]:
+    """The spec's apt sources with their keys' fingerprints, as the lock pins them."""
+    return tuple(
+        AptSourceLock(
+            url=source.url,
+            suites=source.suites,
+            components=source.components,
+            key=source.key,
+            fingerprints=_key(spec, source).fingerprints,
+        )
+        for source in spec.apt_sources
+    )
+
+
+def needs_host_network(spec: Spec) -> bool:
+    """Whether a source or the mirror is on the host's loopback (a container reaches it
+    only from the host's network namespace)."""
+    urls = [spec.apt_mirror or "", *(source.url for source in spec.apt_sources)]
+    return any(is_loopback_url(url) for url in urls if url)
+
+
+def probe_setup(spec: Spec) -> tuple[str, dict[str, str]]:
+    """(shell lines that add the spec's sources and mirror inside the base, the variables
+    they read). The keys travel as base64 in the environment, not in the script."""
+    lines: list[str] = []
+    env: dict[str, str] = {}
+    if spec.apt_mirror:
+        env["IMAGESMITH_MIRROR"] = spec.apt_mirror
+        lines.append(
+            "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list "
+            "/etc/apt/sources.list.d/*.sources; do\n"
+            f'  [ -f "$f" ] && sed -i -E "s#{_DEBIAN}/?( |$)#$IMAGESMITH_MIRROR\\1#" "$f"\n'
+            "done"
+        )
+    if spec.apt_sources:
+        lines.append("mkdir -p /etc/apt/keyrings")
+    for index, source in enumerate(spec.apt_sources):
+        keyring = f"/etc/apt/keyrings/imagesmith-{index}.gpg"
+        env[f"IMAGESMITH_KEY_{index}"] = base64.b64encode(_key(spec, source).binary).decode()
+        stanza = [
+            "Types: deb",
+            f"URIs: {source.url}",
+            f"Suites: {' '.join(source.suites)}",
+            *([f"Components: {' '.join(source.components)}"] if source.components else []),
+            f"Signed-By: {keyring}",
+        ]
+        lines.append(f'printf %s "$IMAGESMITH_KEY_{index}" | base64 -d > {keyring}')
+        lines.append(
+            "printf '%s\\n' "
+            + " ".join(f"'{line}'" for line in stanza)
+            + f" > /etc/apt/sources.list.d/imagesmith-{index}.sources"
+        )
+    return "\n".join(lines), env
+
+
+def update_problems(spec: Spec, messages: Sequence[str]) -> ImagesmithError | None:
+    """What `apt-get update` said about the spec's sources and mirror, as one error with a
+    line per problem (None when it said nothing about them)."""
+    named: list[tuple[str, AptSource | None]] = [(s.url, s) for s in spec.apt_sources]
+    if spec.apt_mirror:
+        named.append((spec.apt_mirror, None))
+    # The longest URL first: http://host/lab/extra is not http://host/lab.
+    named.sort(key=lambda item: len(item[0]), reverse=True)
+    spec_lines: dict[str, str] = {}
+    network_lines: dict[str, str] = {}
+    for message in messages:
+        text = message.strip()
+        match = next(((url, s) for url, s in named if _mentions(text, url)), None)
+        if match is None:
+            continue
+        url, source = match
+        what = f"apt source {url}" if source is not None else f"apt mirror {url}"
+        detail = _detail(text)
+        if source is not None and any(word in text for word in _SIGNATURE):
+            fingerprints = ", ".join(_key(spec, source).fingerprints)
+            spec_lines.setdefault(
+                url,
+                f"{what}: its Release is not signed by the key in {source.key} "
+                f"({fingerprints}); apt says: {detail}",
+            )
+        elif any(word in text for word in _NOT_THERE) and "Could not" not in text:
+            spec_lines.setdefault(
+                url,
+                f"{what}: no such suite or component there (check url, suites and "
+                f"components); apt says: {detail}",
+            )
+        elif any(word in text for word in _UNREACHABLE):
+            network_lines.setdefault(url, f"{what}: cannot reach it; apt says: {detail}")
+    if spec_lines:
+        return ResolveError("\n".join(spec_lines.values()))
+    if network_lines:
+        return SourceUnreachable("\n".join(network_lines.values()))
+    return None
+
+
+def _mentions(text: str, url: str) -> bool:
+    return re.search(re.escape(url) + r"(?=[/ '\"]|$)", text) is not None
+
+
+def _detail(text: str) -> str:
+    """apt's message without its "W: "/"E: " prefix, on one line."""
+    return " ".join(re.sub(r"^[WE]: ", "", text).split())[:400]

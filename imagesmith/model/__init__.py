@@ -1,0 +1,1 @@
+"""The spec, the lock, build and push records, image references, labels."""

@@ -1,0 +1,1 @@
+"""What runs the image: Kubernetes Jobs and Pods, Slurm batch scripts."""

@@ -1,0 +1,1 @@
+"""The OCI distribution API: blobs and manifests by digest, credentials, artifacts."""

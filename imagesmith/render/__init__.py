@@ -1,0 +1,1 @@
+"""The Containerfile: a pure function of the lock."""
