@@ -70,12 +70,19 @@ def start_registry(root: Path, notes: Path) -> LocalRegistry:
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    log = (root / "registry.log").open("w")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    return _serve(root, port, notes)
+
+
+def _serve(root: Path, port: int, notes: Path) -> LocalRegistry:
+    """Start docker-registry on `root`/config.yml (port `port`) and wait until it answers."""
+    log = (root / "registry.log").open("a")
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(root / "config.yml")], stdout=log, stderr=log
+    )
     log.close()
     notes.mkdir(parents=True, exist_ok=True)
     note = notes / f"registry-{proc.pid}.json"
-    note.write_text(json.dumps({"pid": proc.pid, "config": str(config)}))
+    note.write_text(json.dumps({"pid": proc.pid, "config": str(root / "config.yml")}))
     registry = LocalRegistry(root=root, host=f"127.0.0.1:{port}", proc=proc, note=note)
     deadline = time.monotonic() + 20
     while True:
@@ -89,6 +96,14 @@ def start_registry(root: Path, notes: Path) -> LocalRegistry:
                     f"docker-registry did not start: {(root / 'registry.log').read_text()[-300:]}"
                 ) from None
             time.sleep(0.1)
+
+
+def emptied(registry: LocalRegistry) -> LocalRegistry:
+    """The same registry (same address) started again with its storage removed."""
+    registry.stop()
+    shutil.rmtree(registry.storage, ignore_errors=True)
+    port = int(registry.host.rpartition(":")[2])
+    return _serve(registry.root, port, registry.note.parent)
 
 
 def stop_stale_registries(notes: Path) -> list[str]:
