@@ -641,6 +641,7 @@ def build(
             relock=relock,
             platform=platform,
             no_inputs=no_inputs,
+            as_json=as_json,
             refused={
                 "--partition": partition is not None,
                 "--wait": wait,
@@ -648,7 +649,7 @@ def build(
                 "--fail-fast": fail_fast,
                 "--tag": bool(tag),
                 "--no-cache": no_cache,
-                "--json": as_json,
+                "--json": as_json and output is None,
             },
         )
         return
@@ -963,6 +964,7 @@ def _build_on_kubernetes(
     relock: bool,
     platform: str,
     no_inputs: bool,
+    as_json: bool,
     refused: Mapping[str, bool],
 ) -> None:
     """`build --on kubernetes`: lock each spec here, store its build context (and the
@@ -973,20 +975,16 @@ def _build_on_kubernetes(
     from imagesmith.pipeline.build import ensure_lock
     from imagesmith.pipeline.catalogue import spec_paths as named_specs
 
-    usage = [
-        f"{name}: not with --on kubernetes"
-        + {
-            "--partition": " (a Slurm option)",
-            "--wait": " (apply the Job, then `kubectl wait`)",
-            "--jobs": " (the Job runs one pod per spec, all at once)",
-            "--fail-fast": " (each pod builds one spec on its own)",
-            "--tag": " (each pod pushes by digest and tags lock-HASH)",
-            "--no-cache": " (each pod starts with empty storage)",
-            "--json": " (the Job file is the output; each pod prints its build's JSON)",
-        }[name]
-        for name, given in refused.items()
-        if given
-    ]
+    why = {
+        "--partition": "--partition: not with --on kubernetes (a Slurm option)",
+        "--wait": "--wait: not with --on kubernetes (apply the Job, then `kubectl wait`)",
+        "--jobs": "--jobs: not with --on kubernetes (the Job runs one pod per spec, all at once)",
+        "--fail-fast": "--fail-fast: not with --on kubernetes (each pod builds its spec alone)",
+        "--tag": "--tag: not with --on kubernetes (each pod pushes by digest, tags lock-HASH)",
+        "--no-cache": "--no-cache: not with --on kubernetes (each pod starts with empty storage)",
+        "--json": "--json with --on kubernetes needs -o FILE (the JSON goes to standard output)",
+    }
+    usage = [why[name] for name, given in refused.items() if given]
     if usage:
         raise InputError("\n".join(usage))
     paths = named_specs(arguments)
@@ -1020,7 +1018,22 @@ def _build_on_kubernetes(
         on_line(f"context: {context}")
         targets.append(kube_build.BuildTarget(spec, context))
     job = kube_build.render_job(targets, builder=image, registry_secret=registry_secret)
-    _emit(kube_build.job_yaml(job, targets), output)
+    report = None
+    if as_json:
+        from imagesmith.reports import envelope
+
+        report = {
+            **envelope("build"),
+            "job": job["metadata"]["name"],
+            "indexed": len(targets) > 1,
+            "builder": image,
+            "output": as_typed(output) if output is not None else "",
+            "specs": [
+                {"spec": as_typed(t.spec.path), "context": t.context, "index": index}
+                for index, t in enumerate(targets)
+            ],
+        }
+    _emit(kube_build.job_yaml(job, targets), output, report=report)
     where = as_typed(output) if output is not None else "FILE"
     kind = "Indexed Job" if len(targets) > 1 else "Job"
     err(f"{kind} {job['metadata']['name']}: {len(targets)} spec(s), builder {image}")

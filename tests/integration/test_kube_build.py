@@ -14,11 +14,13 @@ securityContext otherwise: no `privileged`, the capabilities it names.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import uuid
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -33,6 +35,7 @@ from tests.integration.test_catalogue_build import second_podman
 from tests.support import tool
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -86,9 +89,13 @@ def test_the_job_pod_builds_the_digest_a_local_build_prints(
                     "podman",
                     "-o",
                     str(job_file),
+                    "--json",
                 ],
             )
             assert written.exit_code == 0, written.output
+            report = json.loads(written.stdout)
+            schema = json.loads((REPO / "schemas" / "cli" / "build.json").read_text())
+            jsonschema.validate(report, schema)
             builder = f"{open_registry}/lab/imagesmith-builder@sha256:"
             assert f"builder {builder}" in written.stderr  # beside the spec's repository
             checked = subprocess.run(
@@ -99,6 +106,10 @@ def test_the_job_pod_builds_the_digest_a_local_build_prints(
             assert checked.returncode == 0, checked.stdout + checked.stderr
 
             job = yaml.safe_load(job_file.read_text())
+            assert report["job"] == job["metadata"]["name"] and not report["indexed"]
+            assert report["builder"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
+            contexts = job["spec"]["template"]["spec"]["containers"][0]["args"][1:]
+            assert [s["context"] for s in report["specs"]] == contexts
             pod_spec = job["spec"]["template"]["spec"]
             assert pod_spec.pop("hostUsers") is False
             pod_spec["hostNetwork"] = True

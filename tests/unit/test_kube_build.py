@@ -191,7 +191,7 @@ def test_init_of_the_builder_recipe_writes_this_imagesmiths_wheel(tmp_path: Path
     [
         (["--wait"], "--wait: not with --on kubernetes"),
         (["--jobs", "2"], "--jobs: not with --on kubernetes"),
-        (["--json"], "--json: not with --on kubernetes"),
+        (["--json"], "--json with --on kubernetes needs -o FILE"),
         (["--registry-secret", "Lab_Registry"], "--registry-secret 'Lab_Registry': not a Secret"),
     ],
 )
