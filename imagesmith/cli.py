@@ -974,6 +974,7 @@ def _build_on_kubernetes(
     from imagesmith.inputs.archive import collect_inputs, inputs_tag, push_inputs, push_local_base
     from imagesmith.pipeline.build import ensure_lock
     from imagesmith.pipeline.catalogue import spec_paths as named_specs
+    from imagesmith.registry.client import RegistryClient
 
     why = {
         "--partition": "--partition: not with --on kubernetes (a Slurm option)",
@@ -1009,7 +1010,8 @@ def _build_on_kubernetes(
         lock, _ = ensure_lock(spec, the_engine, relock=relock, platform=platform, on_line=on_line)
         repository = kube_build.repository_of(spec)
         push_local_base(the_engine, lock, repository, on_line=on_line)
-        if not no_inputs and not kube_build.has_tag(repository, inputs_tag(lock)):
+        client = RegistryClient(repository.registry)
+        if not no_inputs and not client.has_manifest(repository.path, inputs_tag(lock)):
             files = collect_inputs(lock, on_line=on_line)
             push_inputs(
                 files, repository, lock=lock, subject_digest=None, subject_size=0, on_line=on_line

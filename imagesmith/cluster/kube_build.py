@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -182,11 +183,9 @@ def fetch_context(text: str, into: Path) -> Path:
     if ref.digest is None:
         raise InputError(f"{text}: name the build context by digest (REPO@sha256:...)")
     client = RegistryClient(ref.registry)
-    _, _, body = client.manifest(ref.path, ref.digest)
-    if "sha256:" + hashlib.sha256(body).hexdigest() != ref.digest:
+    served, _, body = client.manifest(ref.path, ref.digest)
+    if served != ref.digest:
         raise RegistryError(f"{text}: the registry served a manifest of another digest")
-    import json
-
     try:
         manifest = json.loads(body)
         layer = manifest["layers"][0]
@@ -252,26 +251,16 @@ def context_folder(text: str) -> Path:
     return folder
 
 
-def has_tag(repository: ImageReference, tag: str) -> bool:
-    """Whether the repository holds `tag` (False when it does not; other errors raise)."""
-    from imagesmith.registry.client import RegistryClient
-
-    try:
-        RegistryClient(repository.registry).manifest(repository.path, tag)
-    except RegistryError as exc:
-        if "does not exist" in str(exc):
-            return False
-        raise
-    return True
-
-
 def unreachable(specs: Sequence[Spec]) -> list[str]:
     """One line per repository that does not answer (or refuses these credentials):
     said before anything is built, as everything a pod needs goes through it."""
+    from imagesmith.registry.client import RegistryClient
+
     problems = []
     for text in sorted({s.registry_repository for s in specs if s.registry_repository}):
         try:
-            has_tag(parse_reference(text), "imagesmith-probe")
+            probe = parse_reference(text)
+            RegistryClient(probe.registry).has_manifest(probe.path, "imagesmith-probe")
         except (RegistryError, ValueError) as exc:
             problems.append(f"{text}: {exc}")
     return problems
@@ -411,8 +400,10 @@ def render_job(
         raise InputError("--on kubernetes: no specs to build")
     if registry_secret is not None and secret_problems(registry_secret):
         raise InputError(secret_problems(registry_secret)[0])
-    cpus = max(t.spec.build.cpus for t in targets)
-    memory = max((t.spec.build.memory for t in targets), key=_mebibytes)
+    from imagesmith.cluster.slurm_build import TaskResources
+
+    asked = TaskResources.for_specs([t.spec for t in targets])  # the most any spec asks
+    cpus, memory = asked.cpus, f"{asked.memory_mb}Mi"
     container: dict[str, Any] = {
         "name": "build",
         "image": builder,
@@ -478,11 +469,9 @@ def render_job(
     metadata: dict[str, Any] = {"name": job_name(targets), "labels": labels}
     if namespace is not None:
         metadata["namespace"] = namespace
-    from imagesmith.model.slurmtime import parse_slurm_time
-
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
-        "activeDeadlineSeconds": max(parse_slurm_time(t.spec.build.time) for t in targets),
+        "activeDeadlineSeconds": asked.time_seconds,
         "ttlSecondsAfterFinished": 86400,
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
@@ -491,12 +480,6 @@ def render_job(
             completionMode="Indexed", completions=len(targets), parallelism=len(targets)
         )
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
-
-
-def _mebibytes(quantity: str) -> int:
-    from imagesmith.outputs.sbatch import memory_megabytes
-
-    return memory_megabytes(quantity)
 
 
 def job_yaml(job: dict[str, Any], targets: Sequence[BuildTarget]) -> str:

@@ -349,13 +349,8 @@ def push_local_base(
     from imagesmith.registry.client import push_layout
 
     tag = base_tag(lock)
-    client = RegistryClient(repository.registry)
-    try:
-        client.manifest(repository.path, tag)
+    if RegistryClient(repository.registry).has_manifest(repository.path, tag):
         return tag  # already there: the tag names the image ID
-    except RegistryError as exc:
-        if "does not exist" not in str(exc):
-            raise
     if on_line:
         on_line(f"push: the local base {lock.base.digest[:19]} as {repository.path}:{tag}")
     with tempfile.TemporaryDirectory(prefix="imagesmith-base-") as tmp:

@@ -83,6 +83,10 @@ class CredentialHelperError(RegistryError):
     something that is not credentials."""
 
 
+class NoSuchManifest(RegistryError):
+    """The registry answered 404 for a manifest: no such tag or digest there."""
+
+
 class RegistryUnreachable(RegistryError):
     """No HTTP answer at all: refused, reset, timed out (worth another try)."""
 
@@ -334,7 +338,7 @@ class RegistryClient:
             headers={"Accept": ", ".join(MANIFEST_TYPES)},
         )
         if status == 404:
-            raise RegistryError(
+            raise NoSuchManifest(
                 f"{self.registry}/{path}:{reference} does not exist in the registry"
             )
         if status == 401:
@@ -345,6 +349,14 @@ class RegistryClient:
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         media_type = lowered.get("content-type", "").split(";")[0]
         return digest, media_type, body
+
+    def has_manifest(self, path: str, reference: str) -> bool:
+        """Whether the registry holds `path:reference`; other failures raise as `manifest`."""
+        try:
+            self.manifest(path, reference)
+        except NoSuchManifest:
+            return False
+        return True
 
 
 def _split_challenge(text: str) -> list[str]:
