@@ -539,8 +539,10 @@ def build(
         bool,
         typer.Option(
             "--push",
-            help="Push to \\[registry] repository after the build; takes the image from there "
-            "instead of building when the registry holds it already (as --substitute).",
+            help="Push to \\[registry] repository after the build. When the registry holds "
+            "this lock's image already, nothing is built, loaded or sent: its version tag is "
+            "moved to it (with --substitute, --tag or --no-cache it is loaded here as "
+            "--substitute loads it). Else as --substitute, then push.",
         ),
     ] = False,
     substitute: Annotated[
@@ -686,7 +688,7 @@ def build(
             relock=relock,
             platform=platform,
             then_push=then_push,
-            substitute=substitute or then_push,
+            substitute=substitute,
             no_inputs=no_inputs,
             jobs=jobs,
             fail_fast=fail_fast,
@@ -701,7 +703,7 @@ def build(
         relock=relock,
         platform=platform,
         then_push=then_push,
-        substitute=substitute or then_push,
+        substitute=substitute,
         no_inputs=no_inputs,
         as_json=as_json,
     )
@@ -720,41 +722,26 @@ def _build_and_push(
     no_inputs: bool,
     on_line: Callable[[str], None],
 ) -> tuple[BuildResult, str | None]:
-    """Build one spec (and push it with `then_push`): the result and the pinned reference.
-
-    An image taken from the registry is there already, with the input archive and the
-    attestations of the push that put it there: only its tags and the push record are
-    written then.
-    """
+    """Build one spec (and push it with `then_push`): the result and the pinned reference."""
     from imagesmith.model.spec import load_spec
-    from imagesmith.pipeline.build import build as run_build
 
     spec = load_spec(spec_path)
-    result = run_build(
-        spec,
-        the_engine,
-        extra_tags=extra_tags,
-        no_cache=no_cache,
-        relock=relock,
-        platform=platform,
-        on_line=on_line,
-        substitute=substitute,
-    )
+    options: dict[str, Any] = {
+        "extra_tags": extra_tags,
+        "no_cache": no_cache,
+        "relock": relock,
+        "platform": platform,
+        "on_line": on_line,
+        "substitute": substitute,
+    }
     if not then_push:
-        return result, None
-    from imagesmith.model.lock import read_lock
-    from imagesmith.pipeline.push import push as run_push
+        from imagesmith.pipeline.build import build as run_build
 
-    taken = result.substituted_from is not None
-    pushed = run_push(
-        spec,
-        read_lock(spec.lock_path),
-        inputs=not no_inputs and not taken,
-        attestations=not taken,
-        on_line=on_line,
-    ).pinned
-    on_line(f"pushed {pushed}")
-    return result, pushed
+        return run_build(spec, the_engine, **options), None
+    from imagesmith.pipeline.publish import build_and_push
+
+    result, record = build_and_push(spec, the_engine, inputs=not no_inputs, **options)
+    return result, record.pinned
 
 
 def _build_one(spec_path: Path, *, engine: Engine, as_json: bool, **options: Any) -> None:
@@ -767,6 +754,16 @@ def _build_one(spec_path: Path, *, engine: Engine, as_json: bool, **options: Any
         from imagesmith.reports import build_report
 
         print_json(build_report(result, pushed=pushed))
+        return
+    if not result.loaded:
+        typer.echo(
+            f"{result.substituted_from} holds this lock's image: nothing built, loaded or "
+            f"sent, in {result.seconds:.1f} s"
+        )
+        typer.echo(f"  digest: {result.digest}")
+        typer.echo(f"  tags:   {', '.join(result.tags)}")
+        typer.echo(f"  size:   {result.size / 1e6:.1f} MB in the registry (compressed)")
+        typer.echo(f"  run it: {result.engine} run --rm -it {pushed}")
         return
     if result.substituted_from is not None:
         typer.echo(
@@ -1087,7 +1084,7 @@ def _built_builder(spec_path: Path, engine: Engine, *, platform: str) -> str:
         relock=True,  # the wheel in it is this imagesmith's: its lock follows
         platform=platform,
         then_push=True,
-        substitute=True,
+        substitute=False,  # pods pull it: not needed here
         no_inputs=False,
         on_line=on_line,
     )
@@ -1689,7 +1686,7 @@ def build_from(
         relock=False,
         platform=platform,
         then_push=True,
-        substitute=True,
+        substitute=False,  # a pod only publishes the image
         no_inputs=False,
     )
 

@@ -5,18 +5,22 @@
   beside a spec, and a push record for it, so that commands needing an image digest
   (manifest, sbatch) have one;
 - `tool`: kubernetes-validate, checkov, ... from the test venv, the tools venv or PATH;
-- `ImageTracker`: every image a test makes, removed at the end whatever happened.
+- `ImageTracker`: every image a test makes, removed at the end whatever happened;
+- `check_schema`: a `--json` report checked against its command's schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 
 from imagesmith.engine.base import Engine
@@ -134,3 +138,11 @@ class ImageTracker:
                 print(f"cleanup: could not remove {ref}: {exc}")
         self.refs.clear()
         return failed
+
+
+def check_schema(report: dict[str, Any]) -> dict[str, Any]:
+    """`report` after checking it against schemas/cli/<its command>.json."""
+    schema = json.loads((REPO / "schemas" / "cli" / f"{report['command']}.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(report)
+    return report

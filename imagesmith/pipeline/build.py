@@ -61,11 +61,16 @@ class BuildResult:
     """Whether this build had to (re)make env.lock first."""
     substituted_from: str | None = None
     """`REGISTRY/PATH:lock-HASH` when the image was taken from there instead of built."""
+    loaded: bool = True
+    """False when `build --push` left the registry's image there (`pipeline/publish.py`):
+    `tags` are then the registry's and `size` is what it stores (compressed)."""
 
     def as_json(self) -> dict[str, object]:
         extra: dict[str, object] = {}
         if self.substituted_from is not None:
             extra["substituted_from"] = self.substituted_from
+        if not self.loaded:
+            extra["loaded"] = False
         return {
             **extra,
             "image_id": self.image_id,

@@ -15,6 +15,7 @@ to substitute (no tag, an unreachable registry, bytes that do not match) is one 
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from dataclasses import dataclass
@@ -137,6 +138,33 @@ def fetch_layout(found: Substitute, out: Path, *, lock: Lock | None = None) -> l
     writer.write_index(Descriptor(found.media_type, found.digest, len(found.manifest)), [])
     diff_ids: list[str] = config["rootfs"]["diff_ids"]
     return diff_ids
+
+
+def held_image(repository: str, lock: Lock) -> Substitute | None:
+    """The registry's image of `lock`, left there: `lock-HASH` is an image manifest
+    (checked against its digest) whose config (fetched and checked) names this lock, and
+    the registry still holds each of its layers. None when the tag is not there;
+    `ImagesmithError` (one line) when what is there cannot be used."""
+    found = find_substitute(repository, lock)
+    if found is None:
+        return None
+    manifest = json.loads(found.manifest)
+    client = RegistryClient(found.repository.registry)
+    path = found.repository.path
+    config_bytes = io.BytesIO()
+    if not client.download_blob(path, manifest["config"]["digest"], config_bytes):
+        raise NotSubstituted(f"{found.source} names a config it lacks")
+    check_config(found, json.loads(config_bytes.getvalue()), lock)
+    for layer in manifest["layers"]:
+        status, _, _ = client.request(
+            "HEAD", f"/v2/{path}/blobs/{layer['digest']}", scope=f"repository:{path}:pull"
+        )
+        if status != 200:
+            raise NotSubstituted(
+                f"{found.source} names layer {layer['digest'][:19]}, which the registry "
+                f"no longer holds ({status})"
+            )
+    return found
 
 
 def load_from_registry(found: Substitute, engine: Engine, *, lock: Lock | None = None) -> str:

@@ -29,6 +29,7 @@ from imagesmith.model.spec import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
 from tests.integration.conftest import Registry, _free_port
+from tests.support import check_schema
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -108,28 +109,56 @@ def test_a_second_builder_takes_the_image_from_the_registry_with_no_build_step(
         push(spec, read_lock(spec.lock_path), inputs=False, attestations=False)
 
         with second_podman(tmp_path, monkeypatch) as second:
-            # The command CI runs on a fresh runner; any engine build would fail the test.
+            # The command CI runs on a fresh runner: the registry holds the lock's image, so
+            # nothing is built, loaded or sent (any engine build or load fails the test).
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(PodmanEngine, "build", _no_build)
+                patch.setattr(PodmanEngine, "load", _no_build)
+                result = runner.invoke(
+                    app, ["build", str(spec.path), "--engine", "podman", "--push", "--json"]
+                )
+            assert result.exit_code == 0, result.output
+            assert "holds this lock's image; nothing to build or send" in result.stderr
+            held = check_schema(json.loads(result.stdout))
+            assert held["substituted_from"] == f"{repository}:{first.tags[1].split(':')[1]}"
+            assert (held["digest"], held["image_id"]) == (first.digest, first.image_id)
+            assert held["pushed"] == f"{repository}@{first.digest}" and held["loaded"] is False
+            assert held["tags"] == [
+                f"{repository}:1.0",
+                f"{repository}:{first.tags[1].split(':')[1]}",
+            ]
+            assert not second.image_exists(first.image_id)
+            # manifest works after it: the Job runs the image by that digest.
+            job = runner.invoke(app, ["manifest", str(spec.path)])
+            assert job.exit_code == 0 and f"@{first.digest}" in job.stdout, job.output
+
+            # Asked to substitute, it loads the image, with no build step.
             began = time.monotonic()
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(PodmanEngine, "build", _no_build)
                 result = runner.invoke(
-                    app, ["build", str(spec.path), "--engine", "podman", "--push", "--json"]
+                    app,
+                    [
+                        "build",
+                        str(spec.path),
+                        "--engine",
+                        "podman",
+                        "--push",
+                        "--substitute",
+                        "--json",
+                    ],
                 )
             warm = time.monotonic() - began
             print(f"{engine.name} cold build {cold:.1f} s; podman substitution {warm:.1f} s")
             assert result.exit_code == 0, result.output
             assert f"substitution: taking {repository}:lock-" in result.stderr
             taken = json.loads(result.stdout)
-            assert taken["substituted_from"] == f"{repository}:{first.tags[1].split(':')[1]}"
             assert (taken["digest"], taken["image_id"]) == (first.digest, first.image_id)
-            assert taken["pushed"] == f"{repository}@{first.digest}"
+            assert taken["pushed"] == f"{repository}@{first.digest}" and "loaded" not in taken
             assert not second.image_exists(read_lock(spec.lock_path).base.digest)  # no base
             assert second.run(first.tags[0], ["/usr/bin/hello"]).output.strip() == "Hello, world!"
             record = read_build_record(spec.path, first.lock_hash)
             assert record is not None and record.digest == first.digest
-            # manifest works after it: the Job runs the image by that digest.
-            job = runner.invoke(app, ["manifest", str(spec.path)])
-            assert job.exit_code == 0 and f"@{first.digest}" in job.stdout, job.output
 
         if engine.name == "docker":  # the same into Docker itself, with an empty cache
             _remove_built(engine, spec.path)

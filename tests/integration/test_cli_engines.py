@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from imagesmith.engine.base import Engine
 from tests.integration.conftest import TEST_REPOSITORY
-from tests.unit.test_cli_output import check_schema
+from tests.support import check_schema
 
 pytestmark = pytest.mark.integration
 

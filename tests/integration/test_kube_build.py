@@ -20,7 +20,6 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -32,7 +31,7 @@ from imagesmith.registry.client import RegistryClient
 from imagesmith.render.containerfile import content_tag
 from tests.integration.conftest import ensure_test_base
 from tests.integration.test_catalogue_build import second_podman
-from tests.support import tool
+from tests.support import check_schema, tool
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -93,9 +92,7 @@ def test_the_job_pod_builds_the_digest_a_local_build_prints(
                 ],
             )
             assert written.exit_code == 0, written.output
-            report = json.loads(written.stdout)
-            schema = json.loads((REPO / "schemas" / "cli" / "build.json").read_text())
-            jsonschema.validate(report, schema)
+            report = check_schema(json.loads(written.stdout))
             builder = f"{open_registry}/lab/imagesmith-builder@sha256:"
             assert f"builder {builder}" in written.stderr  # beside the spec's repository
             checked = subprocess.run(

@@ -415,3 +415,37 @@ def test_the_system_stage_is_asked_for_only_when_the_registry_answered(
     assert shared == [repository if answers else None]
     said = [line for line in lines if line.startswith(("substitution", "system stage"))]
     assert len(said) == 1 and said[0].startswith("substitution: "), said
+
+
+def test_build_push_asks_an_unreachable_registry_once(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build --push` first asks the registry whether it holds the lock's image; one that
+    does not answer is said once and not asked again by the build (one timeout, not two)."""
+    import imagesmith.pipeline.publish
+    import imagesmith.pipeline.substitute
+    from imagesmith.pipeline.publish import build_and_push
+    from imagesmith.registry.client import RegistryUnreachable
+
+    spec.path.write_text(spec.path.read_text() + '[registry]\nrepository = "127.0.0.1:9/lab/t"\n')
+    spec = load_spec(spec.path)
+    asked: list[str] = []
+
+    def find(repo: str, lock: Any) -> None:
+        asked.append(repo)
+        raise RegistryUnreachable("cannot reach registry 127.0.0.1:9")
+
+    def push(*_: Any, **__: Any) -> None:  # without its retries and their waits
+        raise RegistryError("cannot reach registry 127.0.0.1:9")
+
+    monkeypatch.setattr(imagesmith.pipeline.substitute, "find_substitute", find)
+    monkeypatch.setattr(imagesmith.pipeline.publish, "push", push)
+    lines: list[str] = []
+    with pytest.raises(RegistryError):  # the push itself cannot reach it either
+        build_and_push(spec, FakeEngine(), on_line=lines.append)
+    assert asked == ["127.0.0.1:9/lab/t"]
+    said = [line for line in lines if line.startswith("substitution")]
+    assert said == ["substitution: skipped, cannot reach registry 127.0.0.1:9; building locally"], (
+        said
+    )
+    assert read_build_record(spec.path, read_lock(spec.lock_path).lock_hash) is not None

@@ -21,7 +21,7 @@ from imagesmith.model.labels import LOCK_HASH
 from imagesmith.pipeline.build import BuildResult
 from imagesmith.pipeline.catalogue import SKIPPED, Outcome, exit_code, run_all, spec_paths
 from imagesmith.pipeline.substitute import NotSubstituted, Substitute, check_config
-from tests.unit.test_cli_output import check_schema
+from tests.support import check_schema
 
 runner = CliRunner()
 DIGEST = "sha256:" + "ab" * 32

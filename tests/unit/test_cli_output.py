@@ -30,19 +30,12 @@ from imagesmith.pipeline.verify import Verdict
 from imagesmith.render.containerfile import embedded_lock
 from tests.conftest import REPO
 from tests.fixtures.make_lock import make_lock
+from tests.support import check_schema
 
 runner = CliRunner()
 SCHEMAS = REPO / "schemas" / "cli"
 DIGEST = "sha256:" + "ab" * 32
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # help on one line per option
-
-
-def check_schema(report: dict[str, Any]) -> dict[str, Any]:
-    """`report` after checking it against schemas/cli/<its command>.json."""
-    schema = json.loads((SCHEMAS / f"{report['command']}.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema).validate(report)
-    return report
 
 
 def json_of(stdout: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from imagesmith.pipeline.run_settings import FirstPublished, describe, settings_
 from imagesmith.render.containerfile import embedded_lock
 from imagesmith.reports import inspect_report
 from tests.fixtures.make_lock import make_lock
-from tests.unit.test_cli_output import check_schema
+from tests.support import check_schema
 
 runner = CliRunner()
 DIGEST = "sha256:" + "ab" * 32

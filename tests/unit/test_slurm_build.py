@@ -19,7 +19,7 @@ from imagesmith.cli import app
 from imagesmith.cluster.slurm_build import TaskResources, render_array
 from imagesmith.errors import InputError
 from imagesmith.model.spec import load_spec
-from tests.unit.test_cli_output import check_schema
+from tests.support import check_schema
 
 runner = CliRunner()
 DIGEST = "sha256:" + "ab" * 32
