@@ -723,11 +723,12 @@ def _stage_share_section(fig: dict[str, Any], targets: list[list[str]]) -> list[
     if held:
         out += [
             "The lock the registry holds (image, input archive, attestations): the first "
-            "machine runs `build --push` again (its own image is there: a no-op build, a push "
-            "that finds every blob), and three fresh builders (each a podman storage and an "
-            "imagesmith cache of its own) run `build --push`, `build --substitute` (both take "
-            "the image from the registry by digest, pulled into their own store) and "
-            "`build --no-cache` (the reference; issue 15: <= 0.05x and <= 0.5x of it).",
+            "machine runs `build --push` again, and three fresh builders (each a podman "
+            "storage and an imagesmith cache of its own) run `build --push`, `build "
+            "--substitute` and `build --no-cache` (the reference; issue 15: <= 0.05x and "
+            "<= 0.5x of it). `build --push` of a lock the registry holds builds, loads and "
+            "sends nothing (the image is checked there and its version tag moved); "
+            "`--substitute` pulls the image into the builder's own store by digest.",
             "",
             *_table(
                 [

@@ -8,11 +8,11 @@ recipes/lab-analysis, its base replaced by `imagesmith/debian:bookworm`, is buil
 starts (the first machine: the image, its input archive and its system stage are
 pushed). The lock the registry now holds is built again, each build timed as a whole:
 
-- by the first machine: `build --push` (its image is there: a no-op build, then a push that
-  finds every blob in the registry);
-- by three fresh builders: `build --push` and `build --substitute` (both take the image
-  from the registry by digest: nothing to build, nothing to send), and `build --no-cache`
-  (the cold build, the reference; issue 15's targets: <= 0.05x and <= 0.5x of it).
+- by the first machine and by a fresh builder: `build --push` (the registry holds the
+  image: it is checked there and its version tag moved; nothing is built, loaded or sent);
+- by two more fresh builders: `build --substitute` (the image pulled from the registry by
+  digest into the builder's store) and `build --no-cache` (the cold build, the reference;
+  issue 15's targets: <= 0.05x and <= 0.5x of it).
 
 Each must print the digest of the push. Then a Python pin changes (pyyaml==6.0.1), and
 the new lock is built twice, each time as a fresh builder: a podman storage of its own
