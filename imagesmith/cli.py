@@ -168,7 +168,7 @@ def _main(
 @reports_errors
 def validate(spec_path: SpecArg = Path("env.toml"), as_json: JsonOpt = False) -> None:
     """Check env.toml and list every problem in it, one per line (exit 2 if any)."""
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.reports import validate_report
 
     spec = load_spec(spec_path)
@@ -199,7 +199,7 @@ def render(
 ) -> None:
     """Print the Containerfile that env.lock pins (needs an up-to-date lock; no engine)."""
     from imagesmith.model.lock import fresh_lock
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.render.containerfile import render as render_lock
     from imagesmith.reports import render_report
 
@@ -355,7 +355,7 @@ def lock(
 
     Re-running on an unchanged spec changes nothing and needs no network.
     """
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     spec = load_spec(spec_path)
     lock_path = spec.lock_path
@@ -723,7 +723,7 @@ def _build_and_push(
     on_line: Callable[[str], None],
 ) -> tuple[BuildResult, str | None]:
     """Build one spec (and push it with `then_push`): the result and the pinned reference."""
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     spec = load_spec(spec_path)
     options: dict[str, Any] = {
@@ -936,7 +936,7 @@ def _build_on_slurm(
 def _load_specs(paths: Sequence[Path]) -> tuple[list[Spec], list[str]]:
     """The specs that load, and one line per problem of those that do not, each line
     starting with the spec's path as the user typed it."""
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     specs, problems = [], []
     for path in paths:
@@ -1058,7 +1058,7 @@ def _builder_image(given: str | None, first: Spec, engine: Engine, *, platform: 
         spec_path = Path(given) / "env.toml" if Path(given).is_dir() else Path(given)
         if not spec_path.is_file():
             raise InputError(f"--builder {given}: no such builder spec")
-        from imagesmith.model.spec import load_spec
+        from imagesmith.model.spec_loading import load_spec
 
         if load_spec(spec_path).registry_repository is None:
             raise InputError(
@@ -1141,7 +1141,7 @@ def base(
     Runs mmdebstrap (deterministic with SOURCE_DATE_EPOCH) and imports the root
     filesystem with Containerfile.base; specs can then use it as base.image.
     """
-    from imagesmith.model.spec import url_has_credentials
+    from imagesmith.model.spec_checks import url_has_credentials
     from imagesmith.pipeline.debian_base import make_base
 
     if mirror is not None and url_has_credentials(mirror):
@@ -1377,8 +1377,9 @@ def manifest(
     """
     import dataclasses
 
+    from imagesmith.model.input_files import read_input_text
     from imagesmith.model.lock import fresh_lock
-    from imagesmith.model.spec import load_spec, read_input_text
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.outputs.kubernetes import label_key_problem, manifest_warnings, render_manifest
     from imagesmith.outputs.sbatch import parse_sbatch
     from imagesmith.reports import manifest_report
@@ -1469,7 +1470,7 @@ def sbatch(
 ) -> None:
     """Write a Slurm batch script with the spec's resources that runs the image by digest."""
     from imagesmith.model.lock import fresh_lock
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.outputs.kubernetes import render_sbatch
     from imagesmith.reports import sbatch_report
 
@@ -1518,7 +1519,7 @@ def push(
     line).
     """
     from imagesmith.model.lock import fresh_lock
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.pipeline.push import push as run_push
     from imagesmith.reports import push_report
 
@@ -1597,7 +1598,7 @@ def pull(
     """
     from imagesmith.model.lock import read_lock
     from imagesmith.model.records import read_push_record
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.pipeline.push import pull as run_pull
     from imagesmith.pipeline.push import served_reference
     from imagesmith.reports import pull_report
@@ -1762,7 +1763,7 @@ def verify(
     identical; exit 1 with what differs (config fields, layers, files) when not.
     """
     from imagesmith.model.lock import fresh_lock
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from imagesmith.pipeline.verify import verify as run_verify
     from imagesmith.pipeline.verify import verify_image
     from imagesmith.reports import verify_report
@@ -1879,7 +1880,7 @@ def provenance(
     from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
     from imagesmith.model.lock import fresh_lock
     from imagesmith.model.records import read_build_record, read_push_record
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     signer = None
     pem = os.environ.get("IMAGESMITH_SIGNING_KEY") or None

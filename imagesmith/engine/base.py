@@ -308,7 +308,7 @@ def build_proxies(proxies: Mapping[str, str]) -> tuple[dict[str, str], list[str]
     the password never reaches an image. A build that needs that proxy fails to reach
     the network instead, which the warning explains.
     """
-    from imagesmith.model.spec import url_has_credentials
+    from imagesmith.model.spec_checks import url_has_credentials
 
     kept: dict[str, str] = {}
     dropped: list[str] = []

@@ -18,7 +18,7 @@ from imagesmith import __version__
 from imagesmith.cli import app, app_for, command_name
 from imagesmith.errors import LockError
 from imagesmith.model.lock import fresh_lock, read_lock, write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from tests.fixtures.make_lock import make_lock
 
 NAMES = [command_name(command) for command in app.registered_commands]

@@ -22,11 +22,18 @@ FOUNDATION = {
     "imagesmith.model.openpgp",
     "imagesmith.model.quantity",
     "imagesmith.model.slurmtime",
+    "imagesmith.model.input_files",
     "imagesmith.package_data",
     "imagesmith.userpath",
 }
 #: The spec and the lock: data and its rules, no engine, no network.
-MODEL = FOUNDATION | {"imagesmith.model.spec", "imagesmith.model.lock"}
+MODEL = FOUNDATION | {
+    "imagesmith.model.spec",
+    "imagesmith.model.spec_schema",
+    "imagesmith.model.spec_checks",
+    "imagesmith.model.spec_loading",
+    "imagesmith.model.lock",
+}
 #: What an engine may use besides the model: image files and the registry client.
 ENGINE_MAY_USE = MODEL | {
     "imagesmith.engine.overlay",

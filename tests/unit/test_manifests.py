@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from imagesmith.errors import InputError
-from imagesmith.model.spec import CopyItem, Mount, SecretRef, Spec, load_spec
+from imagesmith.model.spec import CopyItem, Mount, SecretRef, Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.outputs.kubernetes import (
     ARRAY_LOOKUP,
     dns_label,

@@ -10,7 +10,7 @@ import pytest
 from imagesmith.errors import InputError
 from imagesmith.model.quantity import quantity_value
 from imagesmith.model.slurmtime import parse_job_array
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.outputs.kubernetes import render_sbatch
 from imagesmith.outputs.sbatch import SlurmRequest, apply_overrides, memory_megabytes, parse_sbatch
 from tests.conftest import EXAMPLE, REPO
