@@ -27,11 +27,15 @@ FOUNDATION = {
 }
 #: The spec and the lock: data and its rules, no engine, no network.
 MODEL = FOUNDATION | {"imagesmith.model.spec", "imagesmith.model.lock"}
-#: What an engine may use besides the model: image files and the registry client.
+#: What an engine may use besides the model: image files (what `imagesmith.image.oci` held
+#: before it was split: the formats, their byte streams, docker-archive writing) and the
+#: registry client.
 ENGINE_MAY_USE = MODEL | {
     "imagesmith.engine.overlay",
     "imagesmith.cache.integrity",
     "imagesmith.image.oci",
+    "imagesmith.image.streams",
+    "imagesmith.image.docker_archive",
     "imagesmith.registry.client",
 }
 
