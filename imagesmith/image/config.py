@@ -66,6 +66,8 @@ def normalize_created_by(created_by: str) -> str:
 
 
 def layer_created_by(raw: Mapping[str, Any], layer_count: int) -> list[str | None]:
+    """Each layer's normalised ``created_by``; all None when the history does not line up
+    with the layers."""
     history = raw.get("history")
     if not isinstance(history, list):
         return [None] * layer_count
@@ -91,7 +93,7 @@ def canonical_config(
     epoch: int,
     what: str = "image",
 ) -> dict[str, Any]:
-    """The canonical config for `raw` with new layers (see the module docstring)."""
+    """The canonical config for `raw` with new layers (the rules: docs/canonical.md)."""
     for key in ("architecture", "os"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise InputError(f"{what}: image config has no {key!r}")

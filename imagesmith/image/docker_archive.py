@@ -38,34 +38,25 @@ def write_docker_archive(
     as-is (gzip) under ``<hex>.tar.gz``: ``docker load`` (20.10+) and ``podman load``
     (4.x) both decompress layers on load. With `compressed` false the layers are
     decompressed here and stored as ``<diff_id hex>.tar`` instead, which podman 4.3
-    loads about three times faster; a layer found in `plain_layers` as
-    ``<diff_id hex>.tar`` is taken from there as it is. The first `present` layers are
-    written as empty members: the engine has them already (`Engine.present_layers`) and
-    both engines then reuse their own copy without opening the member (docker 20.10 and
-    podman 4.3: 25 MB archive and 0.1 s instead of 160 MB and 1.8 s for docker when only
-    the Python layers are new). Deliberately *no* ``index.json``: podman
-    would then load it as an OCI archive and ignore ``RepoTags``. The tarball itself
-    is deterministic (sorted entries, mtime 0, root-owned).
+    loads faster; a layer found in `plain_layers` as ``<diff_id hex>.tar`` is taken
+    from there as it is. The first `present` layers are written as empty members: the
+    engine has them already (`Engine.present_layers`) and both engines then reuse their
+    own copy without opening the member (docker 20.10 and podman 4.3). What both save
+    is measured in bench/README.md ("Measurements behind the code"). Deliberately *no*
+    ``index.json``: podman would then load it as an OCI archive and ignore
+    ``RepoTags``. The tarball itself is deterministic (sorted entries, mtime 0,
+    root-owned).
     """
-    with open_image(layout) as src:
-        if src.manifest is None:
-            raise InputError(f"{layout} is not an OCI layout")
-        manifest = json.loads(src.manifest)
-        config_hex = digest_hex(manifest["config"]["digest"])
-        layer_hexes = [digest_hex(d["digest"]) for d in manifest["layers"]]
-        diff_ids = src.config_json()["rootfs"]["diff_ids"]
+    config_hex, layer_hexes, diff_ids = _read_layout(layout)
     for tag in repo_tags:
         if not tag or any(c.isspace() for c in tag):
             raise InputError(f"invalid image tag {tag!r}")
     blobs = layout / "blobs" / "sha256"
-    names = [f"{h}.tar.gz" for h in layer_hexes]
-    layers: dict[str, _Member] = {n: blobs / h for n, h in zip(names, layer_hexes, strict=True)}
-    if not compressed:
-        names = [f"{digest_hex(d)}.tar" for d in diff_ids]
-        layers = {}
-        for name, h in zip(names, layer_hexes, strict=True):
-            plain = plain_layers / name if plain_layers is not None else None
-            layers[name] = plain if plain is not None and plain.is_file() else _Gzipped(blobs / h)
+    if compressed:
+        names = [f"{h}.tar.gz" for h in layer_hexes]
+        layers: dict[str, _Member] = {n: blobs / h for n, h in zip(names, layer_hexes, strict=True)}
+    else:
+        names, layers = _plain_layers(blobs, layer_hexes, diff_ids, plain_layers)
     for name in set(names[:present]) - set(names[present:]):
         layers[name] = b""
     entry = {"Config": f"{config_hex}.json", "RepoTags": list(repo_tags), "Layers": names}
@@ -73,6 +64,37 @@ def write_docker_archive(
     members += sorted(layers.items())
     members.sort(key=lambda m: m[0])
     members.append(("manifest.json", json.dumps([entry], separators=(",", ":")).encode()))
+    _write_replacing(dest, members)
+    return dest
+
+
+def _read_layout(layout: Path) -> tuple[str, list[str], list[str]]:
+    """The config's and the layers' blob hex digests, and the diff_ids, of an OCI layout."""
+    with open_image(layout) as src:
+        if src.manifest is None:
+            raise InputError(f"{layout} is not an OCI layout")
+        manifest = json.loads(src.manifest)
+        config_hex = digest_hex(manifest["config"]["digest"])
+        layer_hexes = [digest_hex(d["digest"]) for d in manifest["layers"]]
+        diff_ids = src.config_json()["rootfs"]["diff_ids"]
+    return config_hex, layer_hexes, diff_ids
+
+
+def _plain_layers(
+    blobs: Path, layer_hexes: Sequence[str], diff_ids: Sequence[str], plain_layers: Path | None
+) -> tuple[list[str], dict[str, _Member]]:
+    """Member names (``<diff_id hex>.tar``) and contents of uncompressed layers: the copy
+    in `plain_layers` when there is one, else the blob, decompressed while it is written."""
+    names = [f"{digest_hex(d)}.tar" for d in diff_ids]
+    layers: dict[str, _Member] = {}
+    for name, h in zip(names, layer_hexes, strict=True):
+        plain = plain_layers / name if plain_layers is not None else None
+        layers[name] = plain if plain is not None and plain.is_file() else _Gzipped(blobs / h)
+    return names, layers
+
+
+def _write_replacing(dest: Path, members: Sequence[tuple[str, _Member]]) -> None:
+    """Write the tar to a temporary name beside `dest`, then rename it over `dest`."""
     tmp = dest.with_name(dest.name + ".tmp")
     try:
         try:
@@ -85,7 +107,6 @@ def write_docker_archive(
     finally:
         if tmp.exists():
             tmp.unlink()
-    return dest
 
 
 @dataclass(frozen=True)

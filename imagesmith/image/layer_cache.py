@@ -145,6 +145,7 @@ def layer_keys(
 
 
 def engine_diff_ids(raw: Mapping[str, Any], count: int) -> list[str] | None:
+    """The engine config's diff_ids when they are `count` sha256 digests, else None."""
     rootfs = raw.get("rootfs")
     ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(ids, list) or len(ids) != count:

@@ -124,54 +124,118 @@ def plan_layer(
     removed: list[str],
     drop_paths: Sequence[str] = (),
 ) -> list[Record]:
-    """Decide what the canonical layer holds; `entries` is consumed."""
+    """Decide what the canonical layer holds; `entries` is consumed.
+
+    What the cleaning leaves out is appended to `removed`, one ``"layer N: path
+    (reason)"`` line each."""
     link_targets = {
         clean_path(m.linkname, what) for m in entries.values() if m.islnk() and m.linkname
     }
-    for path in [p for p in entries if posixpath.basename(p) == OPAQUE]:
-        parent = posixpath.dirname(path)
-        if not lower.exists(parent):
-            del entries[path]
-            removed.append(
-                f"layer {index}: {path} (opaque marker on a directory new in this layer)"
-            )
+    removal = _Removal(entries, index, removed)
+    _drop_opaque_markers_on_new_dirs(removal, lower)
     if drop_paths and index > 0:
-        for path in [p for p in entries if not is_whiteout(p) and p not in link_targets]:
-            if any(fnmatch.fnmatchcase(path, pat) for pat in drop_paths):
-                del entries[path]
-                removed.append(f"layer {index}: {path} (matches drop_paths)")
-        match = path_matcher(tuple(drop_paths))
-        for path in [p for p in entries if is_whiteout(p) and posixpath.basename(p) != OPAQUE]:
-            hidden = posixpath.join(
-                posixpath.dirname(path), posixpath.basename(path)[len(WHITEOUT) :]
-            )
-            if match(hidden) and not lower.holds(hidden):
-                del entries[path]
-                removed.append(f"layer {index}: {path} (whiteout of a dropped path: hides nothing)")
+        _drop_matching_paths(removal, drop_paths, link_targets)
+        _drop_whiteouts_hiding_nothing(removal, lower, drop_paths)
     if index > 0:
-        for path in sorted(PLACEHOLDER_FILES):
-            m = entries.get(path)
-            if m is not None and m.isreg() and m.size == 0 and path not in link_targets:
-                del entries[path]
-                removed.append(f"layer {index}: {path} (empty mount-point placeholder)")
-        children: Counter[str] = Counter(posixpath.dirname(p) for p in entries)
-        dirs = sorted((p for p, m in entries.items() if m.isdir()), key=sort_key, reverse=True)
-        for path in dirs:  # deepest first, so emptied parents are seen after their children
-            if children[path]:
-                continue
-            m = entries[path]
-            reason = ""
-            if path in MOUNTPOINT_DIRS:
-                reason = "runtime mount-point directory"
-            elif lower.get(path) == dir_meta(m):
-                reason = "directory unchanged but for its mtime"
-            if reason:
-                del entries[path]
-                children[posixpath.dirname(path)] -= 1
-                removed.append(f"layer {index}: {path}/ ({reason})")
+        _drop_placeholders(removal, link_targets)
+        _drop_unchanged_dirs(removal, lower)
+    return _records(entries, what)
 
-    # Hard links: group every link with the entry it finally points at.
+
+@dataclass
+class _Removal:
+    """Takes entries out of one layer, saying why in `removed`."""
+
+    entries: dict[str, tarfile.TarInfo]
+    index: int
+    removed: list[str]
+
+    def drop(self, path: str, reason: str, *, shown_as: str | None = None) -> None:
+        del self.entries[path]
+        self.removed.append(f"layer {self.index}: {shown_as or path} ({reason})")
+
+
+def _drop_opaque_markers_on_new_dirs(removal: _Removal, lower: LowerDirs) -> None:
+    """An opaque marker on a directory no lower layer has hides nothing."""
+    for path in [p for p in removal.entries if posixpath.basename(p) == OPAQUE]:
+        if not lower.exists(posixpath.dirname(path)):
+            removal.drop(path, "opaque marker on a directory new in this layer")
+
+
+def _drop_matching_paths(
+    removal: _Removal, drop_paths: Sequence[str], link_targets: set[str | None]
+) -> None:
+    """Entries matching `drop_paths`, but not whiteouts nor hard-link targets."""
+    entries = removal.entries
+    for path in [p for p in entries if not is_whiteout(p) and p not in link_targets]:
+        if any(fnmatch.fnmatchcase(path, pat) for pat in drop_paths):
+            removal.drop(path, "matches drop_paths")
+
+
+def _drop_whiteouts_hiding_nothing(
+    removal: _Removal, lower: LowerDirs, drop_paths: Sequence[str]
+) -> None:
+    """A whiteout of a path matching `drop_paths` that no layer below leaves."""
+    match = path_matcher(tuple(drop_paths))
+    entries = removal.entries
+    for path in [p for p in entries if is_whiteout(p) and posixpath.basename(p) != OPAQUE]:
+        hidden = posixpath.join(posixpath.dirname(path), posixpath.basename(path)[len(WHITEOUT) :])
+        if match(hidden) and not lower.holds(hidden):
+            removal.drop(path, "whiteout of a dropped path: hides nothing")
+
+
+def _drop_placeholders(removal: _Removal, link_targets: set[str | None]) -> None:
+    """The empty files the runtime bind-mounts over."""
+    for path in sorted(PLACEHOLDER_FILES):
+        m = removal.entries.get(path)
+        if m is not None and m.isreg() and m.size == 0 and path not in link_targets:
+            removal.drop(path, "empty mount-point placeholder")
+
+
+def _drop_unchanged_dirs(removal: _Removal, lower: LowerDirs) -> None:
+    """Directories with nothing under them in the layer that are runtime mount points or
+    equal the lower layers' directory but for their mtime."""
+    entries = removal.entries
+    children: Counter[str] = Counter(posixpath.dirname(p) for p in entries)
+    dirs = sorted((p for p, m in entries.items() if m.isdir()), key=sort_key, reverse=True)
+    for path in dirs:  # deepest first, so emptied parents are seen after their children
+        if children[path]:
+            continue
+        reason = ""
+        if path in MOUNTPOINT_DIRS:
+            reason = "runtime mount-point directory"
+        elif lower.get(path) == dir_meta(entries[path]):
+            reason = "directory unchanged but for its mtime"
+        if reason:
+            removal.drop(path, reason, shown_as=f"{path}/")
+            children[posixpath.dirname(path)] -= 1
+
+
+def _records(entries: dict[str, tarfile.TarInfo], what: str) -> list[Record]:
+    """The layer's records in sorted order, hard-link groups re-elected in that order."""
     records: dict[str, Record] = {}
+    groups = _link_groups(entries, what, records)
+    for root, members in groups.items():
+        ordered = sorted(set(members), key=sort_key)
+        holder = ordered[0]
+        src = entries[root]
+        records[holder] = Record(
+            holder, src, src if src.isreg() else None, entry_type(src), src.linkname
+        )
+        for path in ordered[1:]:
+            records[path] = Record(path, src, None, tarfile.LNKTYPE, holder)
+    for path, m in entries.items():
+        if path in records or m.islnk():
+            continue
+        records[path] = Record(path, m, m if m.isreg() else None, entry_type(m), m.linkname)
+    return sorted(records.values(), key=lambda r: sort_key(r.path))
+
+
+def _link_groups(
+    entries: dict[str, tarfile.TarInfo], what: str, records: dict[str, Record]
+) -> dict[str, list[str]]:
+    """Group every hard link with the entry it finally points at (the group's first
+    path); a link pointing outside this layer goes into `records` as the engine wrote it."""
     groups: dict[str, list[str]] = {}
     for path, m in entries.items():
         if not m.islnk():
@@ -188,17 +252,4 @@ def plan_layer(
             records[path] = Record(path, m, None, tarfile.LNKTYPE, target or m.linkname)
             continue
         groups.setdefault(target, [target]).append(path)
-    for root, members in groups.items():
-        ordered = sorted(set(members), key=sort_key)
-        holder = ordered[0]
-        src = entries[root]
-        records[holder] = Record(
-            holder, src, src if src.isreg() else None, entry_type(src), src.linkname
-        )
-        for path in ordered[1:]:
-            records[path] = Record(path, src, None, tarfile.LNKTYPE, holder)
-    for path, m in entries.items():
-        if path in records or m.islnk():
-            continue
-        records[path] = Record(path, m, m if m.isreg() else None, entry_type(m), m.linkname)
-    return sorted(records.values(), key=lambda r: sort_key(r.path))
+    return groups

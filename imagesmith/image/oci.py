@@ -1,7 +1,8 @@
 """Container image archives on disk: read docker-archive / OCI inputs, write OCI layouts.
 
-Standard library only. Nothing here decides what a *canonical* image is (that is
-`imagesmith.image.canonical`); this module only knows the file formats:
+Nothing here decides what a *canonical* image is (that is `imagesmith.image.canonical`);
+this module only knows the file formats (`docker_archive` writes docker-archives,
+`streams` holds the hashing and gzip streams):
 
 - docker-archive: what ``docker save`` and ``podman save --format docker-archive``
   write. A tar with ``manifest.json`` (``[{"Config": ..., "RepoTags": [...],

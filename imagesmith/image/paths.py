@@ -31,7 +31,9 @@ VOLATILE_PATHS = (
     "var/log/alternatives.log",
 )
 
+#: The prefix of a whiteout: ``D/.wh.NAME`` hides ``D/NAME`` of the layers below.
 WHITEOUT = ".wh."
+#: The opaque marker: ``D/.wh..wh..opq`` hides everything the layers below hold in ``D``.
 OPAQUE = ".wh..wh..opq"
 
 
@@ -58,10 +60,13 @@ def _rank(component: str) -> int:
 
 
 def sort_key(path: str) -> tuple[tuple[int, bytes], ...]:
+    """Component by component, so parents come first; in a directory the opaque marker,
+    then whiteouts, then other names, each in byte order."""
     return tuple((_rank(c), c.encode("utf-8", "surrogateescape")) for c in path.split("/"))
 
 
 def is_whiteout(path: str) -> bool:
+    """Whether `path` is a whiteout or an opaque marker."""
     return posixpath.basename(path).startswith(WHITEOUT)
 
 
@@ -73,6 +78,7 @@ def path_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 def ancestors(path: str) -> Iterator[str]:
+    """The directories above `path`, nearest first (``a/b/c`` -> ``a/b``, ``a``)."""
     while "/" in path:
         path = path.rsplit("/", 1)[0]
         yield path

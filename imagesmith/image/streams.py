@@ -30,7 +30,35 @@ class _Sink(Protocol):
     def flush(self) -> object: ...
 
 
-class HashingWriter:
+class _WriteOnly:
+    """What a write-only stream tells readers: its position (``tarfile`` and ``gzip`` ask),
+    the size and sha256 of what was written, and seeking only to where it already is."""
+
+    _size: int
+    _hash: hashlib._Hash
+
+    def tell(self) -> int:
+        return self._size
+
+    def read(self, size: int = -1, /) -> bytes:
+        raise OSError(f"{type(self).__name__} is write-only")
+
+    def seek(self, pos: int, whence: int = 0, /) -> int:
+        if (whence == 0 and pos == self._size) or (whence in (1, 2) and pos == 0):
+            return self._size
+        raise OSError(f"{type(self).__name__} cannot seek")
+
+    @property
+    def digest(self) -> str:
+        """sha256 of everything written (uncompressed)."""
+        return "sha256:" + self._hash.hexdigest()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
+class HashingWriter(_WriteOnly):
     """A write-only file object that counts and sha256-hashes what passes through it.
 
     It forwards every write to ``sink`` (if any). ``tarfile`` and ``gzip`` both
@@ -49,17 +77,6 @@ class HashingWriter:
             self._sink.write(data)
         return len(data)
 
-    def tell(self) -> int:
-        return self._size
-
-    def read(self, size: int = -1, /) -> bytes:
-        raise OSError("HashingWriter is write-only")
-
-    def seek(self, pos: int, whence: int = 0, /) -> int:
-        if (whence == 0 and pos == self._size) or (whence in (1, 2) and pos == 0):
-            return self._size
-        raise OSError("HashingWriter cannot seek")
-
     def flush(self) -> None:
         if self._sink is not None:
             self._sink.flush()
@@ -67,16 +84,8 @@ class HashingWriter:
     def close(self) -> None:
         """Does not close the sink: whoever opened it closes it."""
 
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-
-class GzipPipe:
+class GzipPipe(_WriteOnly):
     """A write-only file object: sha256-hashes what it is given (the uncompressed
     stream) and gzips it into `sink`, compressing blocks in parallel.
 
@@ -137,17 +146,6 @@ class GzipPipe:
             self._submit(block)
         return len(data)
 
-    def tell(self) -> int:
-        return self._size
-
-    def read(self, size: int = -1, /) -> bytes:
-        raise OSError("GzipPipe is write-only")
-
-    def seek(self, pos: int, whence: int = 0, /) -> int:
-        if (whence == 0 and pos == self._size) or (whence in (1, 2) and pos == 0):
-            return self._size
-        raise OSError("GzipPipe cannot seek")
-
     def flush(self) -> None:
         """Nothing to do: data reaches the sink as blocks finish and on close."""
 
@@ -167,15 +165,6 @@ class GzipPipe:
             for future in self._pending:
                 future.cancel()
             self._pool.shutdown(wait=True)
-
-    @property
-    def digest(self) -> str:
-        """sha256 of everything written (uncompressed)."""
-        return "sha256:" + self._hash.hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self._size
 
 
 def detect_compression(head: bytes) -> Compression:

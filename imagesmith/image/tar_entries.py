@@ -14,6 +14,7 @@ _DROPPED_XATTRS = ("security.selinux", "trusted.overlay.")
 
 
 def kept_xattrs(member: tarfile.TarInfo) -> dict[str, str]:
+    """The entry's extended attributes as PAX headers, sorted, less the host-specific ones."""
     out: dict[str, str] = {}
     for key in sorted(member.pax_headers):
         if not key.startswith(_XATTR):
@@ -26,6 +27,7 @@ def kept_xattrs(member: tarfile.TarInfo) -> dict[str, str]:
 
 
 DirMeta = tuple[int, int, int, tuple[tuple[str, str], ...]]
+"""A directory's mode bits, uid, gid and kept xattrs: what must match for it to be unchanged."""
 
 
 def dir_meta(member: tarfile.TarInfo) -> DirMeta:
@@ -33,6 +35,8 @@ def dir_meta(member: tarfile.TarInfo) -> DirMeta:
 
 
 def read_entries(tar: tarfile.TarFile, what: str) -> dict[str, tarfile.TarInfo]:
+    """The layer's entries by cleaned path, in tar order; InputError for an unsafe path or
+    an entry type a layer cannot hold."""
     entries: dict[str, tarfile.TarInfo] = {}
     for member in tar:
         path = clean_path(member.name, what)
@@ -54,6 +58,7 @@ def read_entries(tar: tarfile.TarFile, what: str) -> dict[str, tarfile.TarInfo]:
 
 
 def entry_type(m: tarfile.TarInfo) -> bytes:
+    """The tar type byte of `m`, GNU and other variants folded into the POSIX ones."""
     if m.isreg():
         return tarfile.REGTYPE
     if m.isdir():
