@@ -437,6 +437,6 @@ def _substituted(
 
 
 def _rfc3339(epoch: int) -> str:
-    from imagesmith.image.canonical import rfc3339  # the rewrite module: only after a real build
+    from imagesmith.image.config import rfc3339  # the rewrite's rooms: only after a real build
 
     return rfc3339(epoch)

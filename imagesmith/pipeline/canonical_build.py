@@ -26,14 +26,10 @@ from imagesmith.cache.scratch import make_scratch, release
 from imagesmith.engine.base import Engine
 from imagesmith.engine.overlay import NotReadable
 from imagesmith.errors import EngineError
-from imagesmith.image.canonical import (
-    VOLATILE_PATHS,
-    CanonicalImage,
-    LayerCache,
-    canonicalize,
-    canonicalize_local,
-)
-from imagesmith.image.oci import write_docker_archive
+from imagesmith.image.canonical import CanonicalImage, canonicalize, canonicalize_local
+from imagesmith.image.docker_archive import write_docker_archive
+from imagesmith.image.layer_cache import LayerCache
+from imagesmith.image.paths import VOLATILE_PATHS
 from imagesmith.inputs.context import cache_dir
 from imagesmith.inputs.context import layout_dir as layout_dir  # where callers have found it
 from imagesmith.progress import LineCallback

@@ -34,11 +34,15 @@ MODEL = FOUNDATION | {
     "imagesmith.model.spec_loading",
     "imagesmith.model.lock",
 }
-#: What an engine may use besides the model: image files and the registry client.
+#: What an engine may use besides the model: image files (what `imagesmith.image.oci` held
+#: before it was split: the formats, their byte streams, docker-archive writing) and the
+#: registry client.
 ENGINE_MAY_USE = MODEL | {
     "imagesmith.engine.overlay",
     "imagesmith.cache.integrity",
     "imagesmith.image.oci",
+    "imagesmith.image.streams",
+    "imagesmith.image.docker_archive",
     "imagesmith.registry.client",
 }
 
