@@ -36,8 +36,9 @@ CONTEXT_COPY = "copy"
 CONTEXT_APT = "apt"
 #: Where the system stage's COPY puts the .debs; removed again in the same stage's RUN.
 APT_FOLDER = "/.imagesmith-apt"
-#: What the canonical form leaves out of every layer above the base (image/paths.py, docs/canonical.md):
-#: the COPY layer of the .debs, and the RUN layer's whiteout for their folder.
+#: What the canonical form leaves out of every layer above the base (image/paths.py,
+#: docs/canonical.md): the COPY layer of the .debs, and the RUN layer's whiteout for their
+#: folder.
 APT_DROP_PATHS = (APT_FOLDER.lstrip("/"), APT_FOLDER.lstrip("/") + "/*")
 
 # Files apt, dpkg and ldconfig write that differ from one build to the next.
