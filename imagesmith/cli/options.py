@@ -1,4 +1,4 @@
-"""The arguments and options several commands share, and the engine `--engine` names."""
+"""The arguments and options several commands share; the engine and signing key they name."""
 
 from __future__ import annotations
 
