@@ -13,10 +13,9 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from imagesmith.cache.gc import ENV_VAR, cache_budget, prune, touch
 from imagesmith.cache.integrity import fsync_dir, link_over, write_bytes_durably
 from imagesmith.cache.scratch import make_scratch, release
 from imagesmith.engine.base import Engine
+from imagesmith.engine.events import BuildEvent, StageStarted, StepImage
 from imagesmith.engine.overlay import NotReadable
 from imagesmith.errors import EngineError
 from imagesmith.image.canonical import (
@@ -122,11 +122,13 @@ class Prewarm:
     """Rewrites, in the background, the layers of images a build has finished with.
 
     While the engine builds the next stage, the base image and each finished stage
-    (seen in the build output as the image a ``FROM`` starts from) go through the
-    canonical rewrite into the `LayerCache`, so that the rewrite after the build finds
-    them there and only does the layers of the last stage. Only images the engine's
-    store lets us read in place are taken (no `save` racing the build). Failures are
-    ignored: the rewrite after the build does that work again and reports them.
+    (the engine announces them as the image a stage starts from, `StageStarted`) go
+    through the canonical rewrite into the `LayerCache`, so that the rewrite after the
+    build finds them there and only does the layers of the last stage; so does the image
+    after each step of the unnamed (last) stage where the engine announces those
+    (`StepImage`, Docker), while the remaining steps run. Only images the engine's store
+    lets us read in place are taken (no `save` racing the build). Failures are ignored:
+    the rewrite after the build does that work again and reports them.
     """
 
     def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
@@ -149,6 +151,11 @@ class Prewarm:
             self._thread = threading.Thread(target=self._work, name="prewarm", daemon=True)
             self._thread.start()
         self._queue.put(image_id)
+
+    def watch(self, event: BuildEvent) -> None:
+        """The `on_event` of the builds whose images the result will hold."""
+        if isinstance(event, StageStarted) or (isinstance(event, StepImage) and not event.stage):
+            self.add(event.image_id)
 
     def _work(self) -> None:
         # Lowest CPU priority for this thread and the gzip threads it starts (Linux: nice
@@ -187,43 +194,6 @@ class Prewarm:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-
-
-_PODMAN_FROM = re.compile(r"^\[\d+/\d+\] STEP 1/\d+: FROM (?:sha256:)?([0-9a-f]{64})\b")
-_DOCKER_FROM = re.compile(r"^Step \d+/\d+ : FROM ")
-_DOCKER_ID = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
-_STAGE_NAME = re.compile(r"\sAS\s+\S+\s*$", re.IGNORECASE)
-
-
-class StageWatcher:
-    """Finds, in an engine's build output, images whose layers the result will hold.
-
-    Each image a stage starts ``FROM``: podman prints ``[2/3] STEP 1/4: FROM <64 hex>
-    AS python`` once the stage it starts from is built; Docker's classic builder prints
-    ``Step 4/16 : FROM system AS python`` followed by `` ---> <12 hex>``. On Docker also
-    the image after each step of the last stage (the unnamed one), so that its new
-    layers are rewritten while the remaining steps run (podman's step IDs interleave
-    between stages, so there only the ``FROM`` images). Each image goes to `found`.
-    """
-
-    def __init__(self, found: Callable[[str], None]) -> None:
-        self._found = found
-        self._after_from = False
-        self._last_stage = False
-
-    def feed(self, line: str) -> None:
-        m = _DOCKER_ID.match(line)
-        if m and (self._after_from or self._last_stage):
-            self._after_from = False
-            self._found(m.group(1))
-            return
-        self._after_from = False
-        m = _PODMAN_FROM.match(line)
-        if m:
-            self._found(m.group(1))
-        elif _DOCKER_FROM.match(line):
-            self._after_from = True
-            self._last_stage = _STAGE_NAME.search(line) is None
 
 
 def load_layout(engine: Engine, layout: Path, diff_ids: Sequence[str], workdir: Path) -> str:
