@@ -3,7 +3,7 @@
 Each engine reads its own output (Docker's classic builder, podman's buildah) and passes
 what it recognises to the `on_event` callback of `Engine.build`, while every raw line
 still goes to `on_line`. Nothing outside `imagesmith.engine` reads engine output: the
-pipeline reacts to these events only (`canonical_build.StageWatcher`). An engine that
+pipeline reacts to these events only (`canonical_build.Prewarm.watch`). An engine that
 cannot tell something leaves that event out; a build is correct without any event.
 """
 

@@ -281,18 +281,11 @@ def make_canonical(
     needed and cancelled when not.
     """
     memo = _memo_path(engine, built_id, epoch)
-    try:
-        known = json.loads(memo.read_text(encoding="utf-8"))
-        layout = layout_dir(known["digest"])
-        if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
-            if prewarm is not None:
-                prewarm.finish(cancel=True)
-            touch(layout)
-            return Canonical(
-                image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
-            )
-    except (OSError, ValueError, KeyError):
-        pass
+    known = _remembered(engine, memo, built_id)
+    if known is not None:
+        if prewarm is not None:
+            prewarm.finish(cancel=True)
+        return known
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     if prewarm is not None:
         prewarm.finish()
@@ -314,13 +307,7 @@ def make_canonical(
     finally:
         release(staging.parent)
     touch(layout)
-    budget = cache_budget()
-    removed = prune(cache_dir(), budget=budget, keep_newer_than=started)
-    if removed:
-        on_line(
-            f"cache: removed the {len(removed)} least recently used images and layers from "
-            f"{cache_dir()} to stay within {ENV_VAR}={budget / 2**30:.1f}G"
-        )
+    _prune_cache(keep_newer_than=started, on_line=on_line)
     with contextlib.suppress(OSError):  # a memo that cannot be kept costs a rewrite next time
         memo.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_durably(
@@ -329,3 +316,30 @@ def make_canonical(
     return Canonical(
         image_id=loaded, digest=image.manifest_digest, layout=layout, built_id=built_id
     )
+
+
+def _remembered(engine: Engine, memo: Path, built_id: str) -> Canonical | None:
+    """The canonical image an earlier rewrite of `built_id` made (its `memo`), when the
+    engine still holds it and the cache its layout; else None."""
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        layout = layout_dir(known["digest"])
+        if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
+            touch(layout)
+            return Canonical(
+                image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
+            )
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _prune_cache(*, keep_newer_than: float, on_line: LineCallback) -> None:
+    """Keep the cache within its budget; what was used since `keep_newer_than` stays."""
+    budget = cache_budget()
+    removed = prune(cache_dir(), budget=budget, keep_newer_than=keep_newer_than)
+    if removed:
+        on_line(
+            f"cache: removed the {len(removed)} least recently used images and layers from "
+            f"{cache_dir()} to stay within {ENV_VAR}={budget / 2**30:.1f}G"
+        )
