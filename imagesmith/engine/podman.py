@@ -173,7 +173,8 @@ def build_events(line: str) -> list[BuildEvent]:
 
     ``[2/3] STEP 1/4: FROM <64 hex> AS python`` (a multi-stage build numbers its steps
     per stage) starts a step, and a stage from that image, which podman prints once the
-    stage it names is built; ``--> Using cache <64 hex>`` marks a step taken from the
+    stage it names is built (announced in multi-stage builds only, the lines with a
+    ``[stage/stages]`` prefix); ``--> Using cache <64 hex>`` marks a step taken from the
     cache. The ``--> <11 hex>`` after a step is not announced: stages build side by side,
     so those lines do not say which stage they belong to.
     """
