@@ -22,6 +22,7 @@ from typer.models import CommandInfo
 
 from imagesmith import __version__
 from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError, OperationError
+from imagesmith.progress import StepLine
 from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
@@ -483,13 +484,12 @@ class Progress:
             self._status.start()
 
     def __call__(self, line: str) -> None:
+        step = isinstance(line, StepLine)  # an engine's step line
         line = redacted(line)
         if self._status is None:
             err(line)
-        elif line.startswith(
+        elif step or line.startswith(
             (
-                "STEP",
-                "Step",
                 "lock",
                 "base",
                 "apt",

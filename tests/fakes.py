@@ -32,6 +32,7 @@ from imagesmith.engine.base import Engine, ImageInfo, LineCallback, RunResult, c
 from imagesmith.engine.events import EventCallback, ImageMade, StepStarted
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError
 from imagesmith.image.oci import open_image
+from imagesmith.progress import StepLine
 
 #: The mtime of every entry the fake writes (the engines' own clock, before canonical clamps).
 BUILD_TIME = 1_750_000_000
@@ -218,18 +219,18 @@ class FakeEngine(Engine):
             files["imagesmith-fake/build-number"] = str(len(self.builds)).encode()
         say = on_line or (lambda _: None)
         announce = on_event or (lambda _: None)
-        say(f"STEP 1/2: FROM {target or 'scratch'}")
+        say(StepLine(f"STEP 1/2: FROM {target or 'scratch'}"))
         announce(StepStarted(1, 2, f"FROM {target or 'scratch'}"))
         if self.fail_build_at == len(self.builds):
             # An engine keeps the steps that finished: an untagged intermediate image.
             self._store(self._image({}, [layer_from({"partial": b"step 1\n"})]), partial=True)
-            say("STEP 2/2: COPY . /imagesmith-fake/")
+            say(StepLine("STEP 2/2: COPY . /imagesmith-fake/"))
             if self.interrupt:
                 raise KeyboardInterrupt
             raise BuildError(
                 "fake: build failed at step 2/2", step="STEP 2/2: COPY", output_tail=["boom"]
             )
-        say("STEP 2/2: COPY . /imagesmith-fake/")
+        say(StepLine("STEP 2/2: COPY . /imagesmith-fake/"))
         announce(StepStarted(2, 2, "COPY . /imagesmith-fake/"))
         config = stage_config(path.read_text(encoding="utf-8"), target)
         config["Labels"] = {**config.get("Labels", {}), **(labels or {})}

@@ -9,12 +9,14 @@ the implementations (`docker.py`, `podman.py`). Conventions all engines keep:
 - a missing image is not an error for `remove_image`, and is `False` for `image_exists`;
 - errors are `imagesmith.errors` exceptions (`EngineError`, `BuildError`, `RegistryError`,
   `InputError`), each with a message that fits one line;
-- a build passes every line of its output to `on_line` and announces what it recognises
-  in that output as typed events (`imagesmith.engine.events`) to `on_event`: each step
-  it starts (`StepStarted`) and takes from its cache (`StepCached`), the image each stage
-  starts from (`StageStarted`), the image a step left where the engine can tell its stage
-  (`StepImage`), and the image it made (`ImageMade`). Reading the engine's own output is
-  the engine's business alone: the pipeline and the CLI see lines and events only.
+- a build passes every line of its output to `on_line` (as a `imagesmith.progress.StepLine`
+  when the line starts a step, which the CLI keeps on screen) and announces what it
+  recognises in that output as typed events (`imagesmith.engine.events`) to `on_event`:
+  each step it starts (`StepStarted`) and takes from its cache (`StepCached`), the image
+  each stage starts from (`StageStarted`), the image a step left where the engine can
+  tell its stage (`StepImage`), and the image it made (`ImageMade`). Reading the
+  engine's own output is the engine's business alone: the pipeline and the CLI see
+  lines and events only.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from imagesmith.engine.events import BuildEvent, EventCallback, StepStarted
 from imagesmith.engine.overlay import LocalImage
 from imagesmith.errors import InputError
 from imagesmith.model.reference import parse_reference
-from imagesmith.progress import LineCallback
+from imagesmith.progress import LineCallback, StepLine
 
 #: How many trailing lines of build output a BuildError carries.
 TAIL_LINES = 20
@@ -232,8 +234,9 @@ OutputParser = Callable[[str], Sequence[BuildEvent]]
 
 
 class OutputTail:
-    """Collects build output: the last lines, the step being run, every line to `on_line`,
-    and the events `parse` reads from each line to `on_event`."""
+    """Collects build output: the last lines, the step being run, every line to `on_line`
+    (a `StepLine` when it starts a step), and after it the events `parse` reads from it
+    to `on_event`."""
 
     def __init__(
         self,
@@ -271,10 +274,12 @@ class OutputTail:
     def _line(self, raw: str) -> None:
         # Progress bars redraw with \r: keep what the terminal would finally show.
         line = raw.rstrip("\r").rsplit("\r", 1)[-1].rstrip()
+        events = self._parse(line) if self._parse is not None else ()
         self.lines.append(line)
         if self._on_line is not None:
-            self._on_line(line)
-        for event in self._parse(line) if self._parse is not None else ():
+            starts_step = any(isinstance(event, StepStarted) for event in events)
+            self._on_line(StepLine(line) if starts_step else line)
+        for event in events:
             self.announce(event)
 
     @property

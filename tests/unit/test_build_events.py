@@ -22,6 +22,7 @@ from imagesmith.engine.events import (
 )
 from imagesmith.engine.podman import build_events
 from imagesmith.pipeline.canonical_build import Prewarm
+from imagesmith.progress import StepLine
 from tests.fakes import FakeEngine
 
 BASE = "90144066fa4dcbe873fb45db844859d36ee7b711ee9d68d97db8841f34e628d9"
@@ -155,6 +156,11 @@ def test_the_tail_passes_every_line_then_its_events_and_keeps_the_step() -> None
         " ---> 401d30cc8cbf",
         StepImage("401d30cc8cbf"),
         ImageMade("sha256:" + "4" * 64),
+    ]
+    # Step lines are marked as such: the CLI keeps them on screen, knowing no spelling.
+    assert [line for line in seen if isinstance(line, StepLine)] == [
+        "Step 8/16 : FROM system",
+        "Step 9/16 : COPY --from=python /opt/venv /opt/venv",
     ]
     assert out.step == "STEP 9/16: COPY --from=python /opt/venv /opt/venv"
     assert out.tail[-1] == " ---> 401d30cc8cbf"
