@@ -15,6 +15,7 @@ import click
 import typer
 
 from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError
+from imagesmith.progress import StepLine
 
 if TYPE_CHECKING:
     from imagesmith.reports import Report
@@ -117,8 +118,6 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 #: Progress lines that stay on screen above the live status line; the others only update it.
 _KEPT_LINES = (
-    "STEP",
-    "Step",
     "lock",
     "base",
     "apt",
@@ -145,10 +144,11 @@ class Progress:
             self._status.start()
 
     def __call__(self, line: str) -> None:
+        step = isinstance(line, StepLine)  # an engine's step line
         line = redacted(line)
         if self._status is None:
             err(line)
-        elif line.startswith(_KEPT_LINES):
+        elif step or line.startswith(_KEPT_LINES):
             self._status.console.print(line, markup=False, highlight=False)
             self._status.update(line[:100])
         else:
