@@ -1382,8 +1382,9 @@ def manifest(
 
     from imagesmith.model.lock import fresh_lock
     from imagesmith.model.spec import load_spec, read_input_text
-    from imagesmith.outputs.kubernetes import label_key_problem, manifest_warnings, render_manifest
-    from imagesmith.outputs.sbatch import parse_sbatch
+    from imagesmith.outputs.kubernetes import manifest_warnings, render_manifest
+    from imagesmith.outputs.names import label_key_problem
+    from imagesmith.outputs.sbatch_parse import parse_sbatch
     from imagesmith.reports import manifest_report
 
     if kind is not None and kind not in {"pod", "job"}:
@@ -1473,7 +1474,7 @@ def sbatch(
     """Write a Slurm batch script with the spec's resources that runs the image by digest."""
     from imagesmith.model.lock import fresh_lock
     from imagesmith.model.spec import load_spec
-    from imagesmith.outputs.kubernetes import render_sbatch
+    from imagesmith.outputs.sbatch import render_sbatch
     from imagesmith.reports import sbatch_report
 
     spec = load_spec(spec_path)
