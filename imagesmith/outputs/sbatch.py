@@ -25,13 +25,6 @@ from imagesmith.outputs.shared_memory import needs_shm, shm_bytes
 RUNTIMES = ("podman", "apptainer", "singularity", "pyxis")
 #: The variables Slurm sets to the GPUs it allocated; the container must see them.
 _GPU_VISIBILITY = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
-#: What an array's tasks see, from Slurm (and the Indexed Job's pods, from imagesmith).
-ARRAY_VARIABLES = (
-    "SLURM_ARRAY_TASK_COUNT",
-    "SLURM_ARRAY_TASK_ID",
-    "SLURM_ARRAY_TASK_MAX",
-    "SLURM_ARRAY_TASK_MIN",
-)
 
 
 def memory_megabytes(quantity: str) -> int:
@@ -70,6 +63,15 @@ def sbatch_directives(spec: Spec) -> list[str]:
     if spec.job.qos is not None:
         lines.append(f"--qos={spec.job.qos}")
     return [f"#SBATCH {shlex.quote(line)}" for line in lines]
+
+
+#: What an array's tasks see, from Slurm (and the Indexed Job's pods, from imagesmith).
+ARRAY_VARIABLES = (
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_MIN",
+)
 
 
 def _slurm_passed(spec: Spec) -> tuple[str, ...]:
