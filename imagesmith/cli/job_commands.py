@@ -16,7 +16,7 @@ from imagesmith.userpath import as_typed
 if TYPE_CHECKING:
     from imagesmith.model.lock import Lock
     from imagesmith.model.spec import Spec
-    from imagesmith.outputs.sbatch import SlurmRequest
+    from imagesmith.outputs.sbatch_parse import SlurmRequest
 
 commands = typer.Typer()
 
@@ -131,7 +131,7 @@ def _checked_maps(
     queue_map: list[str] | None, gpu_map: list[str] | None, gpu_label: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     """--queue-map and --gpu-map as mappings, once they and --gpu-label are well formed."""
-    from imagesmith.outputs.kubernetes import label_key_problem
+    from imagesmith.outputs.names import label_key_problem
 
     problems: list[str] = []
     queues = _mapping(queue_map, "--queue-map", "queue", problems)
@@ -167,7 +167,7 @@ def _sbatch_overrides(
             )
         return None
     from imagesmith.model.input_files import read_input_text
-    from imagesmith.outputs.sbatch import parse_sbatch
+    from imagesmith.outputs.sbatch_parse import parse_sbatch
 
     try:
         script = read_input_text(from_sbatch)
@@ -229,7 +229,7 @@ def sbatch(
     """Write a Slurm batch script with the spec's resources that runs the image by digest."""
     from imagesmith.model.lock import fresh_lock
     from imagesmith.model.spec_loading import load_spec
-    from imagesmith.outputs.kubernetes import render_sbatch
+    from imagesmith.outputs.sbatch import render_sbatch
     from imagesmith.reports import sbatch_report
 
     spec = load_spec(spec_path)
