@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from imagesmith.image.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
 from imagesmith.engine import get_engine
+from imagesmith.image.canonical import canonicalize, canonicalize_local
+from imagesmith.image.docker_archive import write_docker_archive
+from imagesmith.image.paths import VOLATILE_PATHS
 from imagesmith.model.lock import read_lock
-from imagesmith.image.oci import write_docker_archive
 
 
 def main(argv: list[str]) -> int:

@@ -164,7 +164,9 @@ def machine_facts() -> dict[str, str]:
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     os_release = Path("/etc/os-release").read_text()
     pretty = re.search(r'PRETTY_NAME="([^"]+)"', os_release)
-    uv = output([PYTHON, "-c", "from imagesmith.locking.resolve import uv_binary; print(uv_binary())"])
+    uv = output(
+        [PYTHON, "-c", "from imagesmith.locking.python_pins import uv_binary; print(uv_binary())"]
+    )
     return {
         "nproc": str(os.cpu_count()),
         "cpu": cpu.group(1).strip() if cpu else "?",
@@ -361,7 +363,9 @@ def figure_python_resolution(bench: Bench, figure: dict[str, Any]) -> None:
     folder = bench.fresh("python-resolution")
     requirements = folder / "requirements.in"
     requirements.write_text("\n".join(PYTHON_REQUIREMENTS) + "\n")
-    uv = output([PYTHON, "-c", "from imagesmith.locking.resolve import uv_binary; print(uv_binary())"])
+    uv = output(
+        [PYTHON, "-c", "from imagesmith.locking.python_pins import uv_binary; print(uv_binary())"]
+    )
     for key in ("uv_cold", "uv_warm", "pip_compile_cold", "pip_compile_warm"):
         figure[key] = []
     pins: dict[str, list[str]] = {}

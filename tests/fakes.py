@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from imagesmith.engine.base import Engine, ImageInfo, LineCallback, RunResult, check_context
+from imagesmith.engine.events import EventCallback, ImageMade, StepStarted
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError
 from imagesmith.image.oci import open_image
+from imagesmith.progress import StepLine
 
 #: The mtime of every entry the fake writes (the engines' own clock, before canonical clamps).
 BUILD_TIME = 1_750_000_000
@@ -175,7 +177,6 @@ class FakeEngine(Engine):
     """The name of every method called, in order."""
     loaded: list[list[str]] = field(default_factory=list)
     """The layer member names of each archive `load` read (`<hex>.tar.gz` or plain `.tar`)."""
-    pushed: list[str] = field(default_factory=list)
     ran: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     _tag_calls: int = 0
 
@@ -192,6 +193,7 @@ class FakeEngine(Engine):
         no_cache: bool = False,
         on_line: LineCallback | None = None,
         target: str | None = None,
+        on_event: EventCallback | None = None,
     ) -> str:
         self.calls.append("build")
         self.builds.append(
@@ -216,20 +218,24 @@ class FakeEngine(Engine):
         if self.drift:  # a build that is not reproducible: one file differs every time
             files["imagesmith-fake/build-number"] = str(len(self.builds)).encode()
         say = on_line or (lambda _: None)
-        say(f"STEP 1/2: FROM {target or 'scratch'}")
+        announce = on_event or (lambda _: None)
+        say(StepLine(f"STEP 1/2: FROM {target or 'scratch'}"))
+        announce(StepStarted(1, 2, f"FROM {target or 'scratch'}"))
         if self.fail_build_at == len(self.builds):
             # An engine keeps the steps that finished: an untagged intermediate image.
             self._store(self._image({}, [layer_from({"partial": b"step 1\n"})]), partial=True)
-            say("STEP 2/2: COPY . /imagesmith-fake/")
+            say(StepLine("STEP 2/2: COPY . /imagesmith-fake/"))
             if self.interrupt:
                 raise KeyboardInterrupt
             raise BuildError(
                 "fake: build failed at step 2/2", step="STEP 2/2: COPY", output_tail=["boom"]
             )
-        say("STEP 2/2: COPY . /imagesmith-fake/")
+        say(StepLine("STEP 2/2: COPY . /imagesmith-fake/"))
+        announce(StepStarted(2, 2, "COPY . /imagesmith-fake/"))
         config = stage_config(path.read_text(encoding="utf-8"), target)
         config["Labels"] = {**config.get("Labels", {}), **(labels or {})}
         image_id = self._store(self._image(config, [layer_from(files)]))
+        announce(ImageMade(image_id))
         for ref in tags:
             self.tag(image_id, ref)
         return image_id
@@ -334,11 +340,6 @@ class FakeEngine(Engine):
         image_id = self._store(FakeImage(archive, config))
         self.tags[ref] = image_id
         return image_id
-
-    def push(self, ref: str, *, auth: Mapping[str, str] | None = None) -> None:
-        self.calls.append("push")
-        self._resolve(ref)
-        self.pushed.append(ref)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "images": len(self.images)}

@@ -93,17 +93,38 @@ def inventory(
     `licenses`: SPDX expressions of Python distributions by normalised name;
     `deb_licenses`: those of Debian packages by package name (`parse_deb_licenses`)."""
     spec = lock.spec_data
-    base = lock.base
     components = [
-        Component(
-            kind="base",
-            name=base.repository,
-            version=base.digest,
-            purl=oci_purl(base),
-            sha256=(_hex(base.digest),),
-            direct=True,
-        )
+        _base_component(lock),
+        *_deb_components(lock, installed, deb_licenses or {}),
+        *_python_components(lock, licenses or {}),
     ]
+    return Inventory(
+        name=str(spec.get("name", "image")),
+        version=str(spec.get("version", "")),
+        lock_hash=lock.lock_hash,
+        spec_hash=lock.spec_hash,
+        created=rfc3339(lock.source_date_epoch),
+        components=tuple(components),
+    )
+
+
+def _base_component(lock: Lock) -> Component:
+    base = lock.base
+    return Component(
+        kind="base",
+        name=base.repository,
+        version=base.digest,
+        purl=oci_purl(base),
+        sha256=(_hex(base.digest),),
+        direct=True,
+    )
+
+
+def _deb_components(
+    lock: Lock, installed: Sequence[InstalledDeb], deb_licenses: Mapping[str, str]
+) -> list[Component]:
+    """The Debian packages the lock pins, and those the base brought that it does not."""
+    components = []
     for deb in sorted(lock.apt.packages, key=lambda p: (p.name, p.arch, p.version)):
         components.append(
             Component(
@@ -114,7 +135,7 @@ def inventory(
                 sha256=(_hex(deb.sha256),) if deb.sha256 else (),
                 direct=deb.requested,
                 arch=deb.arch,
-                license=(deb_licenses or {}).get(deb.name),
+                license=deb_licenses.get(deb.name),
             )
         )
     pinned = {(deb.name, deb.arch) for deb in lock.apt.packages}
@@ -133,32 +154,29 @@ def inventory(
                     direct=False,
                     arch=found.arch,
                     in_base=True,
-                    license=(deb_licenses or {}).get(found.name),
+                    license=deb_licenses.get(found.name),
                 )
             )
-    components[1:] = sorted(components[1:], key=lambda c: (c.name, c.arch, c.version))
-    if lock.python is not None:
-        requested = _requested_python(spec)
-        for dist in sorted(lock.python.packages, key=lambda p: pypi_name(p.name)):
-            components.append(
-                Component(
-                    kind="pypi",
-                    name=pypi_name(dist.name),
-                    version=dist.version,
-                    purl=pypi_purl(dist),
-                    sha256=tuple(sorted(_hex(h) for h in dist.hashes)),
-                    direct=pypi_name(dist.name) in requested,
-                    license=(licenses or {}).get(pypi_name(dist.name)),
-                )
-            )
-    return Inventory(
-        name=str(spec.get("name", "image")),
-        version=str(spec.get("version", "")),
-        lock_hash=lock.lock_hash,
-        spec_hash=lock.spec_hash,
-        created=rfc3339(lock.source_date_epoch),
-        components=tuple(components),
-    )
+    return sorted(components, key=lambda c: (c.name, c.arch, c.version))
+
+
+def _python_components(lock: Lock, licenses: Mapping[str, str]) -> list[Component]:
+    """The Python distributions the lock pins (none without [python])."""
+    if lock.python is None:
+        return []
+    requested = _requested_python(lock.spec_data)
+    return [
+        Component(
+            kind="pypi",
+            name=pypi_name(dist.name),
+            version=dist.version,
+            purl=pypi_purl(dist),
+            sha256=tuple(sorted(_hex(h) for h in dist.hashes)),
+            direct=pypi_name(dist.name) in requested,
+            license=licenses.get(pypi_name(dist.name)),
+        )
+        for dist in sorted(lock.python.packages, key=lambda p: pypi_name(p.name))
+    ]
 
 
 def unique_ids(prefix: str, keys: Iterable[str]) -> list[str]:

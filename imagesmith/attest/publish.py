@@ -10,7 +10,7 @@ from imagesmith.attest.inventory import inventory
 from imagesmith.attest.provenance import BuildRun, dump_statement, provenance_statement
 from imagesmith.attest.referrers import Attestation, Referrers
 from imagesmith.attest.sbom import MEDIA_TYPES, render_sbom
-from imagesmith.image.canonical import rfc3339
+from imagesmith.image.config import rfc3339
 from imagesmith.model.lock import Lock
 from imagesmith.model.records import BuildRecord
 from imagesmith.model.reference import ImageReference

@@ -109,56 +109,8 @@ def _spdx_package(c: Component, spdx_id: str) -> dict[str, Any]:
 def spdx_document(inv: Inventory) -> dict[str, Any]:
     ids = unique_ids("SPDXRef-", [_spdx_key(c) for c in inv.components])
     image_id = "SPDXRef-image"
-    packages = [
-        {
-            "SPDXID": image_id,
-            "name": image_title(inv),
-            "versionInfo": inv.version or content_tag(inv),
-            "downloadLocation": NOASSERTION,
-            "filesAnalyzed": False,
-            "licenseConcluded": NOASSERTION,
-            "licenseDeclared": NOASSERTION,
-            "copyrightText": NOASSERTION,
-            "primaryPackagePurpose": "CONTAINER",
-            "comment": (
-                f"The image imagesmith builds from the lock {inv.lock_hash} (tag "
-                f"{inv.name}:{content_tag(inv)}; spec {inv.spec_hash})."
-            ),
-        }
-    ]
+    packages = [_spdx_image_package(inv, image_id)]
     packages += [_spdx_package(c, i) for c, i in zip(inv.components, ids, strict=True)]
-    relationships = [
-        {
-            "spdxElementId": "SPDXRef-DOCUMENT",
-            "relationshipType": "DESCRIBES",
-            "relatedSpdxElement": image_id,
-        }
-    ]
-    base_id = ids[0]
-    relationships.append(
-        {
-            "spdxElementId": image_id,
-            "relationshipType": "DESCENDANT_OF",
-            "relatedSpdxElement": base_id,
-        }
-    )
-    for i in ids:
-        relationships.append(
-            {"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": i}
-        )
-    for c, i in zip(inv.components[1:], ids[1:], strict=True):
-        if c.in_base:
-            relationships.append(
-                {"spdxElementId": base_id, "relationshipType": "CONTAINS", "relatedSpdxElement": i}
-            )
-        if c.direct:
-            relationships.append(
-                {
-                    "spdxElementId": image_id,
-                    "relationshipType": "DEPENDS_ON",
-                    "relatedSpdxElement": i,
-                }
-            )
     return {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -171,8 +123,49 @@ def spdx_document(inv: Inventory) -> dict[str, Any]:
             "comment": f"Made from the lock {inv.lock_hash}; no scanner was run.",
         },
         "packages": packages,
-        "relationships": relationships,
+        "relationships": _spdx_relationships(inv, ids, image_id),
     }
+
+
+def _spdx_image_package(inv: Inventory, image_id: str) -> dict[str, Any]:
+    """The image itself, the package the document describes."""
+    return {
+        "SPDXID": image_id,
+        "name": image_title(inv),
+        "versionInfo": inv.version or content_tag(inv),
+        "downloadLocation": NOASSERTION,
+        "filesAnalyzed": False,
+        "licenseConcluded": NOASSERTION,
+        "licenseDeclared": NOASSERTION,
+        "copyrightText": NOASSERTION,
+        "primaryPackagePurpose": "CONTAINER",
+        "comment": (
+            f"The image imagesmith builds from the lock {inv.lock_hash} (tag "
+            f"{inv.name}:{content_tag(inv)}; spec {inv.spec_hash})."
+        ),
+    }
+
+
+def _spdx_relationships(inv: Inventory, ids: list[str], image_id: str) -> list[dict[str, str]]:
+    """The document describes the image; the image descends from the base (the first
+    component) and contains every component; the base contains what it brought; the image
+    depends on what the spec asked for."""
+    base_id = ids[0]
+    relationships = [
+        _relationship("SPDXRef-DOCUMENT", "DESCRIBES", image_id),
+        _relationship(image_id, "DESCENDANT_OF", base_id),
+    ]
+    relationships += [_relationship(image_id, "CONTAINS", i) for i in ids]
+    for c, i in zip(inv.components[1:], ids[1:], strict=True):
+        if c.in_base:
+            relationships.append(_relationship(base_id, "CONTAINS", i))
+        if c.direct:
+            relationships.append(_relationship(image_id, "DEPENDS_ON", i))
+    return relationships
+
+
+def _relationship(element: str, kind: str, related: str) -> dict[str, str]:
+    return {"spdxElementId": element, "relationshipType": kind, "relatedSpdxElement": related}
 
 
 # --------------------------------------------------------------------------- CycloneDX 1.6

@@ -50,7 +50,7 @@ def lock_from_labels(image: str, labels: Mapping[str, str]) -> Lock:
 def lock_for_spec(target: str) -> Lock:
     """The up-to-date lock of env.toml (or the lock file itself when given env.lock)."""
     from imagesmith.model.lock import fresh_lock, read_lock
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     path = Path(target)
     if path.suffix == ".lock":

@@ -37,6 +37,7 @@ from imagesmith.errors import InputError, RegistryError
 from imagesmith.model.lock import Lock
 from imagesmith.model.reference import ImageReference, parse_reference
 from imagesmith.model.spec import Spec
+from imagesmith.outputs.pod_spec import requests_equal_limits
 from imagesmith.progress import LineCallback
 from imagesmith.registry.artifacts import MANIFEST_TYPE, artifact_manifest, push_empty_config
 from imagesmith.render.containerfile import content_tag
@@ -403,8 +404,36 @@ def render_job(
     from imagesmith.cluster.slurm_build import TaskResources
 
     asked = TaskResources.for_specs([t.spec for t in targets])  # the most any spec asks
-    cpus, memory = asked.cpus, f"{asked.memory_mb}Mi"
-    container: dict[str, Any] = {
+    container = _build_container(
+        targets, builder=builder, cpus=asked.cpus, memory_mb=asked.memory_mb
+    )
+    pod = _build_pod(container, registry_secret)
+    labels = {
+        "app.kubernetes.io/name": "imagesmith-build",
+        "app.kubernetes.io/managed-by": "imagesmith",
+    }
+    metadata: dict[str, Any] = {"name": job_name(targets), "labels": labels}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": asked.time_seconds,
+        "ttlSecondsAfterFinished": 86400,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if len(targets) > 1:
+        job_spec.update(
+            completionMode="Indexed", completions=len(targets), parallelism=len(targets)
+        )
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def _build_container(
+    targets: Sequence[BuildTarget], *, builder: str, cpus: int, memory_mb: int
+) -> dict[str, Any]:
+    """The container that runs `imagesmith build-from` on every context, as root in the
+    pod's user namespace with `CAPABILITIES`; its storage, cache and work folders."""
+    return {
         "name": "build",
         "image": builder,
         "imagePullPolicy": "IfNotPresent",
@@ -415,10 +444,7 @@ def render_job(
             {"name": "XDG_CACHE_HOME", "value": CACHE},
             {"name": "HOME", "value": "/root"},
         ],
-        "resources": {
-            "requests": {"cpu": str(cpus), "memory": memory},
-            "limits": {"cpu": str(cpus), "memory": memory},
-        },
+        "resources": requests_equal_limits({"cpu": str(cpus), "memory": f"{memory_mb}Mi"}),
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -434,6 +460,11 @@ def render_job(
             {"name": "work", "mountPath": WORK},
         ],
     }
+
+
+def _build_pod(container: dict[str, Any], registry_secret: str | None) -> dict[str, Any]:
+    """The pod around `container`: its own user namespace, emptyDir volumes, and the
+    registry Secret as the container's Docker config and the pod's pull secret."""
     volumes: list[dict[str, Any]] = [
         {"name": "storage", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
@@ -462,24 +493,7 @@ def render_job(
             }
         )
         pod["imagePullSecrets"] = [{"name": registry_secret}]
-    labels = {
-        "app.kubernetes.io/name": "imagesmith-build",
-        "app.kubernetes.io/managed-by": "imagesmith",
-    }
-    metadata: dict[str, Any] = {"name": job_name(targets), "labels": labels}
-    if namespace is not None:
-        metadata["namespace"] = namespace
-    job_spec: dict[str, Any] = {
-        "backoffLimit": 0,
-        "activeDeadlineSeconds": asked.time_seconds,
-        "ttlSecondsAfterFinished": 86400,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
-    }
-    if len(targets) > 1:
-        job_spec.update(
-            completionMode="Indexed", completions=len(targets), parallelism=len(targets)
-        )
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    return pod
 
 
 def job_yaml(job: dict[str, Any], targets: Sequence[BuildTarget]) -> str:

@@ -120,18 +120,7 @@ def render_array(
             f"--partition {partition!r}: not a Slurm partition name "
             "(letters, digits, '-', '_' and '.')"
         )
-    directives = [
-        f"--job-name={JOB_NAME}",
-        f"--array=0-{len(specs) - 1}",
-        "--nodes=1",
-        "--ntasks=1",
-        f"--cpus-per-task={resources.cpus}",
-        f"--mem={resources.memory_mb}M",
-        f"--time={format_slurm_time(resources.time_seconds)}",
-        "--export=ALL",
-    ]
-    if partition is not None:
-        directives.append(f"--partition={partition}")
+    directives = _array_directives(len(specs), resources, partition)
     if "%" in str(run_folder):
         raise InputError(f"{run_folder}: Slurm reads % in an output path; submit elsewhere")
     build = " ".join(
@@ -164,6 +153,23 @@ def render_array(
         'exit "$status"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _array_directives(tasks: int, resources: TaskResources, partition: str | None) -> list[str]:
+    """The #SBATCH options of an array of `tasks` tasks, each asking for `resources`."""
+    directives = [
+        f"--job-name={JOB_NAME}",
+        f"--array=0-{tasks - 1}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={resources.cpus}",
+        f"--mem={resources.memory_mb}M",
+        f"--time={format_slurm_time(resources.time_seconds)}",
+        "--export=ALL",
+    ]
+    if partition is not None:
+        directives.append(f"--partition={partition}")
+    return directives
 
 
 def _literal(words: Sequence[str]) -> list[str]:

@@ -8,24 +8,32 @@ the implementations (`docker.py`, `podman.py`). Conventions all engines keep:
   carries one of the requested tags;
 - a missing image is not an error for `remove_image`, and is `False` for `image_exists`;
 - errors are `imagesmith.errors` exceptions (`EngineError`, `BuildError`, `RegistryError`,
-  `InputError`), each with a message that fits one line.
+  `InputError`), each with a message that fits one line;
+- a build passes every line of its output to `on_line` (as a `imagesmith.progress.StepLine`
+  when the line starts a step, which the CLI keeps on screen) and announces what it
+  recognises in that output as typed events (`imagesmith.engine.events`) to `on_event`:
+  each step it starts (`StepStarted`) and takes from its cache (`StepCached`), the image
+  each stage starts from (`StageStarted`), the image a step left where the engine can
+  tell its stage (`StepImage`), and the image it made (`ImageMade`). Reading the
+  engine's own output is the engine's business alone: the pipeline and the CLI see
+  lines and events only.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import re
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagesmith.engine.events import BuildEvent, EventCallback, StepStarted
 from imagesmith.engine.overlay import LocalImage
 from imagesmith.errors import InputError
 from imagesmith.model.reference import parse_reference
-from imagesmith.progress import LineCallback
+from imagesmith.progress import LineCallback, StepLine
 
 #: How many trailing lines of build output a BuildError carries.
 TAIL_LINES = 20
@@ -79,10 +87,13 @@ class Engine(abc.ABC):
         no_cache: bool = False,
         on_line: LineCallback | None = None,
         target: str | None = None,
+        on_event: EventCallback | None = None,
     ) -> str:
         """Build `context/containerfile`, tag the result with every tag; return its image ID.
 
-        `target` stops at that stage (``AS NAME``) instead of the last one.
+        `target` stops at that stage (``AS NAME``) instead of the last one. Every output
+        line goes to `on_line`, after it the events read from it to `on_event` (see the
+        module doc); `ImageMade` comes last, before the tags are applied.
 
         Raises BuildError (with the failing step and the last output lines) when any step
         or any message in the engine's output reports an error; no tag is applied then.
@@ -155,13 +166,6 @@ class Engine(abc.ABC):
     def pull(self, ref: str, *, auth: Mapping[str, str] | None = None) -> str:
         """Pull `ref` from its registry; return the local image ID."""
 
-    @abc.abstractmethod
-    def push(self, ref: str, *, auth: Mapping[str, str] | None = None) -> None:
-        """Push `ref` to its registry; RegistryError on any error the registry reports.
-
-        `auth` is `{"username": ..., "password": ...}`; None uses the engine's own login.
-        """
-
     # -- the engine itself ---------------------------------------------------------------
 
     @abc.abstractmethod
@@ -225,13 +229,25 @@ def check_context(context: Path, containerfile: str) -> Path:
     return path
 
 
+#: Reads one line of an engine's build output (the engine's own format): the events in it.
+OutputParser = Callable[[str], Sequence[BuildEvent]]
+
+
 class OutputTail:
-    """Collects build output: the last lines, the step being run, every line to `on_line`."""
+    """Collects build output: the last lines, the step being run, every line to `on_line`
+    (a `StepLine` when it starts a step), and after it the events `parse` reads from it
+    to `on_event`."""
 
-    _STEP = re.compile(r"^(?:STEP|Step) (\d+)/(\d+) ?: ?(.*)$")
-
-    def __init__(self, on_line: LineCallback | None) -> None:
+    def __init__(
+        self,
+        on_line: LineCallback | None,
+        *,
+        parse: OutputParser | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
         self._on_line = on_line
+        self._parse = parse
+        self._on_event = on_event
         self._partial = ""
         self.lines: deque[str] = deque(maxlen=TAIL_LINES)
         self.step = ""
@@ -248,16 +264,23 @@ class OutputTail:
             self._line(self._partial)
             self._partial = ""
 
+    def announce(self, event: BuildEvent) -> None:
+        """Pass an event to `on_event` (the step it starts becomes `step`)."""
+        if isinstance(event, StepStarted):
+            self.step = event.describe()
+        if self._on_event is not None:
+            self._on_event(event)
+
     def _line(self, raw: str) -> None:
         # Progress bars redraw with \r: keep what the terminal would finally show.
         line = raw.rstrip("\r").rsplit("\r", 1)[-1].rstrip()
-        match = self._STEP.match(line)
-        if match:
-            number, total, instruction = match.groups()
-            self.step = f"STEP {number}/{total}: {instruction.strip()}"
+        events = self._parse(line) if self._parse is not None else ()
         self.lines.append(line)
         if self._on_line is not None:
-            self._on_line(line)
+            starts_step = any(isinstance(event, StepStarted) for event in events)
+            self._on_line(StepLine(line) if starts_step else line)
+        for event in events:
+            self.announce(event)
 
     @property
     def tail(self) -> list[str]:
@@ -308,7 +331,7 @@ def build_proxies(proxies: Mapping[str, str]) -> tuple[dict[str, str], list[str]
     the password never reaches an image. A build that needs that proxy fails to reach
     the network instead, which the warning explains.
     """
-    from imagesmith.model.spec import url_has_credentials
+    from imagesmith.model.spec_checks import url_has_credentials
 
     kept: dict[str, str] = {}
     dropped: list[str] = []

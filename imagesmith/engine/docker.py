@@ -31,6 +31,15 @@ from imagesmith.engine.base import (
     proxy_warning,
     split_ref,
 )
+from imagesmith.engine.events import (
+    BuildEvent,
+    EventCallback,
+    ImageMade,
+    StageStarted,
+    StepCached,
+    StepImage,
+    StepStarted,
+)
 from imagesmith.engine.overlay import LocalImage, local_image
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError, RegistryError
 from imagesmith.progress import LineCallback
@@ -200,6 +209,45 @@ def _env_dict(env: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+_STEP = re.compile(r"^Step (\d+)/(\d+) ?: ?(.*)$")
+_STAGE_NAME = re.compile(r"\sAS\s+(\S+)\s*$", re.IGNORECASE)
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+
+class BuildOutput:
+    """Reads the classic builder's output into build events (see `engine.events`).
+
+    ``Step 4/16 : FROM system AS python`` starts a step; the `` ---> <12 hex>`` after a
+    ``FROM`` is the image the stage starts from, after any other step the image that step
+    left (Docker runs the steps in order, so its stage is the last ``FROM``'s);
+    `` ---> Using cache`` marks the step taken from the cache.
+    """
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        """The ``AS`` name of the stage being built ("" unnamed; None before the first)."""
+        self._after_from = False
+
+    def __call__(self, line: str) -> list[BuildEvent]:
+        after_from, self._after_from = self._after_from, False
+        image = _STEP_IMAGE.match(line)
+        if image:
+            if after_from:
+                return [StageStarted(image.group(1), name=self._stage or "")]
+            return [] if self._stage is None else [StepImage(image.group(1), stage=self._stage)]
+        if line == " ---> Using cache":
+            return [StepCached()]
+        step = _STEP.match(line)
+        if step is None:
+            return []
+        number, total, instruction = step.groups()
+        if instruction.startswith("FROM "):
+            name = _STAGE_NAME.search(instruction)
+            self._stage = name.group(1) if name else ""
+            self._after_from = True
+        return [StepStarted(int(number), int(total), instruction.strip())]
+
+
 class DockerEngine(Engine):
     """A Docker daemon (DOCKER_HOST, or the local socket)."""
 
@@ -249,10 +297,11 @@ class DockerEngine(Engine):
         no_cache: bool = False,
         on_line: LineCallback | None = None,
         target: str | None = None,
+        on_event: EventCallback | None = None,
     ) -> str:
         tag_list = check_tags(tags)
         check_context(context, containerfile)
-        out = OutputTail(on_line)
+        out = OutputTail(on_line, parse=BuildOutput(), on_event=on_event)
         try:
             with self._closing_responses():
                 image_id = self._stream_build(
@@ -270,6 +319,7 @@ class DockerEngine(Engine):
         out.flush()
         if image_id is None:
             image_id = self._built_id(out.tail)
+        out.announce(ImageMade(image_id))
         self.apply_tags(image_id, tag_list)
         return image_id
 
@@ -573,21 +623,6 @@ class DockerEngine(Engine):
             ),
         )
         return self.inspect_image(ref).id
-
-    def push(self, ref: str, *, auth: Mapping[str, str] | None = None) -> None:
-        repository, tag = split_ref(ref)
-        if tag.startswith("sha256:"):
-            raise RegistryError(f"docker push {ref}: push a tag, not a digest")
-        self._registry_call(
-            f"push {ref}",
-            lambda: self._api.push(
-                repository,
-                tag=tag,
-                stream=True,
-                decode=True,
-                auth_config=dict(auth) if auth else None,
-            ),
-        )
 
     # -- the engine itself ---------------------------------------------------------------
 

@@ -29,6 +29,14 @@ from imagesmith.engine.base import (
     is_disk_full,
     proxy_warning,
 )
+from imagesmith.engine.events import (
+    BuildEvent,
+    EventCallback,
+    ImageMade,
+    StageStarted,
+    StepCached,
+    StepStarted,
+)
 from imagesmith.engine.overlay import LocalImage, local_image
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
 from imagesmith.model.reference import is_loopback, parse_reference
@@ -156,6 +164,35 @@ def _end_build(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+_STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+) ?: ?(.*)$")
+_FROM_ID = re.compile(r"^FROM (?:sha256:)?([0-9a-f]{64})\b(?:.*\s(?i:AS)\s+(\S+)\s*$)?")
+
+
+def build_events(line: str) -> list[BuildEvent]:
+    """The build events in one line of podman's build output (see `engine.events`).
+
+    ``[2/3] STEP 1/4: FROM <64 hex> AS python`` (a multi-stage build numbers its steps
+    per stage) starts a step, and a stage from that image, which podman prints once the
+    stage it names is built (announced in multi-stage builds only, the lines with a
+    ``[stage/stages]`` prefix); ``--> Using cache <64 hex>`` marks a step taken from the
+    cache. The ``--> <11 hex>`` after a step is not announced: stages build side by side,
+    so those lines do not say which stage they belong to.
+    """
+    if line.startswith("--> Using cache"):
+        return [StepCached()]
+    step = _STEP.match(line)
+    if step is None:
+        return []
+    stage, stages, number, total, instruction = step.groups()
+    events: list[BuildEvent] = [
+        StepStarted(int(number), int(total), instruction.strip(), int(stage or 0), int(stages or 0))
+    ]
+    start = _FROM_ID.match(instruction) if stage and number == "1" else None
+    if start:
+        events.append(StageStarted(start.group(1), name=start.group(2) or ""))
+    return events
+
+
 class PodmanEngine(Engine):
     """Podman on this machine, run as the current user (rootful as root)."""
 
@@ -203,10 +240,11 @@ class PodmanEngine(Engine):
         no_cache: bool = False,
         on_line: LineCallback | None = None,
         target: str | None = None,
+        on_event: EventCallback | None = None,
     ) -> str:
         tag_list = check_tags(tags)
         path = check_context(context, containerfile)
-        out = OutputTail(on_line)
+        out = OutputTail(on_line, parse=build_events, on_event=on_event)
         with tempfile.TemporaryDirectory(prefix="imagesmith-podman-") as tmp:
             iidfile = Path(tmp) / "iid"
             # --format docker: ENV/LABEL/USER/HEALTHCHECK behave as they do on Docker.
@@ -244,6 +282,7 @@ class PodmanEngine(Engine):
                 message = _error_line(text) if returncode != 0 else "no image ID written"
             raise BuildError(f"podman build failed: {message}", step=out.step, output_tail=out.tail)
         image_id = _sha(image_id)
+        out.announce(ImageMade(image_id))
         self.apply_tags(image_id, tag_list)
         return image_id
 
@@ -527,9 +566,6 @@ class PodmanEngine(Engine):
     def pull(self, ref: str, *, auth: Mapping[str, str] | None = None) -> str:
         self._registry("pull", ref, auth)
         return self.inspect_image(ref).id
-
-    def push(self, ref: str, *, auth: Mapping[str, str] | None = None) -> None:
-        self._registry("push", ref, auth)
 
     # -- the engine itself ---------------------------------------------------------------
 

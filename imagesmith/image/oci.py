@@ -1,7 +1,8 @@
 """Container image archives on disk: read docker-archive / OCI inputs, write OCI layouts.
 
-Standard library only. Nothing here decides what a *canonical* image is (that is
-`imagesmith.image.canonical`); this module only knows the file formats:
+Nothing here decides what a *canonical* image is (that is `imagesmith.image.canonical`);
+this module only knows the file formats (`docker_archive` writes docker-archives,
+`streams` holds the hashing and gzip streams):
 
 - docker-archive: what ``docker save`` and ``podman save --format docker-archive``
   write. A tar with ``manifest.json`` (``[{"Config": ..., "RepoTags": [...],
@@ -18,31 +19,23 @@ temporary file when it has to be decompressed before it can be read twice.
 
 from __future__ import annotations
 
-import bz2
-import collections
-import concurrent.futures
 import contextlib
-import gzip
 import hashlib
-import io
 import json
-import lzma
 import os
 import platform
 import posixpath
-import shutil
-import struct
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any
 
 from imagesmith.cache.integrity import WritebackSink, remember, write_bytes_durably
-from imagesmith.errors import InputError, OperationError
+from imagesmith.errors import InputError
+from imagesmith.image.streams import HashingWriter, seekable_uncompressed
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -55,10 +48,6 @@ MEDIA_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.
 #: Annotation keys used in index.json to name an image (OCI, and what containerd reads).
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
-
-_CHUNK = 1 << 20
-
-Compression = Literal["none", "gzip", "bzip2", "xz", "zstd"]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -77,206 +66,6 @@ def digest_hex(digest: str) -> str:
 def canonical_json(obj: object) -> bytes:
     """The one serialisation imagesmith hashes: sorted keys, no spaces, ASCII only."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-class _Sink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-    def flush(self) -> object: ...
-
-
-class HashingWriter:
-    """A write-only file object that counts and sha256-hashes what passes through it.
-
-    It forwards every write to ``sink`` (if any). ``tarfile`` and ``gzip`` both
-    accept it as their ``fileobj``.
-    """
-
-    def __init__(self, sink: _Sink | None = None) -> None:
-        self._sink = sink
-        self._hash = hashlib.sha256()
-        self._size = 0
-
-    def write(self, data: bytes, /) -> int:
-        self._hash.update(data)
-        self._size += len(data)
-        if self._sink is not None:
-            self._sink.write(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._size
-
-    def read(self, size: int = -1, /) -> bytes:
-        raise OSError("HashingWriter is write-only")
-
-    def seek(self, pos: int, whence: int = 0, /) -> int:
-        if (whence == 0 and pos == self._size) or (whence in (1, 2) and pos == 0):
-            return self._size
-        raise OSError("HashingWriter cannot seek")
-
-    def flush(self) -> None:
-        if self._sink is not None:
-            self._sink.flush()
-
-    def close(self) -> None:
-        """Does not close the sink: whoever opened it closes it."""
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-
-class GzipPipe:
-    """A write-only file object: sha256-hashes what it is given (the uncompressed
-    stream) and gzips it into `sink`, compressing blocks in parallel.
-
-    The method is pigz's: the input is cut into `BLOCK`-byte blocks, each deflated on
-    its own (zlib releases the GIL, so blocks compress on every core beside the
-    caller's own work) with the previous block's last 32 KiB as its dictionary, and
-    ended with a sync flush; an empty final block ends the stream. The bytes depend on
-    the input, `level`, `BLOCK` and zlib, never on the number of cores or on how the
-    input was split into writes; any gzip reader reads them. The header is fixed: no
-    file name, mtime 0, OS byte 255. Call `close` to finish the stream; it re-raises
-    anything a worker hit.
-    """
-
-    BLOCK = 1 << 20
-    _WINDOW = 1 << 15
-    _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-    _FINAL = b"\x03\x00"  # a last, empty block with fixed codes
-
-    def __init__(self, sink: _Sink, *, level: int) -> None:
-        self._sink = sink
-        self._level = level
-        self._hash = hashlib.sha256()
-        self._crc = 0
-        self._size = 0
-        self._buf = bytearray()
-        self._window = b""
-        self._closed = False
-        workers = max(1, min(4, os.cpu_count() or 1))
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "imagesmith-gzip")
-        self._pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
-        self._limit = 2 * workers
-        sink.write(self._HEADER)
-
-    @staticmethod
-    def _deflate(block: bytes, window: bytes, level: int) -> bytes:
-        if window:
-            z = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, window)
-        else:
-            z = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
-        return z.compress(block) + z.flush(zlib.Z_SYNC_FLUSH)
-
-    def _submit(self, block: bytes) -> None:
-        self._hash.update(block)
-        self._crc = zlib.crc32(block, self._crc)
-        self._pending.append(self._pool.submit(self._deflate, block, self._window, self._level))
-        self._window = block[-self._WINDOW :]
-        while len(self._pending) >= self._limit:
-            self._sink.write(self._pending.popleft().result())
-
-    def write(self, data: bytes, /) -> int:
-        if self._closed:
-            raise ValueError("write to a closed GzipPipe")
-        self._buf += data
-        self._size += len(data)
-        while len(self._buf) >= self.BLOCK:
-            block = bytes(self._buf[: self.BLOCK])
-            del self._buf[: self.BLOCK]
-            self._submit(block)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._size
-
-    def read(self, size: int = -1, /) -> bytes:
-        raise OSError("GzipPipe is write-only")
-
-    def seek(self, pos: int, whence: int = 0, /) -> int:
-        if (whence == 0 and pos == self._size) or (whence in (1, 2) and pos == 0):
-            return self._size
-        raise OSError("GzipPipe cannot seek")
-
-    def flush(self) -> None:
-        """Nothing to do: data reaches the sink as blocks finish and on close."""
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self._buf:
-                self._submit(bytes(self._buf))
-                self._buf.clear()
-            while self._pending:
-                self._sink.write(self._pending.popleft().result())
-            self._sink.write(self._FINAL)
-            self._sink.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
-        finally:
-            for future in self._pending:
-                future.cancel()
-            self._pool.shutdown(wait=True)
-
-    @property
-    def digest(self) -> str:
-        """sha256 of everything written (uncompressed)."""
-        return "sha256:" + self._hash.hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-
-def detect_compression(head: bytes) -> Compression:
-    """Recognise a stream by its first bytes (at least 6 of them)."""
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh"):
-        return "bzip2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    return "none"
-
-
-def _peek(stream: IO[bytes], n: int = 6) -> bytes:
-    pos = stream.tell()
-    head = stream.read(n)
-    stream.seek(pos)
-    return head
-
-
-def seekable_uncompressed(stream: IO[bytes], *, what: str) -> IO[bytes]:
-    """Return ``stream`` itself if it is an uncompressed, seekable tar; otherwise
-    decompress it into an anonymous temporary file (deleted on close) and return that.
-
-    ``stream`` must be seekable (every source here is).
-    """
-    kind = detect_compression(_peek(stream))
-    if kind == "none":
-        return stream
-    if kind == "zstd":
-        raise InputError(
-            f"{what} is zstd-compressed; imagesmith reads gzip, bzip2, xz or plain tars "
-            "(save the image again with gzip or without compression)"
-        )
-    opener: dict[str, Any] = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
-    spool = tempfile.TemporaryFile(prefix="imagesmith-layer-")  # noqa: SIM115  (returned)
-    try:
-        with opener[kind](fileobj=stream, mode="rb") as dec:
-            shutil.copyfileobj(dec, spool, _CHUNK)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        spool.close()
-        raise InputError(f"{what}: corrupt {kind} data: {exc}") from exc
-    spool.seek(0)
-    return spool
 
 
 # --------------------------------------------------------------------------- reading
@@ -625,181 +414,3 @@ def tag_of(ref: str) -> str:
     if "@" in last:
         return last.split("@", 1)[1]
     return last.split(":", 1)[1] if ":" in last else "latest"
-
-
-def write_docker_archive(
-    layout: Path,
-    dest: Path,
-    *,
-    repo_tags: Sequence[str] = (),
-    compressed: bool = True,
-    plain_layers: Path | None = None,
-    present: int = 0,
-) -> Path:
-    """Write the image of an OCI layout (one manifest) as a docker-archive tarball.
-
-    The tar holds ``manifest.json``, the config as ``<hex>.json`` and each layer blob
-    as-is (gzip) under ``<hex>.tar.gz``: ``docker load`` (20.10+) and ``podman load``
-    (4.x) both decompress layers on load. With `compressed` false the layers are
-    decompressed here and stored as ``<diff_id hex>.tar`` instead, which podman 4.3
-    loads about three times faster; a layer found in `plain_layers` as
-    ``<diff_id hex>.tar`` is taken from there as it is. The first `present` layers are
-    written as empty members: the engine has them already (`Engine.present_layers`) and
-    both engines then reuse their own copy without opening the member (docker 20.10 and
-    podman 4.3: 25 MB archive and 0.1 s instead of 160 MB and 1.8 s for docker when only
-    the Python layers are new). Deliberately *no* ``index.json``: podman
-    would then load it as an OCI archive and ignore ``RepoTags``. The tarball itself
-    is deterministic (sorted entries, mtime 0, root-owned).
-    """
-    with open_image(layout) as src:
-        if src.manifest is None:
-            raise InputError(f"{layout} is not an OCI layout")
-        manifest = json.loads(src.manifest)
-        config_hex = digest_hex(manifest["config"]["digest"])
-        layer_hexes = [digest_hex(d["digest"]) for d in manifest["layers"]]
-        diff_ids = src.config_json()["rootfs"]["diff_ids"]
-    for tag in repo_tags:
-        if not tag or any(c.isspace() for c in tag):
-            raise InputError(f"invalid image tag {tag!r}")
-    blobs = layout / "blobs" / "sha256"
-    names = [f"{h}.tar.gz" for h in layer_hexes]
-    layers: dict[str, _Member] = {n: blobs / h for n, h in zip(names, layer_hexes, strict=True)}
-    if not compressed:
-        names = [f"{digest_hex(d)}.tar" for d in diff_ids]
-        layers = {}
-        for name, h in zip(names, layer_hexes, strict=True):
-            plain = plain_layers / name if plain_layers is not None else None
-            layers[name] = plain if plain is not None and plain.is_file() else _Gzipped(blobs / h)
-    for name in set(names[:present]) - set(names[present:]):
-        layers[name] = b""
-    entry = {"Config": f"{config_hex}.json", "RepoTags": list(repo_tags), "Layers": names}
-    members: list[tuple[str, _Member]] = [(f"{config_hex}.json", blobs / config_hex)]
-    members += sorted(layers.items())
-    members.sort(key=lambda m: m[0])
-    members.append(("manifest.json", json.dumps([entry], separators=(",", ":")).encode()))
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        try:
-            _write_archive(tmp, members, spool=False)
-        except _SizeUnknown:  # a layer of 4 GiB or more: the gzip trailer cannot say
-            _write_archive(tmp, members, spool=True)
-        tmp.replace(dest)
-    except OSError as exc:
-        raise OperationError(f"cannot write {dest}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dest
-
-
-@dataclass(frozen=True)
-class _Gzipped:
-    """A gzip blob to store decompressed."""
-
-    path: Path
-
-
-_Member = Path | bytes | _Gzipped
-
-
-def _write_archive(tmp: Path, members: Sequence[tuple[str, _Member]], *, spool: bool) -> None:
-    with tarfile.TarFile(
-        tmp, "w", format=tarfile.PAX_FORMAT, encoding="utf-8", copybufsize=_CHUNK
-    ) as tar:
-        for name, content in members:
-            info = tarfile.TarInfo(name)
-            info.mode = 0o644
-            info.mtime = 0
-            if isinstance(content, bytes):
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            elif isinstance(content, _Gzipped):
-                _add_gunzipped(tar, info, content.path, spool_dir=tmp.parent if spool else None)
-            else:
-                info.size = content.stat().st_size
-                with content.open("rb") as f:
-                    tar.addfile(info, f)
-
-
-class _SizeUnknown(Exception):
-    """A gzip layer whose uncompressed size its trailer does not give (4 GiB or more)."""
-
-
-class _Gunzip:
-    """Reads a single-member gzip file decompressed, in full-size reads (as tarfile wants)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self._z = zlib.decompressobj(wbits=31)
-        self._buf = b""
-        self._pos = 0
-        self.exhausted = False
-
-    def _fill(self) -> bool:
-        while True:
-            data = self._z.unconsumed_tail or self._raw.read(_CHUNK)
-            # Bounded output: a run of zeros inflates a thousandfold.
-            self._buf = self._z.decompress(data, 4 * _CHUNK) if data else self._z.flush()
-            self._pos = 0
-            if self._buf or not data:
-                break
-        self.exhausted = not self._buf
-        return not self.exhausted
-
-    def read(self, size: int = -1) -> bytes:
-        parts: list[bytes] = []
-        need = size if size >= 0 else 1 << 62
-        while need > 0:
-            if self._pos >= len(self._buf) and not self._fill():
-                break
-            part = self._buf[self._pos : self._pos + need]
-            self._pos += len(part)
-            need -= len(part)
-            parts.append(part)
-        return b"".join(parts)
-
-    def finished(self) -> bool:
-        return (
-            self._pos >= len(self._buf)
-            and not self._fill()
-            and self._z.eof
-            and not self._z.unused_data
-        )
-
-
-def _isize(f: IO[bytes]) -> int:
-    """The gzip trailer's ISIZE: the uncompressed size modulo 4 GiB; `f` is left at 0."""
-    f.seek(-4, os.SEEK_END)
-    size: int = struct.unpack("<I", f.read(4))[0]
-    f.seek(0)
-    return size
-
-
-def _add_gunzipped(
-    tar: tarfile.TarFile, info: tarfile.TarInfo, blob: Path, *, spool_dir: Path | None
-) -> None:
-    """Store the gzip `blob` decompressed. Its size comes from the gzip trailer (ISIZE,
-    the size modulo 4 GiB) and is checked (_SizeUnknown when wrong); with `spool_dir`
-    it is decompressed to a temporary file there first instead, which works for any
-    size."""
-    with blob.open("rb") as f:
-        if spool_dir is None:
-            info.size = _isize(f)
-            plain = _Gunzip(f)
-            try:
-                tar.addfile(info, plain)
-            except OSError:  # tarfile's "unexpected end of data", or a real error
-                if plain.exhausted:
-                    raise _SizeUnknown(blob) from None
-                raise
-            if not plain.finished():
-                raise _SizeUnknown(blob)
-            return
-        with (
-            gzip.GzipFile(fileobj=f, mode="rb") as unzipped,
-            tempfile.TemporaryFile(dir=spool_dir) as spooled,
-        ):
-            shutil.copyfileobj(unzipped, spooled, _CHUNK)
-            info.size = spooled.tell()
-            spooled.seek(0)
-            tar.addfile(info, spooled)

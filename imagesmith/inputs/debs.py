@@ -120,56 +120,81 @@ def fetch_debs(
     except OSError as exc:
         raise OperationError(f"apt: cannot write {root}: {exc.strerror or exc}") from None
     packages = sorted(apt.packages, key=lambda p: p.name)
-    found: dict[str, Path] = {}
     fetcher = Fetcher(timeout=_TIMEOUT)
     with (
         contextlib.closing(fetcher),
         ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="debs") as pool,
     ):
-        # The cache first: each file hashed again (a disk can rot; an edit must not pass).
-        checked = list(pool.map(lambda p: _cached(root, p), packages))
-        todo: list[AptPackage] = []
-        corrupted: set[str] = set()
-        for package, (path, corrupt) in zip(packages, checked, strict=True):
-            if path is not None:
-                found[package.name] = path
-                continue
-            if corrupt:
-                corrupted.add(package.name)
-                say(
-                    f"cache: .deb {package.name} {package.version} sha256:{package.sha256} "
-                    "was corrupt; fetching it again"
-                )
-            todo.append(package)
+        found, todo, corrupted = _from_cache(pool, root, packages, say)
         if todo:
             size = sum(p.size or 0 for p in todo)
             say(f"apt: fetching {len(todo)} .debs ({size / 1e6:.1f} MB) on the host")
             started = time.monotonic()
             urls = [places(p, apt.snapshot, snapshot_archive) for p in todo]
-            futures = [
-                pool.submit(_fetch, fetcher, root, p, u, archive)
-                for p, u in zip(todo, urls, strict=True)
-            ]
-            missing: list[_Missing] = []
-            mismatch: HashMismatch | None = None
-            for package, future in zip(todo, futures, strict=True):
-                try:
-                    result = future.result()
-                except HashMismatch as exc:
-                    mismatch = mismatch or exc
-                    continue
-                if isinstance(result, _Missing):
-                    missing.append(result)
-                else:
-                    found[package.name] = result
-            if mismatch is not None:
-                raise mismatch
-            if missing:
-                raise OperationError(
-                    "\n".join(_missing_line(m, root, m.package.name in corrupted) for m in missing)
-                )
+            found.update(_fetch_all(pool, fetcher, root, todo, urls, archive, corrupted))
             say(f"apt: fetched {len(todo)} .debs in {time.monotonic() - started:.1f} s")
     return {p.name: found[p.name] for p in packages}
+
+
+def _from_cache(
+    pool: ThreadPoolExecutor, root: Path, packages: list[AptPackage], say: LineCallback
+) -> tuple[dict[str, Path], list[AptPackage], set[str]]:
+    """({package name: cached file} for those the cache holds intact, the packages to
+    fetch, the names of those whose cached file was corrupt)."""
+    found: dict[str, Path] = {}
+    # The cache first: each file hashed again (a disk can rot; an edit must not pass).
+    checked = list(pool.map(lambda p: _cached(root, p), packages))
+    todo: list[AptPackage] = []
+    corrupted: set[str] = set()
+    for package, (path, corrupt) in zip(packages, checked, strict=True):
+        if path is not None:
+            found[package.name] = path
+            continue
+        if corrupt:
+            corrupted.add(package.name)
+            say(
+                f"cache: .deb {package.name} {package.version} sha256:{package.sha256} "
+                "was corrupt; fetching it again"
+            )
+        todo.append(package)
+    return found, todo, corrupted
+
+
+def _fetch_all(
+    pool: ThreadPoolExecutor,
+    fetcher: Fetcher,
+    root: Path,
+    todo: list[AptPackage],
+    urls: list[list[str]],
+    archive: Archive | None,
+    corrupted: set[str],
+) -> dict[str, Path]:
+    """{package name: cached file} for each of `todo`, fetched from the places `urls`
+    names for it; HashMismatch or OperationError (every package no place had) once all
+    are done."""
+    futures = [
+        pool.submit(_fetch, fetcher, root, p, u, archive) for p, u in zip(todo, urls, strict=True)
+    ]
+    fetched: dict[str, Path] = {}
+    missing: list[_Missing] = []
+    mismatch: HashMismatch | None = None
+    for package, future in zip(todo, futures, strict=True):
+        try:
+            result = future.result()
+        except HashMismatch as exc:
+            mismatch = mismatch or exc
+            continue
+        if isinstance(result, _Missing):
+            missing.append(result)
+        else:
+            fetched[package.name] = result
+    if mismatch is not None:
+        raise mismatch
+    if missing:
+        raise OperationError(
+            "\n".join(_missing_line(m, root, m.package.name in corrupted) for m in missing)
+        )
+    return fetched
 
 
 def _missing_line(missing: _Missing, root: Path, corrupt: bool) -> str:

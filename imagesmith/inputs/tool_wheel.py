@@ -155,7 +155,7 @@ def fetch_tool_wheel(spec_path: Path, *, repository: str | None, output: Path) -
 
 def _spec_repository(spec_path: Path) -> str | None:
     """[registry] repository of the spec, read without validating the rest of it."""
-    from imagesmith.model.spec import parse_toml, read_input_text
+    from imagesmith.model.input_files import parse_toml, read_input_text
 
     try:
         data = parse_toml(read_input_text(spec_path), spec_path.name)

@@ -33,7 +33,7 @@ from installer.utils import parse_metadata_file
 
 from imagesmith.cache.integrity import WritebackSink, remember
 from imagesmith.errors import OperationError
-from imagesmith.image.oci import GzipPipe, HashingWriter
+from imagesmith.image.streams import GzipPipe, HashingWriter
 from imagesmith.render.containerfile import VENV
 
 INSTALLER = b"imagesmith\n"

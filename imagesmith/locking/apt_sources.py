@@ -50,7 +50,7 @@ class SourceUnreachable(OperationError):
 
 
 def _key(spec: Spec, source: AptSource) -> PublicKey:
-    from imagesmith.model.spec import key_problem
+    from imagesmith.model.spec_checks import key_problem
 
     problem = key_problem(spec.folder, source.key)  # None when it reads as a key
     if problem is None:

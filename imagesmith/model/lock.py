@@ -40,15 +40,10 @@ from imagesmith.errors import (
     SpecError,
     StaleLockError,
 )
-from imagesmith.model.spec import (
-    Spec,
-    canonical_hash,
-    draft_validator,
-    json_path,
-    parse_lock_text,
-    read_input_text,
-    spec_from_valid_data,
-)
+from imagesmith.model.input_files import read_input_text
+from imagesmith.model.spec import Spec, canonical_hash, spec_from_valid_data
+from imagesmith.model.spec_loading import parse_lock_text
+from imagesmith.model.spec_schema import draft_validator, json_path
 from imagesmith.package_data import data_path
 from imagesmith.userpath import as_typed
 

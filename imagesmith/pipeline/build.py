@@ -45,7 +45,7 @@ from imagesmith.userpath import as_typed
 
 if TYPE_CHECKING:
     from imagesmith.inputs.archive import Archive
-    from imagesmith.pipeline.canonical_build import Canonical
+    from imagesmith.pipeline.canonical_build import Canonical, Prewarm
 
 
 @dataclass(frozen=True)
@@ -156,88 +156,117 @@ def build_canonical(
     stage is taken from there when it holds it, else built here on its own and kept
     for `push`.
     """
-    from imagesmith.inputs.archive import ensure_base
-    from imagesmith.inputs.context import assemble_context, python_tree_cached
-    from imagesmith.inputs.debs import fetch_debs
-    from imagesmith.pipeline.canonical_build import Prewarm, StageWatcher, make_canonical
-    from imagesmith.pipeline.system_stage import keep_stage, shareable, take_stage
+    from imagesmith.pipeline.canonical_build import Prewarm, make_canonical
 
     epoch = build_epoch(lock)
     cache_budget()  # a malformed IMAGESMITH_CACHE_MAX fails now, not after the build
-    args = build_args(lock)
     with scratch(Path(tempfile.gettempdir()), "imagesmith-build-") as work:
         prewarm = Prewarm(engine, epoch=epoch, workdir=work)
-        stages = StageWatcher(prewarm.add)
-
-        def line(text: str) -> None:
-            on_line(text)
-            stages.feed(text)
-
+        run = _EngineRun(lock, engine, work, epoch, no_cache, on_line, prewarm, archive)
         try:
             containerfile = render(lock, epoch=epoch)
-            python = lock.python
-            debs: dict[str, Path] | None
-            sharing = share is not None and shareable(lock)
-            system_id = None
-            if share is not None and sharing:  # (`share` again for the type checker)
-                system_id = take_stage(share, lock, engine, epoch=epoch, on_line=on_line)
-            built_stage = False
-            if system_id is None:
-                ensure_base(engine, lock, archive)  # a stage taken from the registry holds it
-                if (
-                    python
-                    and python.packages
-                    and (sharing or not python_tree_cached(python, lock.source_date_epoch))
-                ):
-                    system_id = _system_while_fetching(
-                        lock,
-                        engine,
-                        containerfile,
-                        work / "system",
-                        args=args,
-                        no_cache=no_cache,
-                        on_line=on_line,
-                        on_build_line=line,
-                        archive=archive,
-                    )
-                    built_stage = sharing
-            if system_id is not None:
-                prewarm.add(system_id)
-                containerfile = render(lock, system_image=system_id, epoch=epoch)
-                debs = None  # the stage, built here or taken, holds the .debs already
-            else:
-                debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
-            context = assemble_context(
-                lock, containerfile, work / "context", debs=debs, on_line=on_line, archive=archive
-            )
-            built_id = engine.build(
-                context=context, tags=(), build_args=args, no_cache=no_cache, on_line=line
-            )
+            system_id, built_stage = _system_stage(run, containerfile, share)
+            built_id = _build_image(run, containerfile, system_id)
             canonical = make_canonical(
                 engine, built_id, epoch=epoch, workdir=work, on_line=on_line, prewarm=prewarm
             )
             if built_stage and system_id is not None:
-                try:
-                    keep_stage(engine, system_id, lock, epoch=epoch, workdir=work)
-                except (ImagesmithError, OSError) as exc:  # a cache only: the image is built
-                    on_line(f"system stage: not kept for sharing ({exc})")
+                _keep_for_sharing(run, system_id)
             return canonical
         finally:
             prewarm.finish(cancel=True)
 
 
-def _system_while_fetching(
-    lock: Lock,
-    engine: Engine,
-    containerfile: str,
-    folder: Path,
-    *,
-    args: dict[str, str],
-    no_cache: bool,
-    on_line: LineCallback,
-    on_build_line: LineCallback,
-    archive: Archive | None,
-) -> str:
+@dataclass(frozen=True)
+class _EngineRun:
+    """What the steps of one `build_canonical` share."""
+
+    lock: Lock
+    engine: Engine
+    work: Path
+    epoch: int
+    no_cache: bool
+    on_line: LineCallback
+    prewarm: Prewarm
+    """Fed with the engine's build events: rewrites finished images meanwhile."""
+    archive: Archive | None
+
+    def build(self, context: Path, *, target: str | None = None) -> str:
+        """The engine's build of `context`, untagged: its image ID."""
+        return self.engine.build(
+            context=context,
+            tags=(),
+            build_args=build_args(self.lock),
+            no_cache=self.no_cache,
+            on_line=self.on_line,
+            on_event=self.prewarm.watch,
+            target=target,
+        )
+
+
+def _system_stage(
+    run: _EngineRun, containerfile: str, share: str | None
+) -> tuple[str | None, bool]:
+    """The system stage's image, when the build starts from one, and whether it was built
+    here to be shared: taken from `share`, else built here while the host prepares the
+    Python packages (when it has to download or install them, or the stage is shared)."""
+    from imagesmith.inputs.archive import ensure_base
+    from imagesmith.inputs.context import python_tree_cached
+    from imagesmith.pipeline.system_stage import shareable, take_stage
+
+    lock = run.lock
+    sharing = share is not None and shareable(lock)
+    if share is not None and sharing:  # (`share` again for the type checker)
+        taken = take_stage(share, lock, run.engine, epoch=run.epoch, on_line=run.on_line)
+        if taken is not None:
+            return taken, False
+    ensure_base(run.engine, lock, run.archive)  # a stage taken from the registry holds it
+    python = lock.python
+    if (
+        python
+        and python.packages
+        and (sharing or not python_tree_cached(python, lock.source_date_epoch))
+    ):
+        return _system_while_fetching(run, containerfile, run.work / "system"), sharing
+    return None, False
+
+
+def _build_image(run: _EngineRun, containerfile: str, system_id: str | None) -> str:
+    """The engine's image of the whole Containerfile, from the system stage's image when
+    there is one (which holds the .debs already), else with the .debs in the context."""
+    from imagesmith.inputs.context import assemble_context
+    from imagesmith.inputs.debs import fetch_debs
+
+    lock = run.lock
+    debs: dict[str, Path] | None
+    if system_id is not None:
+        run.prewarm.add(system_id)
+        containerfile = render(lock, system_image=system_id, epoch=run.epoch)
+        debs = None
+    else:
+        debs = fetch_debs(lock.apt, on_line=run.on_line, archive=run.archive)
+    context = assemble_context(
+        lock,
+        containerfile,
+        run.work / "context",
+        debs=debs,
+        on_line=run.on_line,
+        archive=run.archive,
+    )
+    return run.build(context)
+
+
+def _keep_for_sharing(run: _EngineRun, system_id: str) -> None:
+    """Keep the system stage built here for `push` to share; a failure only costs that."""
+    from imagesmith.pipeline.system_stage import keep_stage
+
+    try:
+        keep_stage(run.engine, system_id, run.lock, epoch=run.epoch, workdir=run.work)
+    except (ImagesmithError, OSError) as exc:  # a cache only: the image is built
+        run.on_line(f"system stage: not kept for sharing ({exc})")
+
+
+def _system_while_fetching(run: _EngineRun, containerfile: str, folder: Path) -> str:
     """Build the system stage while the host fetches and installs the wheels; its image ID.
 
     The stage needs the .debs only, so its context is the Containerfile and those: they
@@ -247,6 +276,7 @@ def _system_while_fetching(
     from imagesmith.inputs.context import python_tree, system_context
     from imagesmith.inputs.debs import fetch_debs
 
+    lock, on_line, archive = run.lock, run.on_line, run.archive
     assert lock.python is not None
     # Progress lines come from this thread only (the live view is not thread-safe).
     on_line(
@@ -265,14 +295,7 @@ def _system_while_fetching(
         )
         debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
         system_context(lock, containerfile, folder, debs=debs)
-        system_id = engine.build(
-            context=folder,
-            tags=(),
-            build_args=args,
-            no_cache=no_cache,
-            on_line=on_build_line,
-            target="system",
-        )
+        system_id = run.build(folder, target="system")
         try:
             fetched.result()
         finally:
@@ -370,44 +393,11 @@ def build(
         done = unchanged_build(spec, lock, engine, tags=tags, inputs=inputs)
         if done is not None:
             return dataclasses.replace(done, seconds=time.monotonic() - started, locked=locked)
-    from imagesmith.inputs.archive import Archive
-
-    taken, answered = (
-        _substituted(spec, lock, engine, on_line=on_line) if substitute else (None, False)
-    )
-    if taken is not None:
-        canonical, source = taken
-    else:
-        archive = Archive.for_lock(spec.registry_repository, lock)
-        canonical = build_canonical(
-            lock,
-            engine,
-            no_cache=no_cache,
-            on_line=on_line,
-            archive=archive,
-            # A registry that did not answer for the image is not asked for its stage.
-            share=spec.registry_repository if answered else None,
-        )
-        source = None
+    canonical, source = _made_or_taken(spec, lock, engine, no_cache, substitute, on_line)
     # Cut short, this puts back the tags it moved: `name:version` names the last image again.
     engine.apply_tags(canonical.image_id, tags)
     info = engine.inspect_image(canonical.image_id)
-    uid, gid = spec.image.uid, spec.image.group_id
-    write_record(
-        build_record_path(spec.path),
-        BuildRecord(
-            image_id=canonical.image_id,
-            digest=canonical.digest,
-            tags=tags,
-            engine=engine.name,
-            lock_hash=lock.lock_hash,
-            uid=uid,
-            gid=gid,
-            started=_rfc3339(int(started_at)),
-            finished=_rfc3339(int(time.time())),
-            inputs=inputs,
-        ),
-    )
+    _record_build(spec, lock, engine, canonical, tags=tags, inputs=inputs, started_at=started_at)
     return BuildResult(
         image_id=canonical.image_id,
         digest=canonical.digest,
@@ -418,6 +408,64 @@ def build(
         lock_hash=lock.lock_hash,
         locked=locked,
         substituted_from=source,
+    )
+
+
+def _made_or_taken(
+    spec: Spec,
+    lock: Lock,
+    engine: Engine,
+    no_cache: bool,
+    substitute: bool,
+    on_line: LineCallback,
+) -> tuple[Canonical, str | None]:
+    """The canonical image: taken from the registry (with `substitute`, when it holds the
+    image this build would make; then also where it came from), else built here."""
+    from imagesmith.inputs.archive import Archive
+
+    taken, answered = (
+        _substituted(spec, lock, engine, on_line=on_line) if substitute else (None, False)
+    )
+    if taken is not None:
+        return taken
+    archive = Archive.for_lock(spec.registry_repository, lock)
+    canonical = build_canonical(
+        lock,
+        engine,
+        no_cache=no_cache,
+        on_line=on_line,
+        archive=archive,
+        # A registry that did not answer for the image is not asked for its stage.
+        share=spec.registry_repository if answered else None,
+    )
+    return canonical, None
+
+
+def _record_build(
+    spec: Spec,
+    lock: Lock,
+    engine: Engine,
+    canonical: Canonical,
+    *,
+    tags: tuple[str, ...],
+    inputs: str,
+    started_at: float,
+) -> None:
+    """Write `env.build.json`: what the build made, from what, when (`unchanged_build`)."""
+    write_record(
+        build_record_path(spec.path),
+        BuildRecord(
+            image_id=canonical.image_id,
+            digest=canonical.digest,
+            tags=tags,
+            engine=engine.name,
+            lock_hash=lock.lock_hash,
+            uid=spec.image.uid,
+            gid=spec.image.group_id,
+            started=_rfc3339(int(started_at)),
+            finished=_rfc3339(int(time.time())),
+            inputs=inputs,
+        ),
     )
 
 
@@ -437,6 +485,6 @@ def _substituted(
 
 
 def _rfc3339(epoch: int) -> str:
-    from imagesmith.image.canonical import rfc3339  # the rewrite module: only after a real build
+    from imagesmith.image.config import rfc3339  # the rewrite's rooms: only after a real build
 
     return rfc3339(epoch)

@@ -13,10 +13,9 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,13 @@ from imagesmith.cache.gc import ENV_VAR, cache_budget, prune, touch
 from imagesmith.cache.integrity import fsync_dir, link_over, write_bytes_durably
 from imagesmith.cache.scratch import make_scratch, release
 from imagesmith.engine.base import Engine
+from imagesmith.engine.events import BuildEvent, StageStarted, StepImage
 from imagesmith.engine.overlay import NotReadable
 from imagesmith.errors import EngineError
-from imagesmith.image.canonical import (
-    VOLATILE_PATHS,
-    CanonicalImage,
-    LayerCache,
-    canonicalize,
-    canonicalize_local,
-)
-from imagesmith.image.oci import write_docker_archive
+from imagesmith.image.canonical import CanonicalImage, canonicalize, canonicalize_local
+from imagesmith.image.docker_archive import write_docker_archive
+from imagesmith.image.layer_cache import LayerCache
+from imagesmith.image.paths import VOLATILE_PATHS
 from imagesmith.inputs.context import cache_dir
 from imagesmith.inputs.context import layout_dir as layout_dir  # where callers have found it
 from imagesmith.progress import LineCallback
@@ -122,11 +118,13 @@ class Prewarm:
     """Rewrites, in the background, the layers of images a build has finished with.
 
     While the engine builds the next stage, the base image and each finished stage
-    (seen in the build output as the image a ``FROM`` starts from) go through the
-    canonical rewrite into the `LayerCache`, so that the rewrite after the build finds
-    them there and only does the layers of the last stage. Only images the engine's
-    store lets us read in place are taken (no `save` racing the build). Failures are
-    ignored: the rewrite after the build does that work again and reports them.
+    (the engine announces them as the image a stage starts from, `StageStarted`) go
+    through the canonical rewrite into the `LayerCache`, so that the rewrite after the
+    build finds them there and only does the layers of the last stage; so does the image
+    after each step of the unnamed (last) stage where the engine announces those
+    (`StepImage`, Docker), while the remaining steps run. Only images the engine's store
+    lets us read in place are taken (no `save` racing the build). Failures are ignored:
+    the rewrite after the build does that work again and reports them.
     """
 
     def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
@@ -149,6 +147,11 @@ class Prewarm:
             self._thread = threading.Thread(target=self._work, name="prewarm", daemon=True)
             self._thread.start()
         self._queue.put(image_id)
+
+    def watch(self, event: BuildEvent) -> None:
+        """The `on_event` of the builds whose images the result will hold."""
+        if isinstance(event, StageStarted) or (isinstance(event, StepImage) and not event.stage):
+            self.add(event.image_id)
 
     def _work(self) -> None:
         # Lowest CPU priority for this thread and the gzip threads it starts (Linux: nice
@@ -187,43 +190,6 @@ class Prewarm:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-
-
-_PODMAN_FROM = re.compile(r"^\[\d+/\d+\] STEP 1/\d+: FROM (?:sha256:)?([0-9a-f]{64})\b")
-_DOCKER_FROM = re.compile(r"^Step \d+/\d+ : FROM ")
-_DOCKER_ID = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
-_STAGE_NAME = re.compile(r"\sAS\s+\S+\s*$", re.IGNORECASE)
-
-
-class StageWatcher:
-    """Finds, in an engine's build output, images whose layers the result will hold.
-
-    Each image a stage starts ``FROM``: podman prints ``[2/3] STEP 1/4: FROM <64 hex>
-    AS python`` once the stage it starts from is built; Docker's classic builder prints
-    ``Step 4/16 : FROM system AS python`` followed by `` ---> <12 hex>``. On Docker also
-    the image after each step of the last stage (the unnamed one), so that its new
-    layers are rewritten while the remaining steps run (podman's step IDs interleave
-    between stages, so there only the ``FROM`` images). Each image goes to `found`.
-    """
-
-    def __init__(self, found: Callable[[str], None]) -> None:
-        self._found = found
-        self._after_from = False
-        self._last_stage = False
-
-    def feed(self, line: str) -> None:
-        m = _DOCKER_ID.match(line)
-        if m and (self._after_from or self._last_stage):
-            self._after_from = False
-            self._found(m.group(1))
-            return
-        self._after_from = False
-        m = _PODMAN_FROM.match(line)
-        if m:
-            self._found(m.group(1))
-        elif _DOCKER_FROM.match(line):
-            self._after_from = True
-            self._last_stage = _STAGE_NAME.search(line) is None
 
 
 def load_layout(engine: Engine, layout: Path, diff_ids: Sequence[str], workdir: Path) -> str:
@@ -311,18 +277,11 @@ def make_canonical(
     needed and cancelled when not.
     """
     memo = _memo_path(engine, built_id, epoch)
-    try:
-        known = json.loads(memo.read_text(encoding="utf-8"))
-        layout = layout_dir(known["digest"])
-        if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
-            if prewarm is not None:
-                prewarm.finish(cancel=True)
-            touch(layout)
-            return Canonical(
-                image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
-            )
-    except (OSError, ValueError, KeyError):
-        pass
+    known = _remembered(engine, memo, built_id)
+    if known is not None:
+        if prewarm is not None:
+            prewarm.finish(cancel=True)
+        return known
     on_line("canonical: rewriting layers and config so the digest depends on the lock alone")
     if prewarm is not None:
         prewarm.finish()
@@ -344,13 +303,7 @@ def make_canonical(
     finally:
         release(staging.parent)
     touch(layout)
-    budget = cache_budget()
-    removed = prune(cache_dir(), budget=budget, keep_newer_than=started)
-    if removed:
-        on_line(
-            f"cache: removed the {len(removed)} least recently used images and layers from "
-            f"{cache_dir()} to stay within {ENV_VAR}={budget / 2**30:.1f}G"
-        )
+    _prune_cache(keep_newer_than=started, on_line=on_line)
     with contextlib.suppress(OSError):  # a memo that cannot be kept costs a rewrite next time
         memo.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_durably(
@@ -359,3 +312,30 @@ def make_canonical(
     return Canonical(
         image_id=loaded, digest=image.manifest_digest, layout=layout, built_id=built_id
     )
+
+
+def _remembered(engine: Engine, memo: Path, built_id: str) -> Canonical | None:
+    """The canonical image an earlier rewrite of `built_id` made (its `memo`), when the
+    engine still holds it and the cache its layout; else None."""
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        layout = layout_dir(known["digest"])
+        if engine.image_exists(known["image_id"]) and (layout / "index.json").exists():
+            touch(layout)
+            return Canonical(
+                image_id=known["image_id"], digest=known["digest"], layout=layout, built_id=built_id
+            )
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _prune_cache(*, keep_newer_than: float, on_line: LineCallback) -> None:
+    """Keep the cache within its budget; what was used since `keep_newer_than` stays."""
+    budget = cache_budget()
+    removed = prune(cache_dir(), budget=budget, keep_newer_than=keep_newer_than)
+    if removed:
+        on_line(
+            f"cache: removed the {len(removed)} least recently used images and layers from "
+            f"{cache_dir()} to stay within {ENV_VAR}={budget / 2**30:.1f}G"
+        )

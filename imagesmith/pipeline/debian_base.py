@@ -140,6 +140,26 @@ def make_rootfs(
         *sources_lines(suite, mirror=mirror, security_mirror=security_mirror),
     ]
     env = {**_clean_env(), "SOURCE_DATE_EPOCH": str(source_date_epoch)}
+    returncode, tail = _run_mmdebstrap(cmd, env, dest, on_line)
+    if returncode != 0:
+        dest.unlink(missing_ok=True)
+        errors = [line for line in tail if line.startswith("E:")]
+        reason = errors[-1].removeprefix("E:").strip() if errors else f"exit code {returncode}"
+        raise BuildError(
+            f"mmdebstrap could not make a {suite} root filesystem: {reason}",
+            step=f"mmdebstrap --variant=minbase {suite}",
+            output_tail=list(tail),
+        )
+    return _sha256(dest)
+
+
+def _run_mmdebstrap(
+    cmd: list[str], env: dict[str, str], dest: Path, on_line: LineCallback | None
+) -> tuple[int, deque[str]]:
+    """Run mmdebstrap, each output line to `on_line`: its exit code and last lines.
+
+    Interrupted, it is stopped the way it cleans up after itself, and `dest` removed.
+    """
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         proc = subprocess.Popen(
@@ -160,7 +180,7 @@ def make_rootfs(
             tail.append(line)
             if on_line is not None:
                 on_line(line)
-        returncode = proc.wait()
+        return proc.wait(), tail
     except BaseException:
         # mmdebstrap unmounts and removes its own temporary tree on SIGINT/SIGTERM.
         if proc.poll() is None:
@@ -175,16 +195,6 @@ def make_rootfs(
     finally:
         if proc.stdout is not None:
             proc.stdout.close()
-    if returncode != 0:
-        dest.unlink(missing_ok=True)
-        errors = [line for line in tail if line.startswith("E:")]
-        reason = errors[-1].removeprefix("E:").strip() if errors else f"exit code {returncode}"
-        raise BuildError(
-            f"mmdebstrap could not make a {suite} root filesystem: {reason}",
-            step=f"mmdebstrap --variant=minbase {suite}",
-            output_tail=list(tail),
-        )
-    return _sha256(dest)
 
 
 def make_base(

@@ -68,18 +68,7 @@ def push(
     `attestations` is False, its SBOMs and provenance as OCI referrers (`signer`: sign the
     provenance into a DSSE envelope)."""
     ref, tags = push_target(spec, to)
-    built = read_build_record(spec.path, lock.lock_hash)
-    if built is None:
-        raise InputError(
-            f"no image built from this {spec.lock_path.name} yet: run `imagesmith build "
-            f"{as_typed(spec.path)}` (or `imagesmith build {as_typed(spec.path)} --push`)"
-        )
-    layout = layout_dir(built.digest)
-    if not (layout / "index.json").exists():
-        raise InputError(
-            f"the canonical image {built.digest[:19]} is no longer in imagesmith's cache; "
-            f"run `imagesmith build {as_typed(spec.path)}` again, then push"
-        )
+    built, layout = _built_layout(spec, lock)
     tags = tags or (spec.version, content_tag(lock))
     try:
         digest = push_layout(layout, ref, tags, on_line=on_line)
@@ -109,20 +98,51 @@ def push(
                 "(push again, or pass --no-inputs)"
             ) from None
     if attestations:
-        from imagesmith.attest.publish import attach_attestations
-
-        try:
-            attached = attach_attestations(
-                lock, built, ref, signer=signer, builder_id=builder_id, on_line=on_line
-            )
-        except RegistryError as exc:
-            raise RegistryError(
-                f"pushed {record.pinned}, but attaching its SBOMs and provenance failed: {exc} "
-                "(push again, or pass --no-attestations)"
-            ) from None
-        if on_line:
-            on_line(f"push: attached {len(attached)} attestations (SPDX, CycloneDX, provenance)")
+        _attach_attestations(lock, built, ref, record, signer, builder_id, on_line)
     return record
+
+
+def _built_layout(spec: Spec, lock: Lock) -> tuple[BuildRecord, Path]:
+    """The build record of `lock` and the canonical layout it names; InputError when the
+    lock was not built or the layout has left the cache."""
+    built = read_build_record(spec.path, lock.lock_hash)
+    if built is None:
+        raise InputError(
+            f"no image built from this {spec.lock_path.name} yet: run `imagesmith build "
+            f"{as_typed(spec.path)}` (or `imagesmith build {as_typed(spec.path)} --push`)"
+        )
+    layout = layout_dir(built.digest)
+    if not (layout / "index.json").exists():
+        raise InputError(
+            f"the canonical image {built.digest[:19]} is no longer in imagesmith's cache; "
+            f"run `imagesmith build {as_typed(spec.path)}` again, then push"
+        )
+    return built, layout
+
+
+def _attach_attestations(
+    lock: Lock,
+    built: BuildRecord,
+    ref: ImageReference,
+    record: PushRecord,
+    signer: Any,
+    builder_id: str | None,
+    on_line: LineCallback | None,
+) -> None:
+    """The SBOMs and provenance of the pushed image, as OCI referrers beside it."""
+    from imagesmith.attest.publish import attach_attestations
+
+    try:
+        attached = attach_attestations(
+            lock, built, ref, signer=signer, builder_id=builder_id, on_line=on_line
+        )
+    except RegistryError as exc:
+        raise RegistryError(
+            f"pushed {record.pinned}, but attaching its SBOMs and provenance failed: {exc} "
+            "(push again, or pass --no-attestations)"
+        ) from None
+    if on_line:
+        on_line(f"push: attached {len(attached)} attestations (SPDX, CycloneDX, provenance)")
 
 
 def _push_system_stage(lock: Lock, ref: ImageReference, *, on_line: LineCallback | None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, InputError, LockFormatError
-from imagesmith.image.canonical import diff_archives
+from imagesmith.image.diff import diff_archives
 from imagesmith.model.lock import Lock, format_problem
 from imagesmith.model.records import read_build_record
 from imagesmith.model.spec import Spec

@@ -23,7 +23,7 @@ from imagesmith.errors import OperationError
 from imagesmith.inputs.debs import fetch_debs
 from imagesmith.locking.resolve import lock_spec
 from imagesmith.model.lock import read_lock, write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.canonical_build import layout_dir
 from tests.integration.conftest import ensure_test_base

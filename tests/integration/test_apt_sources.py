@@ -18,7 +18,7 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import ImagesmithError
 from imagesmith.inputs.debs import deb_cache
 from imagesmith.model.lock import read_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
 from tests.fixtures.apt_repo import SignedRepo

@@ -22,7 +22,8 @@ from imagesmith.cli import app
 from imagesmith.engine.base import Engine
 from imagesmith.model.lock import read_lock
 from imagesmith.model.reference import parse_reference
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.registry.artifacts import MANIFEST_TYPE as MEDIA_MANIFEST
 from imagesmith.registry.client import Pusher, RegistryClient

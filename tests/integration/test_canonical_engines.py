@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import pytest
 
 from imagesmith.engine.base import Engine
-from imagesmith.image.canonical import CanonicalImage, canonicalize, diff_archives
+from imagesmith.image.canonical import CanonicalImage, canonicalize
+from imagesmith.image.diff import diff_archives
 from imagesmith.pipeline.debian_base import build_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.podman]

@@ -25,7 +25,7 @@ from imagesmith.engine.podman import PodmanEngine
 from imagesmith.errors import EngineError
 from imagesmith.model.lock import read_lock
 from imagesmith.model.records import read_build_record
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
 from tests.integration.conftest import Registry, _free_port

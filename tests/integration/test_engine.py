@@ -264,34 +264,45 @@ def test_info(engine: Engine) -> None:
 
 
 @pytest.mark.registry
-def test_push_pull_with_auth(
+def test_pull_with_auth(
     engine: Engine,
     base_image: str,
     images: ImageTracker,
     make_context: ContextMaker,
     registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """What the engine pulls with credentials is what imagesmith's registry client pushed
+    (engines never push: `imagesmith.registry.client` does; test_push.py has its wrong
+    password)."""
+    from imagesmith.model.reference import parse_reference
+    from imagesmith.pipeline.canonical_build import rewrite_into
+    from imagesmith.registry.client import Credentials, push_layout
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     local = images.tag("pushed")
-    image_id = engine.build(
+    built = engine.build(
         context=make_context(f"FROM {base_image}\nRUN echo pushed > /pushed\n"), tags=[local]
     )
+    canonical = rewrite_into(engine, built, epoch=0, workdir=tmp_path)
+    images.add(canonical.image_id)  # what the pull gives
     remote = images.add(f"{registry.host}/{local}")
-    engine.tag(local, remote)
+    push_layout(
+        canonical.layout,
+        parse_reference(remote.rsplit(":", 1)[0]),
+        [remote.rsplit(":", 1)[1]],
+        credentials=Credentials(registry.username, registry.password),
+    )
 
-    # Wrong or no credentials: the registry says no inside the stream; that must raise.
+    # Wrong or no credentials: the registry says no; that must raise.
     with pytest.raises(RegistryError):
-        engine.push(remote, auth={"username": registry.username, "password": "wrong"})
+        engine.pull(remote, auth={"username": registry.username, "password": "wrong"})
     with pytest.raises(RegistryError):
-        engine.push(remote, auth={"username": "nobody", "password": "nothing"})
-
-    engine.push(remote, auth=registry.auth)
-    engine.remove_image(remote)
-    engine.remove_image(local)
-    assert not engine.image_exists(remote)
-
+        engine.pull(remote, auth={"username": "nobody", "password": "nothing"})
     with pytest.raises(RegistryError):
         engine.pull(f"{registry.host}/imagesmith-it/absent:1", auth=registry.auth)
-    assert engine.pull(remote, auth=registry.auth) == image_id
+    assert engine.pull(remote, auth=registry.auth) == canonical.image_id
     assert engine.run(remote, ["cat", "/pushed"]).output.strip() == "pushed"
 
 

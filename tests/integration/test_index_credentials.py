@@ -17,7 +17,7 @@ import pytest
 
 from imagesmith.errors import ResolveError
 from imagesmith.inputs.context import fetch_wheels
-from imagesmith.locking.resolve import resolve_python
+from imagesmith.locking.python_pins import resolve_python
 from imagesmith.model.spec import spec_from_valid_data
 from tests.unit.test_venv import make_wheel
 

@@ -35,7 +35,7 @@ from imagesmith.inputs.tool_wheel import tool_digest, wheel_name
 from imagesmith.model.lock import AptPackage, Lock, read_lock
 from imagesmith.model.records import read_push_record
 from imagesmith.model.reference import parse_reference
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
 from imagesmith.registry.client import RegistryClient

@@ -27,7 +27,8 @@ import pytest
 
 from imagesmith.engine.base import Engine
 from imagesmith.model.lock import read_lock
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from tests.conftest import RECIPES
 

@@ -21,7 +21,7 @@ from imagesmith.errors import BuildError, ResolveError
 from imagesmith.locking.resolve import lock_spec
 from imagesmith.model.lock import read_lock
 from imagesmith.model.records import build_record_path
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from tests.conftest import EXAMPLE
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.outputs.kubernetes import render_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]

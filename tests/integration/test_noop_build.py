@@ -14,7 +14,8 @@ import pytest
 
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.base import Engine
-from imagesmith.image.canonical import VOLATILE_PATHS, canonicalize, canonicalize_local
+from imagesmith.image.canonical import canonicalize, canonicalize_local
+from imagesmith.image.paths import VOLATILE_PATHS
 from tests.integration.conftest import ImageTracker
 
 EPOCH = 1_700_000_000

@@ -20,7 +20,8 @@ from imagesmith.engine.base import Engine
 from imagesmith.errors import RegistryError
 from imagesmith.model.lock import read_lock
 from imagesmith.model.records import push_record_path
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import pull, push
 from imagesmith.registry.client import RegistryClient

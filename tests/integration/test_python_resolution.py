@@ -8,7 +8,7 @@ import pytest
 
 from imagesmith.errors import ResolveError
 from imagesmith.inputs.context import fetch_wheels
-from imagesmith.locking.resolve import resolve_python
+from imagesmith.locking.python_pins import resolve_python
 from imagesmith.model.spec import spec_from_valid_data
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def test_a_python_change_keeps_base_and_apt_pins_without_an_engine(tmp_path: Pat
 
     from imagesmith.locking.resolve import lock_spec
     from imagesmith.model.lock import write_lock
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
     from tests.conftest import EXAMPLE
     from tests.fixtures.make_lock import make_lock
 

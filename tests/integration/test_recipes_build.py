@@ -20,7 +20,7 @@ import pytest
 from imagesmith.engine.base import Engine
 from imagesmith.locking.resolve import lock_spec
 from imagesmith.model.lock import Lock, read_lock, write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.render.containerfile import decode_embedded_lock, render
 from tests.conftest import RECIPES

@@ -17,7 +17,7 @@ import pytest
 from imagesmith.engine.base import Engine
 from imagesmith.locking.resolve import lock_spec
 from imagesmith.model.lock import read_lock, write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.debian_base import build_base
 from imagesmith.pipeline.verify import verify

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from imagesmith.cli import app
 from imagesmith.engine.base import Engine
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 
 pytestmark = [pytest.mark.integration, pytest.mark.registry]

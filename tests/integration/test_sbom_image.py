@@ -15,7 +15,7 @@ from imagesmith.cli import app
 from imagesmith.engine.base import Engine
 from imagesmith.locking.resolve import lock_spec
 from imagesmith.model.lock import write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import BuildResult, build
 from imagesmith.pipeline.debian_base import build_base
 from tests.integration.conftest import TEST_REPOSITORY

@@ -26,7 +26,7 @@ import pytest
 
 from imagesmith.engine.base import Engine
 from imagesmith.model.records import push_record_path
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from tests.integration.conftest import Registry, ensure_test_base
 from tests.integration.test_catalogue_build import _remove_built, _write_spec

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 from imagesmith.cli import app
 from imagesmith.model.lock import write_lock
 from imagesmith.model.records import PushRecord, push_record_path, write_record
-from imagesmith.model.spec import load_spec
-from imagesmith.outputs.kubernetes import render_sbatch
-from imagesmith.outputs.sbatch import parse_sbatch
+from imagesmith.model.spec_loading import load_spec
+from imagesmith.outputs.sbatch import render_sbatch
+from imagesmith.outputs.sbatch_parse import parse_sbatch
 from tests.conftest import REPO
 from tests.fixtures.make_lock import make_lock
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.base import Engine
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from tests.conftest import RECIPES
 from tests.integration.conftest import ensure_test_base

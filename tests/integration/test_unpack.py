@@ -14,7 +14,7 @@ import pytest
 
 from imagesmith.engine.base import Engine
 from imagesmith.model.lock import read_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.verify import verify_image
 from tests.integration.conftest import ImageTracker

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.errors import ResolveError, SpecError
+from imagesmith.locking.apt_probe import _download
 from imagesmith.locking.apt_sources import (
     SourceUnreachable,
     needs_host_network,
@@ -17,10 +18,10 @@ from imagesmith.locking.apt_sources import (
     source_locks,
     update_problems,
 )
-from imagesmith.locking.resolve import _download, inputs_hash
+from imagesmith.locking.resolve import inputs_hash
 from imagesmith.model.lock import AptLock, AptSourceLock, parse_lock
 from imagesmith.model.openpgp import KeyFileError, parse_key, read_key
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from tests.fixtures.make_lock import make_lock
 
 KEYS = Path(__file__).resolve().parent.parent / "fixtures" / "keys"

@@ -26,7 +26,8 @@ from imagesmith.errors import BuildError, EngineError, InputError, RegistryError
 from imagesmith.model.lock import read_lock
 from imagesmith.model.records import build_record_path, read_build_record, read_push_record
 from imagesmith.model.reference import ImageReference
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build, image_tags
 from imagesmith.pipeline.canonical_build import layout_dir
 from imagesmith.pipeline.push import push

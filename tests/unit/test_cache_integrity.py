@@ -21,7 +21,7 @@ from imagesmith.cache import integrity
 from imagesmith.cache.integrity import CorruptEntry, check_file, file_sha256, write_bytes_durably
 from imagesmith.errors import OperationError
 from imagesmith.image import canonical
-from imagesmith.image.canonical import LayerCache
+from imagesmith.image.layer_cache import LayerCache
 from imagesmith.image.oci import LayoutWriter
 from imagesmith.inputs.context import WHEEL_SUMS, fetch_wheels, python_tree, python_tree_cached
 from imagesmith.model.lock import PythonLock, PythonPackage
@@ -94,13 +94,13 @@ def test_a_corrupt_cached_layer_is_dropped_reported_and_rewritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written: list[int] = []
-    real_write = canonical._write_layer
+    real_write = canonical.write_layer
 
     def counting(*args: Any, **kw: Any) -> Any:
         written.append(1)
         return real_write(*args, **kw)
 
-    monkeypatch.setattr(canonical, "_write_layer", counting)
+    monkeypatch.setattr(canonical, "write_layer", counting)
     lines: list[str] = []
     cache = LayerCache(tmp_path / "cache", on_corrupt=lines.append)
     src = docker_image(tmp_path / "a.tar")

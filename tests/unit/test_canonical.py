@@ -19,24 +19,20 @@ from typing import Any
 import pytest
 
 from imagesmith.errors import InputError
-from imagesmith.image.canonical import (
-    GZIP_LEVEL,
-    VOLATILE_PATHS,
-    CanonicalImage,
-    LayerCache,
-    canonicalize,
-    diff_archives,
-    layer_keys,
-    normalize_created_by,
-)
+from imagesmith.image.canonical import CanonicalImage, canonicalize
+from imagesmith.image.config import normalize_created_by
+from imagesmith.image.diff import diff_archives
+from imagesmith.image.docker_archive import write_docker_archive
+from imagesmith.image.layer_cache import LayerCache, layer_keys
+from imagesmith.image.layer_writer import GZIP_LEVEL
 from imagesmith.image.oci import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER_GZIP,
     MEDIA_OCI_MANIFEST,
-    GzipPipe,
     open_image,
-    write_docker_archive,
 )
+from imagesmith.image.paths import VOLATILE_PATHS
+from imagesmith.image.streams import GzipPipe
 
 EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
 OLD = 1_600_000_000  # a package's file time, before EPOCH
@@ -737,7 +733,7 @@ def test_plain_archive_is_the_same_however_its_layers_are_found(
     they were written (`plain_dir`), decompressed here with the size the gzip trailer
     gives, and decompressed through a spool file when that size is wrong (a layer of
     4 GiB or more; simulated)."""
-    from imagesmith.image import oci
+    from imagesmith.image import docker_archive
 
     kept = tmp_path / "kept"
     image = canonicalize(
@@ -754,7 +750,7 @@ def test_plain_archive_is_the_same_however_its_layers_are_found(
         image.layout, tmp_path / "k.tar", compressed=False, plain_layers=kept
     )
     streamed = write_docker_archive(image.layout, tmp_path / "s.tar", compressed=False)
-    monkeypatch.setattr(oci, "_isize", lambda f: 12345)
+    monkeypatch.setattr(docker_archive, "_isize", lambda f: 12345)
     spooled = write_docker_archive(image.layout, tmp_path / "p.tar", compressed=False)
     assert from_kept.read_bytes() == streamed.read_bytes() == spooled.read_bytes()
 
@@ -984,7 +980,7 @@ def test_pyc_headers_follow_their_sources(tmp_path: Path, policy: str) -> None:
 
 
 def test_env_order_does_not_change_the_digest() -> None:
-    from imagesmith.image.canonical import canonical_config
+    from imagesmith.image.config import canonical_config
 
     raw = {"architecture": "amd64", "os": "linux"}
     docker = canonical_config(
@@ -1012,13 +1008,13 @@ def test_layer_cache_rewrites_only_new_layers_and_changes_nothing(
     from imagesmith.image import canonical
 
     written: list[int] = []
-    real_write = canonical._write_layer
+    real_write = canonical.write_layer
 
     def counting(*args: Any, **kw: Any) -> Any:
         written.append(1)
         return real_write(*args, **kw)
 
-    monkeypatch.setattr(canonical, "_write_layer", counting)
+    monkeypatch.setattr(canonical, "write_layer", counting)
     cache = LayerCache(tmp_path / "cache")
     one = docker_image(tmp_path / "one.tar", script=b"one")
     two = docker_image(tmp_path / "two.tar", script=b"two")  # same base layer, new RUN layer
@@ -1072,7 +1068,7 @@ def test_layer_cache_keys_cover_every_input() -> None:
 
 
 def test_gunzip_reader_gives_back_every_byte_of_highly_compressible_data() -> None:
-    from imagesmith.image.oci import _Gunzip
+    from imagesmith.image.docker_archive import _Gunzip
 
     data = b"\0" * (30 << 20) + os.urandom(3 << 20) + b"\0" * (5 << 20)
     reader = _Gunzip(io.BytesIO(gzip.compress(data, mtime=0)))

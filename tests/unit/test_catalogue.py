@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith import reports
-from imagesmith.cli import app, catalogue_line
+from imagesmith.cli import app
+from imagesmith.cli.local_builds import catalogue_line
 from imagesmith.errors import InputError, OperationError
 from imagesmith.model.labels import LOCK_HASH
 from imagesmith.pipeline.build import BuildResult

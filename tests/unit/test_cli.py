@@ -466,7 +466,7 @@ def test_sbatch_runtimes(example_dir: Path) -> None:
 
 
 def test_credentials_quoted_in_a_message_are_redacted() -> None:
-    from imagesmith.cli import redacted
+    from imagesmith.cli.output import redacted
 
     assert (
         redacted(

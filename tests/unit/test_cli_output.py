@@ -20,7 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith import reports
-from imagesmith.cli import app, colour_wanted
+from imagesmith.cli import app
+from imagesmith.cli.output import colour_wanted
 from imagesmith.engine.base import ImageInfo
 from imagesmith.model.labels import LOCK
 from imagesmith.model.lock import write_lock

@@ -4,6 +4,7 @@ parsed once per command. Neither may change what any command does or prints."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -15,10 +16,10 @@ import tomllib
 from typer.testing import CliRunner
 
 from imagesmith import __version__
-from imagesmith.cli import app, app_for, command_name
+from imagesmith.cli import COMMAND_MODULES, app, app_for, command_name
 from imagesmith.errors import LockError
 from imagesmith.model.lock import fresh_lock, read_lock, write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from tests.fixtures.make_lock import make_lock
 
 NAMES = [command_name(command) for command in app.registered_commands]
@@ -49,6 +50,36 @@ def test_each_command_alone_answers_as_in_the_whole_app(name: str) -> None:
     whole = CliRunner().invoke(app, [name, "--help"])
     assert alone.exit_code == whole.exit_code == 0, alone.output
     assert alone.output == whole.output
+
+
+def test_each_command_is_listed_with_the_module_defining_it() -> None:
+    defined = {}
+    for module in sorted(set(COMMAND_MODULES.values())):
+        for command in importlib.import_module(
+            f"imagesmith.cli.{module}"
+        ).commands.registered_commands:
+            defined[command_name(command)] = module
+    assert defined == COMMAND_MODULES
+    assert list(COMMAND_MODULES) == NAMES  # --help lists them in the table's order
+
+
+def test_a_command_imports_only_the_module_defining_it() -> None:
+    code = (
+        "import sys\nfrom imagesmith.cli import main\n"
+        "sys.argv = ['imagesmith', 'validate', '--help']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(*sorted(m for m in sys.modules if m.startswith('imagesmith.cli')), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.split() == [
+        "imagesmith.cli",
+        "imagesmith.cli.options",
+        "imagesmith.cli.output",
+        "imagesmith.cli.spec_commands",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -653,7 +653,7 @@ def test_the_example_lock_in_lock_md_is_read_by_the_current_code(tmp_path: Path)
         lock_schema,
         parse_lock,
     )
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     text = block_after(DOCS / "lock.md", "A real lock, shortened", "toml")
     data = tomllib.loads(text)
@@ -689,7 +689,7 @@ def test_the_reference_recipe_shows_every_key_and_its_commented_keys_are_valid(
     its commented-out keys switched on, it names every key of the schema and validates."""
     import json
 
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     text = (REPO / "recipes" / "lab-analysis" / "env.toml").read_text()
     on = re.sub(r"(?m)^# ((?:[a-z0-9_]+|[A-Z_]+) = |\[\[?[a-z_.]+\]\]?)", r"\1", text)

@@ -12,6 +12,7 @@ import pytest
 
 from imagesmith.engine import get_engine
 from imagesmith.engine.base import RunResult
+from imagesmith.engine.events import BuildEvent, ImageMade, StepStarted
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError
 from imagesmith.image.oci import open_image
 from imagesmith.render.containerfile import quote_value
@@ -89,8 +90,6 @@ def test_run_answers_from_its_canned_output_and_pull_from_its_registry(tmp_path:
     assert engine.run(pulled, ["true"]) == RunResult(0, "")
     with pytest.raises(NoLocalImageError):
         engine.run("nothing:1", ["true"])
-    engine.push("registry.example.edu/base:1")
-    assert engine.pushed == ["registry.example.edu/base:1"]
 
 
 def test_the_image_tracker_removes_what_a_test_made(tmp_path: Path) -> None:
@@ -142,3 +141,18 @@ def test_the_last_stage_config_follows_env_label_user_workdir_and_cmd() -> None:
         "Env": ["A=1", "B=two words"],
         "Labels": {"x": "1", "y": ODD},
     }
+
+
+def test_a_build_announces_its_steps_and_then_the_image_it_made(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    lines: list[str] = []
+    events: list[BuildEvent] = []
+    image_id = engine.build(
+        context=context(tmp_path / "c"), on_line=lines.append, on_event=events.append
+    )
+    assert events == [
+        StepStarted(1, 2, "FROM scratch"),
+        StepStarted(2, 2, "COPY . /imagesmith-fake/"),
+        ImageMade(image_id),
+    ]
+    assert lines == ["STEP 1/2: FROM scratch", "STEP 2/2: COPY . /imagesmith-fake/"]

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from typer.main import get_command
 
 from imagesmith.cli import app
+from imagesmith.model.input_files import tomllib
 from imagesmith.model.lock import write_lock
 from imagesmith.model.records import BuildRecord, build_record_path, write_record
-from imagesmith.model.spec import tomllib
 from tests.conftest import EXAMPLE
 from tests.fixtures.make_lock import make_lock
 

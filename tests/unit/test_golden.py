@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from imagesmith.errors import LockError
-from imagesmith.image.canonical import VOLATILE_PATHS, canonicalize
+from imagesmith.image.canonical import canonicalize
+from imagesmith.image.paths import VOLATILE_PATHS
 from imagesmith.model.lock import LOCK_FORMAT, read_lock, write_lock
 from imagesmith.render.containerfile import render
 from tests.conftest import EXAMPLE

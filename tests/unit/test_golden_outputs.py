@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imagesmith.cli import app
+from imagesmith.model.input_files import parse_toml
 from imagesmith.model.lock import (
     AptLock,
     AptPackage,
@@ -31,7 +32,6 @@ from imagesmith.model.lock import (
     lock_schema,
     parse_lock,
 )
-from imagesmith.model.spec import parse_toml
 from tests.conftest import EXAMPLE
 from tests.fixtures.golden import GOLDEN, check_golden
 from tests.fixtures.make_lock import fake_sha

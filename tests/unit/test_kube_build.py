@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from imagesmith.cli import app
 from imagesmith.cluster import kube_build
 from imagesmith.errors import InputError, RegistryError
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from tests.support import TINY_SPEC, locked, tool, write_spec
 
 runner = CliRunner()

@@ -13,7 +13,8 @@ import tomllib
 
 from imagesmith.errors import LockError, OperationError, SpecError, StaleLockError
 from imagesmith.model.lock import content_hash, fresh_lock, parse_lock, read_lock, write_lock
-from imagesmith.model.spec import load_spec, spec_hash
+from imagesmith.model.spec import spec_hash
+from imagesmith.model.spec_loading import load_spec
 from tests.conftest import EXAMPLE
 from tests.fixtures.make_lock import make_lock
 
@@ -143,14 +144,15 @@ def _checkers_imported(code: str, cwd: Path) -> set[str]:
 def test_unchanged_locked_spec_skips_the_schema_and_requirement_checks(example_dir: Path) -> None:
     write_lock(make_lock(example_dir / "env.toml"), example_dir / "env.lock")
     code = (
-        "from imagesmith.model.lock import fresh_lock; from imagesmith.model.spec import load_spec\n"
+        "from imagesmith.model.lock import fresh_lock\n"
+        "from imagesmith.model.spec_loading import load_spec\n"
         "fresh_lock(load_spec('env.toml'))"
     )
     assert _checkers_imported(code, example_dir) == set()
     # Any change to the spec, and it is checked against the schema and PEP 508 again.
     spec = example_dir / "env.toml"
     spec.write_text(spec.read_text().replace('version = "1.0.0"', 'version = "1.0.1"'))
-    load = "from imagesmith.model.spec import load_spec; load_spec('env.toml')"
+    load = "from imagesmith.model.spec_loading import load_spec; load_spec('env.toml')"
     assert _checkers_imported(load, example_dir) == {"jsonschema", "packaging"}
 
 

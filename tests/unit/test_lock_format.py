@@ -19,7 +19,7 @@ from imagesmith.cli import app
 from imagesmith.engine.base import ImageInfo
 from imagesmith.errors import InputError, LockFormatError
 from imagesmith.model.lock import LOCK_FORMAT, read_lock, write_lock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.render.containerfile import embedded_lock, lock_in_image, render
 from tests.fixtures.make_lock import make_lock
 

@@ -22,15 +22,13 @@ import pytest
 import yaml
 
 from imagesmith.errors import InputError
-from imagesmith.model.spec import CopyItem, Mount, SecretRef, Spec, load_spec
-from imagesmith.outputs.kubernetes import (
-    ARRAY_LOOKUP,
-    dns_label,
-    label_value,
-    render_manifest,
-    render_sbatch,
-)
-from imagesmith.outputs.sbatch import apply_overrides, parse_sbatch
+from imagesmith.model.spec import CopyItem, Mount, SecretRef, Spec
+from imagesmith.model.spec_loading import load_spec
+from imagesmith.outputs.kubernetes import render_manifest
+from imagesmith.outputs.names import dns_label, label_value
+from imagesmith.outputs.pod_spec import ARRAY_LOOKUP
+from imagesmith.outputs.sbatch import render_sbatch
+from imagesmith.outputs.sbatch_parse import apply_overrides, parse_sbatch
 from tests.conftest import EXAMPLE, REPO
 from tests.fixtures.golden import check_golden
 
@@ -1147,7 +1145,7 @@ def test_singularity_is_the_older_name_of_apptainer(spec: Spec) -> None:
     ],
 )
 def test_enroot_names_the_registry_with_a_hash(image: str, enroot: str) -> None:
-    from imagesmith.outputs.kubernetes import enroot_image
+    from imagesmith.outputs.sbatch import enroot_image
 
     assert enroot_image(image) == enroot
 

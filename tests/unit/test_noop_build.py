@@ -18,7 +18,8 @@ from imagesmith.engine.base import Engine, ImageInfo
 from imagesmith.errors import EngineError, StaleLockError
 from imagesmith.model.lock import Lock, write_lock
 from imagesmith.model.records import BuildRecord, build_record_path, read_build_record, write_record
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build, build_inputs, image_tags
 from imagesmith.pipeline.canonical_build import layout_dir
 from tests.fixtures.make_lock import make_lock

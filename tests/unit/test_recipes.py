@@ -30,7 +30,8 @@ from typer.testing import CliRunner
 from imagesmith.cli import app
 from imagesmith.model.lock import AptLock, AptPackage, BaseImageLock, Lock, PythonLock, copy_locks
 from imagesmith.model.reference import parse_reference
-from imagesmith.model.spec import Spec, load_spec
+from imagesmith.model.spec import Spec
+from imagesmith.model.spec_loading import load_spec
 from imagesmith.outputs.kubernetes import render_manifest
 from imagesmith.recipebook import available_recipes
 from imagesmith.render.containerfile import render

@@ -15,9 +15,9 @@ import pytest
 
 from imagesmith.engine.base import Engine, RunResult
 from imagesmith.errors import ResolveError
-from imagesmith.locking.resolve import BaseProbe, probe_base
+from imagesmith.locking.apt_probe import BaseProbe, probe_base
 from imagesmith.model.lock import BaseImageLock
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 
 FIRST = "@@SUITE bookworm\n@@ARCH amd64\n@@GLIBC 2.36\n"
 GIT_SHA = "637a85ddd6247fab13bdd0592f2f39aff04ce4dbf0655d3ab553ac359a38ce6f"

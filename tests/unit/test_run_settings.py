@@ -36,7 +36,7 @@ def first_of(lock: Lock, **settings: Any) -> FirstPublished:
 
 
 def test_the_settings_are_the_run_time_tables_only(example_dir: Path) -> None:
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     spec = load_spec(example_dir / "env.toml")
     settings = run_settings.runtime_settings(spec.data)

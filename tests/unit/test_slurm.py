@@ -10,9 +10,9 @@ import pytest
 from imagesmith.errors import InputError
 from imagesmith.model.quantity import quantity_value
 from imagesmith.model.slurmtime import parse_job_array
-from imagesmith.model.spec import load_spec
-from imagesmith.outputs.kubernetes import render_sbatch
-from imagesmith.outputs.sbatch import SlurmRequest, apply_overrides, memory_megabytes, parse_sbatch
+from imagesmith.model.spec_loading import load_spec
+from imagesmith.outputs.sbatch import memory_megabytes, render_sbatch
+from imagesmith.outputs.sbatch_parse import SlurmRequest, apply_overrides, parse_sbatch
 from tests.conftest import EXAMPLE, REPO
 
 SBATCH = REPO / "tests" / "fixtures" / "sbatch"

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from imagesmith.cli import app
 from imagesmith.cluster.slurm_build import TaskResources, render_array
 from imagesmith.errors import InputError
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from tests.support import check_schema
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.errors import SpecError
-from imagesmith.model.spec import load_spec
+from imagesmith.model.spec_loading import load_spec
 from tests.conftest import EXAMPLE, RECIPES
 
 OK = 'name = "x"\n[base]\nimage = "debian:bookworm"\n'
@@ -506,7 +506,7 @@ def test_credentials_in_the_spec_are_refused_with_how_to_give_them(tmp_path: Pat
 
 
 def test_url_credentials_are_spotted_only_in_the_user_part() -> None:
-    from imagesmith.model.spec import url_has_credentials
+    from imagesmith.model.spec_checks import url_has_credentials
 
     assert url_has_credentials("https://alice:tok@host/simple")
     assert url_has_credentials("https://tok@host/simple")
@@ -522,11 +522,11 @@ def test_a_lock_made_before_the_rule_does_not_let_credentials_through(
 ) -> None:
     """A spec that an intact lock vouches for skips the schema (validation's fast path):
     credentials are still checked there (a lock made by an older imagesmith let them in)."""
-    from imagesmith.model.spec import load_spec
+    from imagesmith.model.spec_loading import load_spec
 
     spec = tmp_path / "env.toml"
     spec.write_text(CREDENTIAL_SPEC)
-    monkeypatch.setattr("imagesmith.model.spec._validated_when_locked", lambda *_: True)
+    monkeypatch.setattr("imagesmith.model.spec_loading._validated_when_locked", lambda *_: True)
     with pytest.raises(SpecError, match=r"\$\.python\.index_url: holds a user name or password"):
         load_spec(spec)
 
