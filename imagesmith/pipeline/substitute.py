@@ -148,23 +148,43 @@ def held_image(repository: str, lock: Lock) -> Substitute | None:
     found = find_substitute(repository, lock)
     if found is None:
         return None
-    manifest = json.loads(found.manifest)
+    config_digest, layers = image_blobs(found)
     client = RegistryClient(found.repository.registry)
     path = found.repository.path
     config_bytes = io.BytesIO()
-    if not client.download_blob(path, manifest["config"]["digest"], config_bytes):
+    if not client.download_blob(path, config_digest, config_bytes):
         raise NotSubstituted(f"{found.source} names a config it lacks")
-    check_config(found, json.loads(config_bytes.getvalue()), lock)
-    for layer in manifest["layers"]:
+    try:
+        config = json.loads(config_bytes.getvalue())
+    except ValueError:
+        raise NotSubstituted(f"{found.source}: its config is not JSON") from None
+    check_config(found, config if isinstance(config, dict) else {}, lock)
+    for digest in layers:
         status, _, _ = client.request(
-            "HEAD", f"/v2/{path}/blobs/{layer['digest']}", scope=f"repository:{path}:pull"
+            "HEAD", f"/v2/{path}/blobs/{digest}", scope=f"repository:{path}:pull"
         )
         if status != 200:
             raise NotSubstituted(
-                f"{found.source} names layer {layer['digest'][:19]}, which the registry "
+                f"{found.source} names layer {digest[:19]}, which the registry "
                 f"no longer holds ({status})"
             )
     return found
+
+
+def image_blobs(found: Substitute) -> tuple[str, list[str]]:
+    """The config digest and the layer digests `found`'s manifest names (each layer with
+    its size); `NotSubstituted` when the manifest does not have that shape."""
+    try:
+        manifest = json.loads(found.manifest)
+        config_digest = manifest["config"]["digest"]
+        layers = [layer["digest"] for layer in manifest["layers"]]
+        sizes = [layer["size"] for layer in manifest["layers"]]
+    except (ValueError, KeyError, TypeError):
+        raise NotSubstituted(f"{found.source} is not a well-formed image manifest") from None
+    named = all(isinstance(d, str) for d in [config_digest, *layers])
+    if not named or not all(isinstance(n, int) and n >= 0 for n in sizes):
+        raise NotSubstituted(f"{found.source} is not a well-formed image manifest")
+    return config_digest, layers
 
 
 def load_from_registry(found: Substitute, engine: Engine, *, lock: Lock | None = None) -> str:

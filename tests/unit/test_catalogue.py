@@ -228,3 +228,27 @@ def test_an_image_of_another_lock_is_not_substituted() -> None:
     with pytest.raises(NotSubstituted, match="lock unknown"):
         check_config(found, {"config": {}}, Lock())  # type: ignore[arg-type]
     assert json.loads(found.manifest) == {}
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"config": {"digest": "sha256:a"}, "layers": [{"digest": 1, "size": 2}]}',
+        b'{"config": {"digest": "sha256:a"}, "layers": [{"digest": "sha256:b", "size": -1}]}',
+    ],
+)
+def test_a_malformed_manifest_in_the_registry_is_one_line_not_a_traceback(
+    manifest: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build --push` reads the held image's manifest before asking for anything else: a
+    manifest without a config digest or with malformed layers is refused in one line."""
+    import imagesmith.pipeline.substitute as substitute
+    from imagesmith.model.reference import parse_reference
+
+    found = Substitute(parse_reference("r.example/lab/x"), "lock-cd", DIGEST, "m", manifest)
+    monkeypatch.setattr(substitute, "find_substitute", lambda repository, lock: found)
+    with pytest.raises(NotSubstituted, match=r"^r.example/lab/x:lock-cd is not a well-formed"):
+        substitute.held_image("r.example/lab/x", object())  # type: ignore[arg-type]
