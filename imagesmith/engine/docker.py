@@ -1,4 +1,7 @@
-"""Docker, through docker-py; builds stream through the low-level API so no error is missed."""
+"""Docker, through docker-py; builds stream through the low-level API so no error is missed.
+
+docker-py is imported on first use: on a local socket the calls an unchanged build makes
+(ping, inspect) go through `engine.docker_socket`, which needs only the standard library."""
 
 from __future__ import annotations
 
@@ -14,10 +17,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import urllib3.exceptions
-
 from imagesmith.engine.base import (
     Engine,
     ImageInfo,
@@ -31,6 +30,7 @@ from imagesmith.engine.base import (
     proxy_warning,
     split_ref,
 )
+from imagesmith.engine.docker_socket import DockerSocket, error_message
 from imagesmith.engine.events import (
     BuildEvent,
     EventCallback,
@@ -71,16 +71,36 @@ def _unreachable(exc: BaseException) -> EngineError:
     )
 
 
+def _errors() -> Any:
+    """docker-py's `docker.errors`, importing docker-py (with requests) on first use. An
+    `except _errors().X` clause is only evaluated once an exception reaches it."""
+    import docker.errors
+
+    return docker.errors
+
+
+def _broken() -> tuple[type[BaseException], ...]:
+    """What a connection to the daemon that breaks mid-request raises: urllib3's
+    ProtocolError ("Connection broken: IncompleteRead") from a stream, http.client's
+    IncompleteRead or RemoteDisconnected, requests' ConnectionError and
+    ChunkedEncodingError. All but the first two are OSErrors too."""
+    import urllib3.exceptions
+
+    return (urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
 def connect(timeout: float = PROBE_TIMEOUT) -> Any:
     """A docker-py client for the daemon named by DOCKER_HOST; EngineError if none answers."""
     if not _socket_answers(timeout) and not _context_configured():
         raise _unreachable(ConnectionRefusedError())
+    import docker
+
     try:
         # The socket is there, so a daemon is: give a busy one time to answer its ping
         # (seconds, under a heavy build on two cores) before calling it unreachable.
         client = docker.from_env(timeout=max(timeout, PING_TIMEOUT))
         client.ping()
-    except docker.errors.DockerException as exc:
+    except _errors().DockerException as exc:
         raise _unreachable(exc) from None
     except OSError as exc:
         raise _unreachable(exc) from None
@@ -123,11 +143,13 @@ def _context_configured() -> bool:
     return bool(current) and current != "default"
 
 
-#: What a connection to the daemon that breaks mid-request raises: urllib3's ProtocolError
-#: ("Connection broken: IncompleteRead") from a stream, http.client's IncompleteRead or
-#: RemoteDisconnected, requests' ConnectionError and ChunkedEncodingError. All but the
-#: first two are OSErrors too.
-_BROKEN = (urllib3.exceptions.HTTPError, http.client.HTTPException)
+def local_socket() -> DockerSocket | None:
+    """The daemon's unix socket when docker-py would talk to it (DOCKER_HOST unix://...,
+    or the default with no Docker CLI context elsewhere); None for any other host."""
+    host = docker_host()
+    if not host.startswith("unix://") or _context_configured():
+        return None
+    return DockerSocket(host.removeprefix("unix://"))
 
 
 def _connection_lost(what: str, exc: BaseException) -> EngineError:
@@ -152,7 +174,7 @@ def _cause(exc: BaseException) -> str:
 
 
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+    if isinstance(exc, _errors().APIError) and exc.explanation:
         return str(exc.explanation)
     return str(exc)
 
@@ -165,13 +187,24 @@ def _operation_error(what: str, exc: BaseException) -> EngineError:
 
 
 @contextlib.contextmanager
+def _socket_call(what: str) -> Iterator[None]:
+    """Turn the standard library's socket and HTTP exceptions into one-line EngineErrors."""
+    try:
+        yield
+    except http.client.HTTPException as exc:  # an answer cut short
+        raise _connection_lost(what, exc) from None
+    except OSError as exc:
+        raise _os_error(what, exc) from None
+
+
+@contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Turn docker-py's and requests' exceptions into one-line EngineErrors."""
     try:
         yield
-    except docker.errors.DockerException as exc:
+    except _errors().DockerException as exc:
         raise _operation_error(what, exc) from None
-    except _BROKEN as exc:
+    except _broken() as exc:
         raise _connection_lost(what, exc) from None
     except OSError as exc:
         raise _os_error(what, exc) from None
@@ -207,6 +240,23 @@ def _env_dict(env: Sequence[str] | None) -> dict[str, str]:
         key, _, value = str(item).partition("=")
         out[key] = value
     return out
+
+
+def _image_info(data: Mapping[str, Any]) -> ImageInfo:
+    """ImageInfo from the daemon's answer to an image inspect."""
+    config = data.get("Config") or {}
+    return ImageInfo(
+        id=str(data["Id"]),
+        repo_tags=tuple(t for t in data.get("RepoTags") or () if t != "<none>:<none>"),
+        repo_digests=tuple(d for d in data.get("RepoDigests") or () if not d.startswith("<none>")),
+        labels=dict(config.get("Labels") or {}),
+        size=int(data.get("Size") or 0),
+        user=str(config.get("User") or ""),
+        workdir=str(config.get("WorkingDir") or ""),
+        env=_env_dict(config.get("Env")),
+        architecture=str(data.get("Architecture") or ""),
+        os=str(data.get("Os") or ""),
+    )
 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) ?: ?(.*)$")
@@ -254,10 +304,34 @@ class DockerEngine(Engine):
     name = "docker"
 
     def __init__(self, client: Any = None) -> None:
-        self._client = client if client is not None else connect()
-        self._client.api.timeout = API_TIMEOUT
-        self._api = self._client.api
+        """`client`: a docker-py client to use; without one, the daemon DOCKER_HOST names
+        must answer now (EngineError if not), and on a local socket docker-py is only
+        imported for the first call the socket does not answer itself."""
+        self._socket = None if client is not None else local_socket()
+        if client is None and self._socket is None:
+            client = connect()
+        elif self._socket is not None:
+            self._ping(self._socket)
+        self._client: Any = client
         self._store: Path | None = None  # DockerRootDir on a native overlay2, Path() if not
+
+    @staticmethod
+    def _ping(local: DockerSocket) -> None:
+        try:
+            # Quick when nothing listens; a busy daemon gets time (see connect).
+            answered = local.ping(timeout=PING_TIMEOUT)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _unreachable(exc) from None
+        if not answered:
+            raise _unreachable(ConnectionRefusedError())
+
+    @property
+    def _api(self) -> Any:
+        """docker-py's low-level client, connected on first use."""
+        if self._client is None:
+            self._client = connect()
+        self._client.api.timeout = API_TIMEOUT
+        return self._client.api
 
     @contextlib.contextmanager
     def _closing_responses(self) -> Iterator[None]:
@@ -307,12 +381,12 @@ class DockerEngine(Engine):
                 image_id = self._stream_build(
                     context, containerfile, labels, build_args, no_cache, target, out
                 )
-        except docker.errors.APIError as exc:
+        except _errors().APIError as exc:
             out.flush()
             raise self._build_error(_error_text(exc), out) from None
-        except docker.errors.DockerException as exc:
+        except _errors().DockerException as exc:
             raise _operation_error("build", exc) from None
-        except _BROKEN as exc:
+        except _broken() as exc:
             raise _connection_lost("build", exc) from None
         except OSError as exc:
             raise _os_error("build", exc) from None
@@ -389,41 +463,36 @@ class DockerEngine(Engine):
         return BuildError(f"docker build failed: {first}", step=out.step, output_tail=out.tail)
 
     def image_exists(self, ref: str) -> bool:
-        with _translated(f"inspect {ref}"):
-            try:
-                self._api.inspect_image(ref)
-            except docker.errors.NotFound:
-                return False
-        return True
+        return self._inspect(ref) is not None
 
     def inspect_image(self, ref: str) -> ImageInfo:
-        with _translated(f"inspect {ref}"):
-            try:
-                data = self._api.inspect_image(ref)
-            except docker.errors.NotFound:
-                raise NoLocalImageError("docker", ref) from None
-        config = data.get("Config") or {}
-        return ImageInfo(
-            id=str(data["Id"]),
-            repo_tags=tuple(t for t in data.get("RepoTags") or () if t != "<none>:<none>"),
-            repo_digests=tuple(
-                d for d in data.get("RepoDigests") or () if not d.startswith("<none>")
-            ),
-            labels=dict(config.get("Labels") or {}),
-            size=int(data.get("Size") or 0),
-            user=str(config.get("User") or ""),
-            workdir=str(config.get("WorkingDir") or ""),
-            env=_env_dict(config.get("Env")),
-            architecture=str(data.get("Architecture") or ""),
-            os=str(data.get("Os") or ""),
-        )
+        data = self._inspect(ref)
+        if data is None:
+            raise NoLocalImageError("docker", ref)
+        return _image_info(data)
+
+    def _inspect(self, ref: str) -> dict[str, Any] | None:
+        """The daemon's description of image `ref`; None when it has no such image."""
+        if self._socket is None:
+            with _translated(f"inspect {ref}"):
+                try:
+                    return dict(self._api.inspect_image(ref))
+                except _errors().NotFound:
+                    return None
+        with _socket_call(f"inspect {ref}"):
+            status, answer = self._socket.inspect_image(ref, timeout=API_TIMEOUT)
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(answer, dict):
+            raise _operation_error(f"inspect {ref}", Exception(error_message(answer)))
+        return answer
 
     def tag(self, image: str, ref: str) -> None:
         repository, tag = split_ref(ref)
         with _translated(f"tag {image} as {ref}"):
             try:
                 ok = self._api.tag(image, repository, tag=tag, force=True)
-            except docker.errors.NotFound:
+            except _errors().NotFound:
                 raise EngineError(f"docker: cannot tag {image}: no such image") from None
         if not ok:
             raise EngineError(f"docker: tagging {image} as {ref} failed")
@@ -437,7 +506,7 @@ class DockerEngine(Engine):
         with _translated(f"remove {ref}"):
             try:
                 self._api.remove_image(ref, force=force)
-            except docker.errors.NotFound:
+            except _errors().NotFound:
                 return
 
     # -- containers ----------------------------------------------------------------------
@@ -463,13 +532,13 @@ class DockerEngine(Engine):
                     user=user or "",
                     host_config=host_config,
                 )
-            except docker.errors.NotFound:
+            except _errors().NotFound:
                 raise NoLocalImageError("docker", image) from None
             cid = container["Id"]
             try:
                 try:
                     self._api.start(cid)
-                except docker.errors.APIError as exc:
+                except _errors().APIError as exc:
                     # The command cannot be started: answer like a shell (and podman) would.
                     text = _error_text(exc)
                     if "not found" in text or "no such file" in text.lower():
@@ -482,7 +551,7 @@ class DockerEngine(Engine):
                 output = bytes(logs).decode("utf-8", errors="replace")
                 return RunResult(int(status.get("StatusCode", -1)), output)
             finally:
-                with contextlib.suppress(docker.errors.DockerException, OSError):
+                with contextlib.suppress(_errors().DockerException, OSError):
                     self._api.remove_container(cid, force=True, v=True)
 
     # -- moving images -------------------------------------------------------------------
@@ -496,7 +565,7 @@ class DockerEngine(Engine):
                     with part.open("wb") as fh:
                         for chunk in chunks:
                             fh.write(chunk)
-                except docker.errors.NotFound:
+                except _errors().NotFound:
                     raise NoLocalImageError("docker", ref) from None
                 except OSError as exc:
                     if exc.errno == errno.ENOSPC:
@@ -522,7 +591,7 @@ class DockerEngine(Engine):
                     and not any("userns" in str(o) for o in info.get("SecurityOptions") or ())
                 )
                 self._store = Path(info["DockerRootDir"]) if native else Path()
-            except (docker.errors.DockerException, OSError, KeyError, TypeError, ValueError):
+            except (_errors().DockerException, OSError, KeyError, TypeError, ValueError):
                 return None
         return None if self._store == Path() else self._store
 
@@ -550,7 +619,7 @@ class DockerEngine(Engine):
             return None
         try:
             data = self._api.inspect_image(ref)
-        except (docker.errors.DockerException, OSError, KeyError, TypeError, ValueError):
+        except (_errors().DockerException, OSError, KeyError, TypeError, ValueError):
             return None
         driver = data.get("GraphDriver") or {}
         if driver.get("Name") != "overlay2":
@@ -606,7 +675,7 @@ class DockerEngine(Engine):
         with _translated(what), self._closing_responses():
             try:
                 self._registry_stream(what, call())
-            except docker.errors.APIError as exc:
+            except _errors().APIError as exc:
                 first = (_error_text(exc).splitlines() or ["error"])[0]
                 raise RegistryError(f"docker {what}: {first}") from None
 
@@ -629,7 +698,7 @@ class DockerEngine(Engine):
     def info(self) -> dict[str, Any]:
         try:
             data = self._api.info()
-        except (docker.errors.DockerException, OSError) as exc:
+        except (_errors().DockerException, OSError) as exc:
             raise _unreachable(exc) from None
         return dict(data)
 
