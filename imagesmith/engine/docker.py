@@ -133,7 +133,7 @@ def _context_configured() -> bool:
         return False
     if os.environ.get("DOCKER_CONTEXT", "default") != "default":
         return True
-    from imagesmith.registry.client import docker_config_path
+    from imagesmith.registry.docker_config import docker_config_path
 
     config = docker_config_path()
     try:

@@ -30,7 +30,8 @@ from imagesmith.model.reference import ImageReference, is_digest, parse_referenc
 from imagesmith.model.spec import Spec
 from imagesmith.pipeline.canonical_build import layout_dir
 from imagesmith.progress import LineCallback
-from imagesmith.registry.client import Credentials, RegistryClient, docker_config_path, push_layout
+from imagesmith.registry.client import Credentials, RegistryClient, push_layout
+from imagesmith.registry.docker_config import docker_config_path
 from imagesmith.render.containerfile import content_tag
 from imagesmith.userpath import as_typed
 

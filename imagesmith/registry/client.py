@@ -28,6 +28,7 @@ from typing import IO, TypeVar
 from imagesmith.cache.integrity import CorruptEntry, check_bytes, check_file
 from imagesmith.errors import RegistryError
 from imagesmith.model.reference import DEFAULT_REGISTRY, ImageReference, is_loopback
+from imagesmith.registry.docker_config import docker_config_path
 
 T = TypeVar("T")
 MANIFEST_TYPES = (
@@ -53,11 +54,6 @@ def api_host(registry: str) -> str:
 def base_url(registry: str) -> str:
     scheme = "http" if is_loopback(registry) else "https"
     return f"{scheme}://{api_host(registry)}"
-
-
-def docker_config_path() -> Path:
-    """The Docker CLI's config file: `$DOCKER_CONFIG/config.json`, else ~/.docker's."""
-    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
 
 
 def _docker_config_paths() -> list[Path]:

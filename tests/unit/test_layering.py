@@ -36,7 +36,7 @@ MODEL = FOUNDATION | {
 }
 #: What an engine may use besides the model: image files (what `imagesmith.image.oci` held
 #: before it was split: the formats, their byte streams, docker-archive writing) and the
-#: registry client.
+#: registry client (and where the Docker CLI's config is).
 ENGINE_MAY_USE = MODEL | {
     "imagesmith.engine.overlay",
     "imagesmith.cache.integrity",
@@ -44,6 +44,7 @@ ENGINE_MAY_USE = MODEL | {
     "imagesmith.image.streams",
     "imagesmith.image.docker_archive",
     "imagesmith.registry.client",
+    "imagesmith.registry.docker_config",
 }
 
 
@@ -100,8 +101,8 @@ def test_nothing_imports_the_command_line() -> None:
 
 
 def test_the_check_sees_imports_inside_functions() -> None:
-    # engine/docker.py reads the Docker config path from the registry client lazily.
-    assert "imagesmith.registry.client" in IMPORTS["imagesmith.engine.docker"]
+    # engine/docker.py reads the Docker config path from the registry room lazily.
+    assert "imagesmith.registry.docker_config" in IMPORTS["imagesmith.engine.docker"]
 
 
 #: The rooms, lowest first: each may import the rooms before it, never one after it.
