@@ -51,7 +51,12 @@ def _removing_untagged_leftovers(cli: str) -> Iterator[None]:
     there before, and tagged ones (the bases kept for later runs), stay."""
     before = set(_untagged_image_ids(cli))
     yield
-    for image_id in _untagged_image_ids(cli):  # newest first: children before parents
+    # One `rmi` for all of them (one process per image took 1.5 min at the end of a run),
+    # newest first: children before parents. Then one at a time whatever that left.
+    made = [i for i in _untagged_image_ids(cli) if i not in before]
+    if made:
+        subprocess.run([cli, "rmi", *made], capture_output=True, check=False)
+    for image_id in _untagged_image_ids(cli):
         if image_id not in before:
             subprocess.run([cli, "rmi", image_id], capture_output=True, check=False)
 

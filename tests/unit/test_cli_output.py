@@ -299,8 +299,13 @@ def test_errors_are_red_on_a_terminal_plain_with_no_color_and_in_a_pipe(tmp_path
 # -- completion ----------------------------------------------------------------------------------
 
 
-def test_shell_completion_completes_commands_and_options() -> None:
-    script = runner.invoke(app, ["--show-completion", "bash"])
+def test_shell_completion_completes_commands_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # typer asks shellingham which shell runs it, from the process tree: none when the
+    # suite runs detached (nohup, a CI agent). Say bash, as a user's terminal would.
+    import shellingham
+
+    monkeypatch.setattr(shellingham, "detect_shell", lambda: ("bash", "/bin/bash"))
+    script = runner.invoke(app, ["--show-completion"])
     assert script.exit_code == 0 and "_imagesmith_completion" in script.stdout
     env = {
         "_IMAGESMITH_COMPLETE": "complete_bash",
