@@ -80,7 +80,9 @@ the host, and installs them there too, into the tree it copies to /opt/venv).
   untimed). Target: imagesmith <= 0.9x.
 - *no-op*: the same build again, nothing changed: the whole `imagesmith build` process
   against `docker build` / `podman build` again (all steps cached). Target on Docker:
-  <= 1.5 s.
+  <= 1.5 s. imagesmith runs with its bytecode cached, as a pip-installed one does (before
+  2026-12-02 the bench inherited PYTHONDONTWRITEBYTECODE from these machines, and every
+  imagesmith run compiled its modules: about 0.2 s more on each figure).
 - *no-op again*: the same once more. The first no-op comes right after `--no-cache`
   builds, which leave look-alike cache entries (see the steps that ran); the second shows
   the rebuild once the cache has settled. On podman the first no-op may rerun steps:
