@@ -15,6 +15,7 @@ mtime, so a file changed since is hashed again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -109,7 +110,10 @@ _SYNC_FILE_RANGE_WRITE = 2
 _WRITEBACK_STEP = 8 << 20
 
 
+@functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, looked up on the first write that needs it (ctypes and the
+    lookup cost a few ms that commands writing no cache entry need not pay)."""
     try:
         import ctypes
 
@@ -120,9 +124,6 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
     function.restype = ctypes.c_int
     return function
-
-
-_start_writeback = _sync_file_range()
 
 
 class WritebackSink:
@@ -139,9 +140,11 @@ class WritebackSink:
     def write(self, data: bytes, /) -> int:
         count = self._file.write(data)
         self._written += len(data)
-        if _start_writeback is not None and self._written - self._started >= _WRITEBACK_STEP:
+        if self._written - self._started >= _WRITEBACK_STEP and (
+            start_writeback := _sync_file_range()
+        ):
             self._file.flush()
-            _start_writeback(
+            start_writeback(
                 self._file.fileno(),
                 self._started,
                 self._written - self._started,

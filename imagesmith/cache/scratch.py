@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +39,8 @@ def make_scratch(parent: Path, prefix: str, *, siblings: str | None = None) -> P
     """A new folder `parent/PREFIX…`, locked by this process until `release`; the
     unlocked siblings (`PREFIX*`, or the pattern `siblings`) that killed processes left
     are removed first."""
+    import tempfile  # with `random`: not for commands that write nothing
+
     parent.mkdir(parents=True, exist_ok=True)
     sweep(parent, siblings or prefix + "*")
     for attempt in range(3):

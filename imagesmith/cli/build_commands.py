@@ -218,8 +218,6 @@ def build(
 
 def _build_here(request: BuildRequest) -> None:
     """Build on this machine: one spec, or many (`--jobs` at once) with a line each."""
-    from imagesmith.pipeline.catalogue import spec_paths as named_specs
-
     arguments = request.arguments
     options = {
         "extra_tags": request.tags,
@@ -231,6 +229,8 @@ def _build_here(request: BuildRequest) -> None:
         "no_inputs": request.no_inputs,
     }
     if len(arguments) > 1 or arguments[0].is_dir():
+        from imagesmith.pipeline.catalogue import spec_paths as named_specs
+
         specs = named_specs(arguments)
         build_many(
             specs,

@@ -27,13 +27,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagesmith.engine.events import BuildEvent, EventCallback, StepStarted
-from imagesmith.engine.overlay import LocalImage
 from imagesmith.errors import InputError
 from imagesmith.model.reference import parse_reference
 from imagesmith.progress import LineCallback, StepLine
+
+if TYPE_CHECKING:
+    from imagesmith.engine.overlay import LocalImage
 
 #: How many trailing lines of build output a BuildError carries.
 TAIL_LINES = 20

@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagesmith.engine.base import (
     Engine,
@@ -30,7 +29,7 @@ from imagesmith.engine.base import (
     proxy_warning,
     split_ref,
 )
-from imagesmith.engine.docker_socket import DockerSocket, error_message
+from imagesmith.engine.docker_socket import BrokenAnswer, DockerSocket, error_message
 from imagesmith.engine.events import (
     BuildEvent,
     EventCallback,
@@ -40,9 +39,11 @@ from imagesmith.engine.events import (
     StepImage,
     StepStarted,
 )
-from imagesmith.engine.overlay import LocalImage, local_image
 from imagesmith.errors import BuildError, EngineError, NoLocalImageError, RegistryError
 from imagesmith.progress import LineCallback
+
+if TYPE_CHECKING:
+    from imagesmith.engine.overlay import LocalImage
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 #: Seconds a quick liveness probe waits for the daemon.
@@ -84,6 +85,8 @@ def _broken() -> tuple[type[BaseException], ...]:
     ProtocolError ("Connection broken: IncompleteRead") from a stream, http.client's
     IncompleteRead or RemoteDisconnected, requests' ConnectionError and
     ChunkedEncodingError. All but the first two are OSErrors too."""
+    import http.client
+
     import urllib3.exceptions
 
     return (urllib3.exceptions.HTTPError, http.client.HTTPException)
@@ -188,10 +191,10 @@ def _operation_error(what: str, exc: BaseException) -> EngineError:
 
 @contextlib.contextmanager
 def _socket_call(what: str) -> Iterator[None]:
-    """Turn the standard library's socket and HTTP exceptions into one-line EngineErrors."""
+    """Turn socket errors and answers cut short (`docker_socket`) into one-line EngineErrors."""
     try:
         yield
-    except http.client.HTTPException as exc:  # an answer cut short
+    except BrokenAnswer as exc:  # an answer cut short
         raise _connection_lost(what, exc) from None
     except OSError as exc:
         raise _os_error(what, exc) from None
@@ -320,7 +323,7 @@ class DockerEngine(Engine):
         try:
             # Quick when nothing listens; a busy daemon gets time (see connect).
             answered = local.ping(timeout=PING_TIMEOUT)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, BrokenAnswer) as exc:
             raise _unreachable(exc) from None
         if not answered:
             raise _unreachable(ConnectionRefusedError())
@@ -621,6 +624,8 @@ class DockerEngine(Engine):
             data = self._api.inspect_image(ref)
         except (_errors().DockerException, OSError, KeyError, TypeError, ValueError):
             return None
+        from imagesmith.engine.overlay import local_image  # only for a build's rewrite
+
         driver = data.get("GraphDriver") or {}
         if driver.get("Name") != "overlay2":
             return None

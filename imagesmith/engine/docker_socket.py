@@ -9,50 +9,38 @@ needs more (a build, a run, a load...).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from typing import Any
 from urllib.parse import quote_plus
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """An HTTP/1.1 connection over a unix socket (the Host header is a placeholder)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+class BrokenAnswer(Exception):
+    """The daemon's answer ended early or could not be read as HTTP."""
 
 
 class DockerSocket:
     """GET requests to the daemon listening on `path`; each call opens its own connection.
 
-    Raises what the standard library raises: OSError when the socket refuses or breaks,
-    http.client.HTTPException when an answer is cut short (both for `IncompleteRead`'s
-    kin, which the engine words as a broken connection)."""
+    Each request is HTTP/1.0, so the daemon answers with the whole body and closes the
+    connection: no keep-alive, and no chunks to join (read anyway when sent). That takes
+    a few lines here instead of `http.client`, whose import (with `email` and `ssl`) cost
+    more than the inspect call itself. Raises OSError when the socket refuses or breaks,
+    BrokenAnswer when an answer is cut short or garbled."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def get(self, target: str, *, timeout: float) -> tuple[int, bytes]:
         """(status, body) of `GET target`."""
-        connection = _UnixConnection(self.path, timeout)
-        try:
-            connection.request("GET", target)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(self.path)
+            sock.sendall(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode("ascii"))
+            received = bytearray()
+            while not _whole(received) and (chunk := sock.recv(1 << 16)):
+                received += chunk
+        return parse_answer(bytes(received))
 
     def ping(self, *, timeout: float) -> bool:
         """Whether the daemon answers its ping (OSError when nothing listens)."""
@@ -75,3 +63,66 @@ def error_message(answer: Any) -> str:
     if isinstance(answer, dict) and answer.get("message"):
         return str(answer["message"])
     return str(answer)
+
+
+def parse_answer(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of a whole HTTP answer as read until the daemon closed the connection."""
+    head, ended, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = lines[0].split(None, 2)
+    if (
+        not ended
+        or len(status) < 2
+        or not status[0].startswith(b"HTTP/")
+        or not status[1].isdigit()
+    ):
+        raise BrokenAnswer(f"the answer ended after {len(raw)} bytes, before its headers")
+    headers = _headers(lines[1:])
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        return int(status[1]), _joined_chunks(body)
+    length = headers.get(b"content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BrokenAnswer(f"the answer's Content-Length is {length!r}")
+        if len(body) < int(length):
+            raise BrokenAnswer(f"the answer ended after {len(body)} of {int(length)} bytes")
+        body = body[: int(length)]
+    return int(status[1]), body
+
+
+def _whole(raw: bytearray) -> bool:
+    """Whether `raw` is an answer whose Content-Length has arrived: then it is read to
+    the end even if the server keeps the connection open (as one that ignores HTTP/1.0
+    may). Otherwise the answer ends when the server closes the connection."""
+    head, ended, body = bytes(raw).partition(b"\r\n\r\n")
+    length = _headers(head.split(b"\r\n")[1:]).get(b"content-length", b"")
+    return bool(ended) and length.isdigit() and len(body) >= int(length)
+
+
+def _headers(lines: list[bytes]) -> dict[bytes, bytes]:
+    """Header lines as {lower-case name: value}."""
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def _joined_chunks(body: bytes) -> bytes:
+    """The data of a chunked body (RFC 9112 section 7.1), trailers dropped."""
+    data: list[bytes] = []
+    at = 0
+    while True:
+        line_end = body.find(b"\r\n", at)
+        size_text = body[at:line_end].split(b";", 1)[0].strip() if line_end >= 0 else b""
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BrokenAnswer("the answer ended inside its chunks") from None
+        if size == 0:
+            return b"".join(data)
+        start = line_end + 2
+        if len(body) < start + size + 2:
+            raise BrokenAnswer("the answer ended inside its chunks")
+        data.append(body[start : start + size])
+        at = start + size + 2

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from imagesmith.engine.base import (
     Engine,
@@ -37,10 +37,12 @@ from imagesmith.engine.events import (
     StepCached,
     StepStarted,
 )
-from imagesmith.engine.overlay import LocalImage, local_image
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
 from imagesmith.model.reference import is_loopback, parse_reference
 from imagesmith.progress import LineCallback
+
+if TYPE_CHECKING:
+    from imagesmith.engine.overlay import LocalImage
 
 INSTALL_HINT = "podman is not installed: apt-get install podman (or use --engine docker)"
 RLIMIT_HINT = (
@@ -501,6 +503,8 @@ class PodmanEngine(Engine):
             data = json.loads(proc.stdout)[0]
         except (EngineError, OSError, KeyError, TypeError, ValueError, IndexError):
             return None
+        from imagesmith.engine.overlay import local_image  # only for a build's rewrite
+
         driver = data.get("GraphDriver") or {}
         if driver.get("Name") != "overlay":
             return None

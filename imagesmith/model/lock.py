@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -395,6 +394,8 @@ def write_atomically(path: Path, text: str) -> None:
     OperationError (exit 1) when the file system refuses (permissions, read-only, full).
     Nothing is left behind either way.
     """
+    import tempfile  # with `random`: not for commands that write nothing
+
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,8 +102,6 @@ def ensure_lock(
     on_line: LineCallback,
 ) -> tuple[Lock, bool]:
     """The spec's lock: made when missing, refreshed only with `relock`; stale otherwise refused."""
-    from imagesmith.locking.resolve import lock_spec
-
     path = spec.lock_path
     previous = read_lock(path) if path.exists() else None
     if previous is not None:
@@ -124,6 +120,8 @@ def ensure_lock(
                 f"{'' if platform == DEFAULT_PLATFORM else f' --platform {platform}'}` "
                 "or build with --relock"
             )
+    from imagesmith.locking.resolve import lock_spec  # its rooms: only when locking
+
     on_line(f"lock: {'re-locking' if previous else 'locking'} {spec.path.name}")
     lock = lock_spec(
         spec,
@@ -156,6 +154,8 @@ def build_canonical(
     stage is taken from there when it holds it, else built here on its own and kept
     for `push`.
     """
+    import tempfile
+
     from imagesmith.pipeline.canonical_build import Prewarm, make_canonical
 
     epoch = build_epoch(lock)
@@ -283,6 +283,8 @@ def _system_while_fetching(run: _EngineRun, containerfile: str, folder: Path) ->
         f"python: fetching and installing {len(lock.python.packages)} packages on the host "
         "while the system stage builds"
     )
+    from concurrent.futures import ThreadPoolExecutor
+
     reports = LineLog()  # corrupt cache entries found meanwhile, printed from this thread
 
     def report(text: str) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.docker import DockerEngine
+from imagesmith.engine.docker_socket import BrokenAnswer, parse_answer
 from imagesmith.errors import EngineError, NoLocalImageError
 
 IMAGE = {
@@ -147,9 +148,43 @@ def test_ping_and_inspect_do_not_import_docker_py(daemon: FakeDaemon) -> None:
         "from imagesmith.engine import get_engine\n"
         "engine = get_engine('docker')\n"
         "print(engine.inspect_image('lab:1.0').id)\n"
-        "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))\n"
+        "print(sorted(m for m in ('docker', 'requests', 'urllib3', 'http.client') "
+        "if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True
     ).stdout.splitlines()
     assert out == [IMAGE["Id"], "[]"]
+
+
+def test_an_answer_in_chunks_is_joined() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'4\r\n{"Id\r\n6;ext=1\r\n": 1}\n\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
+    assert parse_answer(raw) == (200, b'{"Id": 1}\n')
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"", "the answer ended after 0 bytes, before its headers"),
+        (b"HTTP/1.0 200 OK\r\nContent-Len", "the answer ended after 28 bytes, before its headers"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "the answer ended after 19 bytes, before its headers"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\n{}", "the answer ended after 2 of 9 bytes"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: x\r\n\r\n{}", "the answer's Content-Length is b'x'"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab", "inside its chunks"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "inside its chunks"),
+    ],
+)
+def test_an_unreadable_answer_is_broken(raw: bytes, problem: str) -> None:
+    with pytest.raises(BrokenAnswer) as caught:
+        parse_answer(raw)
+    assert problem in str(caught.value)
+
+
+def test_a_body_without_length_runs_to_the_close() -> None:
+    assert parse_answer(b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nno such image") == (
+        404,
+        b"no such image",
+    )
