@@ -69,14 +69,19 @@ about 50 ms on a quiet machine. Since 2026-12-02 (after 0.7.0's stop 23) the Doc
 imports docker-py only for the first call that needs it: the ping and the one image
 inspect an unchanged build makes go over the local socket with the standard library
 (`engine/docker_socket.py`), and picking Docker no longer imports the registry client to
-find the Docker config. The run above measures that against 0.7.0 as landed: the no-op
-build 0.629 s → 0.450 s (CPU 0.607 s → 0.438 s) on the same machine, interleaved.
+find the Docker config. Measured against 0.7.0 as landed (stop 23), interleaved, on a
+machine then running 2x slower (`python3 -c 'import typer'` 0.155 s): the no-op build
+0.629 s → 0.450 s (CPU 0.607 s → 0.438 s).
 
-That machine ran 2x slower than the one of the earlier runs (`python3 -c 'import typer'`
-0.155 s against 0.074 s quiet there; the test suite took 60 min against 38-41): compare
-the rows with each other and with the two references, not with the targets' absolute
-seconds. Scaled by `import typer`, the no-op build would take about 0.21 s there (an
-estimate, not a measurement).
+Then (stop 25) the socket is read in HTTP/1.0 with a few lines of its own instead of
+`http.client` (which imports `email` and `ssl`: ~20 ms), and what an unchanged build
+does not use is imported only when used: the catalogue of many specs (with
+`concurrent.futures`), the resolver, the engines' overlay store reader, `tempfile` (with
+`random`) and `ctypes`. The run above measures that against stop 24 (9bd9024), on the
+machine back at the speed of the earlier runs (`import typer` 0.077 s). What is left of
+the no-op is the interpreter and typer (~0.08 s), reading and checking env.toml and
+env.lock with their dataclasses (~0.03 s), one inspect call, and the report. `validate`
+and `render` stay above 0.1 s for the same reason: typer alone takes 0.077 s of it.
 """
 
 

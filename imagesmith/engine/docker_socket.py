@@ -66,7 +66,7 @@ def error_message(answer: Any) -> str:
 
 
 def parse_answer(raw: bytes) -> tuple[int, bytes]:
-    """(status, body) of a whole HTTP answer as read until the daemon closed the connection."""
+    """(status, body) of an HTTP answer from all that was read of it (`DockerSocket.get`)."""
     head, ended, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = lines[0].split(None, 2)
@@ -91,12 +91,17 @@ def parse_answer(raw: bytes) -> tuple[int, bytes]:
 
 
 def _whole(raw: bytearray) -> bool:
-    """Whether `raw` is an answer whose Content-Length has arrived: then it is read to
-    the end even if the server keeps the connection open (as one that ignores HTTP/1.0
-    may). Otherwise the answer ends when the server closes the connection."""
+    """Whether `raw` is an answer whose Content-Length has arrived, or whose last chunk
+    has: then it is read to the end even if the server keeps the connection open (as one
+    that ignores HTTP/1.0 may). Otherwise the answer ends when the server closes it."""
     head, ended, body = bytes(raw).partition(b"\r\n\r\n")
-    length = _headers(head.split(b"\r\n")[1:]).get(b"content-length", b"")
-    return bool(ended) and length.isdigit() and len(body) >= int(length)
+    if not ended:
+        return False
+    headers = _headers(head.split(b"\r\n")[1:])
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        return body == b"0\r\n\r\n" or body.endswith(b"\r\n0\r\n\r\n")
+    length = headers.get(b"content-length", b"")
+    return length.isdigit() and len(body) >= int(length)
 
 
 def _headers(lines: list[bytes]) -> dict[bytes, bytes]:

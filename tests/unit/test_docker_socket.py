@@ -39,7 +39,7 @@ class FakeDaemon(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(self, path: Path) -> None:
-        self.inspect = "image"  # image | missing | error | cut
+        self.inspect = "image"  # image | missing | error | cut | chunked-open
         self.requests: list[str] = []
         super().__init__(str(path), _Handler)
 
@@ -61,6 +61,18 @@ class _Handler(socketserver.StreamRequestHandler):
             self._answer(404, b'{"message":"No such image: lab:2.0"}')
         elif self.server.inspect == "error":
             self._answer(500, b'{"message":"layer store broken\\nmore detail"}')
+        elif self.server.inspect == "chunked-open":  # chunks, then the connection stays open
+            body = json.dumps(IMAGE).encode()
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{len(body[:10]):x}\r\n".encode()
+                + body[:10]
+                + f"\r\n{len(body[10:]):x}\r\n".encode()
+                + body[10:]
+                + b"\r\n0\r\n\r\n"
+            )
+            self.wfile.flush()
+            self.rfile.read()  # until the client closes
         else:  # cut: a Content-Length longer than the body, then the connection closes
             self.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"Id":')
             self.wfile.flush()
@@ -112,6 +124,11 @@ def test_a_missing_image_is_no_local_image(daemon: FakeDaemon) -> None:
     assert not engine.image_exists("lab:2.0")
     with pytest.raises(NoLocalImageError):
         engine.inspect_image("lab:2.0")
+
+
+def test_chunks_on_a_connection_left_open_are_read_to_the_last(daemon: FakeDaemon) -> None:
+    daemon.inspect = "chunked-open"
+    assert DockerEngine().inspect_image("lab:1.0").id == IMAGE["Id"]
 
 
 def test_a_daemon_error_is_one_line(daemon: FakeDaemon) -> None:
