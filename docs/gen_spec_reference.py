@@ -155,8 +155,8 @@ def _row(key: str, node: Mapping[str, Any], default: str, note: str = "") -> str
 
 def _manifest_declares_ports() -> bool:
     """Whether `imagesmith manifest` turns [image] ports into containerPort today."""
-    from imagesmith.outputs.kubernetes import render_manifest
     from imagesmith.model.spec import spec_from_valid_data
+    from imagesmith.outputs.kubernetes import render_manifest
 
     data = {"name": "x", "base": {"image": "x"}, "image": {"ports": [8888]}}
     spec = spec_from_valid_data(data, path=ROOT / "env.toml")
@@ -232,7 +232,8 @@ def render() -> str:
         f"{schema['description']} This page lists every key `imagesmith validate` accepts, "
         "generated from `schemas/env.schema.json` (the JSON Schema the validator uses); "
         "defaults are what imagesmith uses when the key is left out. "
-        "`recipes/lab-analysis/env.toml` shows all of them in one file (the optional ones commented out).",
+        "`recipes/lab-analysis/env.toml` shows all of them in one file "
+        "(the optional ones commented out).",
         "",
         "- Only `name` and `[base] image` are required.",
         "- Unknown keys are errors (with a suggestion when one is close: "

@@ -49,7 +49,8 @@ class StageStarted:
 @dataclass(frozen=True)
 class StepImage:
     """The image a step of the stage `stage` (its ``AS`` name, "" for an unnamed stage)
-    left behind. Only engines that can tell a step's stage announce it (Docker)."""
+    left behind. Only engines that can tell a step's stage announce it (Docker, and podman,
+    which builds one stage at a time)."""
 
     image_id: str
     stage: str = ""

@@ -35,6 +35,7 @@ from imagesmith.engine.events import (
     ImageMade,
     StageStarted,
     StepCached,
+    StepImage,
     StepStarted,
 )
 from imagesmith.errors import BuildError, EngineError, InputError, NoLocalImageError, RegistryError
@@ -168,31 +169,57 @@ def _end_build(proc: subprocess.Popen[str]) -> None:
 
 _STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+) ?: ?(.*)$")
 _FROM_ID = re.compile(r"^FROM (?:sha256:)?([0-9a-f]{64})\b(?:.*\s(?i:AS)\s+(\S+)\s*$)?")
+_STAGE_NAME = re.compile(r"\s(?i:AS)\s+(\S+)\s*$")
+_STEP_IMAGE = re.compile(r"^--> ([0-9a-f]{11,64})$")
+_COMMIT = re.compile(r"^(?:\[\d+/\d+\] )?COMMIT\b")
 
 
-def build_events(line: str) -> list[BuildEvent]:
-    """The build events in one line of podman's build output (see `engine.events`).
+class BuildOutput:
+    """Reads podman's build output into build events (see `engine.events`).
 
     ``[2/3] STEP 1/4: FROM <64 hex> AS python`` (a multi-stage build numbers its steps
     per stage) starts a step, and a stage from that image, which podman prints once the
     stage it names is built (announced in multi-stage builds only, the lines with a
     ``[stage/stages]`` prefix); ``--> Using cache <64 hex>`` marks a step taken from the
-    cache. The ``--> <11 hex>`` after a step is not announced: stages build side by side,
-    so those lines do not say which stage they belong to.
+    cache; the ``--> <11 hex>`` after a step is the image that step left. podman builds
+    one stage at a time (`--jobs` is 1 unless asked, and imagesmith does not ask), so
+    that step is the last one started and its stage the last ``FROM``'s. The ``-->``
+    after ``COMMIT`` is the image made, which the engine announces itself (`ImageMade`).
     """
-    if line.startswith("--> Using cache"):
-        return [StepCached()]
-    step = _STEP.match(line)
-    if step is None:
-        return []
-    stage, stages, number, total, instruction = step.groups()
-    events: list[BuildEvent] = [
-        StepStarted(int(number), int(total), instruction.strip(), int(stage or 0), int(stages or 0))
-    ]
-    start = _FROM_ID.match(instruction) if stage and number == "1" else None
-    if start:
-        events.append(StageStarted(start.group(1), name=start.group(2) or ""))
-    return events
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        """The ``AS`` name of the stage being built ("" unnamed; None before the first)."""
+        self._committed = False
+
+    def __call__(self, line: str) -> list[BuildEvent]:
+        if line.startswith("--> Using cache"):
+            return [StepCached()]
+        image = _STEP_IMAGE.match(line)
+        if image:
+            if self._stage is None or self._committed:
+                return []
+            return [StepImage(image.group(1), stage=self._stage)]
+        if _COMMIT.match(line):
+            self._committed = True
+            return []
+        step = _STEP.match(line)
+        if step is None:
+            return []
+        self._committed = False
+        stage, stages, number, total, instruction = step.groups()
+        events: list[BuildEvent] = [
+            StepStarted(
+                int(number), int(total), instruction.strip(), int(stage or 0), int(stages or 0)
+            )
+        ]
+        if number == "1" and instruction.startswith("FROM "):
+            name = _STAGE_NAME.search(instruction)
+            self._stage = name.group(1) if name else ""
+        start = _FROM_ID.match(instruction) if stage and number == "1" else None
+        if start:
+            events.append(StageStarted(start.group(1), name=start.group(2) or ""))
+        return events
 
 
 class PodmanEngine(Engine):
@@ -246,7 +273,7 @@ class PodmanEngine(Engine):
     ) -> str:
         tag_list = check_tags(tags)
         path = check_context(context, containerfile)
-        out = OutputTail(on_line, parse=build_events, on_event=on_event)
+        out = OutputTail(on_line, parse=BuildOutput(), on_event=on_event)
         with tempfile.TemporaryDirectory(prefix="imagesmith-podman-") as tmp:
             iidfile = Path(tmp) / "iid"
             # --format docker: ENV/LABEL/USER/HEALTHCHECK behave as they do on Docker.

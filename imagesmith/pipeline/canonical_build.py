@@ -122,7 +122,7 @@ class Prewarm:
     through the canonical rewrite into the `LayerCache`, so that the rewrite after the
     build finds them there and only does the layers of the last stage; so does the image
     after each step of the unnamed (last) stage where the engine announces those
-    (`StepImage`, Docker), while the remaining steps run. Only images the engine's store
+    (`StepImage`: Docker and podman), while the remaining steps run. Only images the engine's store
     lets us read in place are taken (no `save` racing the build). Failures are ignored:
     the rewrite after the build does that work again and reports them.
     """

@@ -20,7 +20,7 @@ from imagesmith.engine.events import (
     StepImage,
     StepStarted,
 )
-from imagesmith.engine.podman import build_events
+from imagesmith.engine.podman import BuildOutput as PodmanOutput
 from imagesmith.pipeline.canonical_build import Prewarm
 from imagesmith.progress import StepLine
 from tests.fakes import FakeEngine
@@ -96,6 +96,11 @@ def _docker_events(lines: list[str]) -> list[BuildEvent]:
     return [event for line in lines for event in parse(line)]
 
 
+def _podman_events(lines: list[str]) -> list[BuildEvent]:
+    parse = PodmanOutput()
+    return [event for line in lines for event in parse(line)]
+
+
 def test_docker_output_gives_steps_stage_starts_and_the_images_steps_left() -> None:
     assert _docker_events(DOCKER) == [
         StepStarted(1, 10, f"FROM sha256:{BASE} AS system"),
@@ -118,21 +123,45 @@ def test_docker_output_gives_steps_stage_starts_and_the_images_steps_left() -> N
     ]
 
 
-def test_podman_output_gives_steps_per_stage_and_the_stages_built_from_stages() -> None:
-    events = [event for line in PODMAN + PODMAN_MORE for event in build_events(line)]
-    assert events == [
+def test_podman_output_gives_steps_per_stage_stage_starts_and_the_images_steps_left() -> None:
+    assert _podman_events(PODMAN + PODMAN_MORE) == [
         StepStarted(1, 3, f"FROM sha256:{BASE} AS system", 1, 2),
         StageStarted(BASE, name="system"),
         StepStarted(2, 3, "COPY apt/ /.imagesmith-apt/", 1, 2),
+        StepImage("ea561789cfd", stage="system"),
         StepStarted(3, 3, APT, 1, 2),
+        StepImage("e67974315d5", stage="system"),
         StepStarted(1, 7, f"FROM {SYSTEM}", 2, 2),
         StageStarted(SYSTEM),
         StepStarted(2, 7, "ADD python/venv.tar.gz /opt/venv/", 2, 2),
+        StepImage("2bf53215c0b"),
         StepStarted(6, 7, "USER 10001:10001", 2, 2),
+        StepImage("1e307185bb4"),
+        # COMMIT's --> is the image made (ImageMade, from the engine), not a step's.
         StepCached(),
         StepStarted(1, 2, f"FROM {PYTHON_STAGE} AS python", 2, 3),
         StageStarted(PYTHON_STAGE, name="python"),
         StepStarted(1, 2, "FROM imagesmith/debian:bookworm"),
+    ]
+
+
+def test_podman_single_stage_steps_are_the_unnamed_stages() -> None:
+    """A one-stage build has no [stage/stages] prefix: its steps' images are the last
+    (unnamed) stage's; a line before any step says nothing."""
+    lines = [
+        "--> 0123456789a",
+        "STEP 1/3: FROM imagesmith/debian:bookworm",
+        "STEP 2/3: RUN true",
+        "--> 5d2a3c1b0e9",
+        "STEP 3/3: USER 10001",
+        "COMMIT lab:1.0",
+        "--> 77aa88bb99c",
+    ]
+    assert _podman_events(lines) == [
+        StepStarted(1, 3, "FROM imagesmith/debian:bookworm"),
+        StepStarted(2, 3, "RUN true"),
+        StepImage("5d2a3c1b0e9"),
+        StepStarted(3, 3, "USER 10001"),
     ]
 
 
@@ -170,16 +199,15 @@ def test_prewarm_takes_stage_starts_and_the_last_stages_step_images(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Which images are rewritten while the build goes on: every image a stage starts
-    from; on Docker also the image after each step of the unnamed (last) stage."""
+    from, and the image after each step of the unnamed (last) stage."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     found: list[str] = []
     monkeypatch.setattr(Prewarm, "add", lambda self, image_id: found.append(image_id))
     prewarm = Prewarm(FakeEngine(), epoch=0, workdir=tmp_path)
     for event in _docker_events(DOCKER) + _docker_events(DOCKER_CACHED):
         prewarm.watch(event)
-    for line in PODMAN + PODMAN_MORE:
-        for event in build_events(line):
-            prewarm.watch(event)
+    for event in _podman_events(PODMAN + PODMAN_MORE):
+        prewarm.watch(event)
     prewarm.watch(ImageMade("sha256:" + "4" * 64))
     assert found == [
         "90144066fa4d",  # Docker: the base
@@ -190,7 +218,9 @@ def test_prewarm_takes_stage_starts_and_the_last_stages_step_images(
         "cfea530bc257",  # a named stage starts from the system stage
         "cfea530bc257",  # so does the last stage, whose steps follow
         "9eed44199110",
-        BASE,  # podman: the base (by ID), the system stage, the python stage
+        BASE,  # podman: the base (by ID), the system stage
         SYSTEM,
-        PYTHON_STAGE,
+        "2bf53215c0b",  # the last stage's steps, not the system stage's
+        "1e307185bb4",
+        PYTHON_STAGE,  # a named stage starts from the python stage
     ]
