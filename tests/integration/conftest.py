@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.base import Engine
+from imagesmith.engine.podman import PodmanEngine
 from imagesmith.errors import EngineError
 from imagesmith.pipeline.debian_base import build_base, default_tag, make_rootfs
 
@@ -199,6 +200,32 @@ def images(engine: Engine) -> Iterator[ImageTracker]:
     tracker = ImageTracker(engine)
     yield tracker
     tracker.cleanup()
+
+
+@contextlib.contextmanager
+def second_podman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PodmanEngine]:
+    """Another builder: podman with a storage of its own and an empty imagesmith cache.
+
+    Its storage setting is undone on leaving, so that the clean-ups after it (the
+    `images` fixture's, a test's own) reach this machine's store again.
+    """
+    storage = tmp_path / "second-machine"
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage / "root"}"\n'
+        f'runroot = "{storage / "run"}"\n'
+    )
+    monkeypatch.setenv("XDG_CACHE_HOME", str(storage / "cache"))
+    with pytest.MonkeyPatch.context() as storage_env:
+        storage_env.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+        try:
+            yield PodmanEngine()
+        finally:
+            # Named explicitly, so that this clean-up can only ever touch the second store.
+            second_store = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
+            subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
+            subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
+            shutil.rmtree(storage, ignore_errors=True)
 
 
 # -- a local registry (docker-registry, distribution 2.8) with htpasswd auth ------------

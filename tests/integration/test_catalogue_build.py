@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ from imagesmith.model.records import read_build_record
 from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
-from tests.integration.conftest import Registry, _free_port
+from tests.integration.conftest import Registry, _free_port, second_podman
 from tests.support import check_schema
 
 pytestmark = pytest.mark.integration
@@ -61,27 +58,6 @@ def _remove_built(engine: Engine, spec_path: Path) -> None:
     for ref in (*built["tags"], built["image_id"]):
         with contextlib.suppress(EngineError):
             engine.remove_image(ref, force=True)
-
-
-@contextlib.contextmanager
-def second_podman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PodmanEngine]:
-    """Another builder: podman with a storage of its own and an empty imagesmith cache."""
-    storage = tmp_path / "second-machine"
-    conf = tmp_path / "storage.conf"
-    conf.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage / "root"}"\n'
-        f'runroot = "{storage / "run"}"\n'
-    )
-    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(storage / "cache"))
-    try:
-        yield PodmanEngine()
-    finally:
-        second_store = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
-        subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
-        subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
-        shutil.rmtree(storage, ignore_errors=True)
-        monkeypatch.delenv("CONTAINERS_STORAGE_CONF", raising=False)
 
 
 def _no_build(**_: object) -> str:

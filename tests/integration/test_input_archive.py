@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.base import Engine
-from imagesmith.engine.podman import PodmanEngine
 from imagesmith.errors import ImagesmithError, OperationError
 from imagesmith.inputs.archive import (
     ARTIFACT_TYPE,
@@ -40,7 +39,7 @@ from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
 from imagesmith.registry.client import RegistryClient
 from tests.fixtures.make_lock import make_lock
-from tests.integration.conftest import ImageTracker, Registry
+from tests.integration.conftest import ImageTracker, Registry, second_podman
 
 pytestmark = pytest.mark.registry
 IMAGESMITH = shutil.which("imagesmith") or "imagesmith"
@@ -259,27 +258,12 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
     _, _, body = RegistryClient(logged_in.host).manifest(f"lab/{name}", base_tag(lock))
     assert json.loads(body)["config"]["digest"] == lock.base.digest  # the very image ID
 
-    storage = tmp_path / "second-machine"
-    conf = tmp_path / "storage.conf"
-    conf.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage / "root"}"\n'
-        f'runroot = "{storage / "run"}"\n'
-    )
-    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(storage / "cache"))
-    second = PodmanEngine()
-    try:
+    with second_podman(tmp_path, monkeypatch) as second:
         assert not second.image_exists(lock.base.digest)
         again = build(spec, second)
         assert again.digest == first.digest
         run = second.run(again.tags[0], [])
         assert run.output.strip() == marker
-    finally:
-        # Named explicitly, so that this clean-up can only ever touch the second store.
-        second_store = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
-        subprocess.run(["podman", *second_store, "rmi", "-a", "-f"], capture_output=True)
-        subprocess.run(["umount", "-R", str(storage / "root" / "overlay")], capture_output=True)
-        shutil.rmtree(storage, ignore_errors=True)
 
 
 def lock_jq(lock: Lock) -> AptPackage:

@@ -29,8 +29,7 @@ from imagesmith.engine.base import Engine
 from imagesmith.model.lock import read_lock
 from imagesmith.registry.client import RegistryClient
 from imagesmith.render.containerfile import content_tag
-from tests.integration.conftest import ensure_test_base
-from tests.integration.test_catalogue_build import second_podman
+from tests.integration.conftest import ensure_test_base, second_podman
 from tests.support import check_schema, tool
 
 pytestmark = pytest.mark.integration
