@@ -168,7 +168,7 @@ def _end_build(proc: subprocess.Popen[str]) -> None:
 
 
 _STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+) ?: ?(.*)$")
-_FROM_ID = re.compile(r"^FROM (?:sha256:)?([0-9a-f]{64})\b(?:.*\s(?i:AS)\s+(\S+)\s*$)?")
+_FROM_ID = re.compile(r"^FROM (?:sha256:)?([0-9a-f]{64})\b")
 _STAGE_NAME = re.compile(r"\s(?i:AS)\s+(\S+)\s*$")
 _STEP_IMAGE = re.compile(r"^--> ([0-9a-f]{11,64})$")
 _COMMIT = re.compile(r"^(?:\[\d+/\d+\] )?COMMIT\b")
@@ -216,9 +216,9 @@ class BuildOutput:
         if number == "1" and instruction.startswith("FROM "):
             name = _STAGE_NAME.search(instruction)
             self._stage = name.group(1) if name else ""
-        start = _FROM_ID.match(instruction) if stage and number == "1" else None
-        if start:
-            events.append(StageStarted(start.group(1), name=start.group(2) or ""))
+            start = _FROM_ID.match(instruction) if stage else None
+            if start:
+                events.append(StageStarted(start.group(1), name=self._stage))
         return events
 
 

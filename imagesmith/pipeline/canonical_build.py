@@ -121,10 +121,10 @@ class Prewarm:
     (the engine announces them as the image a stage starts from, `StageStarted`) go
     through the canonical rewrite into the `LayerCache`, so that the rewrite after the
     build finds them there and only does the layers of the last stage; so does the image
-    after each step of the unnamed (last) stage where the engine announces those
-    (`StepImage`: Docker and podman), while the remaining steps run. Only images the engine's store
-    lets us read in place are taken (no `save` racing the build). Failures are ignored:
-    the rewrite after the build does that work again and reports them.
+    after each step of the unnamed (last) stage (`StepImage`, from Docker and podman),
+    while the remaining steps run. Only images the engine's store lets us read in place
+    are taken (no `save` racing the build). Failures are ignored: the rewrite after the
+    build does that work again and reports them.
     """
 
     def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
