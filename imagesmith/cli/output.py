@@ -1,5 +1,8 @@
 """What the user reads: plain lines, colour on a terminal, credentials redacted, JSON for CI,
-live build progress, and every expected failure as one line per problem and its exit code."""
+live build progress, and every expected failure as one line per problem and its exit code.
+
+Written to the standard streams directly, without click or typer, so that the commands
+`quick` answers import neither."""
 
 from __future__ import annotations
 
@@ -10,9 +13,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
-
-import click
-import typer
 
 from imagesmith.errors import ImagesmithError, InputError, NoLocalImageError
 from imagesmith.progress import StepLine
@@ -41,11 +41,20 @@ def colour_wanted(stream: IO[str]) -> bool:
     return bool(isatty is not None and isatty())
 
 
+#: The colours lines are written in, as ANSI SGR codes.
+_COLOURS = {"red": 31, "green": 32, "yellow": 33}
+
+#: An ANSI escape sequence, as a tool's output may hold (click's pattern).
+_ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")
+
+
 def err(line: str, *, colour: str | None = None) -> None:
-    """One line on standard error, in `colour` when that is wanted there."""
-    use = colour is not None and colour_wanted(click.get_text_stream("stderr"))
-    line = redacted(line)
-    typer.echo(typer.style(line, fg=colour) if use else line, err=True, color=use)
+    """One line on standard error, in `colour` when that is wanted there. A line quoted from
+    a tool loses its own escape sequences: they would garble a log or a terminal's line."""
+    line = _ANSI.sub("", redacted(line))
+    if colour is not None and colour_wanted(sys.stderr):
+        line = f"\033[{_COLOURS[colour]}m{line}\033[0m"
+    print(line, file=sys.stderr, flush=True)
 
 
 def warn(line: str) -> None:
@@ -55,7 +64,7 @@ def warn(line: str) -> None:
 def print_json(report: Report) -> None:
     import json
 
-    typer.echo(json.dumps(report, sort_keys=True, default=str))
+    print(json.dumps(report, sort_keys=True, default=str), flush=True)
 
 
 def emit(text: str, output: Path | None, *, report: Report | None = None) -> None:
@@ -108,10 +117,10 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
                 exc = look_in_the_other_engine(exc)
             report_problems(command.__name__, exc, as_json=as_json)
-            raise typer.Exit(exc.exit_code) from None
+            raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
             err("interrupted; nothing was left half-done")
-            raise typer.Exit(130) from None
+            raise SystemExit(130) from None
 
     return wrapper
 

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imagesmith.cli import quick
 from imagesmith.cli.options import EngineOpt, JsonOpt, PlatformOpt, SpecArg, engine_factory
-from imagesmith.cli.output import emit, err, print_json, reports_errors
+from imagesmith.cli.output import err, print_json, reports_errors
 from imagesmith.errors import InputError, OperationError
 from imagesmith.userpath import as_typed
 
@@ -25,26 +26,12 @@ commands = typer.Typer()
 
 
 @commands.command()
-@reports_errors
 def validate(spec_path: SpecArg = Path("env.toml"), as_json: JsonOpt = False) -> None:
     """Check env.toml and list every problem in it, one per line (exit 2 if any)."""
-    from imagesmith.model.spec_loading import load_spec
-
-    spec = load_spec(spec_path)
-    if as_json:
-        from imagesmith.reports import validate_report
-
-        print_json(validate_report(spec))
-        return
-    python = len(spec.python.requirements) if spec.python else 0
-    typer.echo(
-        f"{spec_path}: valid ({spec.name}:{spec.version}, {len(spec.apt_packages)} apt packages, "
-        f"{python} Python requirements)"
-    )
+    quick.validate(spec_path, as_json=as_json)
 
 
 @commands.command()
-@reports_errors
 def render(
     spec_path: SpecArg = Path("env.toml"),
     output: Annotated[
@@ -59,18 +46,7 @@ def render(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Containerfile that env.lock pins (needs an up-to-date lock; no engine)."""
-    from imagesmith.model.lock import fresh_lock
-    from imagesmith.model.spec_loading import load_spec
-    from imagesmith.render.containerfile import render as render_lock
-
-    lock = fresh_lock(load_spec(spec_path))
-    text = render_lock(lock)
-    if not as_json:
-        emit(text, output)
-        return
-    from imagesmith.reports import render_report
-
-    emit(text, output, report=render_report(lock, output=output, text=text))
+    quick.render(spec_path, output=output, as_json=as_json)
 
 
 @commands.command()

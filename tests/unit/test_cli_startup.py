@@ -76,8 +76,10 @@ def test_a_command_imports_only_the_module_defining_it() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr.split() == [
         "imagesmith.cli",
+        "imagesmith.cli.application",
         "imagesmith.cli.options",
         "imagesmith.cli.output",
+        "imagesmith.cli.quick",
         "imagesmith.cli.spec_commands",
     ]
 
@@ -146,7 +148,8 @@ def test_a_command_runs_through_main(example_dir: Path) -> None:
 
 #: Modules that a command reading only env.toml and env.lock has no use for: the engines'
 #: clients and the resolver (0.1 s and more of imports), the schema and PEP 508 checkers
-#: (an intact lock vouches for the spec), and rich (only for help and errors).
+#: (an intact lock vouches for the spec), rich (only for help and errors), and for the
+#: commands `quick` answers, typer and click.
 HEAVY = (
     "docker",
     "requests",
@@ -156,26 +159,20 @@ HEAVY = (
     "imagesmith.engine",
     "imagesmith.pipeline.build",
     "rich",
+    "click",
+    "typer",
 )
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["--version"],
-        ["validate", "env.toml"],
-        ["render", "env.toml"],
-        ["lock", "--check", "env.toml"],
-    ],
-)
-def test_quick_commands_import_nothing_heavy(example_dir: Path, args: list[str]) -> None:
+def _imports_of(example_dir: Path, args: list[str]) -> list[str]:
+    """The HEAVY modules that `imagesmith ARGS` imports, run in example_dir (with its lock)."""
     write_lock(make_lock(example_dir / "env.toml"), example_dir / "env.lock")
     code = (
         "import sys\nfrom imagesmith.cli import main\n"
         f"sys.argv = ['imagesmith', *{args!r}]\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        f"print(*sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
-        f"or m.startswith({HEAVY!r})), file=sys.stderr)"
+        f"print('imported:', *sorted({{h for m in sys.modules for h in {HEAVY!r} "
+        "if m == h or m.startswith(h + '.')}), file=sys.stderr)"
     )
     env = {**os.environ, "XDG_CACHE_HOME": str(example_dir / "cache")}
     for _ in range(2):  # the first run checks [resources] ... once and notes it: see the second
@@ -188,7 +185,28 @@ def test_quick_commands_import_nothing_heavy(example_dir: Path, args: list[str])
             check=False,
         )
         assert done.returncode == 0, done.stderr
-    assert done.stderr.split() == []
+    return done.stderr.splitlines()[-1].split()[1:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version"],
+        ["validate", "env.toml"],
+        ["validate", "--json"],
+        ["render", "env.toml"],
+        ["render", "--json", "-o", "Containerfile"],
+        ["render", "--output=Containerfile"],
+    ],
+)
+def test_quick_commands_import_nothing_heavy_not_even_typer(
+    example_dir: Path, args: list[str]
+) -> None:
+    assert _imports_of(example_dir, args) == []
+
+
+def test_other_commands_import_typer_but_nothing_heavy(example_dir: Path) -> None:
+    assert _imports_of(example_dir, ["lock", "--check", "env.toml"]) == ["click", "typer"]
 
 
 # -- env.lock parsed once per command -------------------------------------------------------
