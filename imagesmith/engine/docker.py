@@ -305,6 +305,7 @@ class DockerEngine(Engine):
     """A Docker daemon (DOCKER_HOST, or the local socket)."""
 
     name = "docker"
+    loads_beside_builds = True
 
     def __init__(self, client: Any = None) -> None:
         """`client`: a docker-py client to use; without one, the daemon DOCKER_HOST names

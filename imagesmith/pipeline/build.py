@@ -163,6 +163,7 @@ def build_canonical(
     with scratch(Path(tempfile.gettempdir()), "imagesmith-build-") as work:
         prewarm = Prewarm(engine, epoch=epoch, workdir=work)
         run = _EngineRun(lock, engine, work, epoch, no_cache, on_line, prewarm, archive)
+        canonical: Canonical | None = None
         try:
             containerfile = render(lock, epoch=epoch)
             system_id, built_stage = _system_stage(run, containerfile, share)
@@ -175,6 +176,7 @@ def build_canonical(
             return canonical
         finally:
             prewarm.finish(cancel=True)
+            prewarm.drop_loaded(keep=canonical.image_id if canonical else None)
 
 
 @dataclass(frozen=True)

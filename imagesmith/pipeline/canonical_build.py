@@ -125,6 +125,13 @@ class Prewarm:
     while the remaining steps run. Only images the engine's store lets us read in place
     are taken (no `save` racing the build). Failures are ignored: the rewrite after the
     build does that work again and reports them.
+
+    On an engine that can load while it builds (`Engine.loads_beside_builds`: Docker), the
+    canonical layers of each image rewritten are loaded too, when the engine does not hold
+    them yet: the load after the build then sends only the layers made after it (at 80
+    apt and Python packages, loading 1.4 GB took Docker 20-30 s). Each image loaded that
+    way is an untagged image the engine did not have; `drop_loaded` removes them once the
+    canonical image holds their layers.
     """
 
     def __init__(self, engine: Engine, *, epoch: int, workdir: Path) -> None:
@@ -138,6 +145,7 @@ class Prewarm:
         self._seen: set[str] = set()
         self._cancelled = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loaded: list[str] = []
 
     def add(self, image_id: str) -> None:
         if image_id in self._seen or self._cancelled.is_set():
@@ -169,7 +177,7 @@ class Prewarm:
                 continue
             staging = new_staging()
             try:
-                canonicalize_local(
+                image = canonicalize_local(
                     local,
                     staging / "layout",
                     epoch=self._epoch,
@@ -177,10 +185,31 @@ class Prewarm:
                     cache=self._cache,
                     plain_dir=self._plain_dir,
                 )
+                if self._engine.loads_beside_builds:
+                    self._load(image, staging / "layout")
             except Exception:  # an optimisation only (see the class doc)
                 pass
             finally:
                 release(staging)
+
+    def _load(self, image: CanonicalImage, layout: Path) -> None:
+        """Load `image` (written to `layout`) when it has layers the engine lacks."""
+        engine = self._engine
+        if self._cancelled.is_set() or engine.present_layers(image.diff_ids) == len(image.diff_ids):
+            return
+        if engine.image_exists(image.config_digest):  # not ours to remove later
+            return
+        self._loaded.append(load_layout(engine, layout, image.diff_ids, layout.parent))
+
+    def drop_loaded(self, *, keep: str | None) -> None:
+        """Remove the images `_load` loaded, but `keep` (the canonical image, when one of
+        them is it). Their layers stay as long as an image holds them. Called when the
+        build is over, after `finish`."""
+        loaded, self._loaded = self._loaded, []
+        for image_id in loaded:
+            if image_id != keep:
+                with contextlib.suppress(Exception):  # tagged or in use meanwhile: kept
+                    self._engine.remove_image(image_id)
 
     def finish(self, *, cancel: bool = False) -> None:
         """Wait for the work queued so far; with `cancel`, skip what has not started."""
