@@ -15,8 +15,10 @@ which parses it and answers or reports it as it does for every command.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imagesmith import __version__
@@ -90,7 +92,7 @@ def answer(args: Sequence[str]) -> bool:
     if any(name.startswith("_") and "_COMPLETE" in name for name in os.environ):
         return False
     if list(args) == ["--version"]:
-        print(f"imagesmith {__version__}")
+        _answering(lambda: print(f"imagesmith {__version__}"))
         return True
     if not args or args[0] not in ("validate", "render"):
         return False
@@ -99,7 +101,20 @@ def answer(args: Sequence[str]) -> bool:
         return False
     spec, as_json, output = plain
     if args[0] == "validate":
-        validate(Path(spec), as_json=as_json)
+        _answering(lambda: validate(Path(spec), as_json=as_json))
     else:
-        render(Path(spec), output=None if output is None else Path(output), as_json=as_json)
+        out = None if output is None else Path(output)
+        _answering(lambda: render(Path(spec), output=out, as_json=as_json))
     return True
+
+
+def _answering(run: Callable[[], None]) -> None:
+    """`run`, its output flushed; a reader that went away (`imagesmith render | head`)
+    ends it with exit 1 and no traceback, as click ends the typer commands."""
+    try:
+        run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None

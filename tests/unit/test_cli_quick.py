@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -226,16 +227,50 @@ def _in_process(run: Callable[[], object]) -> tuple[int, str, str]:
 def test_any_command_line_quick_answers_is_answered_as_typer_answers_it(
     lab: Path, args: list[str]
 ) -> None:
-    for written in (lab / "written", lab / "stale" / "written"):
-        written.unlink(missing_ok=True)
+    # `-o FILE` may name any file of the folder (even env.toml): each run starts from it as
+    # it was, and leaves it as the other run must leave it.
+    files = {path: path.read_bytes() for path in lab.rglob("*") if path.is_file()}
+
+    def folder_as_it_was() -> dict[Path, bytes]:
+        now = {path: path.read_bytes() for path in lab.rglob("*") if path.is_file()}
+        for path in now.keys() - files.keys():
+            path.unlink()
+        for path, data in files.items():
+            path.write_bytes(data)
+        return now
+
     answered: list[bool] = []  # stays empty when it answered with an exit (SystemExit)
     quick = _in_process(lambda: answered.append(answer(args)))
     event("left to typer" if answered == [False] else "answered by quick")
+    after_quick = folder_as_it_was()
     if answered == [False]:
         assert quick == (0, "", "")
+        assert after_quick == files
         return
-    by_quick = (lab / "written").read_bytes() if (lab / "written").exists() else None
-    (lab / "written").unlink(missing_ok=True)
     assert quick == _typer(*args), args
-    by_typer = (lab / "written").read_bytes() if (lab / "written").exists() else None
-    assert by_quick == by_typer
+    assert folder_as_it_was() == after_quick
+
+
+@pytest.mark.parametrize(
+    "args", [["--version"], ["render"], ["render", "--json"], ["validate"], ["lock", "--check"]]
+)
+def test_a_reader_that_went_away_ends_the_command_with_exit_1_and_no_traceback(
+    lab: Path, args: list[str]
+) -> None:
+    """`imagesmith render | head`: as click ends the typer commands (`lock --check`)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout fails: EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "imagesmith", *args],
+            cwd=lab,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
