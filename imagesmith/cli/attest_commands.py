@@ -115,7 +115,7 @@ def provenance(
         from imagesmith.attest.signing import sign_statement
 
         text = sign_statement(text, signer)
-    emit(text, output)
+    emit(text, output, reads=(spec.path, spec.lock_path))
 
 
 def _build_run(spec: Spec, the_lock: Lock, builder_id: str | None) -> BuildRun:

@@ -124,7 +124,7 @@ def manifest(
             text=text,
             warnings=overrides.warnings if overrides is not None else (),
         )
-    emit(text, output, report=report)
+    emit(text, output, report=report, reads=(spec.path, spec.lock_path))
 
 
 def _checked_maps(
@@ -239,7 +239,7 @@ def sbatch(
     report = None
     if as_json:
         report = sbatch_report(the_lock, runtime=runtime, image=image, output=output, text=text)
-    emit(text, output, report=report)
+    emit(text, output, report=report, reads=(spec.path, spec.lock_path))
 
 
 def _image_for(spec: Spec, the_lock: Lock) -> tuple[str, int, int]:

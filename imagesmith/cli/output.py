@@ -10,7 +10,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -67,17 +67,36 @@ def print_json(report: Report) -> None:
     print(json.dumps(report, sort_keys=True, default=str), flush=True)
 
 
-def emit(text: str, output: Path | None, *, report: Report | None = None) -> None:
-    """`text` to `output` (or stdout); with --json, `report` is what goes to stdout."""
+def emit(
+    text: str, output: Path | None, *, report: Report | None = None, reads: Sequence[Path] = ()
+) -> None:
+    """`text` to `output` (or stdout); with --json, `report` is what goes to stdout.
+
+    `reads`: the files the command read (env.toml, env.lock): an `output` naming one of
+    them is refused (exit 2), not written over it.
+    """
     from imagesmith.model.lock import write_atomically
 
     if output is not None:
+        for path in reads:
+            if _same_file(output, path):
+                raise InputError(
+                    f"--output {output}: that is {path.name}, which this command reads; "
+                    "name another file"
+                )
         write_atomically(output, text)
         err(f"wrote {output}")
     if report is not None:
         print_json(report)
     elif output is None:
         sys.stdout.write(text)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 #: A problem line quotes the input it is about; past this it is cut (a 4 MB line helps no one).

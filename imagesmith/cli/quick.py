@@ -48,14 +48,16 @@ def render(spec_path: Path, *, output: Path | None, as_json: bool) -> None:
     from imagesmith.model.spec_loading import load_spec
     from imagesmith.render.containerfile import render as render_lock
 
-    lock = fresh_lock(load_spec(spec_path))
+    spec = load_spec(spec_path)
+    lock = fresh_lock(spec)
     text = render_lock(lock)
+    reads = (spec.path, spec.lock_path)
     if not as_json:
-        emit(text, output)
+        emit(text, output, reads=reads)
         return
     from imagesmith.reports import render_report
 
-    emit(text, output, report=render_report(lock, output=output, text=text))
+    emit(text, output, report=render_report(lock, output=output, text=text), reads=reads)
 
 
 #: The default of the SPEC argument, as the typer commands have it.

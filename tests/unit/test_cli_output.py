@@ -316,3 +316,21 @@ def test_shell_completion_completes_commands_and_options(monkeypatch: pytest.Mon
     assert words.stdout.split() == ["lock", "login"]
     env.update(COMP_WORDS="imagesmith lock --ch", COMP_CWORD="2")
     assert runner.invoke(app, [], env=env, prog_name="imagesmith").stdout.split() == ["--check"]
+
+
+@pytest.mark.parametrize("command", ["render", "manifest", "sbatch"])
+@pytest.mark.parametrize("target", ["env.toml", "env.lock"])
+def test_output_over_the_spec_or_its_lock_is_refused(
+    example_dir: Path, command: str, target: str
+) -> None:
+    """`-o env.toml` would replace the spec with what the command writes: exit 2, one line,
+    both files as they were."""
+    spec = pushed(example_dir / "env.toml")
+    before = {name: (example_dir / name).read_bytes() for name in ("env.toml", "env.lock")}
+    result = runner.invoke(app, [command, str(spec), "-o", str(example_dir / target)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: --output {example_dir / target}: that is {target}, which this command "
+        "reads; name another file\n"
+    )
+    assert {name: (example_dir / name).read_bytes() for name in before} == before
