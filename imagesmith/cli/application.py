@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,6 +17,7 @@ import typer
 from typer.models import CommandInfo
 
 from imagesmith import __version__
+from imagesmith.cli.quick import completing
 
 #: Every command, in the order `imagesmith --help` lists them, and the module (in this
 #: package) that defines it: each module gathers its commands in a Typer named `commands`.
@@ -129,7 +129,7 @@ def app_for(args: Sequence[str]) -> typer.Typer:
     up) an empty one. Anything else (`--help`, no command, a name that is none of ours,
     shell completion) gets the whole app, so it lists, suggests and completes as before.
     """
-    if any(name.startswith("_") and "_COMPLETE" in name for name in os.environ):
+    if completing():
         return whole_app()
     first = args[0] if args else None
     if first == "--version":

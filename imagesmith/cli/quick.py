@@ -88,10 +88,16 @@ def _plain(command: str, rest: Sequence[str]) -> tuple[str, bool, str | None] | 
     return spec or DEFAULT_SPEC, as_json, output
 
 
+def completing() -> bool:
+    """Whether the shell asks for completions (click's `_PROG_COMPLETE` variable is set):
+    only the whole typer app answers those."""
+    return any(name.startswith("_") and "_COMPLETE" in name for name in os.environ)
+
+
 def answer(args: Sequence[str]) -> bool:
     """Run `args` if it is one of the plain forms (exiting non-zero on failure, as the typer
     command does) and say True; False, having done nothing, to leave it to typer."""
-    if any(name.startswith("_") and "_COMPLETE" in name for name in os.environ):
+    if completing():
         return False
     if list(args) == ["--version"]:
         _answering(lambda: print(f"imagesmith {__version__}"))
