@@ -5,13 +5,20 @@ signed sources and mirror, each .deb with its sha256 and where the archive keeps
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from imagesmith.engine.base import Engine
 from imagesmith.errors import EngineError, ResolveError
-from imagesmith.locking.apt_sources import needs_host_network, probe_setup, update_problems
+from imagesmith.locking.apt_sources import (
+    SourceUnreachable,
+    missing_index,
+    needs_host_network,
+    probe_setup,
+    update_problems,
+)
 from imagesmith.model.lock import AptPackage, BaseImageLock
 from imagesmith.model.spec import Spec
 from imagesmith.progress import LineCallback
@@ -94,7 +101,7 @@ def probe_base(
     if not base.local and not engine.image_exists(ref):
         say(f"base: pulling {ref}")
         engine.pull(ref)
-    first = _run_probe(engine, ref, spec, [])
+    first = _run_probe(engine, ref, spec, [], say)
     packages = list(spec.apt_packages)
     if spec.python is not None and "VENV" not in first:
         # No usable Python in the base: Debian's own, with venv, comes in by itself. (The
@@ -132,10 +139,10 @@ def _probe_closure(
         wanted = [f"{n}={v}" for n, v in sorted(pins.items())]
         wanted += [p for p in packages if p.split("=")[0].split(":")[0] not in pins]
         try:
-            return _run_probe(engine, ref, spec, wanted)
+            return _run_probe(engine, ref, spec, wanted, say)
         except ResolveError as exc:
             say(f"apt: the previous pins cannot all be installed any more ({exc}); resolving")
-    return _run_probe(engine, ref, spec, packages)
+    return _run_probe(engine, ref, spec, packages, say)
 
 
 def _closure(probe: ProbeOutput, packages: Sequence[str]) -> list[AptPackage]:
@@ -201,7 +208,40 @@ def _python_version(first: ProbeOutput, closure: list[AptPackage]) -> str:
     return "3.11"
 
 
-def _run_probe(engine: Engine, ref: str, spec: Spec, packages: Sequence[str]) -> ProbeOutput:
+#: Pauses before the probe runs again when an archive lacks an index its Release lists.
+_SYNC_PAUSES = (2.0, 6.0)
+
+
+def _run_probe(
+    engine: Engine, ref: str, spec: Spec, packages: Sequence[str], say: LineCallback
+) -> ProbeOutput:
+    """The probe's findings; run again, after a pause, while an archive is caught between
+    its Release and its indexes (a mirror being updated)."""
+    for pause in _SYNC_PAUSES:
+        try:
+            return _probe_once(engine, ref, spec, packages)
+        except _HalfUpdated as exc:
+            say(
+                f"apt: {exc.url} is not there although its Release lists it (a mirror being "
+                f"updated?); trying again in {pause:g} s"
+            )
+            time.sleep(pause)
+    try:
+        return _probe_once(engine, ref, spec, packages)
+    except _HalfUpdated as exc:
+        raise exc.problem from None
+
+
+class _HalfUpdated(Exception):
+    """An index under dists/ answered 404 although the Release apt checked lists it."""
+
+    def __init__(self, url: str, problem: Exception) -> None:
+        super().__init__(url)
+        self.url = url
+        self.problem = problem
+
+
+def _probe_once(engine: Engine, ref: str, spec: Spec, packages: Sequence[str]) -> ProbeOutput:
     sources, env = probe_setup(spec)
     script = _PROBE.replace("@@SNAPSHOT@@", _snapshot_script(spec.apt_snapshot)).replace(
         "@@SOURCES@@", sources
@@ -240,7 +280,22 @@ def _run_probe(engine: Engine, ref: str, spec: Spec, packages: Sequence[str]) ->
             found.setdefault(key, []).append((value.strip(),))
     # The spec's own sources and mirror first: apt may go on without an index it could
     # not fetch, and then only say that a package is missing.
-    problem = update_problems(spec, errors + updates)
+    messages = errors + updates
+    problem = update_problems(spec, messages)
+    if isinstance(problem, ResolveError):  # the spec's fault: no second try mends it
+        raise problem
+    missing = next((url for url in map(missing_index, messages) if url), None)
+    if missing is not None:
+        # Debian's archive as well as the spec's sources: apt goes on without the index,
+        # and the closure would lack its packages or pin other versions.
+        raise _HalfUpdated(
+            missing,
+            problem
+            or SourceUnreachable(
+                f"apt: {missing} is not there although its Release lists it (a mirror "
+                "being updated? try again later)"
+            ),
+        )
     if problem is not None:
         raise problem
     if result.exit_code != 0:

@@ -31,6 +31,7 @@ _SIGNATURE = (
     "signature",
     "Signed-By",
 )
+_RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
 _NOT_THERE = ("does not have a Release file", "404", "Not Found")
 _UNREACHABLE = (
     "Could not connect",
@@ -134,7 +135,14 @@ def update_problems(spec: Spec, messages: Sequence[str]) -> ImagesmithError | No
         url, source = match
         what = f"apt source {url}" if source is not None else f"apt mirror {url}"
         detail = _detail(text)
-        if source is not None and any(word in text for word in _SIGNATURE):
+        index = missing_index(text)
+        if index is not None:
+            network_lines.setdefault(
+                url,
+                f"{what}: its signed Release lists {index.removeprefix(url)} but the server "
+                f"does not have it (a mirror being updated? try again later); apt says: {detail}",
+            )
+        elif source is not None and any(word in text for word in _SIGNATURE):
             fingerprints = ", ".join(_key(spec, source).fingerprints)
             spec_lines.setdefault(
                 url,
@@ -154,6 +162,22 @@ def update_problems(spec: Spec, messages: Sequence[str]) -> ImagesmithError | No
     if network_lines:
         return SourceUnreachable("\n".join(network_lines.values()))
     return None
+
+
+def missing_index(text: str) -> str | None:
+    """The URL in an `apt-get update` message saying that an index (Packages, Sources,
+    Translation...) under dists/ is not there (404). apt asks only for the indexes the
+    Release it has just checked lists, so the archive is half-updated: a mirror in the
+    middle of a sync, which a later try usually finds whole. None for anything else,
+    such as a Release that is not there (a suite that does not exist)."""
+    match = re.search(r"Failed to fetch (\S+)\s+404\b", text)
+    if match is None:
+        return None
+    url = match.group(1)
+    _, found, rest = url.partition("/dists/")
+    if not found or "/" not in rest or rest.rsplit("/", 1)[1] in _RELEASE_FILES:
+        return None
+    return url
 
 
 def _mentions(text: str, url: str) -> bool:

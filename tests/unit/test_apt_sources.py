@@ -13,6 +13,7 @@ from imagesmith.errors import ResolveError, SpecError
 from imagesmith.locking.apt_probe import _download
 from imagesmith.locking.apt_sources import (
     SourceUnreachable,
+    missing_index,
     needs_host_network,
     probe_setup,
     source_locks,
@@ -245,6 +246,14 @@ URL = "http://127.0.0.1:8901/lab"
             SourceUnreachable,
             "apt mirror http://mirror.example.edu/debian: cannot reach it",
         ),
+        (
+            f"E: Failed to fetch {URL}/dists/stable/main/binary-amd64/Packages  404  Not Found "
+            "[IP: 127.0.0.1 8901]",
+            SourceUnreachable,
+            f"apt source {URL}: its signed Release lists /dists/stable/main/binary-amd64/"
+            "Packages but the server does not have it (a mirror being updated? try again "
+            "later); apt says: Failed to fetch",
+        ),
     ],
 )
 def test_apt_complaints_become_one_line_with_the_right_exit(
@@ -370,3 +379,31 @@ def test_one_rule_tells_this_machine_from_others(host: str, loopback: bool) -> N
     assert is_loopback(host) is loopback
     in_url = f"[{host}]" if host.count(":") > 1 and not host.startswith("[") else host
     assert is_loopback_url(f"http://{in_url}/lab") is loopback
+
+
+@pytest.mark.parametrize(
+    ("said", "index"),
+    [
+        (
+            "E: Failed to fetch http://deb.debian.org/debian/dists/bookworm-updates/main/"
+            "binary-amd64/Packages.xz  404  Not Found [IP: 151.101.2.132 80]",
+            "http://deb.debian.org/debian/dists/bookworm-updates/main/binary-amd64/Packages.xz",
+        ),
+        (
+            f"W: Failed to fetch {URL}/dists/stable/main/i18n/Translation-en  404  File not found",
+            f"{URL}/dists/stable/main/i18n/Translation-en",
+        ),
+        # A Release that is not there is a suite that is not there, not a half-updated one.
+        (f"E: Failed to fetch {URL}/dists/oldstable/InRelease  404  Not Found", None),
+        (f"E: Failed to fetch {URL}/dists/oldstable/Release  404  Not Found", None),
+        (f"E: Failed to fetch {URL}/dists/oldstable/Release.gpg  404  Not Found", None),
+        # Not under dists/, or not a 404.
+        (f"E: Failed to fetch {URL}/pool/main/l/lab-tools_1.0_all.deb  404  Not Found", None),
+        (f"E: Failed to fetch {URL}/dists/stable/main/binary-amd64/Packages  Hash Sum", None),
+        (f"E: Failed to fetch {URL}/dists/stable  404  Not Found", None),
+    ],
+)
+def test_an_index_missing_under_a_checked_release_is_a_half_updated_archive(
+    said: str, index: str | None
+) -> None:
+    assert missing_index(said) == index
