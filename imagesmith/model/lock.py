@@ -17,7 +17,6 @@ built silently.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import json
 import os
@@ -26,8 +25,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import tomli_w
 
 from imagesmith import __version__
 from imagesmith.errors import (
@@ -40,6 +37,8 @@ from imagesmith.errors import (
     StaleLockError,
 )
 from imagesmith.model.input_files import read_input_text
+from imagesmith.model.memo import note, noted
+from imagesmith.model.sha256 import sha256
 from imagesmith.model.spec import Spec, canonical_hash, spec_from_valid_data
 from imagesmith.model.spec_loading import parse_lock_text
 from imagesmith.model.spec_schema import draft_validator, json_path
@@ -196,6 +195,9 @@ class Lock:
     format: int | None = LOCK_FORMAT
     """None for a lock written before formats were recorded (0.5.0 and earlier)."""
     spec_path: Path = field(default=Path("env.toml"), compare=False)
+    source_text: str | None = field(default=None, init=False, compare=False, repr=False)
+    """The text this lock was read from (`parse_lock`); None for a lock made otherwise,
+    and for a copy made with `dataclasses.replace`, which may differ from it."""
 
     def content(self) -> dict[str, Any]:
         """The lock as plain data, in the order it is written."""
@@ -256,8 +258,25 @@ class Lock:
         return spec_from_valid_data(self.spec_data, path=self.spec_path)
 
     def to_toml(self) -> str:
+        """The lock as env.lock holds it: the text it was read from, when a note says that
+        this version wrote exactly that text (writing it again takes 5 ms of `render`)."""
+        if self.source_text is not None and noted(_WRITTEN, _text_key(self.source_text)):
+            return self.source_text
+        import tomli_w
+
         data = {**self.content(), "lock_hash": self.lock_hash}
-        return HEADER.format(spec=self.spec_path.name) + tomli_w.dumps(data)
+        text = HEADER.format(spec=self.spec_path.name) + tomli_w.dumps(data)
+        if text == self.source_text:
+            note(_WRITTEN, _text_key(text))
+        return text
+
+
+#: Notes naming lock texts that this version's `to_toml` writes (`imagesmith.model.memo`).
+_WRITTEN = "written-locks"
+
+
+def _text_key(text: str) -> str:
+    return sha256(f"{__version__}\n{LOCK_FORMAT}\n{text}".encode()).hexdigest()
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,6 +295,12 @@ def lock_schema() -> dict[str, Any]:
 
 
 def parse_lock(text: str, *, path: Path) -> Lock:
+    lock = _parse_lock(text, path)
+    object.__setattr__(lock, "source_text", text)  # frozen: set once, as it is made
+    return lock
+
+
+def _parse_lock(text: str, path: Path) -> Lock:
     label = path.name
     try:
         data, intact = parse_lock_text(text, label)
@@ -435,6 +460,7 @@ def write_error(path: Path, exc: OSError) -> ImagesmithError:
 def write_lock(lock: Lock, path: Path) -> bool:
     """Write the lock; False (and nothing touched) when the file already holds these bytes."""
     text = lock.to_toml()
+    note(_WRITTEN, _text_key(text))  # a later command that reads it need not write it again
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
@@ -452,7 +478,7 @@ def tree_hash(path: Path) -> str:
         (
             "." if file == root else file.relative_to(root).as_posix(),
             os.access(file, os.X_OK),
-            hashlib.sha256(file.read_bytes()).digest(),
+            sha256(file.read_bytes()).digest(),
         )
         for file in files
     )
@@ -461,7 +487,7 @@ def tree_hash(path: Path) -> str:
 def tree_hash_of(files: Iterable[tuple[str, bool, bytes]]) -> str:
     """The tree hash of (relative path, executable, sha256 of the content) in path order
     ("." for a single file): what `tree_hash` gives for the same files on disk."""
-    digest = hashlib.sha256()
+    digest = sha256()
     for rel, executable, content in files:
         digest.update(f"{rel}\0{'x' if executable else '-'}\0".encode())
         digest.update(content)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # decimal is imported where it is used: validate need not load it
+    from decimal import Decimal
 
 # Non-negative quantities only: a negative CPU or memory request is never meant.
 QUANTITY_PATTERN = (
@@ -13,18 +16,9 @@ QUANTITY_PATTERN = (
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": Decimal(1),
-    "k": Decimal(10**3),
-    "M": Decimal(10**6),
-    "G": Decimal(10**9),
-    "T": Decimal(10**12),
-    "P": Decimal(10**15),
-    "E": Decimal(10**18),
-}
+# Each as Decimal(...) takes it: what a value is printed as depends on its exponent.
+_DECIMAL: dict[str, str | int] = {"n": "1e-9", "u": "1e-6", "m": "1e-3", "": 1, "k": 10**3}
+_DECIMAL |= {"M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
 
 def is_quantity(text: str) -> bool:
@@ -33,6 +27,8 @@ def is_quantity(text: str) -> bool:
 
 def quantity_value(text: str) -> Decimal:
     """The exact value of a quantity: "1.5Gi" -> 1610612736, "500m" -> 0.5."""
+    from decimal import Decimal, InvalidOperation
+
     if not is_quantity(text):
         raise ValueError(f"{text!r} is not a Kubernetes quantity")
     for suffix, factor in _BINARY.items():
@@ -43,7 +39,7 @@ def quantity_value(text: str) -> Decimal:
     head = number.group(0)
     suffix = text[len(head) :]
     try:
-        return Decimal(head) * _DECIMAL[suffix]
+        return Decimal(head) * Decimal(_DECIMAL[suffix])
     except (InvalidOperation, KeyError) as exc:
         raise ValueError(f"{text!r} is not a Kubernetes quantity") from exc
 
@@ -55,6 +51,8 @@ def normalize_quantity(value: str | int | float) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        from decimal import Decimal
+
         text = format(Decimal(repr(value)).normalize(), "f")
         return text
     return value

@@ -5,7 +5,6 @@ and `spec_hash`, the hash of what a spec puts into an image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagesmith.model.quantity import normalize_quantity
+from imagesmith.model.sha256 import sha256
 
 if TYPE_CHECKING:
     from imagesmith.model.slurmtime import JobArray
@@ -191,7 +191,7 @@ def canonical_hash(data: Any) -> str:
     canonical = json.dumps(
         data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
     )
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return "sha256:" + sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def spec_hash(data: Mapping[str, Any], extra_requirements: Sequence[str]) -> str:

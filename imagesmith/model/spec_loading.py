@@ -10,7 +10,6 @@ checks its run-time tables once (a note in the cache says so).
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from imagesmith import __version__
 from imagesmith.errors import SpecError
 from imagesmith.model.input_files import parse_toml, read_input_text
+from imagesmith.model.memo import note, noted
 from imagesmith.model.spec import (
     RUNTIME_TABLES,
     Spec,
@@ -28,6 +28,8 @@ from imagesmith.model.spec import (
 )
 from imagesmith.model.spec_checks import requirements_file_lines, semantic_problems
 from imagesmith.model.spec_schema import schema_problems
+
+_RUNTIME_CHECKED = "checked-runtime"
 
 #: What the last reader of a lock parsed, left for the next reader of the same text, who
 #: takes it. A command reads env.lock twice (load_spec, to see whether the lock vouches
@@ -77,8 +79,9 @@ def _validated_when_locked(data: dict[str, Any], path: Path) -> bool:
         return False
 
 
-def _runtime_memo(data: Mapping[str, Any]) -> Path | None:
-    """Where a note says that `data`'s run-time tables passed this version's schema.
+def _runtime_memo(data: Mapping[str, Any]) -> str | None:
+    """The key of the note saying that `data`'s run-time tables passed this version's
+    schema.
 
     The lock vouches for the image part of a spec only, so a spec whose lock matches
     would otherwise import and run the schema (0.2-0.5 s) on every command just for its
@@ -86,25 +89,18 @@ def _runtime_memo(data: Mapping[str, Any]) -> Path | None:
     runtime = {key: data[key] for key in RUNTIME_TABLES if key in data}
     if not runtime:
         return None
-    key = canonical_hash({"imagesmith": __version__, "runtime": runtime})
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "imagesmith" / "checked-runtime" / key.removeprefix("sha256:")
+    return canonical_hash({"imagesmith": __version__, "runtime": runtime}).removeprefix("sha256:")
 
 
 def _runtime_checked(data: Mapping[str, Any]) -> bool:
-    memo = _runtime_memo(data)
-    return memo is None or memo.is_file()
+    key = _runtime_memo(data)
+    return key is None or noted(_RUNTIME_CHECKED, key)
 
 
 def _remember_runtime_checked(data: Mapping[str, Any]) -> None:
-    memo = _runtime_memo(data)
-    if memo is None:
-        return
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.touch()
-    except OSError:
-        pass  # only a shortcut: the next command checks the tables again
+    key = _runtime_memo(data)
+    if key is not None:
+        note(_RUNTIME_CHECKED, key)  # only a shortcut: without it, the tables are checked
 
 
 #: Problems listed at most; the rest are found once these are fixed.

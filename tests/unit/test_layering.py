@@ -23,6 +23,8 @@ FOUNDATION = {
     "imagesmith.model.quantity",
     "imagesmith.model.slurmtime",
     "imagesmith.model.input_files",
+    "imagesmith.model.memo",
+    "imagesmith.model.sha256",
     "imagesmith.package_data",
     "imagesmith.userpath",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -230,3 +231,39 @@ def test_an_epoch_that_is_not_seconds_is_one_line(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "2025-05-20")
     with pytest.raises(InputError, match=r"^SOURCE_DATE_EPOCH='2025-05-20' is not a whole"):
         environment_epoch()
+
+
+def test_a_lock_this_version_wrote_is_not_serialized_again(
+    example_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`render` puts the lock's text in a label: the text read from env.lock, once a note
+    says this version wrote exactly it; a lock read from any other text is written anew."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    lock = make_lock(example_dir / "env.toml")
+    text = lock.to_toml()
+    path = example_dir / "env.lock"
+
+    # No note yet: serialized, found equal to the text read, and the note left.
+    assert parse_lock(text, path=path).to_toml() == text
+    notes = list((tmp_path / "cache" / "imagesmith" / "written-locks").iterdir())
+    assert len(notes) == 1
+    with monkeypatch.context() as without_writer:
+        without_writer.setitem(sys.modules, "tomli_w", None)  # importing it now fails
+        assert parse_lock(text, path=path).to_toml() == text
+        # Intact (lock_hash covers the content, not the layout) but not what it writes.
+        respaced = text.replace(" = ", "  =  ")
+        with pytest.raises(ImportError):
+            parse_lock(respaced, path=path).to_toml()
+        # A copy with another field is not the text it came from.
+        changed = dataclasses.replace(parse_lock(text, path=path), source_date_epoch=1)
+        assert changed.source_text is None
+        with pytest.raises(ImportError):
+            changed.to_toml()
+    assert parse_lock(respaced, path=path).to_toml() == text
+    assert len(list(notes[0].parent.iterdir())) == 1  # the respaced text is not noted
+
+    # write_lock notes what it writes: a fresh cache, and the next reader need not write it.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-2"))
+    write_lock(lock, path)
+    monkeypatch.setitem(sys.modules, "tomli_w", None)
+    assert read_lock(path).to_toml() == text
