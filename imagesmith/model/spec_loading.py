@@ -115,6 +115,14 @@ def load_spec(path: Path | str) -> Spec:
         text = read_input_text(path)
     except FileNotFoundError:
         raise SpecError([f"{path}: no such file; `imagesmith init` writes one"]) from None
+    except IsADirectoryError:
+        inside = path / "env.toml"
+        problem = (
+            f"{path}: a folder; its spec is {inside}: name that file"
+            if inside.is_file()
+            else f"{path}: a folder, with no env.toml in it: name the spec file"
+        )
+        raise SpecError([problem]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{path}: cannot read it: {exc}"]) from None
     data = parse_toml(text, label)

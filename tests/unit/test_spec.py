@@ -465,6 +465,20 @@ def test_missing_spec_file_is_an_input_error(tmp_path: Path) -> None:
     assert "no such file" in caught.value.problems[0]
 
 
+def test_a_folder_given_as_the_spec_names_the_spec_in_it(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(tmp_path)
+    assert caught.value.problems == [
+        f"{tmp_path}: a folder, with no env.toml in it: name the spec file"
+    ]
+    (tmp_path / "env.toml").write_text((EXAMPLE / "env.toml").read_text())
+    with pytest.raises(SpecError) as caught:
+        load_spec(tmp_path)
+    assert caught.value.problems == [
+        f"{tmp_path}: a folder; its spec is {tmp_path / 'env.toml'}: name that file"
+    ]
+
+
 CREDENTIAL_SPEC = """
 name = "x"
 [base]
