@@ -46,6 +46,13 @@ def inspect(
 
     if show not in {"spec", "lock", "summary"}:
         raise InputError(f"--show must be spec, lock or summary, not {show!r}")
+    from imagesmith.attest.target import is_spec_target
+
+    if is_spec_target(image):
+        raise InputError(
+            f"{image} is a file: inspect reads an image (NAME:TAG or a digest); the image "
+            "`imagesmith build` made from a spec is the NAME:VERSION it printed"
+        )
     info, the_lock, lock_text = read_image(chosen_engine(engine), image)
     if show == "lock" and not as_json:
         sys.stdout.write(lock_text)

@@ -334,3 +334,13 @@ def test_output_over_the_spec_or_its_lock_is_refused(
         "reads; name another file\n"
     )
     assert {name: (example_dir / name).read_bytes() for name in before} == before
+
+
+def test_inspect_given_a_spec_file_says_it_reads_an_image(example_dir: Path) -> None:
+    """No engine is asked: a file is not an image, and the line says what to give instead."""
+    result = runner.invoke(app, ["inspect", str(example_dir / "env.toml"), "--engine", "docker"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {example_dir / 'env.toml'} is a file: inspect reads an image (NAME:TAG or a "
+        "digest); the image `imagesmith build` made from a spec is the NAME:VERSION it printed"
+    )
