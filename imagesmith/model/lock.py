@@ -38,7 +38,7 @@ from imagesmith.errors import (
 )
 from imagesmith.model.input_files import read_input_text
 from imagesmith.model.memo import note, noted
-from imagesmith.model.sha256 import sha256
+from imagesmith.model.sha256 import file_sha256, sha256
 from imagesmith.model.spec import Spec, canonical_hash, spec_from_valid_data
 from imagesmith.model.spec_loading import parse_lock_text
 from imagesmith.model.spec_schema import draft_validator, json_path
@@ -478,7 +478,7 @@ def tree_hash(path: Path) -> str:
         (
             "." if file == root else file.relative_to(root).as_posix(),
             os.access(file, os.X_OK),
-            sha256(file.read_bytes()).digest(),
+            file_sha256(file),
         )
         for file in files
     )
