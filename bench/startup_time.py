@@ -157,7 +157,7 @@ def measure(
     }
     for variants in figures.values():
         for argv in variants:
-            timed(argv, cwd, env)  # warm-up: page cache, .pyc files, the runtime-check memo
+            timed(argv, cwd, env)  # warm-up: page cache, .pyc files, cache notes (model/memo.py)
     for _ in range(runs):
         for name, variants in figures.items():
             for index, argv in enumerate(variants):
