@@ -260,23 +260,26 @@ class Lock:
     def to_toml(self) -> str:
         """The lock as env.lock holds it: the text it was read from, when a note says that
         this version wrote exactly that text (writing it again takes 5 ms of `render`)."""
-        if self.source_text is not None and noted(_WRITTEN, _text_key(self.source_text)):
+        if self.source_text is not None and noted(_WRITTEN, self._text_key(self.source_text)):
             return self.source_text
         import tomli_w
 
         data = {**self.content(), "lock_hash": self.lock_hash}
         text = HEADER.format(spec=self.spec_path.name) + tomli_w.dumps(data)
         if text == self.source_text:
-            note(_WRITTEN, _text_key(text))
+            note(_WRITTEN, self._text_key(text))
         return text
+
+    def _text_key(self, text: str) -> str:
+        """The note's name for `text` as this lock's to_toml. The spec file its header
+        names comes from where the lock was read, not from the text, so it is in the key:
+        the same text read as another spec's lock is written with another header."""
+        key = f"{__version__}\n{LOCK_FORMAT}\n{self.spec_path.name}\n{text}"
+        return sha256(key.encode()).hexdigest()
 
 
 #: Notes naming lock texts that this version's `to_toml` writes (`imagesmith.model.memo`).
 _WRITTEN = "written-locks"
-
-
-def _text_key(text: str) -> str:
-    return sha256(f"{__version__}\n{LOCK_FORMAT}\n{text}".encode()).hexdigest()
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -460,7 +463,7 @@ def write_error(path: Path, exc: OSError) -> ImagesmithError:
 def write_lock(lock: Lock, path: Path) -> bool:
     """Write the lock; False (and nothing touched) when the file already holds these bytes."""
     text = lock.to_toml()
-    note(_WRITTEN, _text_key(text))  # a later command that reads it need not write it again
+    note(_WRITTEN, lock._text_key(text))  # a later command that reads it need not write it again
     try:
         if path.read_text(encoding="utf-8") == text:
             return False

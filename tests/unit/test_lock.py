@@ -259,7 +259,12 @@ def test_a_lock_this_version_wrote_is_not_serialized_again(
         assert changed.source_text is None
         with pytest.raises(ImportError):
             changed.to_toml()
+        # The same text read as another spec's lock: written with that spec's header.
+        with pytest.raises(ImportError):
+            parse_lock(text, path=example_dir / "other.lock").to_toml()
     assert parse_lock(respaced, path=path).to_toml() == text
+    other = parse_lock(text, path=example_dir / "other.lock").to_toml()
+    assert other == text.replace("env.toml", "other.toml") != text
     assert len(list(notes[0].parent.iterdir())) == 1  # the respaced text is not noted
 
     # write_lock notes what it writes: a fresh cache, and the next reader need not write it.
