@@ -47,6 +47,13 @@ MAX_NESTING = 32
 
 
 def parse_toml(text: str, label: str) -> dict[str, Any]:
+    if text.startswith("\ufeff"):  # Windows editors write one; TOML has no place for it
+        raise SpecError(
+            [
+                f"{label}: starts with a byte order mark (BOM), which TOML does not allow: "
+                "save it as UTF-8 without BOM"
+            ]
+        )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -55,6 +55,7 @@ def test_hand_edit_is_detected(example_dir: Path) -> None:
         (lambda t: t[: len(t) // 2], "env.lock"),
         (lambda t: t.replace("lock_version = 1", 'lock_version = "one"'), "$.lock_version"),
         (lambda t: "garbage = [", "not valid TOML"),
+        (lambda t: "\ufeff" + t, "byte order mark"),
         (lambda t: t.replace("lock_version = 1", "lock_version = 99"), "lock file version 99"),
     ],
 )

@@ -257,6 +257,14 @@ BAD_SPECS: list[tuple[str, str, list[str]]] = [
 ]
 BAD_SPECS += [
     (
+        "byte order mark",
+        "\ufeff" + OK,
+        [
+            "env.toml: starts with a byte order mark (BOM), which TOML does not allow: "
+            "save it as UTF-8 without BOM"
+        ],
+    ),
+    (
         "secret_env: bad Secret name, bad key, missing key, unknown field",
         OK
         + "[job.secret_env]\n"
