@@ -154,6 +154,47 @@ def test_a_lock_with_the_labs_own_package_still_builds_after_the_repository_move
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("at_url", [False, True], ids=["directory", "slash"])
+def test_a_flat_repository_locks_and_builds(
+    engine: Engine,
+    base_image: str,
+    lab_repo: SignedRepo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    images: ImageTracker,
+    at_url: bool,
+) -> None:
+    """Flat sources: ``suites = ["lab-flat/"]`` (as CRAN's R builds are served) and
+    ``suites = ["/"]`` with the directory in the URL (as NVIDIA's CUDA repository). The
+    lock records each .deb's path relative to the source's URL, as apt reads a flat
+    index, and the build fetches it from there."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    lab_repo.publish_flat("lab-flat", at_url=at_url)
+    url, suite, path = (
+        (f"{lab_repo.url}/lab-flat", "/", "lab-tools_1.0_all.deb")
+        if at_url
+        else (lab_repo.url, "lab-flat/", "lab-flat/lab-tools_1.0_all.deb")
+    )
+    folder = tmp_path / f"it-flat-{uuid.uuid4().hex[:8]}"
+    spec_path = _spec(folder, lab_repo, base_image)
+    text = spec_path.read_text().replace('"lab-tools", "jq"', '"lab-tools"')
+    text = text.replace(f'url = "{lab_repo.url}"', f'url = "{url}"')
+    text = text.replace('suites = ["stable"]\ncomponents = ["main"]\n', f'suites = ["{suite}"]\n')
+    spec_path.write_text(text)
+    spec = load_spec(spec_path)
+    try:
+        built = build(spec, engine)
+    except ImagesmithError as exc:
+        pytest.fail(f"{exc}\nthe repository served: {lab_repo.requests}")
+    for tag in built.tags:
+        images.add(tag)
+    tools = next(p for p in read_lock(spec.lock_path).apt.packages if p.name == "lab-tools")
+    assert (tools.source, tools.path) == (url, path)
+    assert ("lab-flat/lab-tools_1.0_all.deb", 200) in lab_repo.requests
+    assert engine.run(built.tags[0], ["lab-tools"]).output.strip() == "lab-tools 1.0"
+
+
+@pytest.mark.integration
 def test_bad_sources_get_one_line_each_and_the_right_exit(
     engine: Engine, base_image: str, lab_repo: SignedRepo, tmp_path: Path
 ) -> None:

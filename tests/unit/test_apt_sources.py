@@ -165,6 +165,10 @@ def test_a_source_is_modelled(tmp_path: Path) -> None:
             SOURCE.replace('suites = ["stable"]\n', ""),
             '$.apt.sources[0]: missing required key "suites"',
         ),
+        (
+            SOURCE.replace('["stable"]', '["//"]').replace('components = ["main"]\n', ""),
+            '$.apt.sources[0].suites[0]: "//" is not a suite name',
+        ),
     ],
 )
 def test_each_bad_source_is_one_line(tmp_path: Path, apt: str, problem: str) -> None:
@@ -183,6 +187,16 @@ def test_a_flat_repository_needs_no_components(tmp_path: Path) -> None:
     assert not needs_host_network(spec)
     script, _ = probe_setup(spec)
     assert "'Suites: bookworm-cran40/'" in script and "Components" not in script
+
+
+@pytest.mark.parametrize("suite", ["/", "./"])
+def test_a_flat_repository_at_its_url_is_suite_slash(tmp_path: Path, suite: str) -> None:
+    """NVIDIA's CUDA repository: ``deb URL/debian12/x86_64/ /``."""
+    flat = SOURCE.replace('["stable"]', f'["{suite}"]').replace('components = ["main"]\n', "")
+    spec = load_spec(_spec(tmp_path, flat))
+    assert spec.apt_sources[0].suites == (suite,)
+    script, _ = probe_setup(spec)
+    assert f"'Suites: {suite}'" in script and "Components" not in script
 
 
 # -- what the probe gives apt ----------------------------------------------------------
