@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import http.client
 import os
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -296,6 +297,11 @@ def _download(fetcher: Fetcher, url: str, out: BinaryIO, package: AptPackage) ->
     except (OSError, ValueError, http.client.HTTPException) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise OperationError(f"apt: {disk_full_message(str(deb_cache()))}") from None
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (
+                f"this host does not trust its HTTPS certificate ({exc.verify_message}: add "
+                "its CA to the host's, or name a bundle with SSL_CERT_FILE)"
+            )
         return f"cannot fetch: {exc}"
     finally:
         out.flush()

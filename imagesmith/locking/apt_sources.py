@@ -3,7 +3,9 @@
 Each `[[apt.sources]]` entry becomes a deb822 file with `Signed-By` naming its key alone
 (the binary form of the spec's key file): apt's gpgv checks every Release against that
 key, and there is no `trusted=yes`. `[apt] mirror` replaces deb.debian.org in the base's
-own sources. What apt says about them on `apt-get update` is turned into one line per
+own sources. An https:// source or mirror is checked against the CA certificates the host
+trusts (a base image rarely has any; the host's are what its own downloads of the .debs
+trust). What apt says about them on `apt-get update` is turned into one line per
 problem: a signature the key does not make or a suite that is not there is the spec's
 fault (exit 2); a source that cannot be reached is the network's (exit 1).
 """
@@ -11,8 +13,11 @@ fault (exit 2); a source that cannot be reached is the network's (exit 1).
 from __future__ import annotations
 
 import base64
+import os
 import re
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 from imagesmith.errors import ImagesmithError, OperationError, ResolveError
 from imagesmith.model.lock import AptSourceLock
@@ -96,6 +101,9 @@ def probe_setup(spec: Spec) -> tuple[str, dict[str, str]]:
             f'  [ -f "$f" ] && sed -i -E "s#{_DEBIAN}/?( |$)#$IMAGESMITH_MIRROR\\1#" "$f"\n'
             "done"
         )
+    urls = [spec.apt_mirror or "", *(source.url for source in spec.apt_sources)]
+    if any(url.startswith("https://") for url in urls):
+        lines.extend(_ca_setup(env))
     if spec.apt_sources:
         lines.append("mkdir -p /etc/apt/keyrings")
     for index, source in enumerate(spec.apt_sources):
@@ -115,6 +123,54 @@ def probe_setup(spec: Spec) -> tuple[str, dict[str, str]]:
             + f" > /etc/apt/sources.list.d/imagesmith-{index}.sources"
         )
     return "\n".join(lines), env
+
+
+#: Where the probe's apt finds the host's CA certificates.
+CA_FILE = "/etc/apt/imagesmith-ca.pem"
+#: Characters per variable: one argument of a command line (podman's --env) holds 128 KiB.
+_CA_CHUNK = 64 * 1024
+
+
+def _ca_setup(env: dict[str, str]) -> list[str]:
+    """Shell lines that give apt the host's CA certificates for https:// (none when the host
+    has none to give); the certificates travel as base64 in `env`, in pieces."""
+    bundle = host_ca_bundle()
+    if not bundle:
+        return []
+    text = base64.b64encode(bundle).decode()
+    names = []
+    for index in range(0, len(text), _CA_CHUNK):
+        name = f"IMAGESMITH_CA_{index // _CA_CHUNK}"
+        env[name] = text[index : index + _CA_CHUNK]
+        names.append(f'"${name}"')
+    return [
+        f"printf %s {' '.join(names)} | base64 -d > {CA_FILE}",
+        f"echo 'Acquire::https::CAInfo \"{CA_FILE}\";' > /etc/apt/apt.conf.d/99imagesmith-ca",
+    ]
+
+
+def host_ca_bundle() -> bytes:
+    """The CA certificates (PEM) this host's own HTTPS trusts, as Python's ``ssl`` finds
+    them: SSL_CERT_FILE, else OpenSSL's default file, else the certificates in its
+    default folder (SSL_CERT_DIR). Empty when there are none."""
+    paths = ssl.get_default_verify_paths()
+    for file in (paths.cafile, paths.openssl_cafile):
+        if file and os.path.isfile(file):
+            try:
+                return Path(file).read_bytes()
+            except OSError:
+                continue
+    folder = paths.capath or paths.openssl_capath
+    pems: list[bytes] = []
+    if folder and os.path.isdir(folder):
+        for entry in sorted(Path(folder).iterdir()):
+            try:
+                data = entry.read_bytes() if entry.is_file() else b""
+            except OSError:
+                continue
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                pems.append(data.rstrip(b"\n") + b"\n")
+    return b"".join(pems)
 
 
 def update_problems(spec: Spec, messages: Sequence[str]) -> ImagesmithError | None:
@@ -141,6 +197,13 @@ def update_problems(spec: Spec, messages: Sequence[str]) -> ImagesmithError | No
                 url,
                 f"{what}: its signed Release lists {index.removeprefix(url)} but the server "
                 f"does not have it (a mirror being updated? try again later); apt says: {detail}",
+            )
+        elif "Certificate verification failed" in text:
+            network_lines.setdefault(
+                url,
+                f"{what}: this host does not trust its HTTPS certificate (apt is given the "
+                "CA certificates the host trusts: add its CA to them, or name a bundle with "
+                f"SSL_CERT_FILE); apt says: {detail}",
             )
         elif source is not None and any(word in text for word in _SIGNATURE):
             fingerprints = ", ".join(_key(spec, source).fingerprints)

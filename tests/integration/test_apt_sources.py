@@ -21,7 +21,7 @@ from imagesmith.model.lock import read_lock
 from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from imagesmith.pipeline.push import push
-from tests.fixtures.apt_repo import SignedRepo
+from tests.fixtures.apt_repo import LoopbackCA, SignedRepo
 from tests.integration.conftest import ImageTracker, Registry
 
 pytestmark = pytest.mark.registry
@@ -192,6 +192,64 @@ def test_a_flat_repository_locks_and_builds(
     assert (tools.source, tools.path) == (url, path)
     assert ("lab-flat/lab-tools_1.0_all.deb", 200) in lab_repo.requests
     assert engine.run(built.tags[0], ["lab-tools"]).output.strip() == "lab-tools 1.0"
+
+
+@pytest.mark.integration
+def test_an_https_source_is_checked_against_the_hosts_ca_certificates(
+    engine: Engine,
+    base_image: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    images: ImageTracker,
+) -> None:
+    """An https:// source (CRAN's, NVIDIA's) whose certificate the host trusts locks and
+    builds, though the base image has no CA certificates: the probe's apt is given the
+    host's. One the host does not trust is one line saying so, on lock and on build."""
+    if shutil.which("dpkg-scanpackages") is None or shutil.which("gpg") is None:
+        pytest.skip("needs dpkg-dev and gnupg: bash scripts/install-host.sh")
+    ca = LoopbackCA(tmp_path / "ca")
+    repo = SignedRepo(tmp_path / "repo", tmp_path / "gnupg")
+    repo.add("lab-tools", "1.0")
+    repo.publish()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        with repo.served(tls=ca):
+            spec_path = _spec(tmp_path / f"it-https-{uuid.uuid4().hex[:8]}", repo, base_image)
+            spec_path.write_text(spec_path.read_text().replace('"lab-tools", "jq"', '"lab-tools"'))
+            spec = load_spec(spec_path)
+
+            untrusted = subprocess.run(
+                [IMAGESMITH, "lock", "--engine", engine.name, str(spec_path)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "NO_COLOR": "1"},
+                timeout=300,
+            )
+            assert untrusted.returncode == 1, untrusted.stderr
+            assert "Traceback" not in untrusted.stderr
+            assert (
+                f"error: apt source {repo.url}: this host does not trust its HTTPS certificate"
+                in untrusted.stderr
+            )
+
+            monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))
+            built = build(spec, engine)
+            for tag in built.tags:
+                images.add(tag)
+            tools = next(p for p in read_lock(spec.lock_path).apt.packages if p.name == "lab-tools")
+            assert tools.source == repo.url and repo.url.startswith("https://")
+            assert engine.run(built.tags[0], ["lab-tools"]).output.strip() == "lab-tools 1.0"
+
+            # The lock holds no trace of the host's certificates; the host's fetch of the
+            # .deb checks the server's certificate too.
+            assert "CERTIFICATE" not in spec.lock_path.read_text()
+            monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-2"))
+            monkeypatch.delenv("SSL_CERT_FILE")
+            with pytest.raises(ImagesmithError) as caught:
+                build(spec, engine, no_cache=True)
+            assert "this host does not trust its HTTPS certificate" in str(caught.value)
+    finally:
+        repo.close()
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ how apt's complaints become one line each, and what the lock pins."""
 from __future__ import annotations
 
 import base64
+import ssl
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 from imagesmith.errors import ResolveError, SpecError
 from imagesmith.locking.apt_probe import _download
 from imagesmith.locking.apt_sources import (
+    CA_FILE,
     SourceUnreachable,
+    host_ca_bundle,
     missing_index,
     needs_host_network,
     probe_setup,
@@ -189,6 +192,52 @@ def test_a_flat_repository_needs_no_components(tmp_path: Path) -> None:
     assert "'Suites: bookworm-cran40/'" in script and "Components" not in script
 
 
+def test_https_sources_get_the_hosts_ca_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base image rarely has CA certificates: apt is given the host's (SSL_CERT_FILE
+    first, as the host's own downloads), in pieces no command-line argument outgrows."""
+    pem = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 200_000 + b"\n-----END CERTIFICATE-----\n"
+    (tmp_path / "bundle.pem").write_bytes(pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "bundle.pem"))
+    assert host_ca_bundle() == pem
+
+    plain, plain_env = probe_setup(load_spec(_spec(tmp_path)))
+    assert CA_FILE not in plain and not any(k.startswith("IMAGESMITH_CA") for k in plain_env)
+
+    https = SOURCE.replace("http://127.0.0.1:8901", "https://cran.example")
+    script, env = probe_setup(load_spec(_spec(tmp_path, https)))
+    pieces = sorted((k for k in env if k.startswith("IMAGESMITH_CA_")), key=lambda k: int(k[14:]))
+    assert len(pieces) > 1 and all(len(env[k]) <= 64 * 1024 for k in pieces)
+    assert base64.b64decode("".join(env[k] for k in pieces)) == pem
+    names = " ".join(f'"${key}"' for key in pieces)
+    assert f"printf %s {names} | base64 -d > {CA_FILE}" in script
+    assert f"echo 'Acquire::https::CAInfo \"{CA_FILE}\";' > /etc/apt/apt.conf.d/" in script
+    # The certificates are the host's, not an input: the lock does not change with them.
+    before = inputs_hash(load_spec(_spec(tmp_path, https)), "linux/amd64")
+    (tmp_path / "other.pem").write_bytes(pem.replace(b"A", b"B"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "other.pem"))
+    assert inputs_hash(load_spec(_spec(tmp_path, https)), "linux/amd64") == before
+
+
+def test_the_hosts_ca_folder_when_it_has_no_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "b.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----")
+    (folder / "a.0").write_bytes(b"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n")
+    (folder / "README").write_text("not a certificate")
+    monkeypatch.setattr(
+        "ssl.get_default_verify_paths",
+        lambda: ssl.DefaultVerifyPaths(None, str(folder), "", "", "", ""),  # type: ignore[call-arg]
+    )
+    assert host_ca_bundle() == (
+        b"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n"
+        b"-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n"
+    )
+
+
 @pytest.mark.parametrize("suite", ["/", "./"])
 def test_a_flat_repository_at_its_url_is_suite_slash(tmp_path: Path, suite: str) -> None:
     """NVIDIA's CUDA repository: ``deb URL/debian12/x86_64/ /``."""
@@ -267,6 +316,15 @@ URL = "http://127.0.0.1:8901/lab"
             f"apt source {URL}: its signed Release lists /dists/stable/main/binary-amd64/"
             "Packages but the server does not have it (a mirror being updated? try again "
             "later); apt says: Failed to fetch",
+        ),
+        (
+            f"W: Failed to fetch {URL}/dists/stable/InRelease  Certificate verification "
+            "failed: The certificate is NOT trusted. The certificate issuer is unknown.  "
+            "Could not handshake: Error in the certificate verification. [IP: 127.0.0.1 8901]",
+            SourceUnreachable,
+            f"apt source {URL}: this host does not trust its HTTPS certificate (apt is given "
+            "the CA certificates the host trusts: add its CA to them, or name a bundle with "
+            "SSL_CERT_FILE); apt says: Failed to fetch",
         ),
     ],
 )
