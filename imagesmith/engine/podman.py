@@ -77,6 +77,16 @@ def _error_line(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+def _podman_failed(returncode: int, output: str) -> bool:
+    """Whether `podman run` itself failed, before or instead of the container's command:
+    no such image, a bad option, the runtime or the network that could not start it (125),
+    a command it could not invoke (126, 127). podman says so in a line of its own starting
+    with ``Error:``, possibly after its log lines (``time=... level=warning``)."""
+    return returncode in (125, 126, 127) and any(
+        line.startswith("Error: ") for line in output.splitlines()
+    )
+
+
 def _explain(what: str, output: str) -> str:
     if is_disk_full(output):
         return disk_full_message("podman's storage (/var/lib/containers)")
@@ -420,8 +430,7 @@ class PodmanEngine(Engine):
             cidfile = Path(tmp) / "cid"
             args += ["--cidfile", str(cidfile), image, *command]
             returncode, output = self._run_container(args, cidfile)
-        if returncode == 125 and output.lstrip().startswith("Error:"):
-            # podman itself failed (no such image, bad option, runtime trouble).
+        if _podman_failed(returncode, output):
             if "image not known" in output:
                 raise NoLocalImageError("podman", image)
             raise EngineError(_explain(f"run {image}", output))

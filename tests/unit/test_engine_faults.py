@@ -213,6 +213,44 @@ def test_a_killed_podman_build_is_one_line(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "said", "failed"),
+    [
+        # rootless podman with no /dev/net/tun (as seen for real): its log line comes first.
+        (
+            126,
+            'time="2026-12-03T16:39:49Z" level=warning msg="\\"/\\" is not a shared mount"\n'
+            'Error: /usr/bin/slirp4netns failed: "open(\\"/dev/net/tun\\"): Permission denied"',
+            'podman run img: /usr/bin/slirp4netns failed: "open(\\"/dev/net/tun\\"): '
+            'Permission denied"',
+        ),
+        (125, "Error: unknown flag: --bogus", "podman run img: unknown flag: --bogus"),
+        (126, "sh: 1: ./x: Permission denied", None),  # the command's own exit code
+        (127, "sh: 1: nope: not found", None),
+    ],
+)
+def test_podman_failing_to_start_a_container_is_the_engines_error(
+    tmp_path: Path, exit_code: int, said: str, failed: str | None
+) -> None:
+    """podman's own failure is an EngineError naming it (not the command's exit code, which
+    the probe would take for apt's); the command's own 126 or 127 is its result."""
+    from imagesmith.engine.podman import PodmanEngine
+    from imagesmith.errors import EngineError
+
+    (tmp_path / "said").write_text(said + "\n")
+    fake = tmp_path / "podman"
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'said'}\nexit {exit_code}\n")
+    fake.chmod(0o755)
+    engine = PodmanEngine(str(fake))
+    if failed is None:
+        result = engine.run("img", ["sh", "-c", "x"])
+        assert (result.exit_code, result.output) == (exit_code, said + "\n")
+        return
+    with pytest.raises(EngineError) as caught:
+        engine.run("img", ["true"])
+    assert caught.value.lines() == [failed]
+
+
 def test_a_daemon_that_drops_a_save_stream_is_one_line(
     fake_docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
