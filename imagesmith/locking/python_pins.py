@@ -78,7 +78,35 @@ def resolve_python(
         sdist_only = _sdist_only(command, output, [p.name for p in packages])
     if sdist_only:
         packages = tuple(replace(p, sdist_only=p.name in sdist_only) for p in packages)
-    return replace(lock, packages=packages)
+    return replace(lock, packages=_allowed(packages, python.hashes))
+
+
+def _allowed(
+    packages: tuple[PythonPackage, ...], allowed: Sequence[tuple[str, tuple[str, ...]]]
+) -> tuple[PythonPackage, ...]:
+    """`packages` with only the files requirements_file's ``--hash`` options allow for them
+    (pip's hash-checking mode): the build downloads no other. One line for each package
+    the index serves none of them for."""
+    given: dict[str, set[str]] = {}
+    for name, hashes in allowed:
+        given[name] = given.get(name, set(hashes)) & set(hashes)  # pip: each line narrows
+    problems = []
+    kept = []
+    for package in packages:
+        if package.name in given:
+            hashes = tuple(
+                h for h in package.hashes if h.removeprefix("sha256:") in given[package.name]
+            )
+            if not hashes:
+                problems.append(
+                    f"python: {package.name} {package.version}: none of the files the index "
+                    "serves for it has a sha256 that requirements_file's --hash options allow"
+                )
+            package = replace(package, hashes=hashes)
+        kept.append(package)
+    if problems:
+        raise ResolveError("\n".join(problems))
+    return tuple(kept)
 
 
 _NO_WHEELS = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==\S+ has no usable wheels")

@@ -62,6 +62,8 @@ def inputs_hash(spec: Spec, platform: str) -> str:
                 "requirements": list(python.requirements),
                 "index_url": python.index_url,
                 "extra_index_urls": list(python.extra_index_urls),
+                # Only when requirements_file gives --hash options, as the sources above.
+                **({"hashes": [[n, list(h)] for n, h in python.hashes]} if python.hashes else {}),
             },
             "platform": platform,
         }

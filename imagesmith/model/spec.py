@@ -6,6 +6,7 @@ and `spec_hash`, the hash of what a spec puts into an image.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,10 @@ class Python:
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
     file_requirements: tuple[str, ...] = ()
-    """The lines of requirements_file alone (the end of `requirements`)."""
+    """The lines of requirements_file alone, each with the ``--hash`` options it gives
+    (`requirements` holds them without)."""
+    hashes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(normalized project name, the sha256 digests requirements_file allows for it)."""
 
 
 @dataclass(frozen=True)
@@ -242,9 +246,32 @@ def _apt_sources(apt: Mapping[str, Any]) -> tuple[AptSource, ...]:
     )
 
 
+_HASH_OPTION = " --hash=sha256:"
+
+
+def split_hashes(line: str) -> tuple[str, tuple[str, ...]]:
+    """(the requirement, its sha256 digests) of a requirements_file line as read: ``numpy==2.1
+    --hash=sha256:HEX --hash=sha256:HEX`` (see `spec_checks.read_requirements_file`)."""
+    requirement, *hashes = line.split(_HASH_OPTION)
+    return requirement, tuple(hashes)
+
+
+def join_hashes(requirement: str, hashes: Sequence[str]) -> str:
+    return requirement + "".join(_HASH_OPTION + digest for digest in hashes)
+
+
+def project_name(requirement: str) -> str:
+    """The PEP 503 normalized name a PEP 508 requirement starts with."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", name.group(1)).lower() if name else requirement
+
+
 def _python(python_data: Mapping[str, Any], file_requirements: Sequence[str]) -> Python:
+    split = [split_hashes(line) for line in file_requirements]
     return Python(
-        requirements=_strings(python_data.get("requirements", [])) + tuple(file_requirements),
+        requirements=_strings(python_data.get("requirements", []))
+        + tuple(requirement for requirement, _ in split),
+        hashes=tuple((project_name(r), hashes) for r, hashes in split if hashes),
         requirements_file=python_data.get("requirements_file"),
         file_requirements=tuple(file_requirements),
         index_url=python_data.get("index_url"),

@@ -12,6 +12,7 @@ from typing import Any
 
 from imagesmith.model.input_files import read_input_text
 from imagesmith.model.quantity import normalize_quantity
+from imagesmith.model.spec import join_hashes
 from imagesmith.model.spec_schema import json_path, show_value
 
 Problems = Iterator[tuple[str, str]]
@@ -41,29 +42,113 @@ def _inside(folder: Path, relative: str) -> Path | None:
     return candidate
 
 
-def read_requirements_file(path: Path) -> tuple[list[str], list[str]]:
-    """(requirements, problems) from a requirements.txt: one requirement a line, # comments."""
+#: pip options that name where packages come from: the spec says that itself.
+_INDEX_OPTIONS = (
+    "-i", "--index-url", "--extra-index-url", "--no-index", "-f", "--find-links",
+    "--trusted-host",
+)  # fmt: skip
+_PYPI = re.compile(r"^(?:-i|--index-url)(?:=|\s+)https://pypi\.org/simple/?$")
+_INCLUDE = re.compile(r"^(?:-r\s*|--requirement(?:=|\s+))(\S+)$")
+_OPTION = re.compile(r"\s-")
+_HASH = re.compile(r"^--hash(?:=|\s+)(?:sha256:([0-9a-fA-F]{64})|(\S+))$")
+
+
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(number of its first line, text) of each requirement or option line, as pip reads a
+    requirements file: a line ending with a backslash goes on on the next, and a ``#`` at
+    the start or after a space begins a comment."""
+    start = 0
+    parts: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not parts:
+            start = number
+        line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0]
+        if line.rstrip().endswith("\\"):
+            parts.append(line.rstrip()[:-1])
+            continue
+        parts.append(line)
+        joined = " ".join(part.strip() for part in parts).strip()
+        parts = []
+        if joined:
+            yield start, joined
+    if parts and (joined := " ".join(part.strip() for part in parts).strip()):
+        yield start, joined
+
+
+def _option_problem(option: str) -> str:
+    name = option.split("=", 1)[0].split()[0]
+    if name in _INDEX_OPTIONS:
+        return f"pip option {name} is not supported here; use [python] index_url / extra_index_urls"
+    if name in ("-c", "--constraint"):
+        return (
+            f"pip option {name} (a constraints file) is not supported; pin the versions in "
+            "the requirements themselves (name==version)"
+        )
+    if name in ("-e", "--editable"):
+        return (
+            f"pip option {name} (an editable install) is not supported: the image installs "
+            "wheels; build one and serve it from an index"
+        )
+    return f"pip option {name} is not supported in a requirements_file"
+
+
+def read_requirements_file(
+    path: Path, folder: Path | None = None, *, _seen: tuple[Path, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """(requirements, problems) from a requirements.txt as pip writes and reads them: one
+    requirement a logical line, each with the ``--hash`` options it gives (kept as
+    ``REQ --hash=sha256:HEX ...``, see `spec.split_hashes`), and ``-r FILE`` includes, read
+    in place, relative to the file that names them and inside `folder` (the spec's;
+    default: `path`'s). pip-compile's and uv's output read as they are."""
+    folder = folder or path.parent
     requirements: list[str] = []
     problems: list[str] = []
     try:
         text = read_input_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         return [], [f"{path.name}: cannot read it ({exc})"]
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
+    seen = (*_seen, path.resolve())
+    for number, line in _logical_lines(text):
+        where = f"{path.name}:{number}"
+        include = _INCLUDE.match(line)
+        if include:
+            target = (path.parent / include.group(1)).resolve()
+            if not target.is_relative_to(folder.resolve()):
+                problems.append(f"{where}: {include.group(1)} is outside the spec's folder")
+            elif target in seen:
+                problems.append(f"{where}: {include.group(1)} includes itself")
+            elif not target.is_file():
+                problems.append(f"{where}: {include.group(1)} does not exist")
+            else:
+                more, wrong = read_requirements_file(target, folder, _seen=seen)
+                requirements += more
+                problems += wrong
+            continue
+        if _PYPI.match(line):  # what pip-compile writes: the index imagesmith uses anyway
             continue
         if line.startswith("-"):
-            problems.append(
-                f"{path.name}:{number}: pip options ({line.split()[0]}) are not supported here; "
-                "use [python] index_url / extra_index_urls"
-            )
+            problems.append(f"{where}: {_option_problem(line)}")
             continue
-        problem = _requirement_problem(line)
+        option = _OPTION.search(line)
+        requirement = line[: option.start()].strip() if option else line
+        hashes: list[str] = []
+        for given in (
+            re.split(r"\s+(?=--?[A-Za-z])", line[option.start() :].strip()) if option else []
+        ):
+            digest = _HASH.match(given)
+            if digest is None:
+                problems.append(f"{where}: {_option_problem(given)}")
+            elif digest.group(1) is None:
+                problems.append(
+                    f"{where}: {given}: only sha256 hashes can be checked (--hash=sha256:HEX)"
+                )
+            else:
+                hashes.append(digest.group(1).lower())
+        problem = _requirement_problem(requirement)
         if problem:
-            problems.append(f"{path.name}:{number}: {problem}")
+            problems.append(f"{where}: {problem}")
         else:
-            requirements.append(line)
+            requirements.append(join_hashes(requirement, sorted(set(hashes))))
     return requirements, problems
 
 
@@ -74,7 +159,7 @@ def requirements_file_lines(data: Mapping[str, Any], folder: Path) -> list[str]:
         return []
     target = _inside(folder, req_file)
     assert target is not None  # validated above
-    return read_requirements_file(target)[0]
+    return read_requirements_file(target, folder)[0]
 
 
 def semantic_problems(
@@ -121,7 +206,7 @@ def _python_problems(python: Mapping[str, Any], folder: Path, *, data_checked: b
         elif not target.is_file():
             yield where, f"{show_value(req_file)} does not exist (looked for {target})"
         else:
-            for problem in read_requirements_file(target)[1]:
+            for problem in read_requirements_file(target, folder)[1]:
                 yield where, problem
 
 

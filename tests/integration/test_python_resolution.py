@@ -75,3 +75,42 @@ def test_a_python_change_keeps_base_and_apt_pins_without_an_engine(tmp_path: Pat
     path.write_text(path.read_text().replace('"git", ', ""))  # an apt change: resolve again
     with pytest.raises(AssertionError, match="must not touch the engine"):
         lock_spec(load_spec(path), engine=no_engine, previous=new)  # type: ignore[arg-type]
+
+
+def test_a_requirements_files_hashes_narrow_the_pins_and_a_wrong_one_stops_the_lock(
+    tmp_path: Path,
+) -> None:
+    """pip's hash-checking mode: a requirements_file (as pip-compile writes it) that gives
+    --hash options leaves in the lock only the files they allow, so the build downloads no
+    other; a hash the index serves for no file of the version is one line."""
+    from imagesmith.model.spec_loading import load_spec
+
+    free = resolve_python(
+        _spec("idna==3.7"),  # type: ignore[arg-type]
+        python_version="3.11",
+        wheel_platform="x86_64-manylinux_2_36",
+    )
+    (idna,) = free.packages
+    assert len(idna.hashes) >= 2  # the wheel and the sdist, at least
+    chosen = idna.hashes[0].removeprefix("sha256:")
+    (tmp_path / "requirements.txt").write_text(
+        f"idna==3.7 \\\n    --hash=sha256:{chosen} \\\n    --hash=sha256:{'0' * 64}\n"
+    )
+    (tmp_path / "env.toml").write_text(
+        'name = "x"\n[base]\nimage = "debian"\n[python]\nrequirements_file = "requirements.txt"\n'
+    )
+    spec = load_spec(tmp_path / "env.toml")
+    narrowed = resolve_python(spec, python_version="3.11", wheel_platform="x86_64-manylinux_2_36")
+    assert [(p.name, p.hashes) for p in narrowed.packages] == [("idna", (f"sha256:{chosen}",))]
+
+    (tmp_path / "requirements.txt").write_text(f"idna==3.7 --hash=sha256:{'0' * 64}\n")
+    with pytest.raises(ResolveError) as caught:
+        resolve_python(
+            load_spec(tmp_path / "env.toml"),
+            python_version="3.11",
+            wheel_platform="x86_64-manylinux_2_36",
+        )
+    assert str(caught.value) == (
+        "python: idna 3.7: none of the files the index serves for it has a sha256 that "
+        "requirements_file's --hash options allow"
+    )

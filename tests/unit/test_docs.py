@@ -589,6 +589,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--no-install-recommends",
     "--strict",
     "--generate-hashes",
+    "--hash",  # pip's, in a requirements file
     "--index-url",
     "--network",
     "--privileged",
