@@ -135,13 +135,13 @@ def _fetch_into(
     on_line: LineCallback | None,
     archive: Archive | None,
 ) -> Path:
-    from_archive = _wheels_from_archive(python, archive, partial / "wheels", on_line)
-    if len(from_archive) == len(python.packages):
+    from_cache = _wheels_from_siblings(python, partial / "wheels")
+    from_archive = _wheels_from_archive(python, archive, partial / "wheels", on_line, from_cache)
+    have = from_cache | from_archive
+    if len(have) == len(python.packages):
         return _complete(partial, folder, python)
-    if from_archive:
-        rest = replace(
-            python, packages=tuple(p for p in python.packages if p.name not in from_archive)
-        )
+    if have:
+        rest = replace(python, packages=tuple(p for p in python.packages if p.name not in have))
         requirements = rest.requirements_txt()
     (partial / "requirements.txt").write_text(requirements, encoding="utf-8")
     version = python.version.replace(".", "")
@@ -157,7 +157,7 @@ def _fetch_into(
     for platform in _pip_platforms(python.platform):
         command += ["--platform", platform]
     if on_line:
-        on_line(f"python: fetching {len(python.packages)} wheels on the host")
+        on_line(f"python: fetching {len(python.packages) - len(have)} wheels on the host")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         if "[Errno 28]" in result.stderr:  # ENOSPC, under pip's traceback
@@ -177,10 +177,63 @@ def _fetch_into(
     return _complete(partial, folder, python)
 
 
+def _fetched_for(python: PythonLock) -> dict[str, object]:
+    """What decides which file pip takes for each distribution (``--no-deps``, hashes
+    required): the Python version, platform and index, and the version and hashes the
+    lock pins. Equal for a distribution in two locks, the same wheel."""
+    return {
+        "target": [python.version, python.platform, python.index_url or DEFAULT_INDEX],
+        "packages": _pins(python),
+    }
+
+
+def _pins(python: PythonLock) -> dict[str, list[str]]:
+    return {p.name: [p.version, *p.hashes] for p in python.packages}
+
+
+def _wheels_from_siblings(python: PythonLock, dest: Path) -> set[str]:
+    """Link into `dest` the locked wheels that other wheel folders of the cache hold, when
+    fetched for the same target, version and hashes (`_fetched_for`): a changed pin leaves
+    the other wheels where they are. Their package names; each is hashed again with the
+    rest (`_record_wheels`)."""
+    ours = _fetched_for(python)
+    pinned = _pins(python)
+    by_hash = {h: p.name for p in python.packages for h in p.hashes}
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        for sibling in sorted((cache_dir() / "wheels").iterdir()):
+            if len(found) == len(python.packages):
+                break
+            try:
+                theirs = json.loads((sibling / WHEEL_TARGET).read_text(encoding="utf-8"))
+                sums = json.loads((sibling / WHEEL_SUMS).read_text(encoding="utf-8"))
+                if theirs["target"] != ours["target"] or not isinstance(sums, dict):
+                    continue
+                same = {n for n, pin in theirs["packages"].items() if pinned.get(n) == pin}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+            for name, digest in sorted(sums.items()):
+                package = by_hash.get(digest)
+                if package is None or package not in same or package in found:
+                    continue
+                if Path(name).name != name:  # a record naming a path elsewhere
+                    continue
+                dest.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(sibling / "wheels" / name, dest / name)
+                    check_file(dest / name, digest)  # a damaged one: fetched instead
+                except (OSError, CorruptEntry):
+                    (dest / name).unlink(missing_ok=True)
+                    continue
+                found.add(package)
+    return found
+
+
 def _complete(partial: Path, folder: Path, python: PythonLock) -> Path:
     """Check and record the wheels in `partial`, then move it into place as `folder`."""
     try:
         _record_wheels(partial, python)
+        write_bytes_durably(partial / WHEEL_TARGET, json.dumps(_fetched_for(python)).encode())
         shutil.rmtree(folder, ignore_errors=True)
         disown(partial)
         partial.rename(folder)
@@ -197,6 +250,9 @@ def _complete(partial: Path, folder: Path, python: PythonLock) -> Path:
 WHEEL_SUMS = "SHA256SUMS.json"
 """The sha256 of each wheel in a wheel folder, written once all are there: its presence
 marks the folder whole."""
+WHEEL_TARGET = "TARGET.json"
+"""What the folder's wheels were fetched for (`_fetched_for`): other locks take the wheels
+they share with it from there."""
 
 
 def _lock_hashes(python: PythonLock, wheel: Path) -> set[str]:
@@ -239,14 +295,21 @@ def _check_wheels(folder: Path, python: PythonLock) -> None:
 
 
 def _wheels_from_archive(
-    python: PythonLock, archive: Archive | None, folder: Path, on_line: LineCallback | None
+    python: PythonLock,
+    archive: Archive | None,
+    folder: Path,
+    on_line: LineCallback | None,
+    have: set[str],
 ) -> set[str]:
-    """Fetch into `folder` the locked wheels the input archive holds; their package names."""
+    """Fetch into `folder` the locked wheels the input archive holds, but those in `have`;
+    their package names."""
     if archive is None:
         return set()
     names = archive.names()
     fetched: set[str] = set()
     for package in python.packages:
+        if package.name in have:
+            continue
         digest = next((h for h in package.hashes if h in names), None)
         if digest is not None and archive.fetch(digest, folder / names[digest]) is None:
             fetched.add(package.name)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +318,83 @@ def test_an_index_serving_other_bytes_than_the_lock_is_refused(
     with pytest.raises(OperationError, match=r"^python: a downloaded wheel does not match"):
         fetch_wheels(other)
     assert not list((tmp_path / "cache" / "imagesmith" / "wheels").iterdir())
+
+
+def _two_wheel_index(tmp_path: Path) -> tuple[PythonLock, dict[str, Path]]:
+    """A file:// index with demo 1.0, other 1.0 and other 2.0; a lock pinning demo and
+    other 1.0 by hash."""
+    wheels: dict[str, Path] = {}
+    for name, version in (("demo", "1.0"), ("other", "1.0"), ("other", "2.0")):
+        project = tmp_path / "index" / "simple" / name
+        project.mkdir(parents=True, exist_ok=True)
+        wheels[f"{name}-{version}"] = make_wheel(project, name, version)
+    for project in (tmp_path / "index" / "simple").iterdir():
+        links = "".join(f'<a href="{w.name}">{w.name}</a>\n' for w in project.glob("*.whl"))
+        (project / "index.html").write_text(links)
+
+    def pin(key: str) -> PythonPackage:
+        name, version = key.split("-")
+        return PythonPackage(name, version, (f"sha256:{sha256_of(wheels[key])}",))
+
+    python = PythonLock(
+        version="3.11",
+        platform="x86_64-manylinux_2_36",
+        packages=(pin("demo-1.0"), pin("other-1.0")),
+        index_url=(tmp_path / "index" / "simple").as_uri(),
+    )
+    return python, {key: wheel for key, wheel in wheels.items()}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_changed_pin_takes_the_other_wheels_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another lock's wheel folder gives the wheels pinned alike (same version, hashes,
+    Python, platform and index): linked, checked, not fetched. Only the changed one is."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    python, wheels = _two_wheel_index(tmp_path)
+    first = fetch_wheels(python)
+    demo = first / "wheels" / "demo-1.0-py3-none-any.whl"
+
+    newer = replace(
+        python,
+        packages=(
+            python.packages[0],
+            PythonPackage("other", "2.0", (f"sha256:{sha256_of(wheels['other-2.0'])}",)),
+        ),
+    )
+    wheels["demo-1.0"].unlink()  # the index no longer has demo 1.0: only the cache does
+    lines: list[str] = []
+    second = fetch_wheels(newer, on_line=lines.append)
+    assert second != first
+    assert lines == ["python: fetching 1 wheels on the host"]
+    taken = second / "wheels" / "demo-1.0-py3-none-any.whl"
+    assert taken.stat().st_ino == demo.stat().st_ino  # linked, not copied
+    assert (second / "wheels" / "other-2.0-py3-none-any.whl").is_file()
+
+    # Another platform, or other hashes for the same version: not taken (pip might pick
+    # another file), so fetched, and the index has no demo 1.0 any more.
+    for changed in (
+        replace(newer, platform="aarch64-manylinux_2_36"),
+        replace(
+            newer,
+            packages=(
+                PythonPackage("demo", "1.0", (*python.packages[0].hashes, "sha256:" + "e" * 64)),
+                newer.packages[1],
+            ),
+        ),
+    ):
+        with pytest.raises(OperationError, match="^python: fetching wheels failed"):
+            fetch_wheels(changed)
+
+    # A damaged wheel in the other folders is not taken.
+    flip_one_byte(demo)
+    shutil.rmtree(second)
+    with pytest.raises(OperationError, match="^python: fetching wheels failed"):
+        fetch_wheels(newer)
 
 
 # --------------------------------------------------------------------------- canonical layouts
