@@ -108,7 +108,7 @@ def read_requirements_file(
     except (OSError, UnicodeDecodeError) as exc:
         return [], [f"{path.name}: cannot read it ({exc})"]
     seen = (*_seen, path.resolve())
-    for number, line in _logical_lines(text):
+    for number, line in _logical_lines(text.removeprefix("\ufeff")):  # pip reads a BOM too
         where = f"{path.name}:{number}"
         include = _INCLUDE.match(line)
         if include:

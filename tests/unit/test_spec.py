@@ -502,6 +502,14 @@ def test_a_pip_compile_output_with_hashes_is_read_as_pip_reads_it(tmp_path: Path
     assert load_spec(path).spec_hash != before
 
 
+def test_a_requirements_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_bytes(b"\xef\xbb\xbfnumpy>=2\r\nidna\r\n")
+    path = tmp_path / "env.toml"
+    path.write_text(OK + '[python]\nrequirements_file = "requirements.txt"\n')
+    spec = load_spec(path)
+    assert spec.python is not None and spec.python.requirements == ("numpy>=2", "idna")
+
+
 def test_requirements_files_include_others_as_pip_does(tmp_path: Path) -> None:
     """``-r FILE`` is relative to the file that names it, read in place, inside the spec's
     folder; a file that includes itself, or one outside the folder, is one line each."""
