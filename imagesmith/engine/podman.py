@@ -78,13 +78,23 @@ def _error_line(output: str) -> str:
 
 
 def _podman_failed(returncode: int, output: str) -> bool:
-    """Whether `podman run` itself failed, before or instead of the container's command:
-    no such image, a bad option, the runtime or the network that could not start it (125),
-    a command it could not invoke (126, 127). podman says so in a line of its own starting
-    with ``Error:``, possibly after its log lines (``time=... level=warning``)."""
-    return returncode in (125, 126, 127) and any(
-        line.startswith("Error: ") for line in output.splitlines()
+    """Whether `podman run` itself failed, not the container's command: no such image, a
+    bad option, the runtime (125), or the network that could not start the container (126,
+    e.g. rootless podman whose slirp4netns cannot open /dev/net/tun). podman says so in a
+    line of its own starting with ``Error:``, possibly after its log lines (``time=...
+    level=warning``). A command that is not there (127) or cannot be run (126: runc's
+    ``exec: ...: permission denied``, crun's ``open executable``) is the command's result,
+    as from a shell."""
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    if returncode == 125:
+        return bool(errors)
+    return returncode == 126 and any(
+        not any(word in line for word in _COMMAND_WORDS) for line in errors
     )
+
+
+#: What podman's error says when it is the container's command that cannot run.
+_COMMAND_WORDS = ("exec:", "executable", "OCI permission denied")
 
 
 def _explain(what: str, output: str) -> str:

@@ -227,6 +227,21 @@ def test_a_killed_podman_build_is_one_line(tmp_path: Path) -> None:
         (125, "Error: unknown flag: --bogus", "podman run img: unknown flag: --bogus"),
         (126, "sh: 1: ./x: Permission denied", None),  # the command's own exit code
         (127, "sh: 1: nope: not found", None),
+        # podman's words for a command that is not there or cannot run: the command's.
+        (
+            127,
+            'Error: runc: runc create failed: unable to start container process: exec: "nope": '
+            "executable file not found in $PATH: OCI runtime attempted to invoke a command "
+            "that was not found",
+            None,
+        ),
+        (126, "Error: crun: open executable: Permission denied: OCI permission denied", None),
+        (
+            126,
+            'Error: runc: runc create failed: unable to start container process: exec: "/x": '
+            "permission denied: OCI permission denied",
+            None,
+        ),
     ],
 )
 def test_podman_failing_to_start_a_container_is_the_engines_error(
