@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from urllib.parse import quote
 
 from imagesmith.model.lock import AptPackage, BaseImageLock, PythonPackage
 from imagesmith.model.reference import parse_reference
+from imagesmith.model.spec import normalize_name
 
 # Debian suites by code name; an unknown one is passed through as the distro as it is.
 DEBIAN_RELEASES = {
@@ -64,7 +64,7 @@ def deb_purl(package: AptPackage, suite: str) -> str:
 
 def pypi_name(name: str) -> str:
     """PEP 503 normalised, as the purl spec wants for pypi."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return normalize_name(name)
 
 
 def pypi_purl(package: PythonPackage) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imagesmith.errors import EngineError, ResolveError
 from imagesmith.model.lock import PythonLock, PythonPackage
-from imagesmith.model.spec import Spec
+from imagesmith.model.spec import Spec, normalize_name
 
 
 def uv_binary() -> str:
@@ -129,14 +129,10 @@ def _sdist_only(command: list[str], pinned: Path, names: Sequence[str]) -> set[s
             if name not in flagged:
                 argv += ["--only-binary", name]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        found = {_normalize(m) for m in _NO_WHEELS.findall(result.stderr)} - flagged
+        found = {normalize_name(m) for m in _NO_WHEELS.findall(result.stderr)} - flagged
         if result.returncode == 0 or not found:
             return flagged
         flagged |= found
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _uv_reason(stderr: str) -> str:
@@ -154,6 +150,6 @@ def _parse_pins(text: str) -> tuple[PythonPackage, ...]:
         if not match:
             continue
         hashes = tuple(sorted(_HASH.findall(line)))
-        name = _normalize(match.group(1))
+        name = normalize_name(match.group(1))
         packages.append(PythonPackage(name=name, version=match.group(2), hashes=hashes))
     return tuple(sorted(packages, key=lambda p: p.name))

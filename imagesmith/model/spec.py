@@ -260,10 +260,16 @@ def join_hashes(requirement: str, hashes: Sequence[str]) -> str:
     return requirement + "".join(_HASH_OPTION + digest for digest in hashes)
 
 
+def normalize_name(name: str) -> str:
+    """A Python project's name as PEP 503 compares them (``Ruamel.YAML_clib`` ->
+    ``ruamel-yaml-clib``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def project_name(requirement: str) -> str:
     """The PEP 503 normalized name a PEP 508 requirement starts with."""
     name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-    return re.sub(r"[-_.]+", "-", name.group(1)).lower() if name else requirement
+    return normalize_name(name.group(1)) if name else requirement
 
 
 def _python(python_data: Mapping[str, Any], file_requirements: Sequence[str]) -> Python:

@@ -117,8 +117,10 @@ def read_requirements_file(
                 problems.append(f"{where}: {include.group(1)} is outside the spec's folder")
             elif target in seen:
                 problems.append(f"{where}: {include.group(1)} includes itself")
-            elif not target.is_file():
+            elif not target.exists():
                 problems.append(f"{where}: {include.group(1)} does not exist")
+            elif not target.is_file():
+                problems.append(f"{where}: {include.group(1)} is not a file")
             else:
                 more, wrong = read_requirements_file(target, folder, _seen=seen)
                 requirements += more

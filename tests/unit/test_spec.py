@@ -526,13 +526,14 @@ def test_requirements_files_include_others_as_pip_does(tmp_path: Path) -> None:
     (tmp_path / "sub" / "base.txt").write_text("pyyaml==6.0.1\n")
     assert load_spec(path).spec_hash != before  # an included file is part of the spec
 
-    (tmp_path / "sub" / "base.txt").write_text("-r ../requirements.txt\n-r ../../x.txt\n")
+    (tmp_path / "sub" / "base.txt").write_text("-r ../requirements.txt\n-r ../../x.txt\n-r .\n")
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert caught.value.problems == [
         "env.toml: $.python.requirements_file: base.txt:1: ../requirements.txt includes itself",
         "env.toml: $.python.requirements_file: base.txt:2: ../../x.txt is outside the spec's "
         "folder",
+        "env.toml: $.python.requirements_file: base.txt:3: . is not a file",
     ]
 
 
