@@ -386,11 +386,20 @@ def push_local_base(
 def ensure_base(engine: Engine, lock: Lock, archive: Archive | None) -> None:
     """Make sure the engine holds the lock's local-only base: pulled from the lab's
     registry when it is not in the engine's store, or an error saying where it looked."""
-    if archive is None or not lock.base.local or engine.image_exists(lock.base.digest):
-        return  # without an archive, the engine's own error says the base is missing
+    if not lock.base.local or engine.image_exists(lock.base.digest):
+        return
+    looked = [f"{engine.name}'s image store"]
+    if archive is None:  # else the engine would try Docker Hub for an image ID
+        raise EngineError(
+            f"the base {lock.base.reference} ({lock.base.digest[:19]}) is not in "
+            f"{engine.name}'s image store: it exists only where it was made. Made by "
+            f"`imagesmith base`? Make it here with `imagesmith base --suite "
+            f"{lock.apt.suite or 'SUITE'} -e {engine.name}` (the same --epoch gives the same "
+            "image). Or, where it exists, push the image with its inputs (`imagesmith push`, "
+            "with [registry] repository set)"
+        )
     from imagesmith.registry.client import CredentialHelperError, find_credentials
 
-    looked = [f"{engine.name}'s image store"]
     pinned = f"{archive.repository.familiar_repository}:{base_tag(lock)}"
     try:
         credentials = find_credentials(archive.repository.registry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -61,6 +62,10 @@ def resolve_python(
             "--python-version", python_version, "--python-platform", wheel_platform,
             "--generate-hashes", "--no-header", "--no-annotate", "--quiet",
             "--no-config", "--emit-index-url",
+            # An interpreter for uv itself (sdists' metadata): this one. Else uv looks for
+            # one of the target's version on the host, seconds with pyenv's shims, for
+            # nothing when the host has none (the target's is the image's).
+            "--python", sys.executable,
         ]  # fmt: skip
         if python.index_url:
             command += ["--index-url", python.index_url]
@@ -70,6 +75,10 @@ def resolve_python(
             command += ["--upgrade-package", name]
         try:
             result = subprocess.run(command, capture_output=True, text=True, check=False)
+            older = _known_platform(result.stderr, wheel_platform)
+            if older is not None:
+                command[command.index("--python-platform") + 1] = older
+                result = subprocess.run(command, capture_output=True, text=True, check=False)
         except OSError as exc:
             raise EngineError(f"cannot run uv ({exc}); reinstall imagesmith") from None
         if result.returncode != 0:
@@ -79,6 +88,29 @@ def resolve_python(
     if sdist_only:
         packages = tuple(replace(p, sdist_only=p.name in sdist_only) for p in packages)
     return replace(lock, packages=_allowed(packages, python.hashes))
+
+
+_UV_PLATFORMS = re.compile(
+    r"invalid value '([^']*)' for '--python-platform.*?\[possible values: ([^\]]*)\]", re.S
+)
+_MANYLINUX = re.compile(r"^(.+)-manylinux_2_(\d+)$")
+
+
+def _known_platform(stderr: str, wheel_platform: str) -> str | None:
+    """When this uv refused `wheel_platform` as too new a glibc for it (uv 0.13 knows
+    manylinux_2_40 at most; Debian 13 has glibc 2.41), the newest of the platforms it
+    knows below it: every wheel made for that runs on the image's glibc as well."""
+    refused = _UV_PLATFORMS.search(stderr)
+    wanted = _MANYLINUX.match(wheel_platform)
+    if refused is None or wanted is None or refused.group(1) != wheel_platform:
+        return None
+    arch, newest = wanted.group(1), int(wanted.group(2))
+    known = []
+    for value in refused.group(2).split(","):
+        match = _MANYLINUX.match(value.strip())
+        if match and match.group(1) == arch and int(match.group(2)) <= newest:
+            known.append((int(match.group(2)), value.strip()))
+    return max(known)[1] if known else None
 
 
 def _allowed(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imagesmith.engine.base import Engine
-from imagesmith.errors import ImagesmithError, OperationError
+from imagesmith.errors import EngineError, ImagesmithError, OperationError
 from imagesmith.inputs.archive import (
     ARTIFACT_TYPE,
     DEB_TYPE,
@@ -23,6 +23,7 @@ from imagesmith.inputs.archive import (
     WHEEL_TYPE,
     archived_names,
     base_tag,
+    ensure_base,
     fetch_input,
     file_digest,
     input_file,
@@ -260,6 +261,14 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
 
     with second_podman(tmp_path, monkeypatch) as second:
         assert not second.image_exists(lock.base.digest)
+        # Without the lab's registry, one line says where the base is and how to get it,
+        # instead of the engine trying Docker Hub for an image ID.
+        with pytest.raises(
+            EngineError,
+            match=r"is not in podman's image store: it exists "
+            r"only where it was made\. Made by `imagesmith base`\? Make it here",
+        ):
+            ensure_base(second, lock, None)
         again = build(spec, second)
         assert again.digest == first.digest
         run = second.run(again.tags[0], [])

@@ -48,6 +48,23 @@ def test_other_platform_resolves_for_arm64() -> None:
     assert numpy.name == "numpy" and not numpy.sdist_only and numpy.hashes
 
 
+@pytest.mark.parametrize("glibc", ["2_41", "2_99"])
+def test_a_glibc_newer_than_uv_knows_resolves_for_the_newest_it_knows(glibc: str) -> None:
+    """Debian 13 has glibc 2.41, which uv 0.13 does not know as a platform: the lock is
+    still made (for the newest manylinux uv knows below it), names the image's own
+    platform, and its wheels are fetched for that platform."""
+    lock = resolve_python(
+        _spec("pyyaml"),  # type: ignore[arg-type]
+        python_version="3.13",
+        wheel_platform=f"x86_64-manylinux_{glibc}",
+    )
+    assert lock.platform == f"x86_64-manylinux_{glibc}"
+    (pyyaml,) = lock.packages
+    assert not pyyaml.sdist_only and pyyaml.hashes
+    (wheel,) = (fetch_wheels(lock) / "wheels").glob("*.whl")
+    assert "cp313" in wheel.name and "manylinux" in wheel.name
+
+
 def test_a_python_change_keeps_base_and_apt_pins_without_an_engine(tmp_path: Path) -> None:
     import shutil
 

@@ -1,0 +1,43 @@
+"""How the lock reads uv's answers (pure parsing; uv itself in
+tests/integration/test_python_resolution.py)."""
+
+from __future__ import annotations
+
+from imagesmith.locking.python_pins import _known_platform
+
+# uv 0.13.9's own words for a platform it does not know (trimmed list).
+_REFUSED = """error: invalid value '{value}' for '--python-platform <PYTHON_PLATFORM>'
+  [possible values: windows, linux, x86_64-manylinux2014, x86_64-manylinux_2_17, \
+x86_64-manylinux_2_28, x86_64-manylinux_2_39, x86_64-manylinux_2_40, aarch64-manylinux_2_17, \
+aarch64-manylinux_2_38, aarch64-pc-windows-msvc]
+
+  tip: a similar value exists: 'x86_64-manylinux_2_40'
+
+For more information, try '--help'.
+"""
+
+
+def test_a_glibc_too_new_for_uv_falls_back_to_the_newest_manylinux_it_knows() -> None:
+    assert (
+        _known_platform(_REFUSED.format(value="x86_64-manylinux_2_41"), "x86_64-manylinux_2_41")
+        == "x86_64-manylinux_2_40"
+    )
+    assert (
+        _known_platform(_REFUSED.format(value="aarch64-manylinux_2_41"), "aarch64-manylinux_2_41")
+        == "aarch64-manylinux_2_38"
+    )
+
+
+def test_only_a_refused_platform_and_only_an_older_one_is_taken() -> None:
+    # A glibc older than every manylinux uv knows: no fallback (uv's error stands).
+    assert (
+        _known_platform(_REFUSED.format(value="x86_64-manylinux_2_5"), "x86_64-manylinux_2_5")
+        is None
+    )
+    # uv failed for another reason: nothing to retry.
+    assert _known_platform("error: No solution found", "x86_64-manylinux_2_41") is None
+    # An architecture uv lists no manylinux for.
+    assert (
+        _known_platform(_REFUSED.format(value="riscv64-manylinux_2_41"), "riscv64-manylinux_2_41")
+        is None
+    )
