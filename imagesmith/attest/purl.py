@@ -9,13 +9,26 @@ from imagesmith.model.lock import AptPackage, BaseImageLock, PythonPackage
 from imagesmith.model.reference import parse_reference
 from imagesmith.model.spec import normalize_name
 
-# Debian suites by code name; an unknown one is passed through as the distro as it is.
+# Debian's and Ubuntu's releases by code name (a base's /etc/os-release VERSION_CODENAME,
+# which the lock keeps as the apt suite); an unknown one is taken as Debian's, passed
+# through as the distro as it is.
 DEBIAN_RELEASES = {
     "buster": "10",
     "bullseye": "11",
     "bookworm": "12",
     "trixie": "13",
     "forky": "14",
+}
+UBUNTU_RELEASES = {
+    "bionic": "18.04",
+    "focal": "20.04",
+    "jammy": "22.04",
+    "mantic": "23.10",
+    "noble": "24.04",
+    "oracular": "24.10",
+    "plucky": "25.04",
+    "questing": "25.10",
+    "resolute": "26.04",
 }
 
 
@@ -46,19 +59,22 @@ def purl(
     return text
 
 
-def debian_distro(suite: str) -> str:
-    """The purl `distro` qualifier of a Debian suite: bookworm → debian-12."""
-    release = DEBIAN_RELEASES.get(suite)
-    return f"debian-{release}" if release else f"debian-{suite}"
+def deb_distro(suite: str) -> tuple[str, str]:
+    """(purl namespace, `distro` qualifier) of a suite: bookworm → (debian, debian-12),
+    noble → (ubuntu, ubuntu-24.04)."""
+    if suite in UBUNTU_RELEASES:
+        return "ubuntu", f"ubuntu-{UBUNTU_RELEASES[suite]}"
+    return "debian", f"debian-{DEBIAN_RELEASES.get(suite, suite)}"
 
 
 def deb_purl(package: AptPackage, suite: str) -> str:
+    namespace, distro = deb_distro(suite)
     return purl(
         "deb",
         package.name,
-        namespace="debian",
+        namespace=namespace,
         version=package.version,
-        qualifiers={"arch": package.arch, "distro": debian_distro(suite)},
+        qualifiers={"arch": package.arch, "distro": distro},
     )
 
 

@@ -68,7 +68,8 @@ fi
 """
 _INST = re.compile(r"^@@ Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)")
 _SHA = re.compile(r"^@@SHA (\S+) (\S+) ([0-9a-f]{64}) (\S+)$")
-_URI = re.compile(r"^@@URI '(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})$")
+# apt prints the strongest hash the index has: SHA256 on Debian, SHA512 on Ubuntu.
+_URI = re.compile(r"^@@URI '(\S+)' (\S+) (\d+) (?:SHA256:([0-9a-f]{64})|\S+)$")
 
 
 def _snapshot_script(snapshot: str | None) -> str:
@@ -153,15 +154,17 @@ def _closure(probe: ProbeOutput, packages: Sequence[str]) -> list[AptPackage]:
     for name, version, digest, filename in probe.get("SHA", []):
         sha.setdefault((name, version), digest)
         filenames.setdefault(digest, filename)
-    # apt's own choice of download (print-uris), by the file name it gives each .deb.
-    downloads: dict[str, tuple[str | None, str | None, str | None, int]] = {
-        file: (digest, *_download(unquote(url), filenames.get(digest)), int(size))
-        for url, file, size, digest in probe.get("URI", [])
+    # apt's own choice of download (print-uris), by the file name it gives each .deb; its
+    # sha256 when apt printed that hash, else the index's (apt-cache show).
+    downloads = {
+        file: (unquote(url), digest, int(size)) for url, file, size, digest in probe.get("URI", [])
     }
     closure = []
     for name, version, arch in probe.get("INST", []):
         file = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
-        sha256, source, path, size = downloads.get(file, (sha.get((name, version)), None, None, 0))
+        url, printed, size = downloads.get(file, (None, None, 0))
+        sha256 = printed or sha.get((name, version))
+        source, path = _download(url, filenames.get(sha256 or "")) if url else (None, None)
         closure.append(
             AptPackage(
                 name=name,
@@ -275,7 +278,7 @@ def _probe_once(engine: Engine, ref: str, spec: Spec, packages: Sequence[str]) -
         if uri:
             found.setdefault("URI", []).append(uri.groups())
             continue
-        if line.startswith("@@") and " " in line:
+        if line.startswith("@@") and " " in line and not line.startswith(("@@URI ", "@@SHA ")):
             key, _, value = line[2:].partition(" ")
             found.setdefault(key, []).append((value.strip(),))
     # The spec's own sources and mirror first: apt may go on without an index it could

@@ -39,8 +39,8 @@ perl-modules-5.36_5.36.0-7%2bdeb12u4_all.deb' perl-modules-5.36_5.36.0-7+deb12u4
 class ProbeEngine:
     """Answers the probe's two runs (without packages, then with) with fixed output."""
 
-    def __init__(self, closure: str) -> None:
-        self.closure = closure
+    def __init__(self, closure: str, first: str = FIRST) -> None:
+        self.closure, self.first = closure, first
 
     def run(
         self,
@@ -52,7 +52,7 @@ class ProbeEngine:
         network: bool = True,
         host_network: bool = False,
     ) -> RunResult:
-        return RunResult(0, self.closure if env and env.get("PKGS") else FIRST)
+        return RunResult(0, self.closure if env and env.get("PKGS") else self.first)
 
 
 def probe(tmp_path: Path, closure: str) -> BaseProbe:
@@ -115,3 +115,39 @@ def test_a_previous_lock_without_deb_paths_is_resolved_again(example_dir: Path) 
     with pytest.raises(Resolving):
         lock_spec(spec, engine=_no_engine, previous=old, on_line=lines.append)
     assert lines == ["apt: the previous lock does not say where its .debs live; resolving again"]
+
+
+CURL_SHA = "af7af42226d21bcbf87cf62a9e158bd5dfbd051ebbde8818ca441dc8085f67af"
+CURL_SHA512 = (
+    "d69dbc5bc987bcce13b6a84a1bcb78e539812065f8951753e0bec1d39607533a"
+    "dfb70ed4ff17f3e9ba7889a5063a7e0681e518118d29d5e110279e0bcdc537e8"
+)
+# What Ubuntu 24.04's apt printed inside a noble base (2026-12-03): print-uris gives the
+# index's strongest hash, SHA512, where Debian's gives SHA256.
+NOBLE_FIRST = "@@SUITE noble\n@@ARCH amd64\n@@GLIBC 2.39\n"
+NOBLE = f"""{NOBLE_FIRST}\
+@@ Inst curl (8.5.0-2ubuntu10 Ubuntu:24.04/noble [amd64])
+@@SHA curl 8.5.0-2ubuntu10 {CURL_SHA} pool/main/c/curl/curl_8.5.0-2ubuntu10_amd64.deb
+@@URI 'http://archive.ubuntu.com/ubuntu/pool/main/c/curl/curl_8.5.0-2ubuntu10_amd64.deb' \
+curl_8.5.0-2ubuntu10_amd64.deb 226572 SHA512:{CURL_SHA512}
+"""
+
+
+def test_an_ubuntu_base_whose_apt_prints_sha512_is_pinned_by_the_indexs_sha256(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "env.toml").write_text(
+        'name = "p"\n[base]\nimage = "b"\n[apt]\npackages = ["curl"]\n'
+    )
+    spec = load_spec(tmp_path / "env.toml")
+    base = BaseImageLock(reference="b", repository="b", digest="sha256:" + "1" * 64, local=True)
+    found = probe_base(
+        cast(Engine, ProbeEngine(NOBLE, NOBLE_FIRST)), base, spec, "linux/amd64", print
+    )
+    (curl,) = found.apt_closure
+    assert (curl.sha256, curl.size) == (CURL_SHA, 226572)
+    assert (curl.source, curl.path) == (
+        "http://archive.ubuntu.com/ubuntu",
+        "pool/main/c/curl/curl_8.5.0-2ubuntu10_amd64.deb",
+    )
+    assert (found.suite, found.wheel_platform) == ("noble", "x86_64-manylinux_2_39")

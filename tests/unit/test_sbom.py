@@ -21,7 +21,7 @@ from imagesmith.attest.inventory import (
     parse_venv_licenses,
     unique_ids,
 )
-from imagesmith.attest.purl import debian_distro, oci_purl
+from imagesmith.attest.purl import deb_distro, oci_purl
 from imagesmith.attest.sbom import cyclonedx_document, render_sbom, spdx_document
 from imagesmith.attest.target import lock_from_labels
 from imagesmith.cli import app
@@ -180,9 +180,11 @@ def test_local_base_has_no_manifest_digest_in_its_purl() -> None:
 
 
 def test_distro_from_the_suite() -> None:
-    assert debian_distro("bookworm") == "debian-12"
-    assert debian_distro("trixie") == "debian-13"
-    assert debian_distro("sid") == "debian-sid"
+    assert deb_distro("bookworm") == ("debian", "debian-12")
+    assert deb_distro("trixie") == ("debian", "debian-13")
+    assert deb_distro("sid") == ("debian", "debian-sid")
+    assert deb_distro("noble") == ("ubuntu", "ubuntu-24.04")
+    assert deb_distro("jammy") == ("ubuntu", "ubuntu-22.04")
 
 
 def test_spdx_ids_stay_distinct_after_sanitising() -> None:
