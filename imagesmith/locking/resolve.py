@@ -173,6 +173,7 @@ def _system_pins(
         say(f"base: resolving {spec.base_image}")
         base, prefer = resolve_base(spec.base_image, engine, platform), ()
     probe = probe_base(engine, base, spec, platform, say, prefer=prefer)
+    base = replace(base, user=base_user(engine.inspect_image(base.pinned).user))
     apt = AptLock(
         suite=probe.suite,
         snapshot=spec.apt_snapshot,
@@ -247,6 +248,11 @@ def _python_target(lock: Lock) -> tuple[str, str]:
     if lock.python is None:
         return "", ""
     return lock.python.version, lock.python.platform
+
+
+def base_user(user: str) -> str | None:
+    """The base's USER as the lock keeps it: None when it is root (or unset)."""
+    return None if user.partition(":")[0] in ("", "0", "root") else user
 
 
 def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:

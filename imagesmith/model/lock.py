@@ -74,6 +74,9 @@ class BaseImageLock:
     """The multi-platform index it was chosen from, when there was one."""
     local: bool = False
     """Never pushed (made by `imagesmith base`): `digest` is then the image ID."""
+    user: str | None = None
+    """The base's own USER when it is not root (jupyter's `1000`): the system stage then
+    switches to root to install. None for a base that runs as root, as most do."""
 
     @property
     def pinned(self) -> str:
@@ -218,6 +221,7 @@ class Lock:
                     "digest": self.base.digest,
                     "index_digest": self.base.index_digest,
                     "local": self.base.local,
+                    "user": self.base.user,
                 }
             ),
             "apt": _drop_none(

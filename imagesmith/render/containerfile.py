@@ -191,6 +191,10 @@ def _system_stage(lock: Lock, built: str | None, epoch: int) -> list[str]:
         return [f"FROM {built} AS system"]
     spec = lock.spec
     out = [f"FROM {lock.base.pinned} AS system"]
+    if lock.base.user is not None:
+        # A base that runs as another user (jupyter's images: 1000): apt, the venv and the
+        # spec's run steps need root; the image's own USER comes at the end.
+        out.append("USER 0:0")
     # Maintainer scripts read it: Python's py_compile writes hash-based .pyc files.
     install = [f"export SOURCE_DATE_EPOCH={epoch}"]
     packages = sorted(lock.apt.packages, key=lambda p: p.name)

@@ -24,6 +24,7 @@ from imagesmith.model.records import build_record_path
 from imagesmith.model.spec_loading import load_spec
 from imagesmith.pipeline.build import build
 from tests.conftest import EXAMPLE
+from tests.integration.conftest import ImageTracker
 
 pytestmark = pytest.mark.integration
 
@@ -383,3 +384,36 @@ def test_run_time_settings_change_neither_the_lock_nor_the_digest(
     assert manifest.exit_code == 0, manifest.output
     assert "memory: 3Gi" in manifest.stdout and "echo two" in manifest.stdout
     assert f"registry.example.edu/lab/elsewhere@{first.digest}" in manifest.stdout
+
+
+def test_a_base_that_runs_as_another_user_builds_as_root_and_runs_as_the_specs(
+    engine: Engine,
+    base_image: str,
+    tmp_path: Path,
+    images: ImageTracker,
+    cleanup_builds: list[Path | str],
+) -> None:
+    """Jupyter's images and many others end with a USER that is not root: apt, the venv
+    and the spec's run steps still run as root, and the image as the spec's user."""
+    context = tmp_path / "user-base"
+    context.mkdir()
+    (context / "Containerfile").write_text(
+        f"FROM {base_image}\nRUN useradd --uid 1000 --create-home jovyan\n"
+        "WORKDIR /home/jovyan\nUSER 1000\n"
+    )
+    user_base = images.tag("user-base")
+    engine.build(context=context, tags=[user_base])
+    name = f"it-user-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "env.toml").write_text(
+        f'name = "{name}"\n[base]\nimage = "{user_base}"\n[apt]\npackages = ["jq"]\n'
+        '[image]\nuser = "lab"\nrun = ["mkdir /opt/lab", "touch /opt/lab/made-as-root"]\n'
+    )
+    spec = load_spec(folder / "env.toml")
+    cleanup_builds.append(spec.path)
+    result = build(spec, engine)
+    assert read_lock(spec.lock_path).base.user == "1000"
+    run = engine.run(result.image_id, ["/bin/sh", "-c", "id -u; stat -c %U /opt/lab/*; jq -n 1"])
+    assert run.exit_code == 0, run.output
+    assert run.output.split() == ["10001", "root", "1"]

@@ -42,6 +42,15 @@ def test_shape_of_the_example() -> None:
     )
 
 
+def test_a_base_that_runs_as_another_user_is_built_as_root_up_to_the_images_user() -> None:
+    lock = make_lock(EXAMPLE / "env.toml")
+    assert "USER 0:0" not in render(lock)  # a root base: the Containerfile as before
+    text = render(replace(lock, base=replace(lock.base, user="1000")))
+    lines = text.splitlines()
+    assert lines[lines.index(f"FROM {lock.base.pinned} AS system") + 1] == "USER 0:0"
+    assert text.index("USER 0:0") < text.index("apt-get install") < text.index("USER 10001:10001")
+
+
 @pytest.mark.parametrize(
     "value",
     [
