@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from imagesmith import __version__
 from imagesmith.engine.base import Engine
-from imagesmith.errors import RegistryError
+from imagesmith.errors import InputError, RegistryError
 from imagesmith.inputs.tool_wheel import tool_digest
 from imagesmith.locking.apt_probe import probe_base
 from imagesmith.locking.apt_sources import source_locks
@@ -31,7 +31,7 @@ from imagesmith.model.lock import (
     environment_epoch,
 )
 from imagesmith.model.reference import parse_reference
-from imagesmith.model.spec import Spec
+from imagesmith.model.spec import Spec, normalize_name
 from imagesmith.progress import LineCallback
 
 DAY = 86400
@@ -127,6 +127,7 @@ def lock_spec(
         upgrade_packages=upgrade_packages,
         say=say,
     )
+    _check_upgraded(upgrade_packages, python)
     return Lock(
         imagesmith_wheel=tool_digest(),
         spec_hash=spec.spec_hash,
@@ -216,6 +217,26 @@ def _python_pins(
                     f"{python.platform}; the build will refuse it (pin a version with wheels)"
                 )
     return python
+
+
+def _check_upgraded(names: Sequence[str], python: PythonLock | None) -> None:
+    """Refuse a --upgrade-package name the lock pins nothing of (uv passes over it: a typo
+    would be taken for "already the newest")."""
+    import difflib
+
+    pinned = sorted(p.name for p in python.packages) if python is not None else []
+    problems = []
+    for name in names:
+        if normalize_name(name) in pinned:
+            continue
+        close = difflib.get_close_matches(normalize_name(name), pinned, n=1)
+        shown = ", ".join(pinned[:8]) + (", ..." if len(pinned) > 8 else "")
+        hint = f"did you mean {close[0]}?" if close else f"it pins: {shown or 'none'}"
+        problems.append(
+            f"--upgrade-package {name}: env.lock pins no Python distribution of that name ({hint})"
+        )
+    if problems:
+        raise InputError("\n".join(problems))
 
 
 def _with_file_lines(python: PythonLock | None, spec: Spec) -> PythonLock | None:

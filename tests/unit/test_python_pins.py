@@ -41,3 +41,29 @@ def test_only_a_refused_platform_and_only_an_older_one_is_taken() -> None:
         _known_platform(_REFUSED.format(value="riscv64-manylinux_2_41"), "riscv64-manylinux_2_41")
         is None
     )
+
+
+def test_an_upgrade_package_the_lock_does_not_pin_is_refused_with_the_closest_name() -> None:
+    import pytest
+
+    from imagesmith.errors import InputError
+    from imagesmith.locking.resolve import _check_upgraded
+    from imagesmith.model.lock import PythonLock, PythonPackage
+
+    python = PythonLock(
+        version="3.11",
+        platform="x86_64-manylinux_2_36",
+        packages=(PythonPackage("numpy", "2.1.0", ()), PythonPackage("pyyaml", "6.0.2", ())),
+    )
+    _check_upgraded(["PyYAML", "NumPy"], python)  # pip's names, any spelling
+    with pytest.raises(InputError) as caught:
+        _check_upgraded(["pyyam", "torch"], python)
+    assert caught.value.exit_code == 2
+    assert str(caught.value).splitlines() == [
+        "--upgrade-package pyyam: env.lock pins no Python distribution of that name "
+        "(did you mean pyyaml?)",
+        "--upgrade-package torch: env.lock pins no Python distribution of that name "
+        "(it pins: numpy, pyyaml)",
+    ]
+    with pytest.raises(InputError, match=r"\(it pins: none\)"):
+        _check_upgraded(["numpy"], None)
