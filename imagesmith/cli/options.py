@@ -44,11 +44,22 @@ EngineOpt = Annotated[
     ),
 ]
 
+
+def _platform(value: str) -> str:
+    """OS/ARCH[/VARIANT], as registries' indexes name platforms (linux/arm64, linux/arm/v7)."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", value):
+        raise typer.BadParameter(f"{value!r} is not OS/ARCH (e.g. linux/amd64, linux/arm64)")
+    return value
+
+
 PlatformOpt = Annotated[
     str,
     typer.Option(
         "--platform",
         metavar="OS/ARCH",
+        callback=_platform,
         help="Target platform of the image (linux/amd64, linux/arm64).",
     ),
 ]

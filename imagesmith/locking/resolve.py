@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from imagesmith import __version__
-from imagesmith.engine.base import Engine
+from imagesmith.engine.base import Engine, ImageInfo
 from imagesmith.errors import InputError, RegistryError
 from imagesmith.inputs.tool_wheel import tool_digest
 from imagesmith.locking.apt_probe import probe_base
@@ -30,7 +30,7 @@ from imagesmith.model.lock import (
     copy_locks,
     environment_epoch,
 )
-from imagesmith.model.reference import parse_reference
+from imagesmith.model.reference import ImageReference, parse_reference
 from imagesmith.model.spec import Spec, normalize_name
 from imagesmith.progress import LineCallback
 
@@ -276,6 +276,26 @@ def base_user(user: str) -> str | None:
     return None if user.partition(":")[0] in ("", "0", "root") else user
 
 
+def _other_platform(
+    text: str, info: ImageInfo, ref: ImageReference, platform: str
+) -> BaseImageLock:
+    """The base for `platform` when the engine holds `text` for another one: the registry's
+    (one that has it), never the engine's copy, whose files are the other platform's."""
+    held = f"{info.os or 'linux'}/{info.architecture}"
+    if not info.repo_digests:
+        raise InputError(
+            f"base {text} is a {held} image made here, not a {platform} one: a base that "
+            f"was never pushed builds for its own platform only (make a {platform} base, "
+            f"or lock for {held})"
+        )
+    from imagesmith.registry.client import platform_digest
+
+    digest, index = platform_digest(ref, platform)
+    return BaseImageLock(
+        reference=text, repository=ref.familiar_repository, digest=digest, index_digest=index
+    )
+
+
 def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:
     """The digest a `FROM` pins: the registry's when known, the local image ID otherwise."""
     ref = parse_reference(text)
@@ -283,6 +303,9 @@ def resolve_base(text: str, engine: Engine, platform: str) -> BaseImageLock:
         return BaseImageLock(reference=text, repository=ref.familiar_repository, digest=ref.digest)
     if engine.image_exists(text):
         info = engine.inspect_image(text)
+        os_name, arch, *_ = platform.split("/")
+        if info.architecture and (info.os or os_name, info.architecture) != (os_name, arch):
+            return _other_platform(text, info, ref, platform)
         # A base `imagesmith base` made (its labels, and no image built on it) is pinned
         # by its ID even under a public name (`debian:bookworm`): podman lists a digest
         # of its own for every name an image has, which no registry serves; the input

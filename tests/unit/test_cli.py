@@ -572,3 +572,15 @@ def test_spec_array_queue_account_mounts_through_both_commands(example_dir: Path
     assert as_pod.stderr == (
         "error: array 1-7:2%2 needs kind job (an Indexed Job, one pod per index), not pod\n"
     )
+
+
+@pytest.mark.parametrize("command", ["lock", "build"])
+@pytest.mark.parametrize("value", ["foo", "linux", "linux/", "Linux/AMD64", "linux/arm64/v8/x"])
+def test_a_platform_that_is_not_os_arch_is_a_usage_error(
+    command: str, value: str, example_dir: Path
+) -> None:
+    result = runner.invoke(app, [command, str(example_dir / "env.toml"), "--platform", value])
+    assert result.exit_code == 2, result.output
+    words = " ".join(result.output.replace("│", " ").split())  # typer's box wraps lines
+    assert f"'{value}' is not OS/ARCH (e.g. linux/amd64, linux/arm64)" in words
+    assert isinstance(result.exception, SystemExit)

@@ -13,9 +13,10 @@ from typing import cast
 
 import pytest
 
-from imagesmith.engine.base import Engine, RunResult
-from imagesmith.errors import ResolveError
+from imagesmith.engine.base import Engine, ImageInfo, RunResult
+from imagesmith.errors import InputError, ResolveError
 from imagesmith.locking.apt_probe import BaseProbe, probe_base
+from imagesmith.locking.resolve import resolve_base
 from imagesmith.model.lock import BaseImageLock
 from imagesmith.model.spec_loading import load_spec
 
@@ -151,3 +152,29 @@ def test_an_ubuntu_base_whose_apt_prints_sha512_is_pinned_by_the_indexs_sha256(
         "pool/main/c/curl/curl_8.5.0-2ubuntu10_amd64.deb",
     )
     assert (found.suite, found.wheel_platform) == ("noble", "x86_64-manylinux_2_39")
+
+
+class HeldEngine:
+    """An engine holding one image built for `architecture`, never pushed."""
+
+    def __init__(self, architecture: str) -> None:
+        self.architecture = architecture
+
+    def image_exists(self, ref: str) -> bool:
+        return True
+
+    def inspect_image(self, ref: str) -> ImageInfo:
+        return ImageInfo(id="sha256:" + "2" * 64, architecture=self.architecture, os="linux")
+
+
+def test_a_base_made_here_is_locked_for_its_own_platform_only() -> None:
+    held = cast(Engine, HeldEngine("amd64"))
+    base = resolve_base("lab/base:1", held, "linux/amd64")
+    assert (base.local, base.digest) == (True, "sha256:" + "2" * 64)
+    with pytest.raises(
+        InputError,
+        match=r"^base lab/base:1 is a linux/amd64 image made here, "
+        r"not a linux/arm64 one: .* \(make a linux/arm64 base, or lock for "
+        r"linux/amd64\)$",
+    ):
+        resolve_base("lab/base:1", held, "linux/arm64")
