@@ -46,7 +46,7 @@ from imagesmith.cache.integrity import (
 )
 from imagesmith.cache.scratch import disown, make_scratch, release
 from imagesmith.engine.base import disk_full_message
-from imagesmith.errors import OperationError, ResolveError
+from imagesmith.errors import InputError, OperationError, ResolveError
 from imagesmith.model.lock import Lock, PythonLock
 from imagesmith.progress import LineCallback
 from imagesmith.render.containerfile import CONTEXT_APT, CONTEXT_PYTHON, copy_context_path
@@ -416,11 +416,24 @@ def _prune_trees(*, keep: Path) -> None:
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
-    if src.is_dir():
-        shutil.copytree(src, dest, symlinks=True)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest)
+    """`src` (an [image] copy source) into the context; a file that cannot be read is an
+    InputError, one line each (the spec's checks already refused pipes and devices)."""
+    try:
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    except shutil.Error as exc:
+        failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        lines = [f"[image] copy: cannot copy {failed[0]}: {failed[-1]}" for failed in failures]
+        raise InputError("\n".join(lines) or f"[image] copy: cannot copy {src}: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OperationError(f"[image] copy: {disk_full_message(str(dest))}") from None
+        raise InputError(
+            f"[image] copy: cannot copy {exc.filename or src}: {exc.strerror or exc}"
+        ) from None
 
 
 def _clamp_times(root: Path, epoch: int) -> None:

@@ -246,7 +246,7 @@ def _image_problems(image: Mapping[str, Any], folder: Path) -> Problems:
         elif not target.exists():
             yield where, f"{show_value(src)} does not exist (looked for {target})"
         else:
-            yield from _links_out(folder, target, where, src)
+            yield from _uncopiable(folder, target, where, src)
 
 
 def _time_limit_problems(data: Mapping[str, Any]) -> Problems:
@@ -459,11 +459,39 @@ def _credential_problems(data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
                 )
 
 
-def _links_out(folder: Path, target: Path, where: str, src: str) -> Iterator[tuple[str, str]]:
+def _uncopiable(folder: Path, target: Path, where: str, src: str) -> Iterator[tuple[str, str]]:
+    """What in `target` an image cannot take: links out of the spec's folder, and what is
+    neither a file, a folder nor a link (a named pipe, a socket, a device)."""
+    kind = _special_kind(target)
+    if kind is not None:
+        yield where, f"{show_value(src)} is {kind}: only files, folders and links are copied"
     if not target.is_dir():
         return
     root = folder.resolve()
     for child in sorted(target.rglob("*")):
-        if child.is_symlink() and not child.resolve().is_relative_to(root):
-            rel = child.relative_to(target)
-            yield where, f"{show_value(src)} holds a link out of the spec's folder: {rel}"
+        rel = child.relative_to(target)
+        if child.is_symlink():
+            if not child.resolve().is_relative_to(root):
+                yield where, f"{show_value(src)} holds a link out of the spec's folder: {rel}"
+        elif (kind := _special_kind(child)) is not None:
+            yield (
+                where,
+                f"{show_value(src)} holds {rel}, {kind}: only files, folders and links are copied",
+            )
+
+
+def _special_kind(path: Path) -> str | None:
+    """'a named pipe', 'a socket' or 'a device' for such a path (not followed), else None."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None

@@ -360,6 +360,32 @@ def test_bad_spec_lists_every_problem_exactly(
     assert caught.value.problems == [line.format(dir=tmp_path) for line in expected]
 
 
+def test_a_copy_of_a_pipe_socket_or_device_is_refused_before_the_build(tmp_path: Path) -> None:
+    import socket
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("kept\n")
+    os.mkfifo(data / "fifo")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(data / "sock"))
+    os.symlink("a.txt", data / "inside")  # a link inside the folder is copied as a link
+    spec = tmp_path / "env.toml"
+    spec.write_text(
+        OK + '[image]\ncopy = [{ src = "data", dest = "/x" }, { src = "data/fifo", dest = "/y" }]\n'
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert caught.value.problems == [
+        'env.toml: $.image.copy[0].src: "data" holds fifo, a named pipe: only files, folders '
+        "and links are copied",
+        'env.toml: $.image.copy[0].src: "data" holds sock, a socket: only files, folders and '
+        "links are copied",
+        'env.toml: $.image.copy[1].src: "data/fifo" is a named pipe: only files, folders and '
+        "links are copied",
+    ]
+
+
 def test_at_least_thirty_bad_specs() -> None:
     assert len(BAD_SPECS) >= 30
 
