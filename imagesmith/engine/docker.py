@@ -460,8 +460,11 @@ class DockerEngine(Engine):
         if is_disk_full(error):
             first = disk_full_message("Docker's data root (/var/lib/docker)")
         # "The command '/bin/sh -c <the whole RUN line>' returned a non-zero code: 100":
-        # the step is reported on its own line already, keep the verdict.
-        failed = re.match(r"^The command .* returned a non-zero code: (\d+)$", first, re.DOTALL)
+        # the step is reported on its own line already, keep the verdict (the RUN line may
+        # span lines: an [image] run script).
+        failed = re.match(
+            r"^The command .* returned a non-zero code: (\d+)$", error.strip(), re.DOTALL
+        )
         if failed:
             first = f"the step exited with code {failed.group(1)}"
         return BuildError(f"docker build failed: {first}", step=out.step, output_tail=out.tail)

@@ -68,8 +68,18 @@ def _familiar(name: str) -> str:
     return name.removeprefix("localhost/")
 
 
+_STEP_EXIT = re.compile(
+    r'Error: building at STEP ".*": while running runtime: exit status (\d+)\s*$', re.S
+)
+
+
 def _error_line(output: str) -> str:
-    """The line of podman's output that says what went wrong."""
+    """The line of podman's output that says what went wrong: for a step that failed,
+    its exit code (the step itself is reported apart, and a multi-line RUN would cut
+    podman's own line after its first line)."""
+    failed = _STEP_EXIT.search(output)
+    if failed:
+        return f"the step exited with code {failed.group(1)}"
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith("Error:") or line.startswith("error"):

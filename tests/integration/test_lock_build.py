@@ -296,6 +296,8 @@ def test_failed_build_leaves_no_tag_and_no_record(
     with pytest.raises(BuildError) as caught:
         build(spec, engine)
     assert caught.value.exit_code == 1
+    # The verdict, not the first line of the (multi-line) RUN script the engine quotes.
+    assert str(caught.value) == f"{engine.name} build failed: the step exited with code 7"
     assert "about to fail" in "\n".join(caught.value.output_tail)
     assert not engine.image_exists(f"{name}:1")
     assert not build_record_path(spec.path).exists()

@@ -224,3 +224,20 @@ def test_prewarm_takes_stage_starts_and_the_last_stages_step_images(
         "1e307185bb4",
         PYTHON_STAGE,  # a named stage starts from the python stage
     ]
+
+
+def test_a_failed_multi_line_run_step_is_reported_by_its_exit_code() -> None:
+    """What Docker 20.10 and podman 4.3 say when an [image] run script (one RUN whose
+    command spans lines) exits 3: the headline is the code, not the script's first line."""
+    from imagesmith.engine.docker import DockerEngine
+    from imagesmith.engine.podman import _error_line
+
+    script = "set -e\nexport SOURCE_DATE_EPOCH=1796256000\nexit 3"
+    podman = f'STEP 2/4: RUN ["/bin/sh", "-c", "..."]\nError: building at STEP "RUN /bin/sh -c {script}": while running runtime: exit status 3\n'
+    assert _error_line(podman) == "the step exited with code 3"
+    assert _error_line("Error: creating build container: no space\n") == (
+        "creating build container: no space"
+    )
+    docker = f"The command '/bin/sh -c {script}' returned a non-zero code: 3"
+    error = DockerEngine._build_error(docker, OutputTail(None))
+    assert str(error) == "docker build failed: the step exited with code 3"
