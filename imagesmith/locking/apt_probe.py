@@ -281,6 +281,12 @@ def _probe_once(engine: Engine, ref: str, spec: Spec, packages: Sequence[str]) -
         if line.startswith("@@") and " " in line and not line.startswith(("@@URI ", "@@SHA ")):
             key, _, value = line[2:].partition(" ")
             found.setdefault(key, []).append((value.strip(),))
+    if "MIRROR" in found:
+        raise ResolveError(
+            f"[apt] mirror {spec.apt_mirror}: the base's apt sources do not use "
+            "deb.debian.org/debian, the archive a mirror replaces (an Ubuntu base, or one "
+            "with sources of its own): drop mirror, or add the archive as [[apt.sources]]"
+        )
     # The spec's own sources and mirror first: apt may go on without an index it could
     # not fetch, and then only say that a package is missing.
     messages = errors + updates

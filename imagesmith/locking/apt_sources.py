@@ -99,7 +99,10 @@ def probe_setup(spec: Spec) -> tuple[str, dict[str, str]]:
             "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list "
             "/etc/apt/sources.list.d/*.sources; do\n"
             f'  [ -f "$f" ] && sed -i -E "s#{_DEBIAN}/?( |$)#$IMAGESMITH_MIRROR\\1#" "$f"\n'
-            "done"
+            "done\n"
+            # Sources that never named deb.debian.org (an Ubuntu base): nothing replaced.
+            'grep -qsF "$IMAGESMITH_MIRROR" /etc/apt/sources.list /etc/apt/sources.list.d/* '
+            "|| echo '@@MIRROR unused'"
         )
     urls = [spec.apt_mirror or "", *(source.url for source in spec.apt_sources)]
     if any(url.startswith("https://") for url in urls):

@@ -254,7 +254,7 @@ def test_an_https_source_is_checked_against_the_hosts_ca_certificates(
 
 @pytest.mark.integration
 def test_bad_sources_get_one_line_each_and_the_right_exit(
-    engine: Engine, base_image: str, lab_repo: SignedRepo, tmp_path: Path
+    engine: Engine, base_image: str, lab_repo: SignedRepo, tmp_path: Path, images: ImageTracker
 ) -> None:
     """Through the CLI: a key that did not sign the Release or a suite that is not there is
     the spec's fault (exit 2); a source or mirror that cannot be reached is exit 1."""
@@ -330,3 +330,24 @@ def test_bad_sources_get_one_line_each_and_the_right_exit(
     mirror = lock("[apt]\n", '[apt]\nmirror = "http://127.0.0.1:9/debian"\n')
     assert mirror.returncode == 1
     assert error(mirror).startswith("error: apt mirror http://127.0.0.1:9/debian: cannot reach")
+    # A base whose sources name another archive (an Ubuntu base, a lab's own): the
+    # mirror would replace nothing, and the lock would quietly not use it.
+    context = tmp_path / "elsewhere"
+    context.mkdir()
+    (context / "Containerfile").write_text(
+        f"FROM {base_image}\nRUN sed -i s/deb.debian.org/ftp.debian.org/ "
+        "/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true\n"
+    )
+    elsewhere = images.tag("elsewhere")
+    engine.build(context=context, tags=[elsewhere])
+    text = (folder / "env.toml").read_text()
+    unused = lock(
+        text[text.index("[base]") : text.index("[apt]") + 6],
+        f'[base]\nimage = "{elsewhere}"\n[apt]\nmirror = "http://mirror.example.edu/debian"\n',
+    )
+    assert unused.returncode == 2, unused.stderr
+    assert error(unused) == (
+        "error: [apt] mirror http://mirror.example.edu/debian: the base's apt sources do not "
+        "use deb.debian.org/debian, the archive a mirror replaces (an Ubuntu base, or one "
+        "with sources of its own): drop mirror, or add the archive as [[apt.sources]]"
+    )
