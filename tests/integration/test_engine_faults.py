@@ -63,7 +63,9 @@ def built(engine: Engine) -> Iterator[list[Path]]:
             engine.remove_image(data["image_id"], force=True)
 
 
-def _children(pid: int, command: str) -> list[int]:
+def _children(pid: int, command: str, subcommand: str) -> list[int]:
+    """The children of `pid` running `command subcommand ...` (imagesmith runs other podman
+    commands beside the build: the rewrite of finished stages reads their images)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -73,7 +75,13 @@ def _children(pid: int, command: str) -> list[int]:
         except OSError:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and comm == command:
+        if int(stat.rsplit(")", 1)[1].split()[1]) != pid or comm != command:
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if subcommand.encode() in argv[1:2]:
             found.append(int(entry))
     return found
 
@@ -126,7 +134,7 @@ def test_podman_killed_mid_build_is_one_line_and_the_next_build_succeeds(
             seen.append(line)
             if "sleep 6" in line and not killed:
                 time.sleep(1)  # the RUN step is running
-                podman = _children(proc.pid, "podman")
+                podman = _children(proc.pid, "podman", "build")
                 assert podman, seen
                 os.kill(podman[0], signal.SIGKILL)
                 killed.append(podman[0])

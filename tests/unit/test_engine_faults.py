@@ -76,6 +76,11 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._answer(
                     200, json.dumps({"ApiVersion": "1.41", "Version": "20.10.24"}).encode()
                 )
+            elif path.startswith("/images/sha256:") or "/images/sha256:" in path:
+                # Holds every image named by its ID (the base a lock pins by ID), so a
+                # build gets as far as the build request.
+                image_id = path.split("/images/", 1)[1].removesuffix("/json")
+                self._answer(200, json.dumps({"Id": image_id, "Config": {}}).encode())
             elif path.endswith("/info"):
                 self._answer(
                     200, json.dumps({"Driver": "vfs", "DockerRootDir": "/nowhere"}).encode()
