@@ -187,6 +187,16 @@ class ImageTracker:
         self.refs.append(ref)
         return ref
 
+    def derive(self, name: str, containerfile: str, workdir: Path) -> str:
+        """An image the engine builds from `containerfile` (its context: `workdir`/`name`,
+        holding nothing else), tagged here for removal at teardown; its tag."""
+        context = workdir / name
+        context.mkdir()
+        (context / "Containerfile").write_text(containerfile)
+        ref = self.tag(name)
+        self.engine.build(context=context, tags=[ref])
+        return ref
+
     def cleanup(self) -> None:
         for ref in reversed(self.refs):
             try:

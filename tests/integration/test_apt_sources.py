@@ -332,14 +332,12 @@ def test_bad_sources_get_one_line_each_and_the_right_exit(
     assert error(mirror).startswith("error: apt mirror http://127.0.0.1:9/debian: cannot reach")
     # A base whose sources name another archive (an Ubuntu base, a lab's own): the
     # mirror would replace nothing, and the lock would quietly not use it.
-    context = tmp_path / "elsewhere"
-    context.mkdir()
-    (context / "Containerfile").write_text(
+    elsewhere = images.derive(
+        "elsewhere",
         f"FROM {base_image}\nRUN sed -i s/deb.debian.org/ftp.debian.org/ "
-        "/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true\n"
+        "/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true\n",
+        tmp_path,
     )
-    elsewhere = images.tag("elsewhere")
-    engine.build(context=context, tags=[elsewhere])
     text = (folder / "env.toml").read_text()
     unused = lock(
         text[text.index("[base]") : text.index("[apt]") + 6],

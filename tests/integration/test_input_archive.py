@@ -234,13 +234,9 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
     inputs; then a podman with a storage of its own and an empty imagesmith cache (a
     second machine) builds it with nothing but env.toml, env.lock and the registry."""
     marker = uuid.uuid4().hex
-    context = tmp_path / "base-context"
-    context.mkdir()
-    (context / "Containerfile").write_text(
-        f"FROM {base_image}\nRUN echo {marker} > /etc/lab-base-marker\n"
+    local_base = images.derive(
+        "local-base", f"FROM {base_image}\nRUN echo {marker} > /etc/lab-base-marker\n", tmp_path
     )
-    local_base = images.tag("local-base")
-    engine.build(context=context, tags=[local_base])
     name = f"it-base-{marker[:8]}"
     repo = f"{logged_in.host}/lab/{name}"
     folder = tmp_path / "lab"

@@ -397,14 +397,12 @@ def test_a_base_that_runs_as_another_user_builds_as_root_and_runs_as_the_specs(
 ) -> None:
     """Jupyter's images and many others end with a USER that is not root: apt, the venv
     and the spec's run steps still run as root, and the image as the spec's user."""
-    context = tmp_path / "user-base"
-    context.mkdir()
-    (context / "Containerfile").write_text(
+    user_base = images.derive(
+        "user-base",
         f"FROM {base_image}\nRUN useradd --uid 1000 --create-home jovyan\n"
-        "WORKDIR /home/jovyan\nUSER 1000\n"
+        "WORKDIR /home/jovyan\nUSER 1000\n",
+        tmp_path,
     )
-    user_base = images.tag("user-base")
-    engine.build(context=context, tags=[user_base])
     name = f"it-user-{uuid.uuid4().hex[:8]}"
     folder = tmp_path / name
     folder.mkdir()
