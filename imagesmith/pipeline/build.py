@@ -146,10 +146,13 @@ def build_canonical(
     """Build `lock` with the engine and make the result canonical; nothing is tagged.
 
     The .debs the lock pins are fetched and checked on the host first (`fetch_debs`).
-    When the Python packages have to be downloaded or installed on the host, the engine
-    builds the system stage (apt) meanwhile, and the full build then starts from that
-    stage's image. `archive`: the lock's input archive in the lab's registry, where
-    inputs are looked for before their original sources. `share`: the registry
+    When the lock installs .debs, or the Python packages have to be downloaded or
+    installed on the host, the engine builds the system stage (apt, user) on its own
+    first, the host installing the Python packages meanwhile, and the full build then
+    starts from that stage's image. Its image ID is noted: a later build of a lock with
+    the same stage starts from it and does not build it (not with `no_cache`).
+    `archive`: the lock's input archive in the lab's registry, where inputs are looked
+    for before their original sources. `share`: the registry
     repository through which system stages are shared (`imagesmith.pipeline.system_stage`): the
     stage is taken from there when it holds it, else built here on its own and kept
     for `push`.
@@ -209,12 +212,15 @@ class _EngineRun:
 def _system_stage(
     run: _EngineRun, containerfile: str, share: str | None
 ) -> tuple[str | None, bool]:
-    """The system stage's image, when the build starts from one, and whether it was built
-    here to be shared: taken from `share`, else built here while the host prepares the
-    Python packages (when it has to download or install them, or the stage is shared)."""
+    """The system stage's image the build starts from, and whether it is to be kept for
+    sharing: taken from `share`, else the engine's build of it this machine noted
+    (`built_here`; not with --no-cache), else built here on its own, while the host
+    prepares the Python packages when it has to download or install them. None when the
+    stage installs no .debs and the host has nothing to prepare: the whole file is then
+    built at once."""
     from imagesmith.inputs.archive import ensure_base
     from imagesmith.inputs.context import python_tree_cached
-    from imagesmith.pipeline.system_stage import shareable, take_stage
+    from imagesmith.pipeline.system_stage import built_here, remember_built, shareable, take_stage
 
     lock = run.lock
     sharing = share is not None and shareable(lock)
@@ -222,15 +228,21 @@ def _system_stage(
         taken = take_stage(share, lock, run.engine, epoch=run.epoch, on_line=run.on_line)
         if taken is not None:
             return taken, False
+    if not run.no_cache:
+        noted = built_here(run.engine, lock, run.epoch)
+        if noted is not None:
+            return noted, sharing
     ensure_base(run.engine, lock, run.archive)  # a stage taken from the registry holds it
     python = lock.python
-    if (
-        python
-        and python.packages
-        and (sharing or not python_tree_cached(python, lock.source_date_epoch))
+    if not (
+        lock.apt.packages
+        or sharing
+        or (python and python.packages and not python_tree_cached(python, lock.source_date_epoch))
     ):
-        return _system_while_fetching(run, containerfile, run.work / "system"), sharing
-    return None, False
+        return None, False  # a base and a user: one build of the whole file
+    system_id = _build_system(run, containerfile, run.work / "system")
+    remember_built(run.engine, lock, run.epoch, system_id)
+    return system_id, sharing
 
 
 def _build_image(run: _EngineRun, containerfile: str, system_id: str | None) -> str:
@@ -268,25 +280,26 @@ def _keep_for_sharing(run: _EngineRun, system_id: str) -> None:
         run.on_line(f"system stage: not kept for sharing ({exc})")
 
 
-def _system_while_fetching(run: _EngineRun, containerfile: str, folder: Path) -> str:
-    """Build the system stage while the host fetches and installs the wheels; its image ID.
+def _build_system(run: _EngineRun, containerfile: str, folder: Path) -> str:
+    """Build the system stage alone, its image ID; the host fetches and installs the
+    wheels meanwhile when they are not installed yet.
 
     The stage needs the .debs only, so its context is the Containerfile and those: they
     are fetched first, while the wheels already download. A failing build is reported
     before a failing download of wheels.
     """
-    from imagesmith.inputs.context import python_tree, system_context
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from imagesmith.inputs.context import python_tree, python_tree_cached, system_context
     from imagesmith.inputs.debs import fetch_debs
 
     lock, on_line, archive = run.lock, run.on_line, run.archive
-    assert lock.python is not None
-    # Progress lines come from this thread only (the live view is not thread-safe).
-    on_line(
-        f"python: fetching and installing {len(lock.python.packages)} packages on the host "
-        "while the system stage builds"
+    python = lock.python
+    prepare = (
+        python is not None
+        and bool(python.packages)
+        and not python_tree_cached(python, lock.source_date_epoch)
     )
-    from concurrent.futures import ThreadPoolExecutor
-
     reports = LineLog()  # corrupt cache entries found meanwhile, printed from this thread
 
     def report(text: str) -> None:
@@ -294,16 +307,24 @@ def _system_while_fetching(run: _EngineRun, containerfile: str, folder: Path) ->
             reports.add(text)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wheels") as pool:
-        fetched = pool.submit(
-            python_tree, lock.python, lock.source_date_epoch, on_line=report, archive=archive
-        )
+        fetched: Future[Path] | None = None
+        if prepare and python is not None:
+            # Progress lines come from this thread only (the live view is not thread-safe).
+            on_line(
+                f"python: fetching and installing {len(python.packages)} packages on the "
+                "host while the system stage builds"
+            )
+            fetched = pool.submit(
+                python_tree, python, lock.source_date_epoch, on_line=report, archive=archive
+            )
         debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
         system_context(lock, containerfile, folder, debs=debs)
         system_id = run.build(folder, target="system")
-        try:
-            fetched.result()
-        finally:
-            reports.flush(on_line)
+        if fetched is not None:
+            try:
+                fetched.result()
+            finally:
+                reports.flush(on_line)
     return system_id
 
 

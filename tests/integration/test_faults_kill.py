@@ -86,7 +86,8 @@ class Point:
 POINTS = {
     "lock-base": Point("lock", lambda _: line_seen("base: resolving")),
     "lock-apt-probe": Point("lock", lambda _: line_seen("apt: resolving the closure"), 0.3),
-    "lock-python": Point("lock", lambda _: line_seen("python: resolving"), 0.3),
+    # uv answers a warm resolution in about 0.2 s: kill at once, while it runs.
+    "lock-python": Point("lock", lambda _: line_seen("python: resolving"), 0.05),
     "build-apt-fetch": Point("build", lambda _: line_seen("apt: fetching"), 0.5, seed=()),
     "build-wheels": Point("build", lambda _: line_seen("python: fetching"), 0.2, seed=("debs",)),
     "build-engine-apt": Point("build --no-cache", lambda _: line_seen("Unpacking ", 5)),
