@@ -319,6 +319,9 @@ def _build_system(run: _EngineRun, containerfile: str, folder: Path) -> str:
             )
         debs = fetch_debs(lock.apt, on_line=on_line, archive=archive)
         system_context(lock, containerfile, folder, debs=debs)
+        # The base's layers are final: rewritten while apt runs (the system stage's own
+        # layer is rewritten once the stage is built, while the Python steps run).
+        run.prewarm.add(lock.base.pinned)
         system_id = run.build(folder, target="system")
         if fetched is not None:
             try:

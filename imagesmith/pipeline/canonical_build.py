@@ -127,8 +127,9 @@ class Prewarm:
     build does that work again and reports them.
 
     On an engine that can load while it builds (`Engine.loads_beside_builds`: Docker), the
-    canonical layers of each image rewritten are loaded too, when the engine does not hold
-    them yet: the load after the build then sends only the layers made after it (at 80
+    canonical layers of each image rewritten are loaded too (by a thread of their own, in
+    order, so that the next rewrite does not wait for a load), when the engine does not
+    hold them yet: the load after the build then sends only the layers made after it (at 80
     apt and Python packages, loading 1.4 GB took Docker 20-30 s). Each image loaded that
     way is an untagged image the engine did not have; `drop_loaded` removes them once the
     canonical image holds their layers.
@@ -145,6 +146,8 @@ class Prewarm:
         self._seen: set[str] = set()
         self._cancelled = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loads: queue.Queue[tuple[CanonicalImage, Path] | None] = queue.Queue()
+        self._loader: threading.Thread | None = None
         self._loaded: list[str] = []
 
     def add(self, image_id: str) -> None:
@@ -176,6 +179,7 @@ class Prewarm:
             if local is None:
                 continue
             staging = new_staging()
+            handed = False
             try:
                 image = canonicalize_local(
                     local,
@@ -186,7 +190,26 @@ class Prewarm:
                     plain_dir=self._plain_dir,
                 )
                 if self._engine.loads_beside_builds:
-                    self._load(image, staging / "layout")
+                    # Loaded by a thread of its own, in order: the next image's rewrite
+                    # need not wait for this load (the system stage's takes seconds).
+                    if self._loader is None:
+                        self._loader = threading.Thread(
+                            target=self._load_work, name="prewarm-load", daemon=True
+                        )
+                        self._loader.start()
+                    self._loads.put((image, staging))
+                    handed = True
+            except Exception:  # an optimisation only (see the class doc)
+                pass
+            finally:
+                if not handed:
+                    release(staging)
+
+    def _load_work(self) -> None:
+        while (item := self._loads.get()) is not None:
+            image, staging = item
+            try:
+                self._load(image, staging / "layout")
             except Exception:  # an optimisation only (see the class doc)
                 pass
             finally:
@@ -219,6 +242,10 @@ class Prewarm:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._loader is not None:  # after the rewrites: they hand it their loads
+            self._loads.put(None)
+            self._loader.join()
+            self._loader = None
 
 
 def load_layout(engine: Engine, layout: Path, diff_ids: Sequence[str], workdir: Path) -> str:
