@@ -234,13 +234,12 @@ def _system_stage(
             return noted, sharing
     ensure_base(run.engine, lock, run.archive)  # a stage taken from the registry holds it
     python = lock.python
-    if not (
-        lock.apt.packages
-        or sharing
-        or (python and python.packages and not python_tree_cached(python, lock.source_date_epoch))
-    ):
+    prepare = bool(
+        python and python.packages and not python_tree_cached(python, lock.source_date_epoch)
+    )
+    if not (lock.apt.packages or sharing or prepare):
         return None, False  # a base and a user: one build of the whole file
-    system_id = _build_system(run, containerfile, run.work / "system")
+    system_id = _build_system(run, containerfile, run.work / "system", prepare=prepare)
     remember_built(run.engine, lock, run.epoch, system_id)
     return system_id, sharing
 
@@ -280,9 +279,9 @@ def _keep_for_sharing(run: _EngineRun, system_id: str) -> None:
         run.on_line(f"system stage: not kept for sharing ({exc})")
 
 
-def _build_system(run: _EngineRun, containerfile: str, folder: Path) -> str:
-    """Build the system stage alone, its image ID; the host fetches and installs the
-    wheels meanwhile when they are not installed yet.
+def _build_system(run: _EngineRun, containerfile: str, folder: Path, *, prepare: bool) -> str:
+    """Build the system stage alone, its image ID; with `prepare`, the host fetches and
+    installs the wheels meanwhile.
 
     The stage needs the .debs only, so its context is the Containerfile and those: they
     are fetched first, while the wheels already download. A failing build is reported
@@ -290,16 +289,11 @@ def _build_system(run: _EngineRun, containerfile: str, folder: Path) -> str:
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from imagesmith.inputs.context import python_tree, python_tree_cached, system_context
+    from imagesmith.inputs.context import python_tree, system_context
     from imagesmith.inputs.debs import fetch_debs
 
     lock, on_line, archive = run.lock, run.on_line, run.archive
     python = lock.python
-    prepare = (
-        python is not None
-        and bool(python.packages)
-        and not python_tree_cached(python, lock.source_date_epoch)
-    )
     reports = LineLog()  # corrupt cache entries found meanwhile, printed from this thread
 
     def report(text: str) -> None:
