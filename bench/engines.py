@@ -167,10 +167,13 @@ class Ledger:
     def add_build_log(self, engine: str, lines: Iterable[str]) -> None:
         self.add_images(engine, created_images(lines))
 
-    def clean(self) -> list[str]:
-        """Remove what was recorded; returns what could not be removed."""
+    def clean(self, only: str | None = None) -> list[str]:
+        """Remove what was recorded (on engine `only`, when given); returns what could not
+        be removed."""
         left: list[str] = []
         for engine in sorted(set(self.tags) | set(self.images)):
+            if only is not None and engine != only:
+                continue
             ours = {t.removeprefix("localhost/") for t in self.tags.get(engine, [])}
             for tag in self.tags.get(engine, []):
                 if _repo_tags(engine, tag) is not None:

@@ -21,6 +21,7 @@ HOW_TO_RUN = """\
 .venv/bin/python bench/recipe_build.py pytorch-gpu      # one recipe, built once (section 5)
 .venv/bin/python bench/stage_share.py                   # substitution, stage sharing (section 6)
 .venv/bin/python bench/catalogue.py                     # 8 specs: --jobs 2, in a row, Slurm (7)
+.venv/bin/python bench/integrity_cost.py                # cache integrity's share: integrity.md
 ```
 
 Needs the Docker daemon (`bash scripts/start-dockerd.sh`; the benchmark starts it when it
@@ -920,7 +921,9 @@ def render_readme(results: dict[str, Any]) -> str:
         "",
         "The start-up time of the quick commands (`--version`, `validate`, `render`, "
         "`lock --check`, the no-op `build`) has its own script and page: "
-        "[startup.md](startup.md), made by `bench/startup_time.py`.",
+        "[startup.md](startup.md), made by `bench/startup_time.py`. What cache integrity "
+        "(fsync before each rename, hashing what is read back) costs a cold build: "
+        "[integrity.md](integrity.md), made by `bench/integrity_cost.py`.",
         "",
         HOW_TO_RUN,
         "## Latest run",

@@ -520,6 +520,13 @@ def figure_build(bench: Bench, engine: str) -> None:
     bench.results.setdefault("handwritten_steps_run", {})[engine] = []  # a --merge starts anew
 
     def one_run(index: int) -> None:
+        # Each run starts from an engine that holds none of the earlier runs' images. Else
+        # podman answers a later run's hand-written pin change from the first run's build
+        # of the same pin (its cache matches look-alike parents): in 2026-12-03's figure,
+        # runs 2 and 3 of the hand-written pin change ran no step at all.
+        left = bench.ledger.clean(engine)
+        if left:
+            raise BenchError(f"{engine}: cannot remove the earlier runs' images: {left}")
         (spec_dir / "env.toml").write_text(spec_text)
         (spec_dir / "env.lock").write_text(lock_text)
         (context / "requirements.txt").write_text(requirements)
