@@ -12,6 +12,12 @@ The final image is made canonical as always, so its digest is the one a build fr
 scratch gives (the stage's layers are canonical already, and making them canonical again
 changes nothing).
 
+On one machine, the engine's own build of a lock's system stage is noted by its image ID
+(`remember_built`, under the same KEY and the engine's name), and the next build of a lock
+with that KEY starts from that image while the engine holds it (`built_here`), instead of
+asking the engine's cache, which after a `--no-cache` build holds look-alike chains of the
+stage's steps (podman then ran apt again).
+
 Like substitution, this trusts the registry to hold what an honest build made;
 `imagesmith verify` (never substituted) is the check. Every reason not to take the stage
 (no tag, an unreachable registry, bytes that do not match) is one line, and the stage is
