@@ -117,11 +117,15 @@ def test_apt_installs_host_checked_debs_with_no_network_same_digest_on_both_engi
         assert not [n for layer in layers for n in layer if "imagesmith-apt" in n]
         assert not [h for h in history if "imagesmith-apt" in h and h.startswith("COPY")]
 
-        # A .deb missing from the cache, the archive unreachable: one line, every place.
+        # A .deb missing from the cache, the archive unreachable: a build that starts from
+        # the system stage this machine built needs no .deb and gives the same image; one
+        # that builds the stage (--no-cache) fails with one line naming every place.
         jq = next(p for p in offline.apt.packages if p.name == "jq")
         (tmp_path / "cache" / "imagesmith" / "debs" / str(jq.sha256)).unlink()
+        again = build(spec, docker_engine)
+        assert again.digest == results["docker"].digest
         with pytest.raises(OperationError) as caught:
-            build(spec, docker_engine)
+            build(spec, docker_engine, no_cache=True)
         assert caught.value.lines() == [
             f"apt: jq {jq.version} ({jq.path}) not found; looked in: host cache "
             f"{tmp_path / 'cache' / 'imagesmith' / 'debs' / str(jq.sha256)} (absent); "
