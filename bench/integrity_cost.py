@@ -131,14 +131,11 @@ def _run_build(spec: Path, engine: str, cache: Path) -> dict[str, Any]:
 def measure(engine: str, runs: int, work: Path) -> list[dict[str, Any]]:
     from engines import Ledger, ensure_engine
     from proc import bench_env
-    from run import example_files, example_spec
+    from run import ensure_base, example_files, example_spec
 
     ensure_engine(engine)
-    base = "imagesmith/debian:bookworm"
+    ensure_base(engine)  # the bench's base, made with `imagesmith base` when missing
     imagesmith = str(Path(sys.executable).with_name("imagesmith"))
-    if subprocess.run([engine, "image", "exists" if engine == "podman" else "inspect", base],
-                      capture_output=True, check=False).returncode != 0:  # fmt: skip
-        subprocess.run([imagesmith, "base", "--engine", engine], env=bench_env(), check=True)
     rid = uuid.uuid4().hex[:6]
     folder = work / "spec"
     example_files(folder)

@@ -1,6 +1,6 @@
 """The note of the system stage's image (`system_stage.remember_built` / `built_here`): a
 build starts from the noted image only while the engine holds it, and a note that is
-unreadable, malformed or another engine's is no note. Real engines:
+unreadable or malformed, or one of another epoch's stage, is no note. Real engines:
 tests/integration/test_lock_build.py (a pin change after a --no-cache build)."""
 
 from __future__ import annotations
