@@ -201,6 +201,19 @@ def update_problems(spec: Spec, messages: Sequence[str]) -> ImagesmithError | No
                 f"{what}: its signed Release lists {index.removeprefix(url)} but the server "
                 f"does not have it (a mirror being updated? try again later); apt says: {detail}",
             )
+        elif " is expired (invalid since " in text:
+            network_lines.setdefault(
+                url,
+                f"{what}: its signed Release has expired (its Valid-Until is past), and apt "
+                "refuses an expired Release: the archive must publish a newly signed one (a "
+                f"stale mirror?); apt says: {detail}",
+            )
+        elif " is not valid yet (invalid for another " in text:
+            network_lines.setdefault(
+                url,
+                f"{what}: its signed Release is dated in the future, and apt refuses it: this "
+                f"machine's clock is behind, or the archive's ahead; apt says: {detail}",
+            )
         elif "Certificate verification failed" in text:
             network_lines.setdefault(
                 url,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -324,6 +325,18 @@ def test_bad_sources_get_one_line_each_and_the_right_exit(
         "being updated? try again later); apt says: Failed to fetch "
         f"{lab_repo.url}/dists/stable/main/binary-amd64/Packages 404 Not Found "
         f"[IP: 127.0.0.1 {lab_repo.url.rsplit(':', 1)[1]}]"
+    )
+
+    # A Release whose Valid-Until is past: apt refuses it, and so does the lock (exit 1).
+    lab_repo.valid_until = time.time() - 3600
+    lab_repo.publish()
+    expired = lock('"lab-tools", "jq"', '"lab-tools", "jq"')
+    lab_repo.valid_until = None
+    lab_repo.publish()
+    assert expired.returncode == 1
+    assert error(expired).startswith(
+        f"error: apt source {lab_repo.url}: its signed Release has expired (its Valid-Until "
+        "is past), and apt refuses an expired Release"
     )
 
     # The mirror replaces deb.debian.org in the base's own sources.

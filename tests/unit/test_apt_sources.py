@@ -326,6 +326,22 @@ URL = "http://127.0.0.1:8901/lab"
             "the CA certificates the host trusts: add its CA to them, or name a bundle with "
             "SSL_CERT_FILE); apt says: Failed to fetch",
         ),
+        (
+            f"E: Release file for {URL}/dists/stable/InRelease is expired (invalid since 3d "
+            "4h 5min 6s). Updates for this repository will not be applied.",
+            SourceUnreachable,
+            f"apt source {URL}: its signed Release has expired (its Valid-Until is past), and "
+            "apt refuses an expired Release: the archive must publish a newly signed one (a "
+            f"stale mirror?); apt says: Release file for {URL}/dists/stable/InRelease is expired",
+        ),
+        (
+            "E: Release file for http://mirror.example.edu/debian/dists/bookworm/InRelease is "
+            "not valid yet (invalid for another 2h 1min 3s). Updates for this repository will "
+            "not be applied.",
+            SourceUnreachable,
+            "apt mirror http://mirror.example.edu/debian: its signed Release is dated in the "
+            "future, and apt refuses it: this machine's clock is behind, or the archive's ahead",
+        ),
     ],
 )
 def test_apt_complaints_become_one_line_with_the_right_exit(
