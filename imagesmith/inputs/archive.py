@@ -6,10 +6,12 @@ index may lose a wheel; a lock that pins them then no longer builds from there. 
 lock pins, as one OCI artifact manifest whose `subject` is the image (for registries
 with the referrers API) and whose tag is `lock-<hash>.inputs` (for those without).
 
-Each file is a blob addressed by the sha256 the lock records for it, so a later build
-asks the registry for exactly `sha256:<pinned>` and needs nothing else to find it; a
+Each .deb and wheel is a blob addressed by the sha256 the lock records for it, so a later
+build asks the registry for exactly `sha256:<pinned>` and needs nothing else to find it; a
 second image that shares files with the first adds only the blobs that are new. What
-comes back is checked against that digest as it streams.
+comes back is checked against that digest as it streams. The files `[image] copy` takes
+are in it too, one tar per copy, titled by the tree hash the lock pins and checked
+against it (`imagesmith.inputs.copies`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class PushedInputs:
 def collect_inputs(lock: Lock, *, on_line: LineCallback | None = None) -> list[InputFile]:
     """The files `lock` builds from, as the host's caches hold them (fetched if missing)."""
     from imagesmith.inputs.context import fetch_wheels
+    from imagesmith.inputs.copies import COPY_TYPE, copy_blobs, copy_title
     from imagesmith.inputs.debs import fetch_debs
 
     files: list[InputFile] = []
@@ -95,6 +98,8 @@ def collect_inputs(lock: Lock, *, on_line: LineCallback | None = None) -> list[I
     tool = _tool_file(lock, on_line)
     if tool is not None:
         files.append(tool)
+    for copy, path in copy_blobs(lock):
+        files.append(input_file(COPY_TYPE, path, name=copy_title(copy)))
     return files
 
 
@@ -309,10 +314,18 @@ class Archive:
                 names[digest] = title
         return names
 
+    def digest_of(self, title: str) -> str | None:
+        """The digest of the file the archive lists under `title`, if it lists one."""
+        return next((d for d, name in self.names().items() if name == title), None)
+
+    def absent(self) -> str:
+        """Why a file the archive does not list cannot come from it, for a 'looked in' list."""
+        return self._absent or f"{self.where}: not there"
+
     def fetch(self, digest: str, dest: Path, *, mode: int = 0o600) -> str | None:
         """Fetch blob `digest` to `dest`; None when done, else why not."""
         if digest not in self.names():
-            return self._absent or f"{self.where}: not there"
+            return self.absent()
         return fetch_input(self.repository, digest, dest, mode=mode)
 
 

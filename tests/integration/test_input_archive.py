@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -230,9 +231,10 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
     monkeypatch: pytest.MonkeyPatch,
     images: ImageTracker,
 ) -> None:
-    """A lock whose base was made on this machine and never pushed, built, pushed with its
-    inputs; then a podman with a storage of its own and an empty imagesmith cache (a
-    second machine) builds it with nothing but env.toml, env.lock and the registry."""
+    """A lock whose base was made on this machine and never pushed, and whose spec copies a
+    folder in, built, pushed with its inputs; then a podman with a storage of its own and
+    an empty imagesmith cache (a second machine) builds it with nothing but env.toml,
+    env.lock and the registry: the base and the copied files come from there."""
     marker = uuid.uuid4().hex
     local_base = images.derive(
         "local-base", f"FROM {base_image}\nRUN echo {marker} > /etc/lab-base-marker\n", tmp_path
@@ -240,10 +242,16 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
     name = f"it-base-{marker[:8]}"
     repo = f"{logged_in.host}/lab/{name}"
     folder = tmp_path / "lab"
-    folder.mkdir()
+    script = _file(
+        folder / "scripts", "run.sh", b"#!/bin/sh\ncat /etc/lab-base-marker /opt/lab/data/p.txt\n"
+    )
+    script.chmod(0o755)
+    _file(folder / "scripts" / "data", "p.txt", f"params {marker}\n".encode())
     (folder / "env.toml").write_text(
         f'name = "{name}"\n[base]\nimage = "{local_base}"\n'
-        f'[image]\ncmd = ["cat", "/etc/lab-base-marker"]\n[registry]\nrepository = "{repo}"\n'
+        '[image]\ncmd = ["/opt/lab/run.sh"]\n'
+        'copy = [{ src = "scripts", dest = "/opt/lab" }]\n'
+        f'[registry]\nrepository = "{repo}"\n'
     )
     spec = load_spec(folder / "env.toml")
     first = build(spec, engine)
@@ -265,10 +273,47 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
             r"only where it was made\. Made by `imagesmith base`\? Make it here",
         ):
             ensure_base(second, lock, None)
-        again = build(spec, second)
-        assert again.digest == first.digest
-        run = second.run(again.tags[0], [])
-        assert run.output.strip() == marker
+        machine = tmp_path / "second-machine-folder"
+        machine.mkdir()
+        for file in ("env.toml", "env.lock"):
+            shutil.copy(folder / file, machine / file)
+        built = subprocess.run(
+            [IMAGESMITH, "build", "--engine", "podman", "--json", str(machine / "env.toml")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert built.returncode == 0, built.stderr
+        assert json.loads(built.stdout)["digest"] == first.digest
+        assert f"copy: scripts was not in {machine}; restored it from the input archive" in (
+            built.stderr
+        )
+        assert (machine / "scripts" / "run.sh").read_bytes() == script.read_bytes()
+        assert (machine / "scripts" / "run.sh").stat().st_mode & 0o111
+        assert (machine / "scripts" / "data" / "p.txt").read_text() == f"params {marker}\n"
+        run = second.run(json.loads(built.stdout)["tags"][0], [])
+        assert run.output.split() == [marker, "params", marker]
+
+        # Neither the host cache nor the registry (a wrong password) has the copy: one line
+        # naming each place looked in, and nothing written.
+        shutil.rmtree(machine / "scripts")
+        shutil.rmtree(tmp_path / "second-machine" / "cache" / "imagesmith" / "copies")
+        missing = subprocess.run(
+            [IMAGESMITH, "build", "--engine", "podman", str(machine / "env.toml")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "IMAGESMITH_REGISTRY_PASSWORD": "wrong"},
+        )
+        assert missing.returncode == 1, missing.stderr
+        assert "Traceback" not in missing.stderr
+        errors = [line for line in missing.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, missing.stderr
+        assert errors[0].startswith(
+            f"error: [image] copy: scripts ({lock.copy[0].sha256[:19]}...) not found; looked "
+            f"in: {machine / 'scripts'} (absent); {logged_in.host}/lab/{name}:{inputs_tag(lock)}: "
+        )
+        assert not (machine / "scripts").exists()
 
 
 def lock_jq(lock: Lock) -> AptPackage:

@@ -1,0 +1,209 @@
+"""The files [image] copy takes, as the input archive keeps them and a build restores them
+(imagesmith.inputs.copies); the registry itself is in tests/integration/test_input_archive."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from imagesmith.errors import OperationError, RegistryError
+from imagesmith.inputs import copies
+from imagesmith.inputs.copies import copy_blobs, copy_title, restore_missing_copies
+from imagesmith.model.lock import Lock, read_lock, tree_hash, write_lock
+from tests.fixtures.make_lock import make_lock
+
+SPEC = """name = "lab"
+[base]
+image = "debian:bookworm"
+[image]
+copy = [{ src = "scripts", dest = "/opt/lab" }, { src = "train.py", dest = "/opt/train.py" }]
+[registry]
+repository = "127.0.0.1:9/lab/lab"
+"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Lock]:
+    """A spec copying a folder (with an executable and a subfolder) and a file, locked."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "lab"
+    (folder / "scripts" / "data").mkdir(parents=True)
+    (folder / "scripts" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (folder / "scripts" / "run.sh").chmod(0o755)
+    (folder / "scripts" / "data" / "p.txt").write_text("params\n")
+    (folder / "train.py").write_text("print('fit')\n")
+    (folder / "env.toml").write_text(SPEC)
+    lock = make_lock(folder / "env.toml")
+    write_lock(lock, folder / "env.lock")
+    return folder, read_lock(folder / "env.lock")
+
+
+@dataclass
+class FakeArchive:
+    """An input archive that lists `files` (title -> bytes), or is absent (`why`)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    why: str = "127.0.0.1:9/lab/lab:lock-x.inputs: no input archive there"
+    where: str = "127.0.0.1:9/lab/lab:lock-x.inputs"
+    fetched: list[str] = field(default_factory=list)
+
+    def digest_of(self, title: str) -> str | None:
+        return f"sha256:{title}" if title in self.files else None
+
+    def absent(self) -> str:
+        return self.why
+
+    def fetch(self, digest: str, dest: Path, *, mode: int = 0o600) -> str | None:
+        title = digest.removeprefix("sha256:")
+        self.fetched.append(title)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.files[title])
+        return None
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, archive: FakeArchive) -> None:
+    monkeypatch.setattr(
+        "imagesmith.inputs.archive.Archive.for_lock", classmethod(lambda cls, repo, lock: archive)
+    )
+
+
+def test_each_copy_becomes_one_tar_that_depends_on_its_files_alone(
+    lab: tuple[Path, Lock], tmp_path: Path
+) -> None:
+    folder, lock = lab
+    blobs = copy_blobs(lock)
+    assert [(item.src, path.name) for item, path in blobs] == [
+        ("scripts", copy_title(lock.copy[0])),
+        ("train.py", copy_title(lock.copy[1])),
+    ]
+    assert copy_title(lock.copy[0]) == f"copy-{tree_hash(folder / 'scripts')[7:]}.tar"
+    # Another folder with the same files, written later: the same bytes.
+    other = tmp_path / "other"
+    shutil.copytree(folder / "scripts", other)
+    (other / "run.sh").touch()
+    copies._write_tar(other, tmp_path / "again.tar")
+    assert (tmp_path / "again.tar").read_bytes() == blobs[0][1].read_bytes()
+    with tarfile.open(blobs[0][1]) as tar:
+        members = {m.name: (m.type, m.mode, m.mtime, m.uid) for m in tar}
+    assert members == {
+        "tree": (tarfile.DIRTYPE, 0o755, 0, 0),
+        "tree/data": (tarfile.DIRTYPE, 0o755, 0, 0),
+        "tree/data/p.txt": (tarfile.REGTYPE, 0o644, 0, 0),
+        "tree/run.sh": (tarfile.REGTYPE, 0o755, 0, 0),
+    }
+
+
+def test_a_copy_changed_since_the_lock_is_not_archived(lab: tuple[Path, Lock]) -> None:
+    folder, lock = lab
+    (folder / "train.py").write_text("print('changed')\n")
+    with pytest.raises(RegistryError, match=r"train.py \(\[image\] copy\) has changed since"):
+        copy_blobs(lock)
+    (folder / "train.py").unlink()
+    with pytest.raises(RegistryError, match=r"train.py \(\[image\] copy\) is not there since"):
+        copy_blobs(lock)
+
+
+def test_missing_copies_come_back_from_the_archive_checked_and_never_over_a_file(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, lock = lab
+    blobs = {path.name: path.read_bytes() for _, path in copy_blobs(lock)}
+    shutil.rmtree(copies._copies_dir())
+    expected = {
+        rel: (folder / rel).read_bytes()
+        for rel in ("scripts/run.sh", "scripts/data/p.txt", "train.py")
+    }
+    shutil.rmtree(folder / "scripts")
+    (folder / "train.py").write_text("mine\n")  # there: left alone
+    archive = FakeArchive(files=blobs)
+    _serve(monkeypatch, archive)
+    lines: list[str] = []
+    assert restore_missing_copies(folder / "env.toml", on_line=lines.append) == ["scripts"]
+    assert archive.fetched == [copy_title(lock.copy[0])]
+    assert (folder / "scripts" / "run.sh").read_bytes() == expected["scripts/run.sh"]
+    assert (folder / "scripts" / "data" / "p.txt").read_bytes() == expected["scripts/data/p.txt"]
+    assert (folder / "scripts" / "run.sh").stat().st_mode & 0o111
+    assert not (folder / "scripts" / "data" / "p.txt").stat().st_mode & 0o111
+    assert (folder / "train.py").read_text() == "mine\n"
+    assert lines == [
+        f"copy: scripts was not in {folder}; restored it from the input archive "
+        f"{archive.where} (the tree hash env.lock pins)"
+    ]
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+    # The next time, from the host cache: the archive is not asked.
+    (folder / "train.py").unlink()
+    shutil.rmtree(folder / "scripts")
+    archive.fetched.clear()
+    assert restore_missing_copies(folder / "env.toml", on_line=lines.append) == [
+        "scripts",
+        "train.py",
+    ]
+    assert archive.fetched == [copy_title(lock.copy[1])]
+    assert (folder / "train.py").read_bytes() == expected["train.py"]
+
+
+def test_a_copy_found_nowhere_is_one_line_naming_each_place_and_nothing_is_written(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, lock = lab
+    cached = copy_blobs(lock)[1][1]
+    cached.write_bytes(b"not a tar")  # damaged in the host cache
+    (folder / "train.py").unlink()
+    _serve(monkeypatch, FakeArchive())
+    with pytest.raises(OperationError) as caught:
+        restore_missing_copies(folder / "env.toml", on_line=lambda _: None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"[image] copy: train.py ({lock.copy[1].sha256[:19]}...) not found; looked in: "
+        f"{folder / 'train.py'} (absent); host cache {cached} (unusable: "
+    )
+    assert message.endswith(": removed); 127.0.0.1:9/lab/lab:lock-x.inputs: no input archive there")
+    assert not cached.exists()
+    assert not (folder / "train.py").exists()
+
+
+def test_a_blob_that_is_not_the_pinned_copy_is_refused(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, lock = lab
+    title = copy_title(lock.copy[1])
+    shutil.rmtree(copies._copies_dir(), ignore_errors=True)
+    (folder / "train.py").unlink()
+    for member, data in (("tree", b"print('other')\n"), ("tree/../../escape", b"x")):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        _serve(monkeypatch, FakeArchive(files={title: buffer.getvalue()}))
+        with pytest.raises(OperationError, match=f"{title} is not the copy the lock pins"):
+            restore_missing_copies(folder / "env.toml", on_line=lambda _: None)
+        assert not (folder / "train.py").exists()
+        assert not (folder.parent / "escape").exists()
+
+
+def test_nothing_is_asked_without_a_lock_a_repository_or_a_missing_copy(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = lab
+    archive = FakeArchive()
+    _serve(monkeypatch, archive)
+    assert restore_missing_copies(folder / "env.toml", on_line=lambda _: None) == []
+    (folder / "train.py").unlink()
+    (folder / "env.toml").write_text(
+        SPEC.replace('[registry]\nrepository = "127.0.0.1:9/lab/lab"\n', "")
+    )
+    assert restore_missing_copies(folder / "env.toml", on_line=lambda _: None) == []
+    (folder / "env.toml").write_text(SPEC)
+    (folder / "env.lock").unlink()
+    assert restore_missing_copies(folder / "env.toml", on_line=lambda _: None) == []
+    (folder / "env.toml").write_text("not = [toml")
+    assert restore_missing_copies(folder / "env.toml", on_line=lambda _: None) == []
+    assert archive.fetched == []
