@@ -113,7 +113,7 @@ def verify(
     image: rebuilds from the lock the image carries and compares image IDs. Exit 0 when
     identical; exit 1 with what differs (config fields, layers, files) when not.
     """
-    from imagesmith.inputs.copies import restore_missing_copies
+    from imagesmith.inputs.beside_spec import restore_beside_spec
     from imagesmith.model.lock import fresh_lock
     from imagesmith.model.spec_loading import load_spec
     from imagesmith.pipeline.verify import verify as run_verify
@@ -124,7 +124,7 @@ def verify(
     progress = Progress()
     try:
         if target.endswith(".toml") or Path(target).is_file():
-            restore_missing_copies(Path(target), on_line=progress)
+            restore_beside_spec(Path(target), on_line=progress)
             spec = load_spec(Path(target))
             verdict = run_verify(spec, fresh_lock(spec), the_engine, on_line=progress)
         else:

@@ -32,10 +32,10 @@ def build_and_push(
     on_line: Callable[[str], None],
 ) -> tuple[BuildResult, str | None]:
     """Build one spec (and push it with `then_push`): the result and the pinned reference."""
-    from imagesmith.inputs.copies import restore_missing_copies
+    from imagesmith.inputs.beside_spec import restore_beside_spec
     from imagesmith.model.spec_loading import load_spec
 
-    restore_missing_copies(spec_path, on_line=on_line)
+    restore_beside_spec(spec_path, on_line=on_line)
     spec = load_spec(spec_path)
     options: dict[str, Any] = {
         "extra_tags": extra_tags,

@@ -190,13 +190,18 @@ def _unpack_into(path: Path, target: Path) -> None:
             shutil.rmtree(staging)
 
 
-def _spec_copies(spec_path: Path) -> tuple[list[str], str | None]:
-    """The copy sources and the [registry] repository env.toml names, read leniently
-    (([], None) when it cannot be read: loading it reports why)."""
+def read_spec_leniently(spec_path: Path) -> dict[str, Any]:
+    """env.toml's tables as TOML reads them, unchecked ({} when it cannot be read: loading
+    it reports why, one line each)."""
     try:
-        data: dict[str, Any] = parse_toml(read_input_text(spec_path), str(spec_path))
-    except (OSError, UnicodeDecodeError, ImagesmithError):  # loading it says why
-        return [], None
+        return parse_toml(read_input_text(spec_path), str(spec_path))
+    except (OSError, UnicodeDecodeError, ImagesmithError):
+        return {}
+
+
+def _spec_copies(spec_path: Path) -> tuple[list[str], str | None]:
+    """The copy sources and the [registry] repository env.toml names."""
+    data = read_spec_leniently(spec_path)
     image = data.get("image")
     copies = image.get("copy") if isinstance(image, dict) else None
     sources = [
@@ -209,7 +214,8 @@ def _spec_copies(spec_path: Path) -> tuple[list[str], str | None]:
     return sources, repository if isinstance(repository, str) else None
 
 
-def _plain_inside(src: str) -> bool:
+def plain_inside(src: str) -> bool:
+    """Whether `src` is a relative path that stays below the spec's folder."""
     path = PurePosixPath(src)
     return bool(src) and not path.is_absolute() and ".." not in path.parts
 
@@ -225,7 +231,7 @@ def restore_missing_copies(spec_path: Path, *, on_line: LineCallback) -> list[st
     missing = [
         s
         for s in sources
-        if _plain_inside(s) and not (folder / s).exists() and not (folder / s).is_symlink()
+        if plain_inside(s) and not (folder / s).exists() and not (folder / s).is_symlink()
     ]
     lock_path = spec_path.with_suffix(".lock")
     if not missing or not repository or not lock_path.is_file():

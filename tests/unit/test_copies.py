@@ -6,15 +6,17 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from imagesmith.errors import OperationError, RegistryError
 from imagesmith.inputs import copies
+from imagesmith.inputs.beside_spec import restore_beside_spec
 from imagesmith.inputs.copies import copy_blobs, copy_title, restore_missing_copies
 from imagesmith.model.lock import Lock, read_lock, tree_hash, write_lock
+from imagesmith.model.spec_loading import load_spec
 from tests.fixtures.make_lock import make_lock
 
 SPEC = """name = "lab"
@@ -207,3 +209,65 @@ def test_nothing_is_asked_without_a_lock_a_repository_or_a_missing_copy(
     (folder / "env.toml").write_text("not = [toml")
     assert restore_missing_copies(folder / "env.toml", on_line=lambda _: None) == []
     assert archive.fetched == []
+
+
+# -- the requirements file, from the lines the lock carries ------------------------------
+
+REQ_SPEC = """name = "lab"
+[base]
+image = "debian:bookworm"
+[python]
+requirements = ["numpy>=2"]
+requirements_file = "reqs/requirements.txt"
+"""
+
+
+def _locked_with_requirements_file(folder: Path) -> Lock:
+    (folder / "reqs").mkdir(parents=True)
+    (folder / "reqs" / "requirements.txt").write_text(
+        "# pinned by the lab\nrequests==2.32.3 \\\n    --hash=sha256:"
+        + "a" * 64
+        + "\n-r more.txt\n"
+    )
+    (folder / "reqs" / "more.txt").write_text("pyyaml  # config files\n")
+    (folder / "env.toml").write_text(REQ_SPEC)
+    spec = load_spec(folder / "env.toml")
+    lock = make_lock(folder / "env.toml")
+    assert lock.python is not None and spec.python is not None
+    lock = replace(
+        lock, python=replace(lock.python, requirements_file_lines=spec.python.file_requirements)
+    )
+    write_lock(lock, folder / "env.lock")
+    return read_lock(folder / "env.lock")
+
+
+def test_a_missing_requirements_file_is_written_from_the_lock_and_keeps_it_fresh(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "lab"
+    lock = _locked_with_requirements_file(folder)
+    assert lock.python is not None
+    shutil.rmtree(folder / "reqs")
+    lines: list[str] = []
+    restore_beside_spec(folder / "env.toml", on_line=lines.append)
+    assert lines == [
+        f"python: reqs/requirements.txt was not in {folder}; wrote it from the lines env.lock "
+        "carries"
+    ]
+    assert (folder / "reqs" / "requirements.txt").read_text() == "".join(
+        f"{line}\n" for line in lock.python.requirements_file_lines
+    )
+    spec = load_spec(folder / "env.toml")
+    assert spec.spec_hash == lock.spec_hash  # the lock is not stale: no re-lock
+    assert [p.name for p in (folder / "reqs").iterdir()] == ["requirements.txt"]
+
+    # One that is there is never replaced; a lock without the lines writes nothing.
+    (folder / "reqs" / "requirements.txt").write_text("mine\n")
+    restore_beside_spec(folder / "env.toml", on_line=lines.append)
+    assert (folder / "reqs" / "requirements.txt").read_text() == "mine\n"
+    (folder / "reqs" / "requirements.txt").unlink()
+    older = replace(lock, python=replace(lock.python, requirements_file_lines=()))
+    write_lock(older, folder / "env.lock")
+    restore_beside_spec(folder / "env.toml", on_line=lines.append)
+    assert not (folder / "reqs" / "requirements.txt").exists()
+    assert len(lines) == 1
