@@ -123,7 +123,10 @@ the host, and installs them there too, into the tree it copies to /opt/venv).
 - imagesmith's phases come from its progress lines: *prepare* (start-up, lock check or
   re-lock, context) until the engine's first `Step` (the wheel download and install
   overlap the system stage's build when they are not cached), *engine build* until
-  `canonical:`, *canonical* to the end.
+  `canonical:`, *canonical* to the end. *Of which the system stage*: the part of the
+  engine build spent on the system stage (`COPY` of the .debs, apt-get install, the
+  engine's commit), when it is built apart (its own engine build, until the next one's
+  first step).
 
 **Push and the input archive**, per engine (`imagesmith push` reads the canonical image
 from imagesmith's cache and talks to the registry itself, so the engine matters only for
@@ -410,17 +413,22 @@ def _build_section(
             continue
         # No step line found in the log (podman's "[i/n] STEP" before the parser knew it).
         split_known = [r for r in runs if r["engine_build"] > 0]
+        apart = [r for r in split_known if r.get("system_stage") is not None]
         phase_rows.append(
             [
                 name,
                 _fmt(_seconds(split_known, "prepare"), digits=1),
                 _fmt(_seconds(split_known, "engine_build"), digits=1),
+                _fmt(_seconds(apart, "system_stage"), digits=1),
                 _fmt(_seconds(runs, "canonical"), digits=1),
                 _fmt(_seconds(runs), digits=1),
             ]
         )
     out += ["", f"imagesmith's phases on {engine} (from its progress lines):", ""]
-    out += _table(["build", "prepare", "engine build", "canonical", "whole"], phase_rows)
+    out += _table(
+        ["build", "prepare", "engine build", "of which the system stage", "canonical", "whole"],
+        phase_rows,
+    )
     ran = [run.get("steps_run") for run in ism["noop"] if run["engine_build"] > 0]
     if ran:
         listed = "; ".join(
@@ -496,6 +504,19 @@ def _single_stage_rows(
                     _met(round(cold_ratio, 2) <= before),
                 ]
             )
+    system = _seconds([r for r in fig["imagesmith"]["cold"] if r.get("system_stage") is not None],
+                      "system_stage")  # fmt: skip
+    if system and single.get("cold"):
+        rows.append(
+            [
+                "the cold build's system stage alone (apt in the engine: COPY, dpkg, commit)",
+                _fmt(system, digits=1),
+                f"single-stage hand-written: {_fmt(single['cold'], digits=1)}",
+                _fmt_ratio(_ratio(system, single["cold"])),
+                "(reported)",
+                "—",
+            ]
+        )
     cached = _seconds(fig["imagesmith"].get("cold_debs_cached", []))
     if cached:
         rows.append(

@@ -69,6 +69,8 @@ UNREACHABLE = {  # every public source unreachable: a proxy that answers nothing
 LEDGERS = HERE / ".work"
 WARM_RUNS = 5
 _STEP_LINE = re.compile(r"^\s*(?:\[\d+/\d+\]\s*)?(?:Step|STEP) \d+/\d+")
+#: The first step of an engine build (podman numbers a multi-stage file's stages: "[1/2]").
+_FIRST_STEP = re.compile(r"^\s*(?:\[1/\d+\]\s*)?(?:Step|STEP) 1/\d+")
 _TRANSIENT = ("name resolution", "timed out", "Connection reset", "Connection refused")
 _LOCK_COUNTS = re.compile(r"\((\d+) apt packages, (\d+) Python distributions")
 
@@ -296,14 +298,18 @@ def imagesmith_build(
     result = json.loads(run.stdout.strip().splitlines()[-1])
     bench.ledger.add_tags(engine, result["tags"])
     bench.ledger.add_images(engine, [result["image_id"]])
-    first_step = next((at for at, line in run.events if _STEP_LINE.match(line)), None)
+    steps = [(at, line) for at, line in run.events if _STEP_LINE.match(line)]
+    first_step = steps[0][0] if steps else None
     canonical_at = run.first("canonical:")
     build_start = first_step if first_step is not None else run.seconds
     build_end = canonical_at if canonical_at is not None else run.seconds
+    # The system stage built apart: a second engine build starts with its own step 1.
+    later = next((at for at, line in steps[1:] if _FIRST_STEP.match(line)), None)
     return {
         "seconds": run.seconds,
         "prepare": build_start,
         "engine_build": max(0.0, build_end - build_start),
+        "system_stage": max(0.0, later - build_start) if later is not None else None,
         "canonical": run.seconds - canonical_at if canonical_at is not None else 0.0,
         "relocked": run.first("lock:") is not None,
         "steps_run": steps_run(run.lines),
