@@ -251,7 +251,14 @@ def restore_missing_copies(spec_path: Path, *, on_line: LineCallback) -> list[st
     problems: list[str] = []
     restored: list[str] = []
     for item in wanted:
-        why = _restore(item, folder, archive)
+        try:
+            why = _restore(item, folder, archive)
+        except OSError as exc:  # the host cache or the spec's folder
+            problems.append(
+                f"[image] copy: {item.src}: cannot write {exc.filename or folder}: "
+                f"{exc.strerror or exc}"
+            )
+            continue
         if why is None:
             restored.append(item.src)
             on_line(
@@ -270,7 +277,8 @@ def restore_missing_copies(spec_path: Path, *, on_line: LineCallback) -> list[st
 
 def _restore(item: CopyLock, folder: Path, archive: Archive) -> str | None:
     """Put `item`'s files at its source in `folder`; None when done, else where it looked
-    and why not (the host cache's copy first, then the archive's)."""
+    and why not (the host cache's copy first, then the archive's). OSError when the
+    cache or the folder cannot be written."""
     title = copy_title(item)
     cached = _copies_dir() / title
     looked: list[str] = []
@@ -283,6 +291,8 @@ def _restore(item: CopyLock, folder: Path, archive: Archive) -> str | None:
         else:
             _unpack_into(cached, folder / item.src)
             return None
+    else:
+        looked.append(f"host cache {cached} (absent)")
     digest = archive.digest_of(title)
     why = archive.absent() if digest is None else archive.fetch(digest, cached)
     if why is not None:

@@ -311,8 +311,9 @@ def test_a_second_machine_builds_the_lock_from_the_registry_alone(
         assert len(errors) == 1, missing.stderr
         assert errors[0].startswith(
             f"error: [image] copy: scripts ({lock.copy[0].sha256[:19]}...) not found; looked "
-            f"in: {machine / 'scripts'} (absent); {logged_in.host}/lab/{name}:{inputs_tag(lock)}: "
+            f"in: {machine / 'scripts'} (absent); host cache "
         )
+        assert f" (absent); {logged_in.host}/lab/{name}:{inputs_tag(lock)}: " in errors[0]
         assert not (machine / "scripts").exists()
 
 

@@ -271,3 +271,21 @@ def test_a_missing_requirements_file_is_written_from_the_lock_and_keeps_it_fresh
     restore_beside_spec(folder / "env.toml", on_line=lines.append)
     assert not (folder / "reqs" / "requirements.txt").exists()
     assert len(lines) == 1
+
+
+def test_a_folder_that_cannot_be_written_is_one_line_not_a_traceback(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, lock = lab
+    copy_blobs(lock)  # in the host cache
+    shutil.rmtree(folder / "scripts")
+    _serve(monkeypatch, FakeArchive())
+
+    def refuse(prefix: str, dir: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(copies.tempfile, "mkdtemp", refuse)
+    with pytest.raises(OperationError) as caught:
+        restore_missing_copies(folder / "env.toml", on_line=lambda _: None)
+    assert str(caught.value) == (f"[image] copy: scripts: cannot write {folder}: Permission denied")
+    assert not (folder / "scripts").exists()
