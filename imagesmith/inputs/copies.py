@@ -72,7 +72,9 @@ def copy_blobs(lock: Lock) -> list[tuple[CopyLock, Path]]:
                 "not archiving it (run `imagesmith build` to lock and build it again)"
             )
         target = _copies_dir() / copy_title(item)
-        if not target.is_file():
+        try:
+            _check_blob(target, item)  # one written before, still whole
+        except (OSError, ValueError, tarfile.TarError):
             _write_tar(source, target)
         blobs.append((item, target))
     return blobs

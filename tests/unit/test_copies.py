@@ -289,3 +289,13 @@ def test_a_folder_that_cannot_be_written_is_one_line_not_a_traceback(
         restore_missing_copies(folder / "env.toml", on_line=lambda _: None)
     assert str(caught.value) == (f"[image] copy: scripts: cannot write {folder}: Permission denied")
     assert not (folder / "scripts").exists()
+
+
+def test_a_damaged_tar_in_the_cache_is_written_again_before_it_is_pushed(
+    lab: tuple[Path, Lock],
+) -> None:
+    _, lock = lab
+    path = copy_blobs(lock)[0][1]
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"params\n", b"PARAMS\n"))  # a file's content changed
+    assert copy_blobs(lock)[0][1].read_bytes() == good
