@@ -12,6 +12,7 @@ makes the lock stale, as before).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -168,7 +169,8 @@ def _check_blob(path: Path, item: CopyLock) -> None:
 
 def _unpack_into(path: Path, target: Path) -> None:
     """Write the files of copy blob `path` at `target` (a file, or a folder of them),
-    through a staging folder beside it: all of them or none."""
+    through a staging folder beside it: all of them or none. FileExistsError when
+    `target` appeared meanwhile."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".imagesmith-copy-", dir=target.parent))
     try:
@@ -185,7 +187,7 @@ def _unpack_into(path: Path, target: Path) -> None:
         if made != single:
             made.mkdir(exist_ok=True)  # a copied folder with no files in it
         if target.exists() or target.is_symlink():  # appeared meanwhile: never replaced
-            return
+            raise FileExistsError(errno.EEXIST, "it appeared meanwhile; kept as it is", str(target))
         os.rename(made, target)
     finally:
         with contextlib.suppress(OSError):

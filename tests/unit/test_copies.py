@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def test_a_folder_that_cannot_be_written_is_one_line_not_a_traceback(
     def refuse(prefix: str, dir: Path) -> str:
         raise PermissionError(13, "Permission denied", str(dir))
 
-    monkeypatch.setattr(copies.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr("imagesmith.inputs.copies.tempfile.mkdtemp", refuse)
     with pytest.raises(OperationError) as caught:
         restore_missing_copies(folder / "env.toml", on_line=lambda _: None)
     assert str(caught.value) == (f"[image] copy: scripts: cannot write {folder}: Permission denied")
@@ -299,3 +300,27 @@ def test_a_damaged_tar_in_the_cache_is_written_again_before_it_is_pushed(
     good = path.read_bytes()
     path.write_bytes(good.replace(b"params\n", b"PARAMS\n"))  # a file's content changed
     assert copy_blobs(lock)[0][1].read_bytes() == good
+
+
+def test_a_copy_that_appears_while_it_is_restored_is_kept_and_said(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, lock = lab
+    copy_blobs(lock)
+    (folder / "train.py").unlink()
+    _serve(monkeypatch, FakeArchive())
+    read_tar = copies._read_tar
+
+    def racing(path: Path) -> Iterator[tuple[str, bool, tarfile.TarFile, tarfile.TarInfo]]:
+        yield from read_tar(path)
+        (folder / "train.py").write_text("theirs\n")  # another process, meanwhile
+
+    monkeypatch.setattr(copies, "_read_tar", racing)
+    with pytest.raises(OperationError) as caught:
+        restore_missing_copies(folder / "env.toml", on_line=lambda _: None)
+    assert str(caught.value) == (
+        f"[image] copy: train.py: cannot write {folder / 'train.py'}: it appeared meanwhile; "
+        "kept as it is"
+    )
+    assert (folder / "train.py").read_text() == "theirs\n"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
