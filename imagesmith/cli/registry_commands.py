@@ -55,9 +55,10 @@ def push(
 ) -> None:
     """Publish the built image to the lab's registry and record its digest for `manifest`.
 
-    Also stores the lock's input archive beside it (every .deb and wheel the lock pins, and
-    a base that exists only here; tagged lock-HASH.inputs), so the image can be rebuilt
-    after its sources drop those files, and attaches its SPDX and CycloneDX SBOMs and its
+    Also stores the lock's input archive beside it (every .deb and wheel the lock pins, the
+    files [image] copy takes, and a base that exists only here; tagged lock-HASH.inputs),
+    so the image can be rebuilt after its sources drop those files, and from a folder
+    holding only env.toml and env.lock, and attaches its SPDX and CycloneDX SBOMs and its
     SLSA provenance as OCI referrers (signed when IMAGESMITH_SIGNING_KEY holds an ed25519
     key). The first push of a lock also keeps the run-time tables ([resources], [job],
     [registry]) as they are now, beside the image (tag lock-HASH.run) and on this machine,

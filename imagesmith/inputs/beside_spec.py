@@ -41,8 +41,8 @@ def _restore_requirements_file(spec_path: Path, on_line: LineCallback) -> None:
         lock = read_lock(lock_path)
     except ImagesmithError:
         return
-    lines = lock.python.requirements_file_lines if lock.python is not None else ()
-    if not lines:  # a lock from before locks kept them: loading the spec says it is missing
+    text = lock.python.requirements_file_text() if lock.python is not None else ""
+    if not text:  # a lock from before locks kept them: loading the spec says it is missing
         return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def _restore_requirements_file(spec_path: Path, on_line: LineCallback) -> None:
         return  # loading the spec reports the file as missing
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("".join(f"{line}\n" for line in lines))
+            out.write(text)
         os.link(tmp, target)  # never over a file that appeared meanwhile
     except OSError:
         return

@@ -76,7 +76,13 @@ def copy_blobs(lock: Lock) -> list[tuple[CopyLock, Path]]:
         try:
             _check_blob(target, item)  # one written before, still whole
         except (OSError, ValueError, tarfile.TarError):
-            _write_tar(source, target)
+            try:
+                _write_tar(source, target)
+            except OSError as exc:
+                raise RegistryError(
+                    f"{source} ([image] copy): cannot write {exc.filename or target}: "
+                    f"{exc.strerror or exc}; not archiving it"
+                ) from None
         blobs.append((item, target))
     return blobs
 

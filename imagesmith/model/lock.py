@@ -161,6 +161,12 @@ class PythonLock:
     """The lines of the spec's requirements_file as locked (since 0.7.0), so that the spec
     can be rebuilt from the image alone (`imagesmith unpack`)."""
 
+    def requirements_file_text(self) -> str:
+        """The spec's requirements_file as the lock carries it ("" when it carries none):
+        its lines, with the files it includes by `-r` written in, so that it stands alone
+        and gives the spec the same hash."""
+        return "".join(f"{line}\n" for line in self.requirements_file_lines)
+
     def requirements_txt(self) -> str:
         """The pinned, hashed requirements pip installs from (`--require-hashes`)."""
         lines = []

@@ -55,9 +55,9 @@ def unpack(
     problems: list[str] = []
     req_file = spec_data.get("python", {}).get("requirements_file")
     if isinstance(req_file, str) and req_file:
-        lines = lock.python.requirements_file_lines if lock.python is not None else ()
-        if lines:
-            files[req_file] = "".join(f"{line}\n" for line in lines).encode()
+        text = lock.python.requirements_file_text() if lock.python is not None else ""
+        if text:
+            files[req_file] = text.encode()
         else:
             problems.append(
                 f"{req_file}: not in the lock {image} carries (written by imagesmith "

@@ -324,3 +324,20 @@ def test_a_copy_that_appears_while_it_is_restored_is_kept_and_said(
     )
     assert (folder / "train.py").read_text() == "theirs\n"
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_cache_that_cannot_be_written_stops_push_with_one_line(
+    lab: tuple[Path, Lock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, lock = lab
+
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied", str(copies._copies_dir()))
+
+    monkeypatch.setattr("imagesmith.inputs.copies.tempfile.mkstemp", refuse)
+    with pytest.raises(RegistryError) as caught:
+        copy_blobs(lock)
+    assert str(caught.value) == (
+        f"{folder / 'scripts'} ([image] copy): cannot write {copies._copies_dir()}: "
+        "Permission denied; not archiving it"
+    )
